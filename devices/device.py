@@ -1,0 +1,49 @@
+"""Device: one machine that ops are measured on, and how to reach it."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+BACKENDS = ("ort", "tvm")
+LOCAL = "local"
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where and how to measure. ``host=None`` means this machine (the ``local`` device).
+
+    ``threads`` and ``cpu_affinity`` are applied by the agent before it times anything
+    and recorded with every measurement; one thread is the default because multi-thread
+    timings on a shared machine are bimodal.
+    """
+
+    name: str
+    host: str | None = None
+    port: int = 22
+    user: str | None = None
+    identity_file: str | None = None
+    python: str = "python3"
+    workdir: str = "~/.hwlat"
+    backends: tuple[str, ...] = BACKENDS
+    threads: int = 1
+    cpu_affinity: tuple[int, ...] | None = None
+    tvm_target: dict | None = None
+    labels: tuple[str, ...] = field(default=())
+    graph_optimization: str = "all"
+    trust_on_first_use: bool = False
+
+    @property
+    def is_local(self) -> bool:
+        return self.host is None
+
+    def settings(self) -> dict:
+        """The per-device settings recorded with every measurement."""
+        return {"threads": self.threads, "cpu_affinity": list(self.cpu_affinity or []) or None,
+                "graph_optimization": self.graph_optimization}
+
+
+def local_device(threads: int = 1, cpu_affinity: tuple[int, ...] | None = None) -> Device:
+    """The machine hwlat runs on; it needs no inventory entry."""
+    return Device(name=LOCAL, python=sys.executable, workdir="", threads=threads,
+                  cpu_affinity=cpu_affinity, labels=("local",))

@@ -1,0 +1,1 @@
+"""Predictors: latency models trained from the store."""

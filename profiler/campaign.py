@@ -1,0 +1,248 @@
+"""Campaign: measure a list of ops on one device, surviving faults, committing as it goes.
+
+Faults and what happens:
+  * an op fails to build or the agent reports an error -> stored as failed, next op;
+  * the agent process dies on an op                    -> op stored as failed with the
+    agent's last stderr lines, a new agent starts, next op;
+  * the agent does not answer within op_timeout_s      -> op stored as failed, agent restarted;
+  * the connection drops                               -> reconnect with back-off and resume
+    at the first op not yet stored (the op in flight is measured again);
+  * Ctrl-C                                             -> what was measured stays stored,
+    the agent is stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from devices.connection import Connection, ConnectionLost, DeviceError, connect
+from devices.device import Device
+
+from .agent_client import AgentCrashed, AgentSession, AgentTimeout
+from .backends import ArtifactError, HostBackend, get_backend
+from .measurement import Measurement
+from .opspec import OpSpec, unique
+from .progress import Progress
+from .protocol import TimingProtocol
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+# The fixed op re-timed around every measurement to detect a disturbed machine.
+CANARY = OpSpec("conv", (1, 32, 28, 28), out_channels=32, kernel=3, padding=1, activation="relu")
+
+
+class DeviceUnreachable(DeviceError):
+    """The device could not be reached again within the reconnect window."""
+
+
+@dataclass
+class CampaignReport:
+    device: str
+    backend: str
+    requested: int = 0
+    skipped: int = 0
+    measured: int = 0
+    failed: int = 0
+    disturbed: int = 0
+    reconnects: int = 0
+    wall_s: float = 0.0
+    timing_s: float = 0.0
+    failures: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f"{self.device}/{self.backend}: {self.measured} measured, {self.skipped} already "
+                f"stored, {self.failed} failed, {self.disturbed} flagged disturbed, "
+                f"{self.reconnects} reconnects, {self.wall_s:.1f} s")
+
+
+class Campaign:
+    """Measures ops on one device with one backend into a Store."""
+
+    def __init__(self, device: Device, backend: str | HostBackend, store: Store,
+                 protocol: TimingProtocol | None = None, show_progress: bool = True,
+                 reconnect_timeout_s: float = 300.0,
+                 connect_fn: Callable[[Device], Connection] = connect) -> None:
+        self.device = device
+        self.backend = get_backend(backend, device) if isinstance(backend, str) else backend
+        self.store = store
+        self.protocol = protocol or TimingProtocol()
+        self.show_progress = show_progress
+        self.reconnect_timeout_s = reconnect_timeout_s
+        self.connect_fn = connect_fn
+        self._connection: Connection | None = None
+        self._session: AgentSession | None = None
+
+    # ----- public -----------------------------------------------------------
+    def run(self, specs: Iterable[OpSpec], force: bool = False) -> CampaignReport:
+        specs = list(unique(specs))
+        done = set() if force else self.store.done_keys(self.device.name, self.backend.name)
+        todo = [s for s in specs if s.key not in done]
+        report = CampaignReport(self.device.name, self.backend.name, requested=len(specs),
+                                skipped=len(specs) - len(todo))
+        started = time.monotonic()
+        progress = Progress(len(todo), f"{self.device.name}/{self.backend.name}") \
+            if self.show_progress and todo else None
+        try:
+            index = 0
+            while index < len(todo):
+                spec = todo[index]
+                m = self._measure_one(spec, report)
+                if m is None:  # connection lost: same op again after reconnecting
+                    continue
+                self.store.save(m)
+                index += 1
+                report.measured += m.ok
+                report.failed += not m.ok
+                report.disturbed += m.disturbed
+                report.timing_s += m.extra.get("wall_s", 0.0)
+                if not m.ok:
+                    report.failures.append(f"{m.key}: {m.error_msg}")
+                if progress:
+                    progress.update(note=f"{spec.op} {m.median_ms or 0:.3f} ms" if m.ok else "failed")
+        finally:
+            self._close()
+            report.wall_s = time.monotonic() - started
+        return report
+
+    # ----- one op -----------------------------------------------------------
+    def _measure_one(self, spec: OpSpec, report: CampaignReport) -> Measurement | None:
+        try:
+            artifact = self.backend.artifact(spec)
+        except ArtifactError as exc:
+            return self._failed(spec.key, f"could not build the op: {exc}")
+        try:
+            session = self._ensure_session(report)
+            result = session.measure(spec.key, artifact, self.protocol.op_timeout_s)
+        except ConnectionLost as exc:
+            log.warning("%s: %s; reconnecting", self.device.name, exc)
+            self._close()
+            self._reconnect(report)
+            return None
+        except AgentTimeout as exc:
+            self._close()
+            return self._failed(spec.key, str(exc))
+        except AgentCrashed as exc:
+            lost = self._connection is not None and not self._connection.is_alive()
+            self._close()
+            if lost:
+                self._reconnect(report)
+                return None
+            return self._failed(spec.key, str(exc))
+        return self._from_result(spec.key, result, "op")
+
+    def _failed(self, key: str, error_msg: str, kind: str = "op") -> Measurement:
+        return Measurement(device=self.device.name, backend=self.backend.name, key=key, kind=kind,
+                           status="failed", error_msg=error_msg, settings=self.device.settings(),
+                           protocol=self.protocol.to_dict())
+
+    def _from_result(self, key: str, result: dict, kind: str) -> Measurement:
+        if result.get("status") != "ok":
+            return self._failed(key, result.get("error_msg", "unknown agent error"), kind)
+        assert self._session is not None
+        hello, configured = self._session.hello, self._session.configured
+        extra = {k: result[k] for k in ("wall_s", "baseline_rss_mb", "peak_rss_mb") if k in result}
+        return Measurement(
+            device=self.device.name, backend=self.backend.name, key=key, kind=kind,
+            samples_ms=result["samples_ms"], number=result["number"],
+            disturbed=result["disturbed"], disturbance="; ".join(result["reasons"]),
+            canary_ratio=result["canary_ratio"], attempts=result["attempts"],
+            backend_version=str(hello["versions"].get(self.backend.version_key)),
+            settings=configured["settings"], protocol=self.protocol.to_dict(),
+            host=hello["host"], extra=extra)
+
+    # ----- connection management -------------------------------------------
+    def _ensure_session(self, report: CampaignReport) -> AgentSession:
+        if self._session is None:
+            if self._connection is None:
+                self._connection = self.connect_fn(self.device)
+            config = {**self.backend.agent_config(), "protocol": self.protocol.to_dict(),
+                      "canary_model": str(self.backend.artifact(CANARY)),
+                      "canary_reference_ms": self.store.canary_reference(
+                          self.device.name, self.backend.name, self.device.settings())}
+            self._session = AgentSession(self._connection, config).start()
+        return self._session
+
+    def _reconnect(self, report: CampaignReport) -> None:
+        """Wait with exponential back-off until the device answers again."""
+        deadline = time.monotonic() + self.reconnect_timeout_s
+        delay = 1.0
+        while True:
+            try:
+                self._connection = self.connect_fn(self.device)
+                report.reconnects += 1
+                return
+            except ConnectionLost as exc:
+                if time.monotonic() + delay > deadline:
+                    raise DeviceUnreachable(
+                        f"device {self.device.name!r} did not come back within "
+                        f"{self.reconnect_timeout_s:.0f} s ({exc}); what was measured is stored, "
+                        f"re-run the same command to resume") from None
+                log.warning("%s: still unreachable (%s); retrying in %.0f s",
+                            self.device.name, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    def _close(self) -> None:
+        if self._session is not None:
+            self._remember_canary(self._session)
+            try:
+                self._session.close()
+            except (ConnectionLost, OSError):
+                pass
+            self._session = None
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def _remember_canary(self, session: AgentSession) -> None:
+        ref = session.configured.get("canary_reference_ms")
+        if ref:
+            self.store.update_canary_reference(self.device.name, self.backend.name,
+                                               self.device.settings(), ref)
+
+    # ----- whole models -----------------------------------------------------
+    def measure_model(self, onnx_path: str | Path, save: bool = True) -> Measurement:
+        """Time a whole model end to end in a fresh agent (so peak memory is the model's)."""
+        onnx_path = Path(onnx_path)
+        key = model_key(onnx_path)
+        report = CampaignReport(self.device.name, self.backend.name)
+        try:
+            try:
+                artifact = self.backend.model_artifact(onnx_path)
+            except ArtifactError as exc:
+                m = self._failed(key, f"could not build the model: {exc}", "model")
+            else:
+                session = self._ensure_session(report)
+                result = session.measure(key, artifact, self.protocol.op_timeout_s * 5,
+                                         cmd="measure_model")
+                m = self._from_result(key, result, "model")
+        except (AgentCrashed, AgentTimeout) as exc:
+            m = self._failed(key, str(exc), "model")
+        finally:
+            self._close()
+        m.extra.update(model_facts(onnx_path))
+        if save:
+            self.store.save(m)
+        return m
+
+
+def model_key(onnx_path: Path) -> str:
+    """``model-<file stem>-<first 12 hex of the file's sha256>``: same file, same key."""
+    digest = hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest()[:12]
+    return f"model-{Path(onnx_path).stem}-{digest}"
+
+
+def model_facts(onnx_path: Path) -> dict:
+    import numpy as np
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    params = int(sum(np.prod(t.dims) for t in model.graph.initializer))
+    return {"model_path": str(onnx_path), "model_bytes": Path(onnx_path).stat().st_size,
+            "params": params, "nodes": len(model.graph.node)}

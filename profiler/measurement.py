@@ -1,0 +1,74 @@
+"""Measurement: one timed op (or whole model) on one device with one backend."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Measurement:
+    """Raw samples plus the facts needed to trust or reproduce them.
+
+    A failed op is a Measurement too (``status="failed"``, ``error_msg`` set), so a
+    campaign records it and moves on instead of dying.
+    """
+
+    device: str
+    backend: str
+    key: str
+    kind: str = "op"  # "op" or "model"
+    status: str = "ok"
+    error_msg: str = ""
+    samples_ms: list[float] = field(default_factory=list)
+    number: int = 0
+    disturbed: bool = False
+    disturbance: str = ""
+    canary_ratio: float | None = None
+    attempts: int = 1
+    backend_version: str = ""
+    settings: dict = field(default_factory=dict)
+    protocol: dict = field(default_factory=dict)
+    host: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    created_at: float = field(default_factory=time.time)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def clean(self) -> bool:
+        """Measured and not flagged as disturbed: fit for tables and predictors."""
+        return self.ok and not self.disturbed
+
+    @property
+    def median_ms(self) -> float | None:
+        return statistics.median(self.samples_ms) if self.samples_ms else None
+
+    @property
+    def p10_ms(self) -> float | None:
+        return _quantile(self.samples_ms, 0.10)
+
+    @property
+    def p90_ms(self) -> float | None:
+        return _quantile(self.samples_ms, 0.90)
+
+    @property
+    def cv(self) -> float | None:
+        if len(self.samples_ms) < 2:
+            return None
+        mean = statistics.fmean(self.samples_ms)
+        return statistics.pstdev(self.samples_ms) / mean
+
+
+def _quantile(samples: list[float], q: float) -> float | None:
+    """Linear-interpolated quantile (numpy's default), without importing numpy."""
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    pos = q * (len(ordered) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)

@@ -1,0 +1,167 @@
+"""OpSpec -> the smallest valid ONNX model that runs that kernel.
+
+Each model is shaped the way the op appears inside a real exported network after
+the runtime's fusions: batch-norm is already folded into the conv weights and bias,
+and the activation follows the conv as the exporter writes it (Relu, Clip, HardSwish,
+Sigmoid+Mul for swish), so ONNX Runtime fuses it exactly as it would in a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .opspec import OpSpec
+
+OPSET = 17
+IR_VERSION = 8
+
+
+def build_model(spec: OpSpec, seed: int = 0) -> onnx.ModelProto:
+    """A checked ONNX model with inputs ``x0..xN`` and outputs ``y0..yM``; weights are random."""
+    rng = np.random.default_rng(seed)
+    inputs = [_value_info(f"x{i}", shape) for i, shape in enumerate(spec.input_shapes)]
+    outputs = [_value_info(f"y{i}", shape) for i, shape in enumerate(spec.output_shapes)]
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+    head = _core_nodes(spec, rng, nodes, inits)
+    if spec.op in ("conv", "gemm", "act"):
+        head = _activation_nodes(spec.activation, head, nodes, inits)
+    if spec.op != "split":
+        _rename(nodes, head, "y0")
+    graph = helper.make_graph(nodes, spec.op, inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="hwlat", ir_version=IR_VERSION)
+    model.doc_string = spec.key
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def model_path(spec: OpSpec, directory: str | Path) -> Path:
+    """Write the op's model into ``directory`` (named by a hash of its key) unless present."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{spec.op}-{hashlib.sha256(spec.key.encode()).hexdigest()[:16]}.onnx"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        onnx.save(build_model(spec), tmp)
+        tmp.replace(path)
+    return path
+
+
+def random_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random float32 feeds for a model's graph inputs (symbolic dims become 1)."""
+    rng = np.random.default_rng(seed)
+    init_names = {i.name for i in model.graph.initializer}
+    feeds = {}
+    for inp in model.graph.input:
+        if inp.name in init_names:
+            continue
+        dims = [d.dim_value if d.dim_value > 0 else 1 for d in inp.type.tensor_type.shape.dim]
+        feeds[inp.name] = rng.standard_normal(dims).astype(np.float32)
+    return feeds
+
+
+def _value_info(name: str, shape: tuple[int, ...]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
+
+
+def _weight(name: str, array: np.ndarray, inits: list) -> str:
+    inits.append(numpy_helper.from_array(array.astype(np.float32), name))
+    return name
+
+
+def _core_nodes(spec: OpSpec, rng: np.random.Generator, nodes: list, inits: list) -> str:
+    """Append the op's main node(s); return the name of the tensor they produce."""
+    op = spec.op
+    if op == "conv":
+        cin = spec.input_shape[1]
+        fan_in = cin // spec.groups * spec.kernel ** 2
+        w = rng.standard_normal((spec.out_channels, cin // spec.groups, spec.kernel, spec.kernel))
+        ins = ["x0", _weight("w", w / np.sqrt(fan_in), inits)]
+        if spec.bias:
+            ins.append(_weight("b", rng.standard_normal(spec.out_channels) * 0.1, inits))
+        nodes.append(helper.make_node(
+            "Conv", ins, ["conv_out"], kernel_shape=[spec.kernel] * 2, strides=[spec.stride] * 2,
+            pads=[spec.padding] * 4, dilations=[spec.dilation] * 2, group=spec.groups))
+        return "conv_out"
+    if op == "gemm":
+        cin = spec.input_shape[1]
+        w = rng.standard_normal((spec.out_channels, cin)) / np.sqrt(cin)
+        ins = ["x0", _weight("w", w, inits)]
+        if spec.bias:
+            ins.append(_weight("b", rng.standard_normal(spec.out_channels) * 0.1, inits))
+        nodes.append(helper.make_node("Gemm", ins, ["gemm_out"], transB=1))
+        return "gemm_out"
+    if op in ("maxpool", "avgpool"):
+        attrs = dict(kernel_shape=[spec.kernel] * 2, strides=[spec.stride] * 2, pads=[spec.padding] * 4)
+        if op == "avgpool":
+            attrs["count_include_pad"] = 0
+        nodes.append(helper.make_node("MaxPool" if op == "maxpool" else "AveragePool",
+                                      ["x0"], ["pool_out"], **attrs))
+        return "pool_out"
+    if op == "globalavgpool":
+        nodes.append(helper.make_node("GlobalAveragePool", ["x0"], ["pool_out"]))
+        return "pool_out"
+    if op in ("add", "mul"):
+        nodes.append(helper.make_node(op.capitalize(), ["x0", "x1"], ["elt_out"]))
+        return "elt_out"
+    if op == "concat":
+        nodes.append(helper.make_node("Concat", [f"x{i}" for i in range(len(spec.parts))],
+                                      ["cat_out"], axis=1))
+        return "cat_out"
+    if op == "split":
+        sizes = _weight_int64("split_sizes", list(spec.parts), inits)
+        nodes.append(helper.make_node("Split", ["x0", sizes],
+                                      [f"y{i}" for i in range(len(spec.parts))], axis=1))
+        return ""
+    if op == "shuffle":
+        # The exporter's form of ShuffleNet's channel shuffle: Reshape -> Transpose -> Reshape.
+        n, c, h, w = spec.input_shape
+        g = spec.groups
+        s1 = _weight_int64("shape_grouped", [n, g, c // g, h, w], inits)
+        s2 = _weight_int64("shape_flat", [n, c, h, w], inits)
+        nodes.append(helper.make_node("Reshape", ["x0", s1], ["grouped"]))
+        nodes.append(helper.make_node("Transpose", ["grouped"], ["swapped"], perm=[0, 2, 1, 3, 4]))
+        nodes.append(helper.make_node("Reshape", ["swapped", s2], ["shuffle_out"]))
+        return "shuffle_out"
+    if op == "act":
+        return "x0"
+    raise AssertionError(f"no ONNX form for op {op!r}")
+
+
+def _weight_int64(name: str, values: list[int], inits: list) -> str:
+    inits.append(numpy_helper.from_array(np.asarray(values, dtype=np.int64), name))
+    return name
+
+
+def _activation_nodes(activation: str, head: str, nodes: list, inits: list) -> str:
+    if activation == "none":
+        return head
+    out = f"{activation}_out"
+    if activation == "relu":
+        nodes.append(helper.make_node("Relu", [head], [out]))
+    elif activation == "relu6":
+        lo = _weight("clip_min", np.array(0.0), inits)
+        hi = _weight("clip_max", np.array(6.0), inits)
+        nodes.append(helper.make_node("Clip", [head, lo, hi], [out]))
+    elif activation == "hardswish":
+        nodes.append(helper.make_node("HardSwish", [head], [out]))
+    elif activation == "hardsigmoid":
+        nodes.append(helper.make_node("HardSigmoid", [head], [out], alpha=1.0 / 6, beta=0.5))
+    elif activation == "sigmoid":
+        nodes.append(helper.make_node("Sigmoid", [head], [out]))
+    elif activation == "swish":
+        nodes.append(helper.make_node("Sigmoid", [head], [f"{out}_gate"]))
+        nodes.append(helper.make_node("Mul", [head, f"{out}_gate"], [out]))
+    return out
+
+
+def _rename(nodes: list, old: str, new: str) -> None:
+    for node in nodes:
+        node.input[:] = [new if name == old else name for name in node.input]
+        node.output[:] = [new if name == old else name for name in node.output]

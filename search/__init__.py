@@ -1,0 +1,1 @@
+"""Search: search spaces and hardware-aware architecture search."""

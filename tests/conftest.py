@@ -1,0 +1,20 @@
+"""Shared fixtures: a throwaway database and model cache per test."""
+
+from __future__ import annotations
+
+import pytest
+
+from profiler.protocol import TimingProtocol
+
+pytest_plugins = ["tests.sshd_fixtures"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Op models and compiled artifacts go to a per-session temp cache, not ~/.cache."""
+    monkeypatch.setenv("HWLAT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture
+def quick_protocol() -> TimingProtocol:
+    return TimingProtocol.quick()
