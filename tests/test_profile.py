@@ -1,0 +1,197 @@
+"""Local campaigns end to end: real agent, real ONNX Runtime, real SQLite."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from devices.device import local_device
+from profiler.backends import OrtBackend
+from profiler.campaign import Campaign
+from profiler.opspec import OpSpec, write_jsonl
+from profiler.protocol import TimingProtocol
+from profiler.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+# ~1 s per run on these machines: long enough to interrupt, small enough to fit memory.
+HUGE = OpSpec("conv", (1, 128, 224, 224), out_channels=128, kernel=3, padding=1)
+
+
+def twenty_ops() -> list[OpSpec]:
+    specs = [OpSpec("conv", (1, c, 28, 28), out_channels=c, kernel=k, padding=k // 2,
+                    groups=c if dw else 1, activation="relu6")
+             for c in (16, 32) for k in (1, 3, 5) for dw in (False, True) if not (dw and k == 1)]
+    specs += [OpSpec("add", (1, c, 28, 28)) for c in (16, 32)]
+    specs += [OpSpec("mul", (1, c, 28, 28), broadcast="channel") for c in (16, 32)]
+    specs += [OpSpec("globalavgpool", (1, c, 7, 7)) for c in (32, 64)]
+    specs += [OpSpec("gemm", (1, c), out_channels=100) for c in (64, 256)]
+    specs += [OpSpec("shuffle", (1, 32, 14, 14), groups=2),
+              OpSpec("act", (1, 32, 14, 14), activation="hardswish")]
+    assert len(specs) == 20
+    return specs
+
+
+def hwlat(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "hwlat_cli", *args], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def rows(db: Path) -> list[tuple]:
+    return sqlite3.connect(db).execute(
+        "SELECT key, status, disturbed, created_at FROM measurements WHERE kind='op'").fetchall()
+
+
+def test_profile_fills_the_store_and_a_rerun_measures_only_what_is_not_clean(tmp_path) -> None:
+    ops, db = tmp_path / "ops.jsonl", tmp_path / "m.db"
+    write_jsonl(twenty_ops(), ops)
+    first = hwlat("profile", "--device", "local", "--backend", "ort", "--ops", str(ops), "--db", str(db),
+                  "--quick")
+    assert "20 measured, 0 already stored, 0 failed" in first.stdout
+    assert "[local/ort] 20/20 100%" in first.stderr  # progress with ETA goes to stderr
+    stored = rows(db)
+    assert len(stored) == 20 and {r[1] for r in stored} == {"ok"}
+    disturbed = sum(r[2] for r in stored)
+    second = hwlat("profile", "--device", "local", "--backend", "ort", "--ops", str(ops), "--db", str(db),
+                   "--quick")
+    assert f"{disturbed} measured, {20 - disturbed} already stored" in second.stdout
+    after = {r[0]: r for r in rows(db)}
+    assert len(after) == 20
+    assert all(after[r[0]][3] == r[3] for r in stored if not r[2])  # clean rows untouched
+
+
+def test_a_killed_campaign_resumes_without_duplicates(tmp_path) -> None:
+    ops, db = tmp_path / "ops.jsonl", tmp_path / "m.db"
+    write_jsonl(twenty_ops(), ops)
+    proc = subprocess.Popen([sys.executable, "-m", "hwlat_cli", "profile", "--ops", str(ops), "--db",
+                             str(db), "--quick", "--no-progress"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if db.exists() and len(rows(db)) >= 6:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = rows(db)
+    assert 6 <= len(before) < 20, "the campaign should have been killed half-way"
+    clean_before = [r for r in before if not r[2]]
+    rerun = hwlat("profile", "--ops", str(ops), "--db", str(db), "--quick")
+    assert f"{len(clean_before)} already stored" in rerun.stdout
+    after = rows(db)
+    assert sorted(r[0] for r in after) == sorted(s.key for s in twenty_ops())  # each once
+    assert len(after) == 20
+    by_key = {r[0]: r for r in after}
+    assert all(by_key[r[0]][3] == r[3] for r in clean_before)
+
+
+def test_an_op_that_times_out_is_stored_as_failed_and_the_campaign_goes_on(tmp_path) -> None:
+    small = [OpSpec("add", (1, 8, 8, 8)), OpSpec("add", (1, 16, 8, 8))]
+    protocol = TimingProtocol(**{**TimingProtocol.quick().to_dict(), "op_timeout_s": 2.0})
+    with Store(tmp_path / "m.db") as store:
+        report = Campaign(local_device(), "ort", store, protocol, show_progress=False).run(
+            [small[0], HUGE, small[1]])
+        assert (report.measured, report.failed) == (2, 1)
+        failed = store.get("local", "ort", HUGE.key)
+        assert failed.status == "failed" and "no answer" in failed.error_msg
+        assert store.get("local", "ort", small[1].key).ok
+
+
+def test_an_op_that_kills_the_agent_is_stored_as_failed_and_the_campaign_goes_on(tmp_path) -> None:
+    small = [OpSpec("add", (1, 8, 8, 8)), OpSpec("add", (1, 16, 8, 8))]
+    with Store(tmp_path / "m.db") as store:
+        campaign = Campaign(local_device(), "ort", store, TimingProtocol.quick(), show_progress=False)
+
+        def kill_agent_during_huge_op() -> None:
+            while store.get("local", "ort", small[0].key) is None:
+                time.sleep(0.01)
+            time.sleep(0.3)  # the agent is now timing HUGE
+            os.kill(campaign._session.hello["pid"], signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_agent_during_huge_op)
+        killer.start()
+        report = campaign.run([small[0], HUGE, small[1]])
+        killer.join()
+        assert (report.measured, report.failed) == (2, 1)
+        assert "agent process died" in store.get("local", "ort", HUGE.key).error_msg
+        assert store.get("local", "ort", small[1].key).ok
+
+
+class BrokenFileBackend(OrtBackend):
+    """ONNX Runtime given a file that is not a model: a real load error from the agent."""
+
+    def artifact(self, spec: OpSpec) -> Path:
+        if spec.op != "gemm":
+            return super().artifact(spec)
+        path = Path(os.environ["HWLAT_CACHE"]) / "broken.onnx"
+        path.write_bytes(b"not a model")
+        return path
+
+
+def test_a_runtime_error_is_a_failed_row_not_a_dead_campaign(tmp_path) -> None:
+    specs = [OpSpec("add", (1, 8, 8, 8)), OpSpec("gemm", (1, 8), out_channels=4), OpSpec("add", (1, 4, 8, 8))]
+    with Store(tmp_path / "m.db") as store:
+        report = Campaign(local_device(), BrokenFileBackend(local_device()), store,
+                          TimingProtocol.quick(), show_progress=False).run(specs)
+        assert (report.measured, report.failed) == (2, 1)
+        assert "InvalidProtobuf" in store.get("local", "ort", specs[1].key).error_msg
+
+
+def test_disturbed_measurements_are_flagged_and_remeasured(tmp_path) -> None:
+    """A canary reference far below anything reachable makes every canary look disturbed."""
+    spec = OpSpec("add", (1, 8, 8, 8))
+    device = local_device()
+    with Store(tmp_path / "m.db") as store:
+        store.update_canary_reference("local", "ort", device.settings(), 1e-6)
+        report = Campaign(device, "ort", store, TimingProtocol.quick(), show_progress=False).run([spec])
+        m = store.get("local", "ort", spec.key)
+        assert report.disturbed == 1 and m.disturbed and m.attempts == 2
+        assert "canary ran" in m.disturbance and m.canary_ratio > 100
+        assert store.done_keys("local", "ort") == set()  # a re-run measures it again
+
+
+def test_measure_reports_latency_size_and_memory(tmp_path) -> None:
+    from predictors.zoo import build, export_onnx
+
+    path = export_onnx(build("mobilenet_v2_0.5"), tmp_path / "mbv2.onnx", resolution=96)
+    out = json.loads(hwlat("measure", str(path), "--device", "local", "--backend", "ort", "--json",
+                           "--db", str(tmp_path / "m.db"), "--quick").stdout)
+    assert out["p10_ms"] <= out["latency_ms"] <= out["p90_ms"]
+    assert out["model_bytes"] == path.stat().st_size
+    assert out["params"] > 1_000_000
+    assert out["peak_rss_mb"] > out["baseline_rss_mb"] > 0
+    assert out["backend_version"] and out["threads"] == 1
+    text = hwlat("measure", str(path), "--db", str(tmp_path / "m.db"), "--quick").stdout
+    assert "ms median" in text and "peak RSS" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["profile", "--ops", "missing.jsonl"], "missing.jsonl"),
+    (["profile", "--ops", "{bad}", ], "not valid JSON"),
+    (["profile", "--ops", "{ops}", "--device", "nowhere"], "no device named 'nowhere'"),
+    (["profile", "--ops", "{ops}", "--backend", "tensorrt"], "unknown backend 'tensorrt'"),
+    (["profile", "--ops", "{ops}", "--db", "/nonexistent/dir/m.db"], "does not exist; create it"),
+    (["measure", "missing.onnx"], "model missing.onnx does not exist"),
+    (["profile", "--ops", "{ops}", "--inventory", "{inv}"], "unknown key 'hostname'"),
+])
+def test_bad_input_gives_a_clear_error(tmp_path, args: list[str], message: str) -> None:
+    (tmp_path / "bad.jsonl").write_text('{"op": "conv"\n')
+    write_jsonl([OpSpec("add", (1, 8, 8, 8))], tmp_path / "ops.jsonl")
+    (tmp_path / "inv.toml").write_text('[devices.pi]\nhost = "pi.local"\nhostname = "x"\n')
+    args = [a.format(bad=tmp_path / "bad.jsonl", ops=tmp_path / "ops.jsonl", inv=tmp_path / "inv.toml")
+            for a in args]
+    proc = hwlat(*args, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert proc.stderr.startswith("hwlat: error:")
