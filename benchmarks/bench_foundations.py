@@ -51,7 +51,8 @@ def op_set() -> list[OpSpec]:
                                 groups=mid, activation="relu6"))
             specs.append(OpSpec("conv", (1, mid, res, res), out_channels=mid, kernel=k, stride=2,
                                 padding=k // 2, groups=mid, activation="hardswish"))
-        specs += [OpSpec("conv", (1, cin, res, res), out_channels=cin, kernel=3, padding=1, activation="relu"),
+        specs += [OpSpec("conv", (1, cin, res, res), out_channels=cin, kernel=3, padding=1,
+                         activation="relu"),
                   OpSpec("add", (1, cout, res, res)),
                   OpSpec("mul", (1, mid, res, res), broadcast="channel"),
                   OpSpec("globalavgpool", (1, mid, res, res)),

@@ -1,8 +1,17 @@
 """Devices: where ops are measured and how to reach them (local or SSH)."""
 
-from .connection import Connection, ConnectionLost, DeviceError, LocalConnection, connect
+from .connection import (
+    Connection,
+    ConnectionLost,
+    DeviceError,
+    LocalConnection,
+    PythonMissing,
+    RuntimeMissing,
+    connect,
+)
 from .device import LOCAL, Device, local_device
 from .inventory import InventoryError, load_inventory, resolve_device
 
 __all__ = ["Connection", "ConnectionLost", "Device", "DeviceError", "InventoryError", "LOCAL",
-           "LocalConnection", "connect", "load_inventory", "local_device", "resolve_device"]
+           "LocalConnection", "PythonMissing", "RuntimeMissing", "connect", "load_inventory",
+           "local_device", "resolve_device"]

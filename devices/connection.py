@@ -23,7 +23,15 @@ class DeviceError(RuntimeError):
 
 
 class ConnectionLost(DeviceError):
-    """The link to the device dropped; reconnecting may help."""
+    """The link to the device dropped or was refused; reconnecting may help."""
+
+
+class PythonMissing(DeviceError):
+    """The device's configured interpreter does not exist there."""
+
+
+class RuntimeMissing(DeviceError):
+    """The device's Python lacks numpy or the runtime a backend needs."""
 
 
 class RemoteProcess:
@@ -86,8 +94,11 @@ class Connection(ABC):
         """Start ``argv`` on the device (no shell; arguments are passed as they are)."""
 
     @abstractmethod
-    def stage(self, paths: list[Path]) -> list[str]:
-        """Make local files available on the device; return their device-side paths."""
+    def stage(self, paths: list[Path], timeout_s: float | None = None) -> list[str]:
+        """Make local files available on the device; return their device-side paths.
+
+        ``timeout_s`` bounds the whole batch: a stalled upload raises ConnectionLost.
+        """
 
     @abstractmethod
     def run(self, argv: list[str], timeout_s: float = 60.0) -> tuple[int, str, str]:
@@ -96,10 +107,10 @@ class Connection(ABC):
     def is_alive(self) -> bool:
         return True
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (nothing to release for a local device)
         """Release the link (idempotent)."""
 
-    def __enter__(self) -> "Connection":
+    def __enter__(self) -> Connection:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -114,8 +125,8 @@ class LocalConnection(Connection):
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, start_new_session=True)
         except FileNotFoundError:
-            raise DeviceError(f"device {self.device.name!r}: cannot run {argv[0]!r}; set 'python' "
-                              f"for this device to an interpreter that exists") from None
+            raise PythonMissing(f"device {self.device.name!r}: cannot run {argv[0]!r}: not found; set "
+                                "'python' for this device to an interpreter that exists") from None
 
         def kill() -> None:
             if proc.poll() is None:
@@ -124,11 +135,14 @@ class LocalConnection(Connection):
 
         return RemoteProcess(proc.stdin, proc.stdout, proc.stderr, kill)
 
-    def stage(self, paths: list[Path]) -> list[str]:
+    def stage(self, paths: list[Path], timeout_s: float | None = None) -> list[str]:
         return [str(Path(p).resolve()) for p in paths]
 
     def run(self, argv: list[str], timeout_s: float = 60.0) -> tuple[int, str, str]:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
+        except FileNotFoundError:
+            return 127, "", f"{argv[0]}: not found"  # what a shell reports, as over SSH
         return proc.returncode, proc.stdout, proc.stderr
 
 

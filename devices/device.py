@@ -20,9 +20,9 @@ class Device:
 
     name: str
     host: str | None = None
-    port: int = 22
-    user: str | None = None
-    identity_file: str | None = None
+    port: int | None = None  # None: the ~/.ssh/config alias's Port, else 22
+    user: str | None = None  # None: the alias's User, else the local user name
+    identity_file: str | None = None  # None: the alias's IdentityFile, ssh-agent, ~/.ssh/id_*
     python: str = "python3"
     workdir: str = "~/.hwlat"
     backends: tuple[str, ...] = BACKENDS
@@ -32,6 +32,8 @@ class Device:
     labels: tuple[str, ...] = field(default=())
     graph_optimization: str = "all"
     trust_on_first_use: bool = False
+    known_hosts: str | None = None  # None: the alias's UserKnownHostsFile, else ~/.ssh/known_hosts
+    connect_timeout_s: float = 15.0
 
     @property
     def is_local(self) -> bool:

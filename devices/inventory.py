@@ -33,6 +33,8 @@ _KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "labels": ((list,), "a list of strings"),
     "graph_optimization": ((str,), "one of \"disable\", \"basic\", \"extended\", \"all\""),
     "trust_on_first_use": ((bool,), "true or false"),
+    "known_hosts": ((str,), "a path to a known_hosts file"),
+    "connect_timeout_s": ((int, float), "a number of seconds, e.g. 15"),
 }
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -146,5 +148,7 @@ def _check_values(path: Path, text: str, name: str, table: dict) -> None:
         fail("cpu_affinity", "must list non-negative CPU indices")
     if "labels" in table and not all(isinstance(v, str) for v in table["labels"]):
         fail("labels", "must list strings")
+    if "connect_timeout_s" in table and table["connect_timeout_s"] <= 0:
+        fail("connect_timeout_s", "must be > 0")
     if table.get("graph_optimization", "all") not in ("disable", "basic", "extended", "all"):
         fail("graph_optimization", "use one of disable, basic, extended, all")

@@ -8,6 +8,7 @@ over SSH), then talks to it with one JSON object per line on stdin/stdout:
   {"cmd": "configure", ...settings...}     -> {"type": "configured", "canary_ms": ...}
   {"cmd": "measure", "key": K, "model": P} -> {"type": "result", ...}
   {"cmd": "measure_model", "model": P}     -> {"type": "result", ... memory ...}
+  {"cmd": "profile_kernels", "model": P}   -> {"type": "result", ... per-node kernel times ...}
   {"cmd": "exit"}                          -> process ends
 
 Anything that fails while measuring one op comes back as a result with
@@ -15,12 +16,14 @@ status "failed" and error_msg; only a crash of the process itself loses the op.
 The timing protocol and the disturbance rule are documented in profiler/protocol.py.
 """
 
+import bisect
 import json
 import os
 import platform
 import resource
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 
@@ -90,6 +93,9 @@ class OrtRunner:
         opts.graph_optimization_level = getattr(
             ort.GraphOptimizationLevel, ORT_OPT_LEVELS[settings.get("graph_optimization", "all")])
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if settings.get("profile"):
+            opts.enable_profiling = True
+            opts.profile_file_prefix = os.path.join(tempfile.gettempdir(), f"hwlat_prof_{os.getpid()}")
         self.session = ort.InferenceSession(model_path, opts, providers=["CPUExecutionProvider"])
         self.feeds = _random_feeds([(i.name, i.shape) for i in self.session.get_inputs()])
         self.outputs = [o.name for o in self.session.get_outputs()]
@@ -98,7 +104,35 @@ class OrtRunner:
         self.session.run(self.outputs, self.feeds)
 
 
-RUNNERS = {"ort": OrtRunner}
+class TvmRunner:
+    """Runs a library built by profiler/tvm_backend.py with TVM's Relax VM on the CPU.
+
+    The library's ``hwlat_example_inputs()`` gives the inputs' shapes and dtypes. The random
+    inputs are bound once with ``save_function``, so a call is the VM running ``main``, as a
+    call of OrtRunner is ``session.run``; both are timed by the same ``time_runner``.
+    """
+
+    def __init__(self, model_path, settings):
+        # TVM's thread pool reads these when it starts; configure has already set the affinity.
+        os.environ["TVM_NUM_THREADS"] = str(settings["threads"])
+        os.environ["TVM_BIND_THREADS"] = "0"
+        import tvm
+        from tvm.runtime.vm import VirtualMachine
+
+        device = tvm.cpu()
+        self.vm = VirtualMachine(tvm.runtime.load_module(model_path), device)
+        examples = self.vm["hwlat_example_inputs"]()
+        feeds = _random_feeds([(str(i), list(t.shape)) for i, t in enumerate(examples)])
+        args = [tvm.runtime.tensor(feeds[str(i)].astype(str(t.dtype)), device)
+                for i, t in enumerate(examples)]
+        self.vm.save_function("main", "hwlat_main", *args)
+        self.main = self.vm["hwlat_main"]
+
+    def __call__(self):
+        self.main()
+
+
+RUNNERS = {"ort": OrtRunner, "tvm": TvmRunner, "tvm-untuned": TvmRunner}
 
 
 def time_runner(run, warmup_ms, warmup_runs, min_repeat_ms, repeat):
@@ -209,6 +243,97 @@ class Agent:
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         return result
 
+    def profile_kernels(self, msg):
+        """Per-node kernel times from ONNX Runtime's profiler, bracketed by the canary.
+
+        Statistics are per *run*, not per repeat: samples_ms are interquartile means of the
+        unit's kernel time (``unit_kernel_times``) over ``repeat`` groups of runs, and the canary
+        is judged by the interquartile mean of single runs. On a shared machine contention comes
+        in bursts of a few ms; a repeat's mean absorbs them, the middle half of the runs does not.
+        Runs longer than INTERLEAVE_MS span bursts, so one canary call is timed between runs and
+        only runs with a quiet canary on both sides count: within canary_tolerance of the fastest
+        of those calls (a canary call right after a long kernel finds its caches cold, so it is
+        judged against its own kind; the bracket judges the machine against the reference).
+        e2e_samples_ms are the same groups' whole-run times (with the profiler on).
+        """
+        if self.settings["backend"] != "ort":
+            raise ValueError("profile_kernels needs the ort backend (it reads ONNX Runtime's profiler)")
+        started = time.perf_counter()
+        p = self.protocol
+        attempts = []
+        for attempt in range(int(p["max_retries"]) + 1):
+            if attempt:
+                time.sleep(p["retry_backoff_s"] * 2 ** (attempt - 1))
+            before = self._canary_run_ratio()
+            runner = OrtRunner(msg["model"], {**self.settings, "profile": True})
+            clock = time.perf_counter
+            t0, warm = clock(), 0
+            while warm < p["warmup_runs"] or (clock() - t0) * 1e3 < p["warmup_ms"]:
+                runner()
+                warm += 1
+            per_call_ms = (clock() - t0) * 1e3 / warm
+            runs = int(min(5000, max(30, p["min_repeat_ms"] * p["repeat"] / max(per_call_ms, 1e-3))))
+            interleave = self.canary is not None and per_call_ms >= INTERLEAVE_MS
+            canary_ms = []
+            for _ in range(runs):
+                if interleave:
+                    canary_ms.append(_time_call(self.canary))
+                runner()
+            if interleave:
+                canary_ms.append(_time_call(self.canary))
+            path = runner.session.end_profiling()
+            try:
+                with open(path) as fh:
+                    events = json.load(fh)
+            finally:
+                os.remove(path)
+            inputs = [list(i.shape) for i in runner.session.get_inputs()]
+            outputs = [list(o.shape) for o in runner.session.get_outputs()]
+            unit_ms, run_ms, nodes = unit_kernel_times(events, inputs, outputs)
+            ratio = max(before, self._canary_run_ratio())
+            groups = max(1, min(int(p["repeat"]), runs))
+            size = runs // groups
+            unit_ms, run_ms = unit_ms[-runs:], run_ms[-runs:]
+            reasons = []
+            if interleave:
+                limit = (1 + p["canary_tolerance"]) * min(canary_ms)
+                quiet = [i for i in range(runs) if max(canary_ms[i], canary_ms[i + 1]) <= limit]
+                if len(quiet) < max(5, runs // 4):
+                    reasons.append(f"only {len(quiet)} of {runs} runs had a quiet canary on both sides")
+                else:
+                    unit_ms = [unit_ms[i] for i in quiet]
+                    run_ms = [run_ms[i] for i in quiet]
+                    groups = max(1, min(int(p["repeat"]), len(quiet)))
+                    size = len(quiet) // groups
+            samples = [_interquartile_mean(unit_ms[i * size:(i + 1) * size]) for i in range(groups)]
+            e2e = [_interquartile_mean(run_ms[i * size:(i + 1) * size]) for i in range(groups)]
+            if ratio > 1 + p["canary_tolerance"]:
+                reasons.append(f"canary runs took {ratio:.2f}x their quiet time")
+            if _cv(samples) > p["max_cv"]:
+                reasons.append(f"groups of runs spread too wide (cv {_cv(samples):.1%} > {p['max_cv']:.0%})")
+            attempts.append({"samples_ms": samples, "e2e_samples_ms": e2e, "number": size,
+                             "canary_ratio": ratio, "reasons": reasons, "kernel_nodes": nodes})
+            if not reasons:
+                break
+        best = attempts[-1] if not attempts[-1]["reasons"] else min(
+            attempts, key=lambda a: statistics.median(a["samples_ms"]))
+        return {"type": "result", "key": msg.get("key"), "status": "ok", **best,
+                "disturbed": bool(best["reasons"]), "attempts": len(attempts),
+                "canary_reference_ms": self.canary_reference_ms, "profiled_runs": runs,
+                "wall_s": time.perf_counter() - started}
+
+    def _canary_run_ratio(self):
+        """The canary's interquartile mean over single runs, relative to its reference (1 if none)."""
+        if self.canary is None:
+            return 1.0
+        p = self.protocol
+        times, t_end = [], time.perf_counter() + p["canary_min_repeat_ms"] * p["canary_repeat"] / 1e3
+        while time.perf_counter() < t_end or len(times) < 5:
+            t = time.perf_counter()
+            self.canary()
+            times.append((time.perf_counter() - t) * 1e3)
+        return _interquartile_mean(times) / self.canary_reference_ms
+
     # ----- helpers ------------------------------------------------------------
     def _runner(self, model_path):
         if self.settings is None:
@@ -225,6 +350,79 @@ class Agent:
         return ms
 
 
+INTERLEAVE_MS = 0.5
+
+
+def _time_call(run):
+    t = time.perf_counter()
+    run()
+    return (time.perf_counter() - t) * 1e3
+
+
+def _interquartile_mean(values):
+    """Mean of the middle half: robust to runs the OS preempted, and it still averages away
+    the profiler's whole-microsecond resolution (a median would not)."""
+    ordered = sorted(values)
+    cut = len(ordered) // 4
+    return statistics.fmean(ordered[cut:len(ordered) - cut] or ordered)
+
+
+HARNESS_PREFIX = "hwlat_ctx"
+_REORDERS = ("ReorderInput", "ReorderOutput")
+
+
+def _event_shapes(event, key):
+    return [list(v for v in item.values())[0] for item in event["args"].get(key, [])]
+
+
+def unit_kernel_times(events, input_shapes, output_shapes):
+    """Per-run kernel time (ms) of the unit a harness model measures, per-run total time, and the
+    unit's nodes with their interquartile-mean times.
+
+    Nodes named ``hwlat_ctx*`` are the harness (producers and consumers around the unit) and
+    do not count; nor do the layout reorders at the graph boundary: a ReorderInput of a graph
+    input before the unit's first node, a ReorderOutput to a graph output after its last. Every
+    other node, reorders between harness and unit included, is the unit's cost in context.
+    A model without harness nodes counts every node.
+    """
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
+    node_events = sorted((e for e in events if e.get("cat") == "Node"
+                          and e.get("name", "").endswith("_kernel_time")), key=lambda e: e["ts"])
+    per_run = [[] for _ in runs]
+    starts = [r[0] for r in runs]
+    for e in node_events:
+        i = bisect.bisect_right(starts, e["ts"]) - 1
+        if i >= 0 and e["ts"] <= runs[i][1]:
+            per_run[i].append(e)
+    totals, run_ms, node_times, node_info = [], [], {}, {}
+    for i, seq in enumerate(per_run):
+        if not seq:
+            continue
+        run_ms.append((runs[i][1] - runs[i][0]) / 1e3)
+        core = [j for j, e in enumerate(seq) if not e["name"].startswith(HARNESS_PREFIX)
+                and e["args"].get("op_name") not in _REORDERS]
+        first, last = (core[0], core[-1]) if core else (len(seq), -1)
+        total = 0.0
+        for j, e in enumerate(seq):
+            op = e["args"].get("op_name")
+            if e["name"].startswith(HARNESS_PREFIX):
+                continue
+            if op == "ReorderInput" and j < first and _event_shapes(e, "input_type_shape")[:1] \
+                    and _event_shapes(e, "input_type_shape")[0] in input_shapes:
+                continue
+            if op == "ReorderOutput" and j > last and _event_shapes(e, "output_type_shape")[:1] \
+                    and _event_shapes(e, "output_type_shape")[0] in output_shapes:
+                continue
+            total += e["dur"] / 1e3
+            name = e["name"][:-len("_kernel_time")]
+            node_times.setdefault(name, []).append(e["dur"] / 1e3)
+            node_info[name] = (op, _event_shapes(e, "output_type_shape"))
+        totals.append(total)
+    nodes = [{"name": k, "op": node_info[k][0], "output_shapes": node_info[k][1],
+              "mean_ms": _interquartile_mean(v)} for k, v in node_times.items()]
+    return totals, run_ms, nodes
+
+
 def _current_rss_kb():
     try:
         with open("/proc/self/status") as fh:
@@ -239,7 +437,7 @@ def _current_rss_kb():
 def main():
     agent = Agent()
     handlers = {"hello": agent.hello, "configure": agent.configure, "measure": agent.measure,
-                "measure_model": agent.measure_model}
+                "measure_model": agent.measure_model, "profile_kernels": agent.profile_kernels}
     for line in sys.stdin:
         line = line.strip()
         if not line:
@@ -253,7 +451,8 @@ def main():
                 raise ValueError(f"unknown command {msg.get('cmd')!r}")
             reply = handler(msg)
         except Exception as exc:
-            reply = {"type": "result" if msg.get("cmd", "").startswith("measure") else "error",
+            reply = {"type": "result" if msg.get("cmd", "").startswith(("measure", "profile"))
+                     else "error",
                      "key": msg.get("key"), "status": "failed",
                      "error_msg": f"{type(exc).__name__}: {exc}",
                      "traceback": traceback.format_exc(limit=5)}

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from devices.connection import Connection, ConnectionLost, RemoteProcess
+from devices.connection import Connection, ConnectionLost, DeviceError, RemoteProcess, RuntimeMissing
+from devices.device import Device
 
 AGENT_FILE = Path(__file__).with_name("agent.py")
+_PIP_NAMES = {"tvm": "apache-tvm"}  # import name -> what to pip install
 
 
 class AgentCrashed(RuntimeError):
@@ -16,6 +18,19 @@ class AgentCrashed(RuntimeError):
 
 class AgentTimeout(RuntimeError):
     """The agent did not answer in time."""
+
+
+def agent_start_error(device: Device, exc: Exception) -> DeviceError:
+    """Why the agent could not start, as a one-line DeviceError (RuntimeMissing for imports)."""
+    message = str(exc)
+    if "No module named" in message:
+        module = message.split("No module named", 1)[1].split("|")[0].strip(" :'\"")
+        return RuntimeMissing(f"device {device.name!r}: the agent cannot import {module!r} with "
+                              f"{device.python}; install it there ({device.python} -m pip install "
+                              f"{_PIP_NAMES.get(module, module)}) or set 'python' to an interpreter "
+                              "that has numpy and the runtime")
+    return DeviceError(f"device {device.name!r}: the agent did not start: {message}; "
+                       f"run `hwlat devices check {device.name}`")
 
 
 class AgentSession:
@@ -44,7 +59,7 @@ class AgentSession:
                                f"{self.hello.get('error_msg', self.hello)}")
         return self.hello
 
-    def start(self) -> "AgentSession":
+    def start(self) -> AgentSession:
         """Start the agent and configure it for the backend, protocol and canary."""
         device = self.connection.device
         self.start_hello()
@@ -71,7 +86,7 @@ class AgentSession:
         self.process.kill()
         self.process = None
 
-    def __enter__(self) -> "AgentSession":
+    def __enter__(self) -> AgentSession:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -48,6 +48,13 @@ class HostBackend:
     def model_artifact(self, onnx_path: Path) -> Path:
         raise NotImplementedError
 
+    def prefetch(self, specs: list[OpSpec], progress: bool = False) -> None:
+        """Prepare the artifacts of a campaign's ops before and while they are measured.
+
+        Called once per campaign with the ops still to measure; ``artifact`` must still work
+        for any op. Nothing to do where artifacts are cheap (ONNX Runtime).
+        """
+
     def close(self) -> None:
         """Release host-side resources (compiler workers)."""
 
@@ -71,7 +78,8 @@ def register_backend(cls: type[HostBackend]) -> type[HostBackend]:
     return cls
 
 
-def get_backend(name: str, device: Device) -> HostBackend:
+def get_backend(name: str, device: Device, **options) -> HostBackend:
+    """The backend ``name`` for ``device``; ``options`` go to its constructor (e.g. tune_trials)."""
     if name == "tvm" or name.startswith("tvm-"):
         from . import tvm_backend  # noqa: F401  (registers the TVM backends; imports TVM lazily)
     if name not in BACKENDS:
@@ -80,4 +88,4 @@ def get_backend(name: str, device: Device) -> HostBackend:
         raise UnknownBackendError(f"device {device.name!r} does not list backend {name!r} "
                                   f"(it has {', '.join(device.backends)}); add it to 'backends' "
                                   "in the inventory")
-    return BACKENDS[name](device)
+    return BACKENDS[name](device, **options)

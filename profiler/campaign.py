@@ -1,29 +1,37 @@
 """Campaign: measure a list of ops on one device, surviving faults, committing as it goes.
 
+Ops are staged on the device in batches (one upload of up to ``batch_size`` files,
+bounded by ``batch_timeout_s``), then measured one by one, each bounded by the
+protocol's ``op_timeout_s``.
+
 Faults and what happens:
   * an op fails to build or the agent reports an error -> stored as failed, next op;
   * the agent process dies on an op                    -> op stored as failed with the
     agent's last stderr lines, a new agent starts, next op;
   * the agent does not answer within op_timeout_s      -> op stored as failed, agent restarted;
-  * the connection drops                               -> reconnect with back-off and resume
-    at the first op not yet stored (the op in flight is measured again);
-  * Ctrl-C                                             -> what was measured stays stored,
-    the agent is stopped.
+  * the connection drops (or the link is found dead    -> reconnect with back-off and resume
+    after a timeout or crash)                             at the first op not yet stored (the
+                                                          op in flight is measured again);
+  * the device cannot be reached at the start, or the  -> DeviceError at once (nothing to
+    agent cannot start there (Python or runtime missing)  resume; the other devices go on);
+  * Ctrl-C, or ``stop()`` from another thread          -> what was measured stays stored,
+    the op in flight is dropped, the agent is stopped.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 from devices.connection import Connection, ConnectionLost, DeviceError, connect
 from devices.device import Device
 
-from .agent_client import AgentCrashed, AgentSession, AgentTimeout
+from .agent_client import AgentCrashed, AgentSession, AgentTimeout, agent_start_error
 from .backends import ArtifactError, HostBackend, get_backend
 from .measurement import Measurement
 from .opspec import OpSpec, unique
@@ -32,6 +40,10 @@ from .protocol import TimingProtocol
 from .store import Store
 
 log = logging.getLogger(__name__)
+
+# What the agent is asked for each kind of row: "op" times the artifact end to end; "kernel"
+# (ONNX Runtime only) profiles it and keeps the kernel time of the unit it holds (predictors/harness.py).
+AGENT_COMMANDS = {"op": "measure", "kernel": "profile_kernels"}
 
 # The fixed op re-timed around every measurement to detect a disturbed machine.
 CANARY = OpSpec("conv", (1, 32, 28, 28), out_channels=32, kernel=3, padding=1, activation="relu")
@@ -54,11 +66,12 @@ class CampaignReport:
     wall_s: float = 0.0
     timing_s: float = 0.0
     failures: list[str] = field(default_factory=list)
+    stopped: bool = False
 
     def summary(self) -> str:
         return (f"{self.device}/{self.backend}: {self.measured} measured, {self.skipped} already "
                 f"stored, {self.failed} failed, {self.disturbed} flagged disturbed, "
-                f"{self.reconnects} reconnects, {self.wall_s:.1f} s")
+                f"{self.reconnects} reconnects, {self.wall_s:.1f} s" + (", stopped" if self.stopped else ""))
 
 
 class Campaign:
@@ -67,7 +80,11 @@ class Campaign:
     def __init__(self, device: Device, backend: str | HostBackend, store: Store,
                  protocol: TimingProtocol | None = None, show_progress: bool = True,
                  reconnect_timeout_s: float = 300.0,
-                 connect_fn: Callable[[Device], Connection] = connect) -> None:
+                 connect_fn: Callable[[Device], Connection] = connect,
+                 batch_size: int = 32, batch_timeout_s: float = 600.0, kind: str = "op") -> None:
+        if kind not in AGENT_COMMANDS:
+            raise ValueError(f"unknown measurement kind {kind!r}; use one of {', '.join(AGENT_COMMANDS)}")
+        self.kind = kind
         self.device = device
         self.backend = get_backend(backend, device) if isinstance(backend, str) else backend
         self.store = store
@@ -75,13 +92,19 @@ class Campaign:
         self.show_progress = show_progress
         self.reconnect_timeout_s = reconnect_timeout_s
         self.connect_fn = connect_fn
+        self.batch_size = batch_size
+        self.batch_timeout_s = batch_timeout_s
         self._connection: Connection | None = None
         self._session: AgentSession | None = None
+        self._ever_connected = False
+        self._staged: set[str] = set()  # op keys whose artifacts the current connection has
+        self._artifacts: dict[str, Path | ArtifactError] = {}
+        self._stop = threading.Event()
 
     # ----- public -----------------------------------------------------------
     def run(self, specs: Iterable[OpSpec], force: bool = False) -> CampaignReport:
         specs = list(unique(specs))
-        done = set() if force else self.store.done_keys(self.device.name, self.backend.name)
+        done = set() if force else self.store.done_keys(self.device.name, self.backend.name, self.kind)
         todo = [s for s in specs if s.key not in done]
         report = CampaignReport(self.device.name, self.backend.name, requested=len(specs),
                                 skipped=len(specs) - len(todo))
@@ -89,11 +112,13 @@ class Campaign:
         progress = Progress(len(todo), f"{self.device.name}/{self.backend.name}") \
             if self.show_progress and todo else None
         try:
+            if todo:  # e.g. TVM tunes and compiles ahead; the canary is needed first
+                self.backend.prefetch([CANARY, *todo], progress=self.show_progress)
             index = 0
-            while index < len(todo):
+            while index < len(todo) and not self._stop.is_set():
                 spec = todo[index]
-                m = self._measure_one(spec, report)
-                if m is None:  # connection lost: same op again after reconnecting
+                m = self._measure_one(spec, report, todo[index:index + self.batch_size])
+                if m is None or self._stop.is_set():  # connection lost: same op again; or stopped
                     continue
                 self.store.save(m)
                 index += 1
@@ -107,37 +132,81 @@ class Campaign:
                     progress.update(note=f"{spec.op} {m.median_ms or 0:.3f} ms" if m.ok else "failed")
         finally:
             self._close()
+            self.backend.close()
+            if progress:
+                progress.close()
             report.wall_s = time.monotonic() - started
+            report.stopped = self._stop.is_set()
         return report
 
+    def stop(self) -> None:
+        """End a running ``run`` from another thread: the op in flight is dropped, not stored."""
+        self._stop.set()
+        session = self._session
+        process = session.process if session is not None else None
+        if process is not None:
+            process.kill()
+
     # ----- one op -----------------------------------------------------------
-    def _measure_one(self, spec: OpSpec, report: CampaignReport) -> Measurement | None:
+    def _measure_one(self, spec: OpSpec, report: CampaignReport,
+                     batch: list[OpSpec]) -> Measurement | None:
+        """The op's measurement, or None when it must be tried again (link lost) or was stopped."""
         try:
-            artifact = self.backend.artifact(spec)
+            artifact = self._artifact(spec)
         except ArtifactError as exc:
             return self._failed(spec.key, f"could not build the op: {exc}")
         try:
             session = self._ensure_session(report)
-            result = session.measure(spec.key, artifact, self.protocol.op_timeout_s)
+            if spec.key not in self._staged:
+                self._stage_batch(batch)
+            result = session.measure(spec.key, artifact, self.protocol.op_timeout_s,
+                                     cmd=AGENT_COMMANDS[self.kind])
         except ConnectionLost as exc:
-            log.warning("%s: %s; reconnecting", self.device.name, exc)
             self._close()
-            self._reconnect(report)
-            return None
-        except AgentTimeout as exc:
-            self._close()
-            return self._failed(spec.key, str(exc))
-        except AgentCrashed as exc:
-            lost = self._connection is not None and not self._connection.is_alive()
-            self._close()
-            if lost:
+            if not self._ever_connected:
+                raise DeviceUnreachable(str(exc)) from None
+            if not self._stop.is_set():
+                log.warning("%s: %s; reconnecting", self.device.name, exc)
                 self._reconnect(report)
+            return None
+        except (AgentTimeout, AgentCrashed) as exc:
+            if self._connection is not None and not self._connection.is_alive():
+                self._close()
+                if not self._stop.is_set():
+                    log.warning("%s: the connection dropped (%s); reconnecting", self.device.name, exc)
+                    self._reconnect(report)
                 return None
-            return self._failed(spec.key, str(exc))
-        return self._from_result(spec.key, result, "op")
+            self._close_session()  # the link is fine: a fresh agent on the same connection
+            return None if self._stop.is_set() else self._failed(spec.key, str(exc))
+        return self._from_result(spec.key, result, self.kind)
 
-    def _failed(self, key: str, error_msg: str, kind: str = "op") -> Measurement:
-        return Measurement(device=self.device.name, backend=self.backend.name, key=key, kind=kind,
+    def _artifact(self, spec: OpSpec) -> Path:
+        """Built once per campaign; a build error is remembered, not retried."""
+        if spec.key not in self._artifacts:
+            try:
+                self._artifacts[spec.key] = self.backend.artifact(spec)
+            except ArtifactError as exc:
+                self._artifacts[spec.key] = exc
+        found = self._artifacts[spec.key]
+        if isinstance(found, ArtifactError):
+            raise found
+        return found
+
+    def _stage_batch(self, batch: list[OpSpec]) -> None:
+        """Upload the next ops' artifacts in one go (files already on the device are skipped)."""
+        paths = []
+        for spec in batch:
+            try:
+                paths.append(self._artifact(spec))
+            except ArtifactError:
+                pass  # stored as failed when its turn comes
+        assert self._connection is not None
+        self._connection.stage(paths, timeout_s=self.batch_timeout_s)
+        self._staged.update(spec.key for spec in batch)
+
+    def _failed(self, key: str, error_msg: str, kind: str | None = None) -> Measurement:
+        return Measurement(device=self.device.name, backend=self.backend.name, key=key,
+                           kind=kind or self.kind,
                            status="failed", error_msg=error_msg, settings=self.device.settings(),
                            protocol=self.protocol.to_dict())
 
@@ -146,7 +215,8 @@ class Campaign:
             return self._failed(key, result.get("error_msg", "unknown agent error"), kind)
         assert self._session is not None
         hello, configured = self._session.hello, self._session.configured
-        extra = {k: result[k] for k in ("wall_s", "baseline_rss_mb", "peak_rss_mb") if k in result}
+        extra = {k: result[k] for k in ("wall_s", "baseline_rss_mb", "peak_rss_mb", "e2e_samples_ms",
+                                        "kernel_nodes", "profiled_runs") if k in result}
         return Measurement(
             device=self.device.name, backend=self.backend.name, key=key, kind=kind,
             samples_ms=result["samples_ms"], number=result["number"],
@@ -161,18 +231,28 @@ class Campaign:
         if self._session is None:
             if self._connection is None:
                 self._connection = self.connect_fn(self.device)
+                self._ever_connected = True
             config = {**self.backend.agent_config(), "protocol": self.protocol.to_dict(),
                       "canary_model": str(self.backend.artifact(CANARY)),
                       "canary_reference_ms": self.store.canary_reference(
                           self.device.name, self.backend.name, self.device.settings())}
-            self._session = AgentSession(self._connection, config).start()
+            session = AgentSession(self._connection, config)
+            try:
+                session.start()
+            except (AgentCrashed, AgentTimeout) as exc:
+                session.close()
+                if not self._connection.is_alive():
+                    raise ConnectionLost(f"connection to {self.device.name!r} dropped while the "
+                                         f"agent started ({exc})") from None
+                raise agent_start_error(self.device, exc) from None
+            self._session = session
         return self._session
 
     def _reconnect(self, report: CampaignReport) -> None:
         """Wait with exponential back-off until the device answers again."""
         deadline = time.monotonic() + self.reconnect_timeout_s
         delay = 1.0
-        while True:
+        while not self._stop.is_set():
             try:
                 self._connection = self.connect_fn(self.device)
                 report.reconnects += 1
@@ -185,10 +265,10 @@ class Campaign:
                         f"re-run the same command to resume") from None
                 log.warning("%s: still unreachable (%s); retrying in %.0f s",
                             self.device.name, exc, delay)
-                time.sleep(delay)
+                self._stop.wait(delay)
                 delay = min(delay * 2, 30.0)
 
-    def _close(self) -> None:
+    def _close_session(self) -> None:
         if self._session is not None:
             self._remember_canary(self._session)
             try:
@@ -196,9 +276,13 @@ class Campaign:
             except (ConnectionLost, OSError):
                 pass
             self._session = None
+
+    def _close(self) -> None:
+        self._close_session()
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+        self._staged.clear()
 
     def _remember_canary(self, session: AgentSession) -> None:
         ref = session.configured.get("canary_reference_ms")

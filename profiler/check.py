@@ -1,36 +1,80 @@
-"""``hwlat devices check``: can this device be measured on, and with what?"""
+"""``hwlat devices check``: can this device be measured on, and with what?
+
+Connects the way a campaign does, starts the agent for its hello (host facts and
+runtime versions) and asks the device's Python for the free disk in the workdir.
+Each failure becomes one line naming the cause and the fix (see devices/ssh.py and
+devices/known_hosts.py for the connection failures).
+"""
 
 from __future__ import annotations
 
-from devices.connection import DeviceError, connect
+import subprocess
+
+from devices.connection import DeviceError, PythonMissing, connect
 from devices.device import Device
 
-from .agent_client import AgentCrashed, AgentSession, AgentTimeout
+from .agent_client import AgentCrashed, AgentSession, AgentTimeout, agent_start_error
+from .backends import cache_dir
+
+RUNTIME_OF = {"ort": "onnxruntime", "tvm": "tvm"}
+_FREE_DISK = ("import os, shutil, sys; d = os.path.expanduser(sys.argv[1]); "
+              "os.makedirs(d, exist_ok=True); print(shutil.disk_usage(d).free)")
 
 
 def check_device(device: Device) -> dict:
-    """Connect, start the agent, and report host facts and runtime versions.
-
-    ``ok`` is False (with ``diagnosis``, one line) when the device cannot be used.
-    """
+    """Host facts and versions; ``ok`` False with ``error`` (a class name) and ``diagnosis``."""
     report: dict = {"device": device.name, "ok": False}
     try:
         with connect(device) as connection:
+            report["connection"] = "local" if device.is_local else f"ssh {connection.target}"
             session = AgentSession(connection, {}, hello_timeout_s=60)
             try:
                 session.start_hello()
+            except (AgentCrashed, AgentTimeout) as exc:
+                raise agent_start_error(device, exc) from None
             finally:
                 session.close()
-    except (DeviceError, AgentCrashed, AgentTimeout) as exc:
-        report["diagnosis"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            report.update(session.hello["host"])
+            report.update(session.hello["versions"])
+            report.update(_workdir_facts(device, connection))
+    except DeviceError as exc:
+        report["error"] = type(exc).__name__
+        report["diagnosis"] = str(exc).splitlines()[0]
         return report
-    report.update(session.hello["host"])
-    report.update(session.hello["versions"])
-    missing = [b for b in device.backends
-               if not session.hello["versions"].get({"ort": "onnxruntime", "tvm": "tvm"}[b])]
-    if missing:
-        report["diagnosis"] = (f"runtime missing on the device for backend(s) {missing}; install "
-                               f"it for {device.python} or drop it from 'backends'")
+    problem = _problem(device, report)
+    if problem:
+        report["error"], report["diagnosis"] = problem
         return report
     report["ok"] = True
     return report
+
+
+def _workdir_facts(device: Device, connection) -> dict:
+    workdir = device.workdir or str(cache_dir())
+    try:
+        status, out, err = connection.run([device.python, "-c", _FREE_DISK, workdir], timeout_s=60)
+    except (TimeoutError, subprocess.TimeoutExpired):
+        raise DeviceError(f"device {device.name!r}: {device.python} did not report the free disk "
+                          "within 60 s; is the device overloaded?") from None
+    if status == 127:
+        raise PythonMissing(f"device {device.name!r}: {err.strip()}; set 'python' to an interpreter "
+                            "that exists there")
+    if status != 0:
+        raise DeviceError(f"device {device.name!r}: cannot use workdir {workdir!r}: "
+                          f"{err.strip().splitlines()[-1] if err.strip() else status}; set 'workdir' "
+                          "to a writable folder")
+    return {"workdir": workdir, "disk_free_gb": round(int(out) / 1e9, 1)}
+
+
+def _problem(device: Device, report: dict) -> tuple[str, str] | None:
+    missing = [b for b in device.backends if not report.get(RUNTIME_OF.get(b, b))]
+    if missing:
+        return "RuntimeMissing", (f"runtime missing on the device for backend(s) {missing}: "
+                                  f"install {', '.join(RUNTIME_OF.get(b, b) for b in missing)} for "
+                                  f"{device.python}, or drop them from 'backends'")
+    cores = report.get("cores") or 0
+    bad = [c for c in device.cpu_affinity or () if c >= cores]
+    if bad:
+        return "BadAffinity", (f"cpu_affinity lists CPU(s) {bad}, but the device has {cores} cores "
+                               f"(0..{cores - 1}); fix 'cpu_affinity'")
+    return None

@@ -9,6 +9,8 @@ Sigmoid+Mul for swish), so ONNX Runtime fuses it exactly as it would in a model.
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +49,8 @@ def model_path(spec: OpSpec, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{spec.op}-{hashlib.sha256(spec.key.encode()).hexdigest()[:16]}.onnx"
     if not path.exists():
-        tmp = path.with_suffix(".tmp")
+        # One temp name per writer: parallel campaigns build the same ops at the same time.
+        tmp = path.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")
         onnx.save(build_model(spec), tmp)
         tmp.replace(path)
     return path

@@ -8,9 +8,9 @@ lists every field that matters for the op type in a fixed order, and round-trips
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Iterable, Iterator
 
 OP_TYPES = (
     "conv", "gemm", "maxpool", "avgpool", "globalavgpool",
@@ -94,7 +94,7 @@ class OpSpec:
         return "-".join([self.op, *items])
 
     @classmethod
-    def from_key(cls, key: str) -> "OpSpec":
+    def from_key(cls, key: str) -> OpSpec:
         op, _, rest = key.partition("-")
         if op not in OP_TYPES:
             raise InvalidOpSpecError(
@@ -121,7 +121,7 @@ class OpSpec:
         return {a: list(data[a]) if isinstance(data[a], tuple) else data[a] for a in attrs}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "OpSpec":
+    def from_dict(cls, data: dict) -> OpSpec:
         if "key" in data and len(data) == 1:
             return cls.from_key(data["key"])
         known = {f.name for f in fields(cls)}

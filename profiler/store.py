@@ -11,8 +11,8 @@ import json
 import os
 import sqlite3
 import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from .measurement import Measurement
 
@@ -90,7 +90,7 @@ class Store:
         with self._lock:
             self._db.close()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -149,14 +149,14 @@ class Store:
             sql += " WHERE " + " AND ".join(where)
         with self._lock:
             rows = self._db.execute(sql + " ORDER BY id", args).fetchall()
-        return [_to_measurement(dict(zip(_COLUMNS, r))) for r in rows]
+        return [_to_measurement(dict(zip(_COLUMNS, r, strict=True))) for r in rows]
 
     def get(self, device: str, backend: str, key: str, kind: str = "op") -> Measurement | None:
         with self._lock:
             row = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM measurements WHERE "
                                    "device=? AND backend=? AND kind=? AND key=?",
                                    (device, backend, kind, key)).fetchone()
-        return _to_measurement(dict(zip(_COLUMNS, row))) if row else None
+        return _to_measurement(dict(zip(_COLUMNS, row, strict=True))) if row else None
 
     def count(self) -> int:
         with self._lock:

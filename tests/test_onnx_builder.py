@@ -62,7 +62,7 @@ def test_op_model_runs_and_matches_reference(spec: OpSpec) -> None:
     got = session.run(None, feeds)
     want = reference(spec, model, feeds)
     assert len(got) == len(want) == len(spec.output_shapes)
-    for g, r, shape in zip(got, want, spec.output_shapes):
+    for g, r, shape in zip(got, want, spec.output_shapes, strict=True):
         assert g.shape == shape
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
 

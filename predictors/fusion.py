@@ -1,0 +1,159 @@
+"""Fusion rules: which producer -> consumer pairs a backend runs as one kernel, found by measurement.
+
+For each candidate pair the probe measures A, B and A->B as harness kernels
+(predictors/harness.py) and calls the pair *fused* when A->B costs clearly less than A and B
+apart, ``t(A) + t(B) - t(A->B) > FUSED_SAVING * t(B)``, on any probed shape: grouping a pair
+that does not fuse costs no accuracy (the group is measured as a whole), while missing a
+saving adds it to every prediction as error (concat -> shuffle saves 40% at 58 channels, where
+ORT keeps both in the plain layout, and nothing at 64, where it does not). That covers
+real fusions (ONNX Runtime folds a residual add and the ReLU after it into the conv) and
+shared layout work (concat -> channel shuffle -> split stay in the plain layout together,
+while each alone pays NCHWc reorders at its ends). A fused pair is measured, looked up and
+predicted as one kernel; a pair that is not fused costs the sum of its parts.
+
+Rules are keyed ``"<kernel signature>><consumer class>"`` (``conv|add>act``); a signature
+that was not probed falls back to its last op (``add>act``); a pair never probed is not fused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from profiler.opspec import OpSpec
+
+from .kernel import SEPARATOR, InvalidKernelError, Kernel, op_class
+
+FUSED_SAVING = 0.5
+RULES_VERSION = 1
+
+
+@dataclass
+class FusionRules:
+    backend: str
+    fused: dict[str, bool] = field(default_factory=dict)
+    evidence: list[dict] = field(default_factory=list)
+
+    def fuses(self, signature: str, consumer: str) -> bool:
+        exact = f"{signature}>{consumer}"
+        if exact in self.fused:
+            return self.fused[exact]
+        return self.fused.get(f"{signature.split(SEPARATOR)[-1]}>{consumer}", False)
+
+    def group(self, ops: Sequence[OpSpec]) -> list[Kernel]:
+        """Kernels of a flat op list in execution order (a search space's ``ops(arch)``).
+
+        An op joins the kernel before it when its input is that kernel's output and the
+        rules fuse the pair; ``globalavgpool, conv, conv, mul`` scaling the pool's input is
+        one squeeze-and-excitation kernel.
+        """
+        kernels: list[Kernel] = []
+        current: list[OpSpec] = []
+        i = 0
+        while i < len(ops):
+            se = _se_at(ops, i)
+            if se is not None:
+                if current:
+                    kernels.append(Kernel(tuple(current)))
+                kernels.append(se)
+                current = []
+                i += len(se.ops)
+                continue
+            op = ops[i]
+            if current and current[-1].output_shapes[0] == op.input_shape and self.fuses(
+                    SEPARATOR.join(op_class(o) for o in current), op_class(op)):
+                current.append(op)
+            else:
+                if current:
+                    kernels.append(Kernel(tuple(current)))
+                current = [op]
+            i += 1
+        if current:
+            kernels.append(Kernel(tuple(current)))
+        return kernels
+
+    def to_dict(self) -> dict:
+        return {"version": RULES_VERSION, "backend": self.backend, "fused": dict(sorted(self.fused.items())),
+                "evidence": self.evidence}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FusionRules:
+        if data.get("version") != RULES_VERSION:
+            raise ValueError(f"fusion rules version {data.get('version')!r} is not {RULES_VERSION}; "
+                             "probe the fusions again (hwlat train)")
+        return cls(backend=data["backend"], fused=dict(data["fused"]), evidence=list(data["evidence"]))
+
+
+def _se_at(ops: Sequence[OpSpec], i: int) -> Kernel | None:
+    if ops[i].op != "globalavgpool" or i + 3 >= len(ops):
+        return None
+    try:
+        kernel = Kernel(tuple(ops[i:i + 4]))
+    except InvalidKernelError:
+        return None
+    return kernel if kernel.is_se else None
+
+
+@dataclass(frozen=True)
+class FusionProbe:
+    """One candidate pair at one shape: kernel ``a`` followed by op ``b``."""
+
+    a: Kernel
+    b: OpSpec
+
+    @property
+    def rule(self) -> str:
+        return f"{self.a.signature}>{op_class(self.b)}"
+
+    @property
+    def kernels(self) -> tuple[Kernel, Kernel, Kernel]:
+        return self.a, Kernel((self.b,)), Kernel((*self.a.ops, self.b))
+
+
+def default_probes() -> list[FusionProbe]:
+    """The pairs CNNs contain, each at two shapes (one compute-heavy, one memory-heavy)."""
+    probes = []
+    for c, hw in ((64, 56), (160, 14)):
+        x = (1, c, hw, hw)
+        conv = OpSpec("conv", x, out_channels=c, kernel=1)
+        conv_relu = OpSpec("conv", x, out_channels=c, kernel=1, activation="relu")
+        add = OpSpec("add", x)
+        relu = OpSpec("act", x, activation="relu")
+        probes += [
+            FusionProbe(Kernel((conv,)), add),
+            FusionProbe(Kernel((conv_relu,)), add),
+            FusionProbe(Kernel((conv, add)), relu),
+            FusionProbe(Kernel((add,)), relu),
+            FusionProbe(Kernel((conv,)), OpSpec("mul", x)),
+        ]
+    for half, hw in ((58, 28), (64, 14)):
+        x = (1, 2 * half, hw, hw)
+        concat = OpSpec("concat", x, parts=(half, half))
+        shuffle = OpSpec("shuffle", x, groups=2)
+        split = OpSpec("split", x, parts=(half, half))
+        probes += [FusionProbe(Kernel((concat,)), shuffle), FusionProbe(Kernel((shuffle,)), split),
+                   FusionProbe(Kernel((concat, shuffle)), split)]
+    return probes
+
+
+def probe_kernels(probes: Iterable[FusionProbe]) -> list[Kernel]:
+    """Every kernel the probes need measured (A, B and A->B of each)."""
+    return list(dict.fromkeys(k for p in probes for k in p.kernels))
+
+
+def decide(probes: Iterable[FusionProbe], backend: str,
+           cost_ms: Callable[[Kernel], float | None]) -> FusionRules:
+    """Fusion rules from measured kernel costs; a probe with a missing cost is left out."""
+    rules = FusionRules(backend)
+    votes: dict[str, list[bool]] = {}
+    for probe in probes:
+        a, b, ab = (cost_ms(k) for k in probe.kernels)
+        if a is None or b is None or ab is None:
+            continue
+        saving_ms = a + b - ab
+        fused = saving_ms > FUSED_SAVING * b
+        votes.setdefault(probe.rule, []).append(fused)
+        rules.evidence.append({"rule": probe.rule, "a": probe.a.key, "b": probe.b.key, "a_ms": a,
+                               "b_ms": b, "ab_ms": ab, "saving_ms": saving_ms, "fused": fused})
+    rules.fused = {rule: any(v) for rule, v in votes.items()}
+    return rules

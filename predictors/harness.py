@@ -1,0 +1,148 @@
+"""Harness models: a kernel measured in the context it runs in, not as a one-op program.
+
+With ONNX Runtime's ORT_ENABLE_ALL, a conv alone pays for converting its input to the
+blocked NCHWc layout and back, while inside a network consecutive convs stay blocked; an
+add alone is a separate kernel, while after a conv it is folded into the conv. So each
+kernel is measured between a *producer* and a *consumer* like the ones a CNN has around it:
+
+    x_i -> hwlat_ctx_pre_i (1x1 depthwise conv + ReLU) -> [kernel] -> hwlat_ctx_post_k (1x1
+    depthwise conv) -> hwlat_ctx_y_k
+
+The producer picks the layout a channel-preserving conv would give the tensor (ORT blocks
+a conv's output only for some channel counts), and its ReLU keeps ORT from folding the
+kernel's own add or activation into the harness. The agent's ``profile_kernels`` then
+counts every node that is not ``hwlat_ctx*``: the kernel's nodes and the layout reorders
+the kernel causes, but not the reorders at the graph's edges (profiler/agent.py,
+``unit_kernel_times``). Inputs with fewer than 8 channels (the image) and 2-D inputs (a
+classifier after Flatten) come straight from the graph input, as they do in a network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from profiler.backends import OrtBackend, cache_dir
+from profiler.onnx_builder import IR_VERSION, OPSET, build_model
+from profiler.opspec import OpSpec
+
+from .kernel import Kernel
+
+HARNESS_PREFIX = "hwlat_ctx"  # must match profiler/agent.py
+MIN_PRODUCED_CHANNELS = 8
+HARNESS_VERSION = 2  # part of the cached file's name: a changed harness is rebuilt, not reused
+
+
+def build_harness(kernel: Kernel, seed: int = 0) -> onnx.ModelProto:
+    """The kernel between harness producers and consumers, as a checked ONNX model."""
+    rng = np.random.default_rng(seed)
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+    graph_inputs: list[onnx.ValueInfoProto] = []
+    graph_outputs: list[onnx.ValueInfoProto] = []
+
+    def external(shape: tuple[int, ...]) -> str:
+        i = len(graph_inputs)
+        name = f"x{i}"
+        graph_inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape)))
+        if len(shape) != 4 or shape[1] < MIN_PRODUCED_CHANNELS:
+            return name
+        return _depthwise(f"{HARNESS_PREFIX}_pre{i}", name, shape[1], True, rng, nodes, inits)
+
+    kernel_input = ""
+    previous: list[str] = []
+    for j, spec in enumerate(kernel.ops):
+        sources: list[str] = []
+        if j == 0:
+            sources = [external(s) for s in spec.input_shapes]
+            kernel_input = sources[0]
+        elif kernel.is_se and j == len(kernel.ops) - 1:
+            sources = [kernel_input, previous[0]]
+        else:
+            sources = [previous[0], *(external(s) for s in spec.input_shapes[1:])]
+        previous = _inline(spec, f"u{j}", sources, seed + j, nodes, inits)
+
+    for k, (name, shape) in enumerate(zip(previous, kernel.output_shapes, strict=True)):
+        out = f"{HARNESS_PREFIX}_y{k}"  # ORT names a blocked conv after its output tensor
+        if len(shape) == 4:
+            _depthwise(f"{HARNESS_PREFIX}_post{k}", name, shape[1], False, rng, nodes, inits, out)
+        else:
+            nodes.append(helper.make_node("Identity", [name], [out], name=f"{HARNESS_PREFIX}_out{k}"))
+        graph_outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, list(shape)))
+
+    graph = helper.make_graph(nodes, "harness", graph_inputs, graph_outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="hwlat", ir_version=IR_VERSION)
+    model.doc_string = kernel.key
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def harness_path(kernel: Kernel, directory: str | Path) -> Path:
+    """Write the kernel's harness model into ``directory`` (named by a hash of its key) unless there."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(f"{HARNESS_VERSION}:{kernel.key}".encode()).hexdigest()[:16]
+    path = directory / f"{kernel.op}-{digest}.onnx"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        onnx.save(build_harness(kernel), tmp)
+        tmp.replace(path)
+    return path
+
+
+class HarnessBackend(OrtBackend):
+    """ONNX Runtime, with kernels as harness models (OpSpecs, like the canary, stay one-op models).
+
+    Use with ``Campaign(..., kind="kernel")`` so the agent profiles instead of timing end to end.
+    """
+
+    def artifact(self, spec: OpSpec | Kernel) -> Path:  # type: ignore[override]
+        if isinstance(spec, Kernel):
+            return harness_path(spec, cache_dir() / "harness")
+        return super().artifact(spec)
+
+
+def _depthwise(name: str, source: str, channels: int, relu: bool, rng: np.random.Generator,
+               nodes: list, inits: list, out: str | None = None) -> str:
+    out = out or f"{name}_out"
+    w = numpy_helper.from_array((rng.standard_normal((channels, 1, 1, 1)) * 0.5 + 1).astype(np.float32),
+                                f"{name}_w")
+    b = numpy_helper.from_array((rng.standard_normal(channels) * 0.1).astype(np.float32), f"{name}_b")
+    inits.extend([w, b])
+    conv_out = f"{name}_conv" if relu else out
+    nodes.append(helper.make_node("Conv", [source, w.name, b.name], [conv_out], name=name,
+                                  kernel_shape=[1, 1], group=channels))
+    if relu:
+        nodes.append(helper.make_node("Relu", [conv_out], [out], name=f"{name}_act"))
+    return out
+
+
+def _inline(spec: OpSpec, prefix: str, sources: list[str], seed: int, nodes: list,
+            inits: list) -> list[str]:
+    """Copy the op's one-op model (profiler/onnx_builder.py) into the graph with its inputs
+    wired to ``sources``; return the names of its outputs."""
+    model = build_model(spec, seed=seed)
+    graph = model.graph
+    rename = {f"x{i}": src for i, src in enumerate(sources)}
+
+    def name_of(tensor: str) -> str:
+        return rename.get(tensor) or (f"{prefix}_{tensor}" if tensor else tensor)
+
+    for init in graph.initializer:
+        copy = onnx.TensorProto()
+        copy.CopyFrom(init)
+        copy.name = name_of(init.name)
+        inits.append(copy)
+    for n, node in enumerate(graph.node):
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.name = f"{prefix}_{node.op_type}_{n}"
+        copy.input[:] = [name_of(t) for t in node.input]
+        copy.output[:] = [name_of(t) for t in node.output]
+        nodes.append(copy)
+    return [name_of(o.name) for o in graph.output]

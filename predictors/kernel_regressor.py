@@ -1,0 +1,139 @@
+"""KernelRegressor: predicts the in-context time of kernels never measured.
+
+One model per kernel family (conv, depthwise conv, gemm, pooling, global pool, element-wise,
+data movement, squeeze-and-excitation), each a linear model on log cost features
+(log FLOPs, log bytes moved, ...) with gradient-boosted trees on its residual, all in log
+space (errors are relative). The linear part extrapolates sensibly beyond the sampled
+sizes, where trees alone would go flat; the trees learn what is not linear (layout
+switches on channel alignment, cache sizes). Families with too few samples are predicted
+by a model fitted on every kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.ensemble import HistGradientBoostingRegressor
+
+from .features import FEATURES, family, feature_matrix
+from .kernel import Kernel
+from .trees import TreeEnsemble
+
+FORMAT_VERSION = 1
+LINEAR_FEATURES = ("log_flops", "log_bytes", "log_out_elems", "log_in_elems")
+ALL = "all"
+
+
+class NotFittedError(RuntimeError):
+    """The regressor was used before ``fit``."""
+
+
+class KernelRegressor:
+    """scikit-learn style: ``fit(kernels, latency_ms)``, ``predict(kernels) -> ms``."""
+
+    def __init__(self, max_iter: int = 300, learning_rate: float = 0.05, max_leaf_nodes: int = 15,
+                 min_samples_leaf: int = 4, l2_regularization: float = 1.0, min_family_samples: int = 15,
+                 random_state: int | None = 0) -> None:
+        self.max_iter = max_iter
+        self.learning_rate = learning_rate
+        self.max_leaf_nodes = max_leaf_nodes
+        self.min_samples_leaf = min_samples_leaf
+        self.l2_regularization = l2_regularization
+        self.min_family_samples = min_family_samples
+        self.random_state = random_state
+
+    def get_params(self) -> dict:
+        return {k: getattr(self, k) for k in ("max_iter", "learning_rate", "max_leaf_nodes",
+                                              "min_samples_leaf", "l2_regularization",
+                                              "min_family_samples", "random_state")}
+
+    def fit(self, kernels: Sequence[Kernel], latency_ms: Sequence[float]) -> KernelRegressor:
+        y = np.log(np.asarray(latency_ms, dtype=np.float64))
+        if len(kernels) != len(y) or len(y) == 0:
+            raise ValueError(f"fit needs as many latencies as kernels (got {len(kernels)} kernels, "
+                             f"{len(y)} latencies), and at least one")
+        if not np.all(np.isfinite(y)):
+            raise ValueError("latencies must be positive and finite")
+        X = feature_matrix(list(kernels))
+        families = np.array([family(k) for k in kernels])
+        self.models_: dict[str, _FamilyModel] = {ALL: self._fit_family(X, y)}
+        for name in sorted(set(families)):
+            mask = families == name
+            if mask.sum() >= self.min_family_samples:
+                self.models_[name] = self._fit_family(X[mask], y[mask])
+        self.n_samples_ = {name: int((families == name).sum()) for name in sorted(set(families))}
+        return self
+
+    def predict(self, kernels: Sequence[Kernel]) -> np.ndarray:
+        return np.exp(self.predict_log(feature_matrix(list(kernels)), [family(k) for k in kernels]))
+
+    def predict_log(self, X: np.ndarray, families: Sequence[str]) -> np.ndarray:
+        if not hasattr(self, "models_"):
+            raise NotFittedError("fit the KernelRegressor (or load a predictor) before predicting")
+        out = np.empty(len(X))
+        families = np.asarray(families)
+        for name in set(families.tolist()):
+            mask = families == name
+            out[mask] = self.models_.get(name, self.models_[ALL]).predict(X[mask])
+        return out
+
+    def _fit_family(self, X: np.ndarray, y: np.ndarray) -> _FamilyModel:
+        cols = [FEATURES.index(f) for f in LINEAR_FEATURES]
+        A = np.column_stack([X[:, cols], np.ones(len(X))])
+        ridge = 1e-3 * np.eye(A.shape[1])
+        ridge[-1, -1] = 0.0
+        coef = np.linalg.solve(A.T @ A + ridge, A.T @ y)
+        residual = y - A @ coef
+        trees = None
+        if len(y) >= 2 * self.min_samples_leaf:
+            hgb = HistGradientBoostingRegressor(
+                max_iter=self.max_iter, learning_rate=self.learning_rate,
+                max_leaf_nodes=self.max_leaf_nodes, min_samples_leaf=self.min_samples_leaf,
+                l2_regularization=self.l2_regularization, early_stopping=False,
+                random_state=self.random_state)
+            hgb.fit(X, residual)
+            trees = TreeEnsemble.from_sklearn(hgb)
+        return _FamilyModel(cols, coef, trees)
+
+    # ----- serialization ---------------------------------------------------------------
+    def to_dict(self) -> dict:
+        if not hasattr(self, "models_"):
+            raise NotFittedError("fit the KernelRegressor before saving it")
+        return {"version": FORMAT_VERSION, "params": self.get_params(), "features": list(FEATURES),
+                "n_samples": self.n_samples_,
+                "models": {name: m.to_dict() for name, m in self.models_.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> KernelRegressor:
+        if data.get("version") != FORMAT_VERSION:
+            raise ValueError(f"kernel regressor format {data.get('version')!r} is not {FORMAT_VERSION}")
+        if list(data["features"]) != list(FEATURES):
+            raise ValueError("the saved kernel regressor uses other features than this hwlat version; "
+                             "train it again")
+        reg = cls(**data["params"])
+        reg.n_samples_ = dict(data["n_samples"])
+        reg.models_ = {name: _FamilyModel.from_dict(m) for name, m in data["models"].items()}
+        return reg
+
+
+class _FamilyModel:
+    def __init__(self, cols: list[int], coef: np.ndarray, trees: TreeEnsemble | None) -> None:
+        self.cols = cols
+        self.coef = coef
+        self.trees = trees
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        out = X[:, self.cols] @ self.coef[:-1] + self.coef[-1]
+        if self.trees is not None:
+            out = out + self.trees.predict(X)
+        return out
+
+    def to_dict(self) -> dict:
+        return {"cols": self.cols, "coef": self.coef.tolist(),
+                "trees": self.trees.to_dict() if self.trees is not None else None}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> _FamilyModel:
+        trees = TreeEnsemble.from_dict(data["trees"]) if data["trees"] is not None else None
+        return cls(list(data["cols"]), np.asarray(data["coef"], np.float64), trees)

@@ -1,0 +1,67 @@
+"""OverheadModel: from a sum of in-context kernel times to a network's end-to-end latency.
+
+    latency_ms = intercept_ms + per_kernel_ms * n_kernels
+                 + compute_scale * (sum over compute kernels) + memory_scale * (sum over the rest)
+
+``intercept_ms`` is the runtime's per-call overhead (``session.run``, input and output copies),
+``per_kernel_ms`` what the executor spends between kernels (and the glue nodes' cost),
+``compute_scale`` the slowdown of dense convs and gemms inside a network, whose weights
+are no longer in cache as they are when one kernel is timed over and over, and
+``memory_scale`` the same for memory-bound kernels. A few end-to-end measurements fit them
+(least squares on relative error, with bounds so that a few noisy points cannot produce an
+absurd model); with fewer measurements than ``MIN_MODELS_FOR_SCALES`` only the two
+additive terms are fitted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy.optimize import lsq_linear
+
+COMPUTE_OPS = ("conv", "gemm")  # Kernel.op values whose cost scales with the compute term
+MIN_MODELS_FOR_SCALES = 6
+
+
+@dataclass
+class OverheadModel:
+    intercept_ms: float = 0.0
+    per_kernel_ms: float = 0.0
+    compute_scale: float = 1.0
+    memory_scale: float = 1.0
+    fitted_on: int = 0
+
+    def kernel_ms(self, raw_ms: np.ndarray, compute: np.ndarray) -> np.ndarray:
+        """What each kernel adds to the end-to-end latency (its scaled cost plus per-kernel overhead)."""
+        scale = np.where(compute, self.compute_scale, self.memory_scale)
+        return scale * raw_ms + self.per_kernel_ms
+
+    def fit(self, compute_ms: Sequence[float], memory_ms: Sequence[float], n_kernels: Sequence[int],
+            measured_ms: Sequence[float]) -> OverheadModel:
+        """Fit from networks' summed kernel times (split by class), kernel counts and measurements."""
+        c, m, n, y = (np.asarray(v, dtype=np.float64)
+                      for v in (compute_ms, memory_ms, n_kernels, measured_ms))
+        if len(y) == 0:
+            raise ValueError("fitting the overhead needs at least one end-to-end measurement")
+        weight = 1.0 / y
+        if len(y) >= MIN_MODELS_FOR_SCALES:
+            A = np.column_stack([np.ones_like(y), n, c, m]) * weight[:, None]
+            bounds = ([0.0, 0.0, 0.8, 0.8], [5.0, 0.05, 1.5, 1.5])
+            sol = lsq_linear(A, y * weight, bounds=bounds).x
+            self.intercept_ms, self.per_kernel_ms, self.compute_scale, self.memory_scale = map(float, sol)
+        else:
+            A = np.column_stack([np.ones_like(y), n]) * weight[:, None]
+            sol = lsq_linear(A, (y - c - m) * weight, bounds=([0.0, 0.0], [5.0, 0.05])).x
+            self.intercept_ms, self.per_kernel_ms = map(float, sol)
+            self.compute_scale = self.memory_scale = 1.0
+        self.fitted_on = int(len(y))
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> OverheadModel:
+        return cls(**data)

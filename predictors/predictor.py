@@ -1,0 +1,250 @@
+"""LatencyPredictor: "how long does this network take on that device?"
+
+``predict(model)`` takes an ONNX path or ModelProto, a ``torch.nn.Module`` with
+``input_shape=``, or a ``(space, arch)`` pair, and returns a ``Prediction`` (latency in ms
+and the per-kernel breakdown). ``predict_batch(space, archs)`` answers a whole batch of a
+search space's architectures with one gather and sum over the space's lookup-table layout.
+
+The saved file (``save``/``load``) is JSON, no pickle, so it loads with any later
+scikit-learn or numpy::
+
+    {"format": "hwlat-latency-predictor", "version": 1,
+     "kind": "lut" | "gbdt",               # table lookups first, or the regressor for everything
+     "device": ..., "backend": ..., "backend_version": ..., "settings": {...}, "host": {...},
+     "created_at": <unix time>, "training": {...counts, device seconds...},
+     "fusion_rules": {"version": 1, "backend": ..., "fused": {"conv>add": true, ...},
+                      "evidence": [{"rule", "a", "b", "a_ms", "b_ms", "ab_ms", ...}]},
+     "table": {"entries": {<kernel key>: <ms>}, "overhead": {"intercept_ms", "per_kernel_ms",
+               "compute_scale", "memory_scale", "fitted_on"}},
+     "regressor": {"version": 1, "params": {...}, "features": [...], "n_samples": {...},
+                   "models": {<family>: {"cols", "coef", "trees": {"baseline", "n_features",
+                              "trees": [{"feature", "threshold", "left", "right",
+                                         "missing_left", "value"}]}}}} | null}
+
+Kernel keys are OpSpec keys joined by ``|`` (predictors/kernel.py). Trees are evaluated
+as in predictors/trees.py; a loaded predictor gives bit-identical predictions.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from .fusion import FusionRules
+from .kernel import Kernel
+from .kernel_regressor import KernelRegressor
+from .overhead import OverheadModel
+from .splitter import ModelSplitter
+from .table import LatencyTable
+
+FORMAT = "hwlat-latency-predictor"
+FORMAT_VERSION = 1
+KINDS = ("lut", "gbdt")
+
+
+class PredictorFormatError(ValueError):
+    """A predictor file that is not a (compatible) hwlat predictor."""
+
+
+@dataclass
+class KernelCost:
+    key: str
+    op: str
+    latency_ms: float     # what the kernel adds end to end (scaled, with per-kernel overhead)
+    source: str           # "table", "regressor" or "glue"
+    nodes: tuple[str, ...] = ()
+
+
+@dataclass
+class Prediction:
+    latency_ms: float
+    kernels: list[KernelCost]
+    overhead_ms: float
+    fallbacks: list[str] = field(default_factory=list)  # keys predicted because the table lacks them
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class LatencyPredictor:
+    """Splitter + fusion rules + table (with regressor fallback) + overhead, for one device."""
+
+    def __init__(self, table: LatencyTable, fusion_rules: FusionRules, device: str, backend: str,
+                 kind: str = "lut", meta: dict | None = None) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown predictor kind {kind!r}; use one of {', '.join(KINDS)}")
+        if kind == "gbdt" and table.fallback is None:
+            raise ValueError("a gbdt predictor needs a fitted KernelRegressor as the table's fallback")
+        self.table = table
+        self.fusion_rules = fusion_rules
+        self.device = device
+        self.backend = backend
+        self.kind = kind
+        self.meta = dict(meta or {})
+        self._splitter = ModelSplitter(fusion_rules)
+        self._space_cache: dict[int, tuple[Any, np.ndarray]] = {}
+
+    @property
+    def regressor(self) -> KernelRegressor | None:
+        return self.table.fallback
+
+    # ----- single models --------------------------------------------------------------
+    def predict(self, model: Any, input_shape: Sequence[int] | None = None, strict: bool = True
+                ) -> Prediction:
+        """Latency of one network: ONNX path/ModelProto, torch module (+ input_shape), or (space, arch)."""
+        if isinstance(model, tuple) and len(model) == 2 and hasattr(model[0], "ops"):
+            return self._predict_arch(*model)
+        if _is_torch_module(model):
+            if input_shape is None:
+                raise ValueError("a torch.nn.Module needs input_shape=(N, C, H, W) to be traced")
+            model = _torch_to_onnx(model, tuple(input_shape))
+        elif not isinstance(model, (onnx.ModelProto, str, Path)):
+            raise TypeError(f"cannot predict a {type(model).__name__}: pass an ONNX path or ModelProto, "
+                            "a torch.nn.Module with input_shape, or a (space, arch) pair")
+        split = ModelSplitter(self.fusion_rules, strict=strict).split(model)
+        kernels = [s.kernel for s in split.kernels]
+        costs = self._costs(kernels)
+        items = [KernelCost(k.key, k.op, float(ms), self._source(fb), s.nodes)
+                 for k, s, ms, fb in zip(kernels, split.kernels, costs.latency_ms, costs.fallback,
+                                         strict=True)]
+        items += [KernelCost("glue", "glue", self.table.overhead.per_kernel_ms, "glue", (n,))
+                  for n in split.glue_nodes]
+        return self._prediction(items, costs, kernels, split.warnings)
+
+    def _predict_arch(self, space: Any, arch: Any) -> Prediction:
+        kernels = self._arch_kernels(space, arch)
+        costs = self._costs(kernels)
+        items = [KernelCost(k.key, k.op, float(ms), self._source(fb))
+                 for k, ms, fb in zip(kernels, costs.latency_ms, costs.fallback, strict=True)]
+        return self._prediction(items, costs, kernels, [])
+
+    def _source(self, fallback: bool) -> str:
+        return "regressor" if fallback or self.kind == "gbdt" else "table"
+
+    def _costs(self, kernels: list[Kernel]):
+        if self.kind == "gbdt":
+            table = LatencyTable({}, self.table.fallback, self.table.overhead)
+            costs = table.costs(kernels)
+            costs.fallback[:] = False  # the regressor is the model here, not a fallback
+            return costs
+        return self.table.costs(kernels)
+
+    def _prediction(self, items: list[KernelCost], costs, kernels: list[Kernel],
+                    warnings: list[str]) -> Prediction:
+        intercept = self.table.overhead.intercept_ms
+        total = intercept + float(sum(i.latency_ms for i in items))
+        fallbacks = list(dict.fromkeys(k.key for k, fb in zip(kernels, costs.fallback, strict=True) if fb))
+        return Prediction(total, items, intercept, fallbacks, list(warnings))
+
+    # ----- search spaces ---------------------------------------------------------------
+    def _arch_kernels(self, space: Any, arch: Any) -> list[Kernel]:
+        if hasattr(space, "cells") and hasattr(space, "cell_indices"):
+            cells = self._cell_kernels(space)
+            return [k for i in np.asarray(space.cell_indices(arch)) for k in cells[int(i)]]
+        return self.fusion_rules.group(space.ops(arch))
+
+    def _cell_kernels(self, space: Any) -> list[list[Kernel]]:
+        return [self.fusion_rules.group(list(cell)) for cell in space.cells()]
+
+    def cell_latency_ms(self, space: Any) -> np.ndarray:
+        """What each cell of ``space.cells()`` adds to a network's latency (cached per space)."""
+        cached = self._space_cache.get(id(space))
+        if cached is not None and cached[0] is space:
+            return cached[1]
+        cells = self._cell_kernels(space)
+        flat = [k for ks in cells for k in ks]
+        costs = self._costs(flat).latency_ms if flat else np.zeros(0)
+        vector = np.zeros(len(cells))
+        at = 0
+        for i, ks in enumerate(cells):
+            vector[i] = costs[at:at + len(ks)].sum()
+            at += len(ks)
+        self._space_cache[id(space)] = (space, vector)
+        return vector
+
+    def latency_ms(self, space: Any, arch: Any) -> float:
+        """One architecture's latency, without the breakdown: the fast path for a single query."""
+        return float(self.cell_latency_ms(space)[space.cell_indices(arch)].sum()
+                     + self.table.overhead.intercept_ms)
+
+    def predict_batch(self, space: Any, archs: Sequence[Any]) -> np.ndarray:
+        """Latency (ms) of each architecture: per-cell costs gathered and summed, plus the intercept."""
+        vector = self.cell_latency_ms(space)
+        if hasattr(space, "cell_indices_batch"):
+            idx = np.asarray(space.cell_indices_batch(archs))
+        else:
+            idx = np.stack([np.asarray(space.cell_indices(a)) for a in archs])
+        return vector.take(idx).sum(axis=1) + self.table.overhead.intercept_ms
+
+    # ----- files ----------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "version": FORMAT_VERSION, "kind": self.kind, "device": self.device,
+                "backend": self.backend, **self.meta, "fusion_rules": self.fusion_rules.to_dict(),
+                "table": self.table.to_dict(),
+                "regressor": self.regressor.to_dict() if self.regressor is not None else None}
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        data = self.to_dict()
+        data.setdefault("created_at", time.time())
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(data, allow_nan=False, separators=(",", ":")))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencyPredictor:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"predictor file {path} does not exist; train one with hwlat train")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise PredictorFormatError(f"{path} is not a hwlat predictor (not JSON: {exc})") from None
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "predictor") -> LatencyPredictor:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise PredictorFormatError(f"{source} is not a hwlat latency predictor (format field "
+                                       f"{data.get('format') if isinstance(data, dict) else None!r})")
+        if data.get("version") != FORMAT_VERSION:
+            raise PredictorFormatError(f"{source} has predictor format version {data.get('version')}; "
+                                       f"this hwlat reads version {FORMAT_VERSION}: train it again")
+        regressor = KernelRegressor.from_dict(data["regressor"]) if data.get("regressor") else None
+        table = LatencyTable(data["table"]["entries"], regressor,
+                             OverheadModel.from_dict(data["table"]["overhead"]))
+        known = {"format", "version", "kind", "device", "backend", "fusion_rules", "table", "regressor"}
+        meta = {k: v for k, v in data.items() if k not in known}
+        return cls(table, FusionRules.from_dict(data["fusion_rules"]), data["device"], data["backend"],
+                   data["kind"], meta)
+
+
+def _is_torch_module(obj: Any) -> bool:
+    return any(c.__module__.startswith("torch.nn") and c.__name__ == "Module" for c in type(obj).__mro__)
+
+
+def _torch_to_onnx(module: Any, input_shape: tuple[int, ...]) -> onnx.ModelProto:
+    """Trace with the legacy exporter (what the splitter is tested on), in memory."""
+    import torch
+
+    buffer = io.BytesIO()
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            torch.onnx.export(module, (torch.randn(*input_shape),), buffer, input_names=["input"],
+                              output_names=["output"], opset_version=17, do_constant_folding=True,
+                              dynamo=False)
+    finally:
+        module.train(was_training)
+    return onnx.load_from_string(buffer.getvalue())

@@ -1,0 +1,201 @@
+"""Random kernel configurations in the ranges CNNs use, for training kernel regressors.
+
+Each draw builds a short op pattern (a conv, a residual ``conv -> add -> relu``, a
+``concat -> shuffle -> split``, an SE block, ...) and groups it with the backend's fusion
+rules, so the kernels sampled are the kernels the splitter produces for real networks.
+Channel counts are mostly multiples of 8 with a quarter arbitrary (ONNX Runtime switches
+convolution layouts on channel alignment, so the odd ones must be seen too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from profiler.opspec import InvalidOpSpecError, OpSpec
+
+from .fusion import FusionRules
+from .kernel import Kernel
+
+MAX_FLOPS = 2e9  # keeps one measurement under a few hundred ms on a small CPU
+ACTIVATIONS = ("none", "relu", "relu6", "hardswish", "swish", "hardsigmoid", "sigmoid")
+_ACT_WEIGHTS = (4, 4, 2, 2, 2, 0.5, 0.5)
+
+
+@dataclass
+class KernelSampler:
+    """Draws kernels; ``weights`` maps pattern names (see ``PATTERNS``) to relative frequency."""
+
+    rules: FusionRules
+    random_state: int | None = None
+    weights: dict[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        self._rng = np.random.default_rng(self.random_state)
+
+    def sample(self, n: int) -> list[Kernel]:
+        """``n`` distinct kernels (a pattern that fuses into fewer kernels gives all of them)."""
+        weights = self.weights or DEFAULT_WEIGHTS
+        names = list(weights)
+        p = np.array([weights[k] for k in names], dtype=float)
+        p /= p.sum()
+        found: dict[Kernel, None] = {}
+        attempts = 0
+        while len(found) < n and attempts < 50 * n:
+            attempts += 1
+            pattern = PATTERNS[names[self._rng.choice(len(names), p=p)]]
+            try:
+                ops = pattern(self._rng)
+            except InvalidOpSpecError:
+                continue
+            if any(op.flops > MAX_FLOPS for op in ops):
+                continue
+            for kernel in self.rules.group(ops):
+                found.setdefault(kernel)
+        return list(found)[:n]
+
+
+def channels(rng: np.random.Generator, lo: int = 8, hi: int = 1024) -> int:
+    value = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    if rng.random() < 0.75:
+        return max(8, int(round(value / 8)) * 8)
+    return max(3, int(round(value)))
+
+
+def resolution(rng: np.random.Generator, hi: int = 112) -> int:
+    if rng.random() < 0.6:
+        return int(rng.choice([r for r in (7, 14, 28, 56, 112, 224) if r <= hi]))
+    return int(rng.integers(4, hi + 1))
+
+
+def activation(rng: np.random.Generator) -> str:
+    p = np.array(_ACT_WEIGHTS) / sum(_ACT_WEIGHTS)
+    return str(rng.choice(ACTIVATIONS, p=p))
+
+
+def _conv(rng: np.random.Generator) -> list[OpSpec]:
+    k = int(rng.choice([1, 1, 3, 3, 5, 7]))
+    hw = resolution(rng)
+    s = 2 if rng.random() < 0.2 and hw >= 4 else 1
+    return [OpSpec("conv", (1, channels(rng), hw, hw), out_channels=channels(rng), kernel=k, stride=s,
+                   padding=k // 2, activation=activation(rng), bias=bool(rng.random() < 0.9))]
+
+
+def _stem(rng: np.random.Generator) -> list[OpSpec]:
+    k = int(rng.choice([3, 5, 7]))
+    hw = int(rng.choice([96, 128, 160, 192, 224, 256]))
+    return [OpSpec("conv", (1, 3, hw, hw), out_channels=channels(rng, 8, 96), kernel=k, stride=2,
+                   padding=k // 2, activation=activation(rng))]
+
+
+def _dwconv(rng: np.random.Generator) -> list[OpSpec]:
+    c = channels(rng, 8, 1536)
+    k = int(rng.choice([3, 3, 5, 7]))
+    hw = resolution(rng)
+    s = 2 if rng.random() < 0.25 and hw >= 4 else 1
+    return [OpSpec("conv", (1, c, hw, hw), out_channels=c, kernel=k, stride=s, padding=k // 2, groups=c,
+                   activation=activation(rng))]
+
+
+def _group_conv(rng: np.random.Generator) -> list[OpSpec]:
+    g = int(rng.choice([2, 4, 8, 32]))
+    c = g * max(1, channels(rng) // g)
+    k = int(rng.choice([1, 3]))
+    hw = resolution(rng, 56)
+    return [OpSpec("conv", (1, c, hw, hw), out_channels=c, kernel=k, padding=k // 2, groups=g,
+                   activation=activation(rng))]
+
+
+def _residual(rng: np.random.Generator) -> list[OpSpec]:
+    c_in, c, hw = channels(rng), channels(rng), resolution(rng)
+    k = int(rng.choice([1, 1, 3]))
+    x = (1, c, hw, hw)
+    ops = [OpSpec("conv", (1, c_in, hw, hw), out_channels=c, kernel=k, padding=k // 2), OpSpec("add", x)]
+    if rng.random() < 0.5:
+        ops.append(OpSpec("act", x, activation="relu"))
+    return ops
+
+
+def _gemm(rng: np.random.Generator) -> list[OpSpec]:
+    return [OpSpec("gemm", (1, channels(rng, 16, 4096)), out_channels=int(rng.choice(
+        [10, 100, 1000, 1000, channels(rng, 16, 2048)])), activation=str(rng.choice(
+            ["none", "none", "relu", "hardswish"])))]
+
+
+def _pool(rng: np.random.Generator) -> list[OpSpec]:
+    k = int(rng.choice([2, 3, 3]))
+    hw = resolution(rng)
+    pad = int(k == 3 and rng.random() < 0.5)
+    return [OpSpec(str(rng.choice(["maxpool", "maxpool", "avgpool"])), (1, channels(rng), hw, hw),
+                   kernel=min(k, hw), stride=int(rng.choice([1, 2, 2])), padding=pad)]
+
+
+def _gap(rng: np.random.Generator) -> list[OpSpec]:
+    return [OpSpec("globalavgpool", (1, channels(rng, 16, 2048), resolution(rng, 56), resolution(rng, 56)))]
+
+
+def _eltwise(rng: np.random.Generator) -> list[OpSpec]:
+    hw = resolution(rng)
+    x = (1, channels(rng), hw, hw)
+    kind = str(rng.choice(["add", "mul", "act"]))
+    if kind == "act":
+        return [OpSpec("act", x, activation=str(rng.choice(ACTIVATIONS[1:])))]
+    return [OpSpec(kind, x, broadcast=str(rng.choice(["none", "channel"])))]
+
+
+def _concat(rng: np.random.Generator) -> list[OpSpec]:
+    """Concats, with parts aligned to 16 channels in a third of the draws (NCHWc-capable)."""
+    hw = resolution(rng)
+    n = int(rng.choice([2, 2, 3, 4]))
+    if rng.random() < 0.35:
+        parts = tuple(16 * max(1, channels(rng, 16, 512) // 16) for _ in range(n))
+    else:
+        parts = tuple(channels(rng, 8, 512) for _ in range(n))
+    return [OpSpec("concat", (1, sum(parts), hw, hw), parts=parts)]
+
+
+def _split(rng: np.random.Generator) -> list[OpSpec]:
+    hw = resolution(rng)
+    half = channels(rng, 8, 512)
+    return [OpSpec("split", (1, 2 * half, hw, hw), parts=(half, half))]
+
+
+def _shuffle(rng: np.random.Generator) -> list[OpSpec]:
+    hw = resolution(rng)
+    g = int(rng.choice([2, 2, 4]))
+    return [OpSpec("shuffle", (1, g * channels(rng, 8, 512), hw, hw), groups=g)]
+
+
+def _shuffle_block(rng: np.random.Generator) -> list[OpSpec]:
+    """ShuffleNetV2's concat -> shuffle (-> split of the next unit)."""
+    hw = resolution(rng, 56)
+    half = 2 * int(rng.integers(12, 260)) // 2
+    x = (1, 2 * half, hw, hw)
+    ops = [OpSpec("concat", x, parts=(half, half)), OpSpec("shuffle", x, groups=2)]
+    if rng.random() < 0.75:
+        ops.append(OpSpec("split", x, parts=(half, half)))
+    return ops
+
+
+def _se(rng: np.random.Generator) -> list[OpSpec]:
+    c, hw = channels(rng, 16, 1536), resolution(rng, 56)
+    r = max(8, int(c * float(rng.choice([0.0625, 0.125, 0.25]))))
+    act = str(rng.choice(["relu", "swish"]))
+    gate = str(rng.choice(["hardsigmoid", "sigmoid"]))
+    return [OpSpec("globalavgpool", (1, c, hw, hw)),
+            OpSpec("conv", (1, c, 1, 1), out_channels=r, activation=act),
+            OpSpec("conv", (1, r, 1, 1), out_channels=c, activation=gate),
+            OpSpec("mul", (1, c, hw, hw), broadcast="channel")]
+
+
+PATTERNS: dict[str, Callable[[np.random.Generator], list[OpSpec]]] = {
+    "conv": _conv, "stem": _stem, "dwconv": _dwconv, "group_conv": _group_conv,
+    "residual": _residual, "gemm": _gemm, "pool": _pool, "globalavgpool": _gap,
+    "eltwise": _eltwise, "concat": _concat, "split": _split, "shuffle": _shuffle,
+    "shuffle_block": _shuffle_block, "se": _se,
+}
+DEFAULT_WEIGHTS = {"conv": 30, "stem": 3, "dwconv": 16, "group_conv": 2, "residual": 10, "gemm": 4,
+                   "pool": 5, "globalavgpool": 4, "eltwise": 5, "concat": 7, "split": 3,
+                   "shuffle": 3, "shuffle_block": 5, "se": 8}

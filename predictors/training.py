@@ -1,0 +1,280 @@
+"""Building a predictor for one device: what to measure, in which order, and the fits.
+
+``train_predictor``:
+  1. probe which op pairs the backend fuses (predictors/fusion.py);
+  2. measure kernels in context: the cells of a search space (for a table) and a training
+     set for the kernel regressor (random kernel configurations and the kernels of random
+     networks built from published CNN blocks, predictors/zoo.py);
+  3. fit the KernelRegressor on every clean kernel row of the device;
+  4. measure a few calibration networks end to end (random architectures of the space, or
+     random networks) and fit the overhead model.
+``adaptive_profile`` grows the regressor's training set where a committee of regressors
+disagrees most, until held-out kernels are predicted well enough or the time is up.
+
+Everything measured goes to the store first, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from devices.device import Device
+from profiler.backends import cache_dir
+from profiler.protocol import TimingProtocol
+from profiler.store import Store
+
+from . import zoo
+from .fusion import FusionRules, decide, default_probes, probe_kernels
+from .kernel import InvalidKernelError, Kernel
+from .kernel_regressor import KernelRegressor
+from .metrics import accuracy
+from .predictor import LatencyPredictor
+from .profiling import KernelProfiler, device_seconds
+from .sampling import KernelSampler
+from .splitter import ModelSplitter
+from .table import LatencyTable
+
+Log = Callable[[str], None]
+
+
+class NotEnoughDataError(RuntimeError):
+    """Too few clean measurements to fit a model (the machine was too busy, or the run was cut)."""
+
+
+@dataclass
+class TrainingConfig:
+    kind: str = "lut"
+    sampled_kernels: int = 600        # random kernel configurations for the regressor
+    random_networks: int = 30         # random networks whose kernels train the regressor
+    calibration_networks: int = 16    # networks measured end to end for the overhead fit
+    model_repeats: int = 3            # each measured this many times, the fastest clean kept
+    passes: int = 3                   # re-measure disturbed rows up to this many times
+    random_state: int = 0
+    kernel_protocol: TimingProtocol | None = None
+    model_protocol: TimingProtocol | None = None
+
+
+def fusion_rules(profiler: KernelProfiler, passes: int = 3, log: Log = print) -> FusionRules:
+    probes = default_probes()
+    kernels = probe_kernels(probes)
+    for _ in range(passes):
+        profiler.measure(kernels)
+        costs = profiler.costs()
+        if all(k.key in costs for k in kernels):
+            break
+    rules = decide(probes, profiler.backend, lambda k: costs.get(k.key))
+    log(f"fusion rules ({len(rules.evidence)} of {len(probes)} probes clean): "
+        + ", ".join(f"{r}={'fused' if f else 'apart'}" for r, f in sorted(rules.fused.items())))
+    return rules
+
+
+def random_networks(count: int, start: int = 0) -> list[Path]:
+    """Random networks (predictors/zoo.py) exported once into the cache."""
+    directory = cache_dir() / "networks"
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for seed in range(start, start + count):
+        path = directory / f"random_{seed:04d}.onnx"
+        if not path.exists():
+            module, res = zoo.random_network(seed)
+            tmp = directory / f"random_{seed:04d}.tmp.onnx"
+            zoo.export_onnx(module, tmp, res)
+            tmp.replace(path)
+        paths.append(path)
+    return paths
+
+
+def space_networks(space: Any, count: int, seed: int = 0) -> list[Path]:
+    """Random architectures of a space, as ONNX files in the cache."""
+    import onnx
+
+    directory = cache_dir() / "networks" / str(getattr(space, "name", "space"))
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        arch = space.sample(rng)
+        path = directory / f"arch_{seed}_{i:04d}.onnx"
+        if not path.exists():
+            onnx.save(space.to_onnx(arch), path)
+        paths.append(path)
+    return paths
+
+
+def space_kernels(space: Any, rules: FusionRules) -> list[Kernel]:
+    return list(dict.fromkeys(k for cell in space.cells() for k in rules.group(list(cell))))
+
+
+def measured_kernels(profiler: KernelProfiler) -> tuple[list[Kernel], np.ndarray]:
+    """Every clean kernel row of the device, parsed back into kernels."""
+    kernels, ms = [], []
+    for key, cost in profiler.costs().items():
+        try:
+            kernels.append(Kernel.from_key(key))
+        except InvalidKernelError:
+            continue
+        ms.append(cost)
+    return kernels, np.asarray(ms)
+
+
+def measure_until_clean(profiler: KernelProfiler, kernels: Sequence[Kernel], passes: int,
+                        log: Log = print, what: str = "kernels") -> None:
+    for i in range(passes):
+        report = profiler.measure(kernels)
+        log(f"{what}, pass {i + 1}: {report.summary()}")
+        if report.disturbed == 0 and report.failed == 0:
+            return
+
+
+def train_predictor(device: Device, store: Store, config: TrainingConfig | None = None,
+                    space: Any = None, backend: str = "ort", log: Log = print) -> LatencyPredictor:
+    config = config or TrainingConfig()
+    profiler = KernelProfiler(device, store, config.kernel_protocol, backend)
+    started = time.monotonic()
+    rules = fusion_rules(profiler, config.passes, log)
+    wanted: list[Kernel] = []
+    if space is not None:
+        wanted += space_kernels(space, rules)
+    splitter = ModelSplitter(rules)
+    for path in random_networks(config.random_networks):
+        wanted += [s.kernel for s in splitter.split(path).kernels]
+    wanted += KernelSampler(rules, config.random_state).sample(config.sampled_kernels)
+    wanted = list(dict.fromkeys(wanted))
+    measure_until_clean(profiler, wanted, config.passes, log)
+    kernels, ms = measured_kernels(profiler)
+    if len(kernels) < 30:
+        raise NotEnoughDataError(f"only {len(kernels)} clean kernel measurements on {device.name}; "
+                                 "run again when the device is quiet (re-runs resume)")
+    regressor = KernelRegressor(random_state=config.random_state).fit(kernels, ms)
+    table = LatencyTable({} if config.kind == "gbdt" else dict(zip((k.key for k in kernels), ms,
+                                                                   strict=True)), regressor)
+    calibration = (space_networks(space, config.calibration_networks) if space is not None
+                   else random_networks(config.calibration_networks))
+    fit_overhead(table, profiler, calibration, rules, config.model_protocol, log, config.model_repeats)
+    rows = store.measurements(device.name, backend, "kernel")
+    meta = {"settings": device.settings(), "backend_version": _backend_version(rows),
+            "host": rows[-1].host if rows else {},
+            "training": {"kernels": len(kernels), "calibration_networks": len(calibration),
+                         "space": getattr(space, "name", None),
+                         "kernel_device_seconds": round(device_seconds(rows), 1),
+                         "wall_seconds": round(time.monotonic() - started, 1)}}
+    return LatencyPredictor(table, rules, device.name, backend, config.kind, meta)
+
+
+def fit_overhead(table: LatencyTable, profiler: KernelProfiler, paths: Sequence[Path],
+                 rules: FusionRules, protocol: TimingProtocol | None = None, log: Log = print,
+                 repeats: int = 3) -> None:
+    measured = profiler.measure_models(paths, protocol, repeats=repeats)
+    splitter = ModelSplitter(rules)
+    networks, ms = [], []
+    for path, m in zip(paths, measured, strict=True):
+        if not m.clean:
+            continue
+        split = splitter.split(path)
+        networks.append(([s.kernel for s in split.kernels], len(split.glue_nodes)))
+        ms.append(m.median_ms)
+    if not networks:
+        log("no clean end-to-end measurement: overhead model left at zero (predictions are sums)")
+        return
+    overhead = table.fit_overhead(networks, ms)
+    log(f"overhead fitted on {len(ms)} networks: {overhead}")
+
+
+def _backend_version(rows: list) -> str:
+    versions = [m.backend_version for m in rows if m.backend_version]
+    return versions[-1] if versions else ""
+
+
+# ----- adaptive sampling ------------------------------------------------------------------------
+@dataclass
+class AdaptiveRound:
+    kernels_measured: int
+    device_minutes: float
+    holdout_within_10: float
+    holdout_rmspe: float
+
+
+@dataclass
+class AdaptiveReport:
+    rounds: list[AdaptiveRound] = field(default_factory=list)
+    reached_target: bool = False
+
+    def summary(self) -> str:
+        last = self.rounds[-1] if self.rounds else None
+        if last is None:
+            return "no round finished"
+        reached = "reached" if self.reached_target else "not reached"
+        return (f"{len(self.rounds)} rounds, {last.kernels_measured} kernels, "
+                f"{last.device_minutes:.1f} device-minutes, held-out kernels within +-10%: "
+                f"{last.holdout_within_10:.0%} (target {reached})")
+
+
+def adaptive_profile(profiler: KernelProfiler, rules: FusionRules, budget_minutes: float,
+                     target_within_10: float = 0.9, batch: int = 80, holdout: int = 40,
+                     committee: int = 5, pool: int = 1500, random_state: int = 0,
+                     log: Log = print) -> AdaptiveReport:
+    """Measure kernels where the regressor is least sure until held-out accuracy or the budget.
+
+    Each round measures a fresh random hold-out batch first and scores the current regressor
+    on it (how wrong it is on kernels it never saw), then adds those kernels to the training
+    set, fits a committee of regressors on bootstrap resamples, and measures the ``batch``
+    candidates of a random pool on which the committee disagrees most.
+    """
+    sampler = KernelSampler(rules, random_state)
+    rng = np.random.default_rng(random_state)
+    deadline = time.monotonic() + 60 * budget_minutes
+    report = AdaptiveReport()
+    seconds = 0.0
+    first = sampler.sample(2 * batch)
+    seconds += _measured_seconds(profiler, first)
+    while time.monotonic() < deadline:
+        kernels, ms = measured_kernels(profiler)
+        if len(kernels) < 30:
+            raise NotEnoughDataError("fewer than 30 clean kernels after the first batch; the device is "
+                                     "too busy to profile now")
+        current = KernelRegressor(random_state=random_state).fit(kernels, ms)
+        known = {k.key for k in kernels}
+        fresh = [k for k in sampler.sample(holdout * 2) if k.key not in known][:holdout]
+        seconds += _measured_seconds(profiler, fresh)
+        costs = profiler.costs(fresh)
+        scored = [k for k in fresh if k.key in costs]
+        if scored:
+            acc = accuracy(current.predict(scored), [costs[k.key] for k in scored])
+            report.rounds.append(AdaptiveRound(len(known) + len(scored), seconds / 60, acc.within_10,
+                                               acc.rmspe))
+            log(f"round {len(report.rounds)}: {len(known)} kernels trained, held-out within +-10% "
+                f"{acc.within_10:.0%} (RMSPE {acc.rmspe:.1f}%), {seconds / 60:.1f} device-minutes")
+            if acc.within_10 >= target_within_10:
+                report.reached_target = True
+                break
+        if time.monotonic() >= deadline:
+            break
+        kernels, ms = measured_kernels(profiler)
+        candidates = [k for k in sampler.sample(pool) if k.key not in {x.key for x in kernels}]
+        spread = np.zeros(len(candidates))
+        if candidates:
+            preds = []
+            for j in range(committee):
+                pick = rng.integers(0, len(kernels), len(kernels))
+                model = KernelRegressor(max_iter=150, random_state=random_state + j)
+                model.fit([kernels[i] for i in pick], ms[pick])
+                preds.append(np.log(model.predict(candidates)))
+            spread = np.std(preds, axis=0)
+        chosen = [candidates[i] for i in np.argsort(-spread)[:batch]]
+        seconds += _measured_seconds(profiler, chosen)
+    return report
+
+
+def _measured_seconds(profiler: KernelProfiler, kernels: Sequence[Kernel]) -> float:
+    if not kernels:
+        return 0.0
+    profiler.measure(kernels)
+    rows = profiler.store.measurements(profiler.device.name, profiler.backend, "kernel")
+    keys = {k.key for k in kernels}
+    return device_seconds(m for m in rows if m.key in keys)

@@ -1,0 +1,32 @@
+"""One call for a whole search into an output folder: the entry point of the CLI and quickstart.
+
+The study lives in ``<out_dir>/study.db``: running the same call again with the same
+settings resumes it (see search/study.py for what resume guarantees); other settings
+raise StudyMismatchError instead of mixing two searches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .objectives import Objective
+from .report import SearchReport, write_report
+from .storage import SearchStorage
+from .strategies.base import Strategy
+from .study import Study
+
+STUDY_FILE = "study.db"
+
+
+def run_search(space: Any, objectives: Sequence[Objective], strategy: Strategy, budget: int,
+               out_dir: str | Path, *, batch_size: int | None = None, top_k: int = 5,
+               show_progress: bool = True, export_onnx: bool = True) -> tuple[Study, SearchReport]:
+    """Check budgets, search ``budget`` architectures (resuming a stored run), write the report."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    storage = SearchStorage(out_dir / STUDY_FILE)
+    study = Study(space, objectives, strategy, storage=storage, batch_size=batch_size)
+    study.optimize(budget, show_progress=show_progress)
+    return study, write_report(study, out_dir, top_k=top_k, export_onnx=export_onnx)

@@ -1,0 +1,270 @@
+"""Predictors: splitter on every zoo model, harness profiling with real ORT, tables, regressors,
+save/load in a fresh process, and the CLI. No timed assertions: latencies here are whatever
+the (shared) machine gives; accuracy goals live in benchmarks/bench_predictors.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from sklearn.model_selection import cross_val_score
+
+import hwlat_cli
+from devices.device import local_device
+from predictors import (
+    ArchLatencyRegressor,
+    FusionRules,
+    Kernel,
+    KernelRegressor,
+    LatencyPredictor,
+    LatencyTable,
+    MissingKernelError,
+    ModelSplitter,
+    UnsupportedOpsError,
+    zoo,
+)
+from predictors.fusion import decide, default_probes
+from predictors.harness import HARNESS_PREFIX, build_harness
+from predictors.profiling import KernelProfiler
+from predictors.sampling import KernelSampler
+from profiler.opspec import OpSpec
+from profiler.store import Store
+
+# The rules ONNX Runtime's probe finds on x86 (tests must not depend on a measurement).
+RULES = FusionRules("ort", {"conv>add": True, "conv_act>add": False, "conv|add>act": True,
+                            "add>act": False, "conv>mul": False, "concat>shuffle": True,
+                            "shuffle>split": True, "concat|shuffle>split": True})
+
+
+@pytest.fixture(scope="module")
+def zoo_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("zoo")
+    zoo.export_all(directory, list(zoo.ZOO))
+    return directory
+
+
+def _synthetic_ms(kernel: Kernel) -> float:
+    """A made-up but structured latency: compute and memory terms, a penalty off channel alignment."""
+    penalty = 1.0 if kernel.head.input_shape[1] % 4 == 0 else 1.6
+    return penalty * (kernel.flops / 40e9 + kernel.bytes_moved / 8e9) * 1e3 + 0.002
+
+
+@pytest.fixture(scope="module")
+def synthetic_regressor() -> KernelRegressor:
+    kernels = KernelSampler(RULES, random_state=1).sample(500)
+    return KernelRegressor(max_iter=120).fit(kernels, [_synthetic_ms(k) for k in kernels])
+
+
+# ----- splitter --------------------------------------------------------------------------------
+EXPECTED = {  # (convs incl. depthwise, fused conv|add, SE kernels, concat kernels)
+    "mobilenet_v2": (52, 10, 0, 0), "mobilenet_v2_0.5": (52, 10, 0, 0),
+    "mobilenet_v3_large": (46, 10, 8, 0), "mnasnet_a1": (49, 9, 8, 0),
+    "efficientnet_b0": (49, 9, 16, 0), "resnet18": (20, 8, 0, 0), "resnet34": (36, 16, 0, 0),
+    "shufflenet_v2": (56, 0, 0, 16), "squeezenet_1_1": (26, 0, 0, 8),
+}
+
+
+@pytest.mark.parametrize("name", list(zoo.ZOO))
+def test_splitter_maps_every_zoo_model(zoo_dir, name):
+    result = ModelSplitter(RULES).split(zoo_dir / f"{name}.onnx")
+    assert result.unsupported == []
+    ops = Counter(k.kernel.op for k in result.kernels)
+    signatures = [k.kernel.signature for k in result.kernels]
+    convs = sum(1 for k in result.kernels if k.kernel.head.op == "conv" and not k.kernel.is_se)
+    fused_add = sum("add" in s.split("|") and not s.startswith("globalavgpool") for s in signatures)
+    assert (convs, fused_add, ops["se"], ops["concat"]) == EXPECTED[name]
+    assert ops["globalavgpool"] == 1  # the classifier's pool; SE pools are inside SE kernels
+    assert all(node for k in result.kernels for node in k.nodes)
+
+
+def test_splitter_folds_exporter_patterns(zoo_dir):
+    shuffle = ModelSplitter(RULES).split(zoo_dir / "shufflenet_v2.onnx")
+    # chunk (Shape/Gather/Div/Slice) -> split; view/transpose/reshape -> shuffle; fused with concat
+    assert Counter(k.kernel.signature for k in shuffle.kernels)["concat|shuffle|split"] == 13
+    mbv3 = ModelSplitter(RULES).split(zoo_dir / "mobilenet_v3_large.onnx")
+    acts = Counter(op.activation for op in mbv3.ops if op.op == "conv")
+    assert acts["hardswish"] > 0 and acts["hardsigmoid"] == 8  # SE gates folded into their conv
+    effnet = ModelSplitter(RULES).split(zoo_dir / "efficientnet_b0.onnx")
+    assert Counter(op.activation for op in effnet.ops)["swish"] > 30  # Sigmoid-Mul recognised
+    assert ModelSplitter(FusionRules("none")).split(zoo_dir / "resnet18.onnx").kernels[-1].kernel.op == "gemm"
+
+
+def test_splitter_names_unknown_ops():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])
+    graph = helper.make_graph([helper.make_node("Tanh", ["x"], ["t"], name="my_tanh"),
+                               helper.make_node("LRN", ["t"], ["y"], name="my_lrn", size=3)],
+                              "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(UnsupportedOpsError) as error:
+        ModelSplitter(RULES).split(model)
+    assert "Tanh (my_tanh)" in str(error.value) and "LRN (my_lrn)" in str(error.value)
+    lenient = ModelSplitter(RULES, strict=False).split(model)
+    assert lenient.kernels == [] and "my_lrn" in " ".join(lenient.warnings)
+
+
+# ----- harness and kernel profiling (real ORT, real SQLite) -----------------------------------
+def test_harness_and_profile_kernels(tmp_path, quick_protocol):
+    x, y = (1, 32, 14, 14), (1, 116, 14, 14)
+    kernels = [Kernel((OpSpec("conv", x, out_channels=32, kernel=1), OpSpec("add", x))),
+               Kernel((OpSpec("concat", y, parts=(58, 58)), OpSpec("shuffle", y, groups=2))),
+               Kernel((OpSpec("split", y, parts=(58, 58)),)),
+               Kernel((OpSpec("gemm", (1, 64), out_channels=10),))]
+    model = build_harness(kernels[0])
+    assert sum(n.name.startswith(HARNESS_PREFIX) for n in model.graph.node) >= 2
+    with Store(tmp_path / "k.db") as store:
+        profiler = KernelProfiler(local_device(), store, quick_protocol)
+        report = profiler.measure(kernels)
+        assert report.measured == len(kernels) and report.failed == 0
+        rows = {m.key: m for m in store.measurements("local", "ort", "kernel")}
+    for kernel in kernels:
+        row = rows[kernel.key]
+        assert row.median_ms > 0 and row.extra["e2e_samples_ms"]
+        names = [n["name"] for n in row.extra["kernel_nodes"]]
+        assert names and not any(n.startswith(HARNESS_PREFIX) for n in names)
+        assert all(n["mean_ms"] > 0 for n in row.extra["kernel_nodes"])
+    # the residual add is folded into the conv: one ORT node for two ops
+    assert len(rows[kernels[0].key].extra["kernel_nodes"]) == 1
+
+
+def test_fusion_decision_from_costs():
+    def cost(kernel: Kernel) -> float:  # additive, except a conv followed by an add saves 0.35
+        ops = kernel.ops
+        saving = sum(0.35 for a, b in zip(ops, ops[1:], strict=False)
+                     if a.op == "conv" and a.activation == "none" and b.op == "add")
+        return sum({"conv": 1.0, "add": 0.4}.get(o.op, 0.2) for o in ops) - saving
+
+    rules = decide(default_probes(), "ort", cost)
+    assert rules.fused["conv>add"] and not rules.fused["conv_act>add"] and not rules.fused["add>act"]
+    assert rules.fuses("conv_act|conv", "add")  # not probed: falls back to the last op's rule
+    assert not rules.fuses("conv", "concat")  # never probed: not fused
+    ops = [OpSpec("conv", (1, 16, 8, 8), out_channels=16), OpSpec("add", (1, 16, 8, 8)),
+           OpSpec("conv", (1, 16, 8, 8), out_channels=16, activation="relu"), OpSpec("add", (1, 16, 8, 8))]
+    assert [k.signature for k in rules.group(ops)] == ["conv|add", "conv_act", "add"]
+
+
+# ----- tables, regressors, predictor --------------------------------------------------------------
+def test_kernel_regressor_generalises(synthetic_regressor):
+    held_out = KernelSampler(RULES, random_state=2).sample(200)
+    truth = np.array([_synthetic_ms(k) for k in held_out])
+    rel = synthetic_regressor.predict(held_out) / truth - 1
+    assert np.mean(np.abs(rel) <= 0.10) >= 0.8
+    assert np.median(np.abs(rel)) < 0.05
+
+
+def test_table_falls_back_and_reports(synthetic_regressor):
+    kernels = KernelSampler(RULES, random_state=3).sample(6)
+    table = LatencyTable({k.key: 1.0 for k in kernels[:4]}, synthetic_regressor)
+    costs = table.costs(kernels)
+    assert costs.fallback.tolist() == [False] * 4 + [True] * 2
+    assert np.all(costs.raw_ms[4:] > 0) and costs.raw_ms[:4].tolist() == [1.0] * 4
+    with pytest.raises(MissingKernelError, match=kernels[5].key.replace("|", "\\|")):
+        LatencyTable({k.key: 1.0 for k in kernels[:4]}).costs(kernels)
+
+
+@pytest.fixture(scope="module")
+def predictor(synthetic_regressor, zoo_dir) -> LatencyPredictor:
+    split = ModelSplitter(RULES).split(zoo_dir / "mobilenet_v2.onnx")
+    entries = {s.kernel.key: _synthetic_ms(s.kernel) for s in split.kernels[:20]}
+    table = LatencyTable(entries, synthetic_regressor)
+    networks = []
+    for name in ("resnet18", "squeezenet_1_1", "mobilenet_v2"):
+        s = ModelSplitter(RULES).split(zoo_dir / f"{name}.onnx")
+        networks.append(([k.kernel for k in s.kernels], len(s.glue_nodes)))
+    table.fit_overhead(networks, [1.1 * table.predict(k, g) + 0.05 for k, g in networks])
+    return LatencyPredictor(table, RULES, "local", "ort", "lut", {"note": "synthetic"})
+
+
+def test_predictor_breakdown_and_fallbacks(predictor, zoo_dir):
+    pred = predictor.predict(zoo_dir / "mobilenet_v2.onnx")
+    assert pred.latency_ms == pytest.approx(pred.overhead_ms + sum(k.latency_ms for k in pred.kernels))
+    assert {k.source for k in pred.kernels} == {"table", "regressor", "glue"}
+    assert len(pred.fallbacks) == len({k.key for k in pred.kernels if k.source == "regressor"}) > 0
+    torch_pred = predictor.predict(zoo.build("mobilenet_v2"), input_shape=(1, 3, 224, 224))
+    assert torch_pred.latency_ms == pytest.approx(pred.latency_ms)
+
+
+def test_save_load_in_fresh_process_is_exact(predictor, zoo_dir, tmp_path):
+    path = predictor.save(tmp_path / "p.json")
+    models = [str(zoo_dir / f"{n}.onnx") for n in ("mobilenet_v3_large", "shufflenet_v2", "resnet18")]
+    here = [repr(predictor.predict(m).latency_ms) for m in models]
+    code = ("import sys; from predictors import LatencyPredictor; p = LatencyPredictor.load(sys.argv[1]); "
+            "print([repr(p.predict(m).latency_ms) for m in sys.argv[2:]])")
+    out = subprocess.run([sys.executable, "-c", code, str(path), *models], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).parents[1]).stdout
+    assert out.strip() == str(here)
+    assert json.loads(path.read_text())["format"] == "hwlat-latency-predictor"
+
+
+def test_predict_batch_matches_predict_on_a_space(predictor):
+    spaces = pytest.importorskip("search.spaces")
+    space = spaces.get_space("proxyless")
+    rng = np.random.default_rng(0)
+    archs = [space.sample(rng) for _ in range(20)]
+    batch = predictor.predict_batch(space, archs)
+    single = [predictor.predict((space, a)).latency_ms for a in archs]
+    assert batch.shape == (20,) and np.allclose(batch, single, rtol=1e-9)
+    assert len(set(np.round(batch, 6))) > 1
+
+
+def test_cli_predict_json(predictor, zoo_dir, tmp_path, capsys):
+    path = predictor.save(tmp_path / "p.json")
+    assert hwlat_cli.main(["predict", str(zoo_dir / "squeezenet_1_1.onnx"), "--predictor", str(path),
+                           "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["latency_ms"] > 0 and out["device"] == "local"
+    assert {"key", "op", "latency_ms", "source", "nodes"} <= set(out["kernels"][0])
+
+
+# ----- architecture-level regressor ----------------------------------------------------------------
+def _arch_data(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    X = rng.integers(0, 3, size=(n, 8)).astype(float)
+    base = np.exp(0.3 * X.sum(1) / 8 + 0.2 * X[:, 0]) * (1 + 0.02 * rng.standard_normal(n))
+    return X, base
+
+
+def test_arch_regressor_with_model_selection():
+    X, y = _arch_data(120, 0)
+    scores = cross_val_score(ArchLatencyRegressor(random_state=0), X, y, cv=3, scoring="r2")
+    assert np.all(np.isfinite(scores)) and scores.mean() > 0.5
+    assert ArchLatencyRegressor(alpha=3.0).get_params()["alpha"] == 3.0
+
+
+def test_arch_regressor_uses_reference_devices():
+    X, y = _arch_data(60, 1)
+    reference = 0.5 * y * np.exp(0.01 * np.random.default_rng(2).standard_normal(len(y)))
+    Xr = np.column_stack([X, reference])
+    model = ArchLatencyRegressor(reference=1).fit(Xr[:12], 1.7 * y[:12])
+    assert np.corrcoef(np.log(model.predict(Xr[12:])), np.log(y[12:]))[0, 1] > 0.95
+    dicts = [{"width": int(a), "kernel": f"k{int(b)}", "ref_ms": float(r)} for a, b, r in
+             zip(X[:, 0], X[:, 1], reference, strict=True)]
+    model = ArchLatencyRegressor(reference=["ref_ms"]).fit(dicts[:12], 1.7 * y[:12])
+    assert model.predict(dicts[12:]).shape == (48,)
+
+
+def test_onnx_proto_and_path_agree(predictor, zoo_dir):
+    proto = onnx.load(str(zoo_dir / "resnet18.onnx"))
+    assert predictor.predict(proto).latency_ms == predictor.predict(zoo_dir / "resnet18.onnx").latency_ms
+
+
+def test_cli_validate_writes_report_and_plot(predictor, zoo_dir, tmp_path, capsys):
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "squeezenet_1_1.onnx").write_bytes((zoo_dir / "squeezenet_1_1.onnx").read_bytes())
+    path = predictor.save(tmp_path / "p.json")
+    plot_path = tmp_path / "v.png"
+    assert hwlat_cli.main(["validate", "--predictor", str(path), "--models", str(models), "--quick",
+                           "--db", str(tmp_path / "v.db"), "--plot", str(plot_path), "--json",
+                           "--include-disturbed", "--repeats", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == 1 and report["rows"][0]["measured_ms"] > 0
+    assert {"rmse_ms", "rmspe", "within_5", "within_10", "spearman"} <= set(report)
+    assert plot_path.stat().st_size > 0

@@ -1,0 +1,458 @@
+"""Search layer: strategies against random search on a problem with a known optimum, budgets,
+resume, Pareto/hypervolume arithmetic, proxies, the report folder and measured verification."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from search.feasibility import InfeasibleBudgetError, minimise
+from search.hypervolume import hypervolume
+from search.objectives import CallableObjective, LatencyObjective
+from search.pareto import crowding_distance, non_dominated_sort, pareto_front
+from search.proxies import FlopsObjective, NaswotObjective, ParamsObjective, SynflowObjective
+from search.report import hypervolume_history, reference_point, write_report
+from search.spaces import Decision
+from search.storage import SearchStorage
+from search.strategies import (
+    STRATEGIES,
+    RandomSearch,
+    Reinforce,
+    Strategy,
+    UnknownStrategyError,
+    get_strategy,
+    register_strategy,
+)
+from search.study import Study, StudyMismatchError
+from search.synthetic import SyntheticProblem, SyntheticSpace
+
+SEEDS = range(5)
+TRIALS = 300
+
+
+@pytest.fixture(scope="module")
+def problem() -> SyntheticProblem:
+    return SyntheticProblem(n_decisions=12, n_options=6, seed=0)
+
+
+def budget_at(problem: SyntheticProblem, fraction: float) -> float:
+    """A latency budget ``fraction`` of the way from the fastest to the slowest network."""
+    return problem.min_latency_ms() + fraction * (problem.max_latency_ms() - problem.min_latency_ms())
+
+
+def run(problem: SyntheticProblem, strategy: Strategy, budget_ms: float | None,
+        trials: int = TRIALS) -> Study:
+    study = Study(problem.space, problem.objectives(budget_ms), strategy)
+    study.optimize(trials)
+    return study
+
+
+def best_feasible_accuracy(study: Study) -> float:
+    front = study.pareto_front()
+    return front[0].values[0] if front else -np.inf
+
+
+def normalised_hv(problem: SyntheticProblem, study: Study) -> float:
+    """Hypervolume of the feasible front, as a fraction of the exact front's."""
+    reference = np.array([-problem.base_accuracy, problem.max_latency_ms()])
+    exact = problem.exact_front() * [1, -1]
+    exact = exact[:, ::-1]  # (-accuracy, latency)
+    found = np.array([(-t.values[0], t.values[1]) for t in study.pareto_front()])
+    return hypervolume(found, reference) / hypervolume(exact, reference)
+
+
+# ----- strategies beat random search --------------------------------------------------------
+@pytest.mark.parametrize("name", ["evolution", "rl"])
+def test_single_objective_strategies_beat_random_search_under_a_budget(problem, name) -> None:
+    budget = budget_at(problem, 0.4)
+    optimum = problem.best_accuracy(budget)
+    random_gap = np.median([optimum - best_feasible_accuracy(run(problem, RandomSearch(random_state=s),
+                                                                  budget)) for s in SEEDS])
+    gap = np.median([optimum - best_feasible_accuracy(run(problem, get_strategy(name, random_state=s),
+                                                           budget)) for s in SEEDS])
+    assert 0 <= gap < 0.75 * random_gap, (name, gap, random_gap)
+
+
+def test_nsga2_beats_random_search_in_hypervolume(problem) -> None:
+    budget = budget_at(problem, 0.6)
+    random_hv = np.median([normalised_hv(problem, run(problem, RandomSearch(random_state=s), budget))
+                           for s in SEEDS])
+    nsga_hv = np.median([normalised_hv(problem, run(problem, get_strategy("nsga2", random_state=s),
+                                                     budget)) for s in SEEDS])
+    assert random_hv < nsga_hv <= 1.0, (nsga_hv, random_hv)
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_strategies_are_deterministic_given_a_seed(problem, name) -> None:
+    a = run(problem, get_strategy(name, random_state=3), budget_at(problem, 0.5), trials=120)
+    b = run(problem, get_strategy(name, random_state=3), budget_at(problem, 0.5), trials=120)
+    c = run(problem, get_strategy(name, random_state=4), budget_at(problem, 0.5), trials=120)
+    assert [t.arch for t in a.trials] == [t.arch for t in b.trials]
+    assert [t.arch for t in a.trials] != [t.arch for t in c.trials]
+
+
+# ----- budgets ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_the_front_holds_only_architectures_within_every_device_budget(problem, name) -> None:
+    other_device = SyntheticProblem(n_decisions=12, n_options=6, seed=7)
+    budgets = (budget_at(problem, 0.5), budget_at(other_device, 0.4))
+    objectives = problem.objectives(budgets[0]) + [LatencyObjective(other_device, budgets[1], "other")]
+    study = Study(problem.space, objectives, get_strategy(name, random_state=0))
+    study.optimize(TRIALS)
+    front = study.pareto_front()
+    assert front and not study.feasible().all()  # the budgets bite, and something meets them
+    for trial in front:
+        assert trial.feasible
+        assert problem.latency_ms([trial.arch])[0] <= budgets[0]
+        assert other_device.latency_ms([trial.arch])[0] <= budgets[1]
+
+
+def test_an_impossible_budget_fails_at_once_with_the_fastest_latency(problem) -> None:
+    evaluated = []
+
+    class Counting(SyntheticProblem):
+        def predict_batch(self, space, archs):
+            evaluated.append(len(archs))
+            return super().predict_batch(space, archs)
+
+    counting = Counting(n_decisions=12, n_options=6, seed=0)
+    fastest = problem.min_latency_ms()
+    with pytest.raises(InfeasibleBudgetError, match=f"{fastest:.4g}") as info:
+        Study(problem.space, counting.objectives(0.9 * fastest), get_strategy("evolution"))
+    assert "Raise the budget" in str(info.value)
+    assert sum(evaluated) < 2000  # coordinate sweeps, not a search
+    Study(problem.space, counting.objectives(fastest), get_strategy("evolution"))  # exactly met: fine
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_a_tight_budget_is_met_thanks_to_the_warm_start(problem, name) -> None:
+    budget = budget_at(problem, 0.03)  # random networks essentially never fit
+    study = run(problem, get_strategy(name, random_state=0), budget, trials=100)
+    first = study.trials[0]
+    assert first.batch == -1 and first.feasible
+    assert first.values[1] == pytest.approx(problem.min_latency_ms())
+    assert study.pareto_front()
+    cold = Study(problem.space, problem.objectives(budget), get_strategy(name, random_state=0),
+                 warm_start=False)
+    cold.optimize(100)
+    assert all(t.batch >= 0 for t in cold.trials)
+
+
+def test_coordinate_descent_finds_the_exact_minimum_of_a_separable_latency(problem) -> None:
+    found = minimise(problem.space, problem.objectives(None)[1])
+    assert found.value == pytest.approx(problem.min_latency_ms())
+    assert problem.latency_ms([found.arch])[0] == pytest.approx(found.value)
+
+
+# ----- resume ----------------------------------------------------------------------------------
+class Interrupt(KeyboardInterrupt):
+    pass
+
+
+def accuracy_that_stops_after(problem: SyntheticProblem, calls: int | None) -> CallableObjective:
+    """The problem's accuracy, raising a Ctrl-C on its ``calls``-th evaluation (None: never)."""
+    count = [0]
+
+    def accuracy(archs: Sequence) -> np.ndarray:
+        count[0] += 1
+        if calls is not None and count[0] >= calls:
+            raise Interrupt
+        return problem.accuracy(archs)
+
+    return CallableObjective(accuracy, "accuracy", "maximize", batched=True)
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_an_interrupted_search_resumes_to_the_same_result(problem, tmp_path, name) -> None:
+    budget, total = budget_at(problem, 0.5), 203
+    latency = LatencyObjective(problem, budget)
+
+    def study(calls: int | None, strategy_seed: int = 0) -> Study:
+        return Study(problem.space, [accuracy_that_stops_after(problem, calls), latency],
+                     get_strategy(name, random_state=strategy_seed), storage=tmp_path / "s.db")
+
+    reference = Study(problem.space, problem.objectives(budget), get_strategy(name, random_state=0))
+    reference.optimize(total)
+
+    study(None).optimize(61)                      # stops inside a batch
+    with pytest.raises(Interrupt):
+        study(calls=3).optimize(total)            # Ctrl-C while evaluating
+    with pytest.raises(StudyMismatchError, match="random_state"):
+        study(None, strategy_seed=1)
+    resumed = study(None)
+    assert resumed.identical_replay and 61 < len(resumed.trials) < total
+    resumed.optimize(total)
+
+    assert [(t.arch, t.values) for t in resumed.trials] == [(t.arch, t.values) for t in reference.trials]
+    assert [t.number for t in resumed.pareto_front()] == [t.number for t in reference.pareto_front()]
+    rows = sqlite3.connect(tmp_path / "s.db").execute("SELECT count(*) FROM trials").fetchone()[0]
+    assert rows == total
+
+
+def test_reopening_with_other_objectives_is_refused(problem, tmp_path) -> None:
+    Study(problem.space, problem.objectives(5.0), RandomSearch(), storage=tmp_path / "s.db").optimize(10)
+    with pytest.raises(StudyMismatchError, match="objectives"):
+        Study(problem.space, problem.objectives(6.0), RandomSearch(), storage=tmp_path / "s.db")
+    other = Study(problem.space, problem.objectives(6.0), RandomSearch(), storage=tmp_path / "s.db",
+                  name="second")
+    assert other.trials == []
+    assert SearchStorage(tmp_path / "s.db").study_names() == ["search", "second"]
+
+
+# ----- Pareto and hypervolume arithmetic -------------------------------------------------------
+def test_hypervolume_of_hand_examples() -> None:
+    staircase = np.array([[1.0, 3.0], [2.0, 2.0], [3.0, 1.0]])
+    assert hypervolume(staircase, np.array([4.0, 4.0])) == pytest.approx(6.0)
+    # A dominated point and one beyond the reference add nothing.
+    extra = np.vstack([staircase, [[3.0, 3.0], [5.0, 0.5]]])
+    assert hypervolume(extra, np.array([4.0, 4.0])) == pytest.approx(6.0)
+    # 3-D: two boxes of volume 2 overlapping in a unit cube.
+    two = np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 1.0]])
+    assert hypervolume(two, np.array([2.0, 2.0, 2.0])) == pytest.approx(3.0)
+    assert hypervolume(np.empty((0, 2)), np.array([1.0, 1.0])) == 0.0
+
+
+@pytest.mark.parametrize("m", [3, 4])
+def test_hypervolume_matches_counting_unit_cells(m) -> None:
+    rng = np.random.default_rng(m)
+    points = rng.integers(0, 6, size=(12, m)).astype(float)
+    reference = np.full(m, 6.0)
+    cells = np.stack(np.meshgrid(*[np.arange(6)] * m, indexing="ij"), axis=-1).reshape(-1, m)
+    covered = np.any(np.all(points[None, :, :] <= cells[:, None, :], axis=2), axis=1)
+    assert hypervolume(points, reference) == pytest.approx(covered.sum())
+
+
+def test_pareto_front_sorting_and_crowding() -> None:
+    losses = np.array([[1, 5], [2, 3], [3, 4], [4, 1], [2, 3], [5, 5.0]])
+    assert pareto_front(losses).tolist() == [0, 1, 3, 4]          # duplicates of a front point kept
+    assert pareto_front(losses, np.array([0, 0.5, 0, 0, 0, 0])).tolist() == [0, 3, 4]
+    fronts = non_dominated_sort(losses)
+    assert [f.tolist() for f in fronts] == [[0, 1, 3, 4], [2], [5]]
+    # Constrained domination: a feasible point beats any infeasible one; less violation wins.
+    fronts = non_dominated_sort(losses, np.array([0.0, 2.0, 0.0, 1.0, 0.0, 0.0]))
+    assert [f.tolist() for f in fronts] == [[0, 4], [2], [5], [3], [1]]
+    distance = crowding_distance(np.array([[1, 4], [2, 3], [3, 2], [4, 1.0]]))
+    assert np.isinf(distance[[0, 3]]).all() and distance[1] == pytest.approx(distance[2]) == 4 / 3
+
+
+def test_hypervolume_over_the_run_never_drops(problem) -> None:
+    study = run(problem, get_strategy("nsga2", random_state=0), budget_at(problem, 0.5), trials=200)
+    history = hypervolume_history(study, reference_point(study))
+    values = [hv for _, hv in history]
+    assert history[-1][0] == 200 and values == sorted(values) and 0 < values[-1] <= 1
+
+
+# ----- plugging in a strategy and the RL reward -------------------------------------------------
+def test_a_user_strategy_plugs_in_by_name(problem) -> None:
+    @register_strategy
+    class FirstOption(Strategy):
+        name = "test-first-option"
+
+        def __init__(self, step: int = 1, random_state: int | None = 0) -> None:
+            super().__init__(random_state)
+            self.step = step
+
+        def ask(self, n):
+            return [self.space.mutate(tuple([0] * len(self.space.decisions)), self.rng) for _ in range(n)]
+
+        def tell(self, archs, losses, ratios):
+            pass
+
+    try:
+        strategy = get_strategy("test-first-option", step=2)
+        assert strategy.config() == {"step": 2, "random_state": 0}
+        study = Study(problem.space, problem.objectives(None), strategy, batch_size=4)
+        study.optimize(8)
+        assert all(sum(t.arch) > 0 for t in study.trials)
+    finally:
+        STRATEGIES.pop("test-first-option")
+    with pytest.raises(UnknownStrategyError, match="evolution"):
+        get_strategy("test-first-option")
+
+
+def test_mnasnet_rewards() -> None:
+    accuracy = np.array([0.7, 0.7, 0.7])
+    ratios = np.array([[0.5], [1.0], [2.0]])
+    soft = Reinforce(reward="soft").rewards(accuracy, ratios)
+    assert soft == pytest.approx(0.7 * np.array([0.5, 1.0, 2.0]) ** -0.07)
+    hard = Reinforce(reward="hard").rewards(accuracy, ratios)
+    assert hard == pytest.approx([0.7, 0.7, 0.35])
+
+
+# ----- proxies, report and verification on a real (tiny) torch space ---------------------------
+class TinyCnnSpace(SyntheticSpace):
+    """conv(k, w1)+BN+ReLU -> conv3x3/2(w2)+ReLU -> global pool -> linear(10), at 16x16."""
+
+    name = "tiny-cnn"
+
+    def __init__(self) -> None:
+        self.decisions = [Decision("k", (1, 3)), Decision("w1", (4, 8, 16)), Decision("w2", (8, 16, 32))]
+
+    def input_shape(self, arch) -> tuple[int, ...]:
+        return (1, 3, 16, 16)
+
+    def ops(self, arch):
+        from profiler.opspec import OpSpec
+
+        k, w1, w2 = (d.options[i] for d, i in zip(self.decisions, arch, strict=True))
+        return [OpSpec("conv", (1, 3, 16, 16), out_channels=w1, kernel=k, padding=k // 2,
+                       activation="relu"),
+                OpSpec("conv", (1, w1, 16, 16), out_channels=w2, kernel=3, stride=2, padding=1,
+                       activation="relu"),
+                OpSpec("globalavgpool", (1, w2, 8, 8)), OpSpec("gemm", (1, w2), out_channels=10)]
+
+    def to_torch(self, arch):
+        from torch import nn
+
+        k, w1, w2 = (d.options[i] for d, i in zip(self.decisions, arch, strict=True))
+        return nn.Sequential(nn.Conv2d(3, w1, k, padding=k // 2), nn.BatchNorm2d(w1), nn.ReLU(),
+                             nn.Conv2d(w1, w2, 3, stride=2, padding=1), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(w2, 10))
+
+    def to_onnx(self, arch):
+        import onnx
+        import torch
+
+        buffer = io.BytesIO()
+        torch.onnx.export(self.to_torch(arch).eval(), torch.randn(self.input_shape(arch)), buffer,
+                          dynamo=False, input_names=["input"])
+        return onnx.load_from_string(buffer.getvalue())
+
+
+class FlopsLatency:
+    """A stand-in latency model (the predictors are another module): ms proportional to FLOPs."""
+
+    device = "local"
+
+    def __init__(self, ms_per_mflop: float) -> None:
+        self.ms_per_mflop = ms_per_mflop
+
+    def predict_batch(self, space, archs):
+        return FlopsObjective().evaluate(space, archs) / 1e6 * self.ms_per_mflop
+
+
+def test_flops_and_params_proxies_agree_with_torch() -> None:
+    space = TinyCnnSpace()
+    archs = [(0, 0, 0), (1, 2, 2)]
+    params = ParamsObjective().evaluate(space, archs)
+    for arch, p in zip(archs, params, strict=True):
+        model = space.to_torch(arch)
+        conv_linear = sum(q.numel() for m in model if type(m).__name__ in ("Conv2d", "Linear")
+                          for q in m.parameters())
+        assert p == conv_linear
+    flops = FlopsObjective().evaluate(space, archs)
+    assert flops[1] > flops[0] > 0
+
+
+@pytest.mark.parametrize("proxy", [NaswotObjective(batch_size=8), SynflowObjective()],
+                         ids=["naswot", "synflow"])
+def test_zero_cost_proxies_are_finite_deterministic_and_tell_networks_apart(proxy) -> None:
+    space = TinyCnnSpace()
+    archs = [(0, 0, 0), (1, 1, 1), (1, 2, 2)]
+    first, second = proxy.evaluate(space, archs), proxy.evaluate(space, archs)
+    assert np.isfinite(first).all() and (first == second).all()
+    assert len(set(first.tolist())) == 3
+    if proxy.name == "synflow":  # a wider network passes more synaptic flow
+        assert first[2] > first[1] > first[0]
+
+
+def test_report_folder_has_front_plots_and_winner_onnx(tmp_path) -> None:
+    import onnx
+
+    space = TinyCnnSpace()
+    objectives = [FlopsObjective(), LatencyObjective(FlopsLatency(1.0), budget_ms=1.0)]
+    study = Study(space, objectives, get_strategy("nsga2", population_size=4, random_state=0),
+                  batch_size=4)
+    study.optimize(24)
+    report = write_report(study, tmp_path, top_k=2)
+    saved = json.loads((tmp_path / "pareto.json").read_text())
+    assert saved["front"] and all(f["feasible"] and f["values"]["latency_ms@local"] <= 1.0
+                                  for f in saved["front"])
+    assert saved["front"][0]["config"] and saved["front"][0]["onnx"]
+    for name in ("pareto.png", "hypervolume.png", "trials.csv"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert len(report.onnx) == 2
+    for path in report.onnx:
+        onnx.checker.check_model(onnx.load(str(path)))
+    assert "on the Pareto front" in report.summary()
+
+
+def test_verify_measures_winners_on_the_device_and_flags_budget_misses(tmp_path, quick_protocol) -> None:
+    from devices.device import local_device
+    from profiler.store import Store
+    from search.verify import format_verification, verify_winners
+
+    space = TinyCnnSpace()
+    # Predicts 1000x too fast: the winners look within a 0.01 ms budget but are not.
+    latency = LatencyObjective(FlopsLatency(1e-5), budget_ms=0.01)
+    study = Study(space, [FlopsObjective(), latency], get_strategy("evolution", random_state=0),
+                  batch_size=6)
+    study.optimize(12)
+    with Store(tmp_path / "m.db") as store:
+        results = verify_winners(study, latency, local_device(), store, k=2, out_dir=tmp_path,
+                                 protocol=quick_protocol)
+        assert len(store.measurements(kind="model")) == 2
+    assert [r.rank for r in results] == [1, 2]
+    for r in results:
+        assert r.measured_ms and r.measured_ms > r.predicted_ms and not r.meets_budget
+        assert r.error_pct < -50
+    assert "OVER BUDGET" in format_verification(results)
+    saved = json.loads((tmp_path / "verify-local.json").read_text())
+    assert saved[0]["meets_budget"] is False and saved[0]["measured_ms"] == results[0].measured_ms
+
+
+# ----- the CLI, with a real (synthetically trained) LatencyPredictor ---------------------------
+@pytest.fixture(scope="module")
+def predictor_file(tmp_path_factory):
+    """A LatencyPredictor whose kernel regressor learnt a made-up compute+memory latency."""
+    from predictors import FusionRules, KernelRegressor, LatencyPredictor, LatencyTable
+    from predictors.sampling import KernelSampler
+
+    rules = FusionRules("ort", {"conv>add": True, "conv_act>add": False, "conv|add>act": True,
+                                "add>act": False, "conv>mul": False, "concat>shuffle": True,
+                                "shuffle>split": True, "concat|shuffle>split": True})
+    kernels = KernelSampler(rules, random_state=1).sample(200)
+    regressor = KernelRegressor(max_iter=60).fit(
+        kernels, [(k.flops / 40e9 + k.bytes_moved / 8e9) * 1e3 + 0.002 for k in kernels])
+    predictor = LatencyPredictor(LatencyTable({}, regressor), rules, "local", "ort", "lut")
+    return predictor.save(tmp_path_factory.mktemp("predictor") / "local.json")
+
+
+def test_cli_search_verifies_winners_and_resumes(predictor_file, tmp_path, capsys) -> None:
+    import hwlat_cli
+    from predictors import LatencyPredictor
+    from search.spaces import get_space
+
+    fastest = minimise(get_space("proxyless"), LatencyObjective(LatencyPredictor.load(predictor_file))).value
+    args = ["search", "--space", "proxyless", "--predictor", str(predictor_file), "--strategy", "evolution",
+            "--out", str(tmp_path / "out"), "--no-progress", "--top", "2"]
+
+    assert hwlat_cli.main([*args, "--latency-ms", f"{0.9 * fastest}", "--budget", "40"]) == 2
+    assert f"Raise the budget to at least {fastest:.4g}" in capsys.readouterr().err
+
+    budget = 1.5 * fastest
+    status = hwlat_cli.main([*args, "--latency-ms", f"{budget}", "--budget", "40", "--verify", "1",
+                             "--quick", "--db", str(tmp_path / "m.db")])
+    out = capsys.readouterr().out
+    assert "verified on local/ort" in out
+    verified = json.loads((tmp_path / "out" / "verify-local.json").read_text())
+    assert len(verified) == 1 and verified[0]["measured_ms"] > 0
+    assert verified[0]["meets_budget"] == (verified[0]["measured_ms"] <= budget)
+    assert status == (0 if verified[0]["meets_budget_within_noise"] else 1)
+    for name in ("pareto.png", "pareto.json", "hypervolume.png", "trials.csv", "study.db"):
+        assert (tmp_path / "out" / name).exists()
+    front = json.loads((tmp_path / "out" / "pareto.json").read_text())["front"]
+    assert len(list((tmp_path / "out" / "winners").glob("*.onnx"))) == min(2, len(front))
+
+    # The same command again resumes (nothing new to evaluate); a larger budget continues.
+    assert hwlat_cli.main([*args, "--latency-ms", f"{budget}", "--budget", "40"]) == 0
+    assert "40 architectures evaluated" in capsys.readouterr().out
+    assert hwlat_cli.main([*args, "--latency-ms", f"{budget}", "--budget", "56"]) == 0
+    assert "56 architectures evaluated" in capsys.readouterr().out
+    rows = sqlite3.connect(tmp_path / "out" / "study.db").execute("SELECT count(*) FROM trials").fetchone()
+    assert rows[0] == 56
