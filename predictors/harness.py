@@ -20,6 +20,7 @@ classifier after Flatten) come straight from the graph input, as they do in a ne
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -95,16 +96,47 @@ def harness_path(kernel: Kernel, directory: str | Path) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class ProbeModel:
+    """A fixed ONNX file measured like a kernel (the profiler-overhead probe); ``op`` names it."""
+
+    key: str
+    path: Path
+    op: str = "probe"
+
+
 class HarnessBackend(OrtBackend):
     """ONNX Runtime, with kernels as harness models (OpSpecs, like the canary, stay one-op models).
 
     Use with ``Campaign(..., kind="kernel")`` so the agent profiles instead of timing end to end.
     """
 
-    def artifact(self, spec: OpSpec | Kernel) -> Path:  # type: ignore[override]
+    def artifact(self, spec: OpSpec | Kernel | ProbeModel) -> Path:  # type: ignore[override]
         if isinstance(spec, Kernel):
             return harness_path(spec, cache_dir() / "harness")
+        if isinstance(spec, ProbeModel):
+            return spec.path
         return super().artifact(spec)
+
+
+def relu_chain(nodes: int, directory: str | Path) -> Path:
+    """``nodes`` ReLUs in a row on a 1x16x1x1 tensor: nodes that cost next to nothing, so that a
+    profiled run shows what the profiler itself adds to each node's recorded time."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"relu_chain_{nodes}.onnx"
+    if not path.exists():
+        shape = [1, 16, 1, 1]
+        graph = helper.make_graph(
+            [helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"], name=f"relu{i}") for i in range(nodes)],
+            "relu_chain", [helper.make_tensor_value_info("t0", TensorProto.FLOAT, shape)],
+            [helper.make_tensor_value_info(f"t{nodes}", TensorProto.FLOAT, shape)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                  producer_name="hwlat", ir_version=IR_VERSION)
+        tmp = path.with_suffix(".tmp")
+        onnx.save(model, tmp)
+        tmp.replace(path)
+    return path
 
 
 def _depthwise(name: str, source: str, channels: int, relu: bool, rng: np.random.Generator,

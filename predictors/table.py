@@ -71,7 +71,7 @@ class LatencyTable:
                                          "(hwlat profile) or train with --kind gbdt")
             raw[missing] = self.fallback.predict(lacking)
         compute = np.array([k.op in COMPUTE_OPS for k in kernels], dtype=bool)
-        return Costs(raw, self.overhead.kernel_ms(raw, compute), missing)
+        return Costs(raw, self.overhead.kernel_ms(raw, compute, weight_mb(kernels)), missing)
 
     def predict(self, kernels: Sequence[Kernel], glue_nodes: int = 0) -> float:
         """End-to-end latency (ms) of a network made of these kernels and glue nodes."""
@@ -82,15 +82,21 @@ class LatencyTable:
     def fit_overhead(self, networks: Sequence[tuple[Sequence[Kernel], int]],
                      measured_ms: Sequence[float]) -> OverheadModel:
         """Fit the overhead model from networks (kernels, glue node count) measured end to end."""
-        compute, memory, counts = [], [], []
+        compute, memory, weights, counts = [], [], [], []
         for kernels, glue in networks:
             costs = self.costs(kernels)
             is_compute = np.array([k.op in COMPUTE_OPS for k in kernels], dtype=bool)
             compute.append(float(costs.raw_ms[is_compute].sum()))
             memory.append(float(costs.raw_ms[~is_compute].sum()))
+            weights.append(float(weight_mb(kernels).sum()))
             counts.append(len(kernels) + glue)
-        self.overhead = OverheadModel().fit(compute, memory, counts, measured_ms)
+        self.overhead = OverheadModel().fit(compute, memory, weights, counts, measured_ms)
         return self.overhead
 
     def to_dict(self) -> dict:
         return {"entries": dict(sorted(self.entries.items())), "overhead": self.overhead.to_dict()}
+
+
+def weight_mb(kernels: Sequence[Kernel]) -> np.ndarray:
+    """Each kernel's weights in MB (float32), what it streams from memory once per inference."""
+    return np.array([4e-6 * k.params for k in kernels], dtype=np.float64)

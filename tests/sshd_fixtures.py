@@ -11,7 +11,6 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -101,27 +100,36 @@ class PrivateSshd:
             time.sleep(0.02)
         return self
 
-    def _sshd_processes(self) -> list[psutil.Process]:
-        """The listener and its per-connection sshd children (not the users' commands)."""
+    def _session_processes(self) -> list[psutil.Process]:
+        """The listener's per-connection sshd children (not the users' commands under them)."""
         if self.proc is None:
             return []
         try:
-            master = psutil.Process(self.proc.pid)
-            children = [c for c in master.children(recursive=True) if c.name() == "sshd"]
+            children = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
-        return [master, *children]
+        found = []
+        for child in children:
+            try:
+                if child.name() == "sshd":
+                    found.append(child)
+            except psutil.NoSuchProcess:
+                pass  # ended while we looked
+        return found
 
     def kill(self) -> None:
         """SIGKILL sshd and its sessions: to the client this is a dropped link."""
-        for p in self._sshd_processes():
+        if self.proc is None:
+            return
+        sessions = self._session_processes()
+        self.proc.kill()
+        for p in sessions:
             try:
-                p.send_signal(signal.SIGKILL)
+                p.kill()
             except psutil.NoSuchProcess:
                 pass
-        if self.proc is not None:
-            self.proc.wait()
-            self.proc = None
+        self.proc.wait(timeout=30)
+        self.proc = None
 
     def stop(self) -> None:
         self.kill()

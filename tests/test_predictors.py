@@ -31,7 +31,8 @@ from predictors import (
     zoo,
 )
 from predictors.fusion import decide, default_probes
-from predictors.harness import HARNESS_PREFIX, build_harness
+from predictors.harness import HARNESS_PREFIX, HarnessBackend, ProbeModel, build_harness, relu_chain
+from predictors.overhead import OverheadModel
 from predictors.profiling import KernelProfiler
 from predictors.sampling import KernelSampler
 from profiler.opspec import OpSpec
@@ -268,3 +269,24 @@ def test_cli_validate_writes_report_and_plot(predictor, zoo_dir, tmp_path, capsy
     assert report["n"] == 1 and report["rows"][0]["measured_ms"] > 0
     assert {"rmse_ms", "rmspe", "within_5", "within_10", "spearman"} <= set(report)
     assert plot_path.stat().st_size > 0
+
+
+def test_relu_chain_probe_model(tmp_path):
+    path = relu_chain(5, tmp_path)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    assert [n.op_type for n in model.graph.node] == ["Relu"] * 5
+    assert HarnessBackend(local_device()).artifact(ProbeModel("probe-x", path)) == path
+
+
+def test_overhead_model_recovers_its_terms():
+    rng = np.random.default_rng(0)
+    compute, memory = rng.uniform(1, 30, 20), rng.uniform(0.2, 5, 20)
+    weights, counts = rng.uniform(1, 50, 20), rng.integers(20, 120, 20)
+    truth = OverheadModel(0.02, 0.001, 0.01, 1.05, 1.10)
+    measured = (truth.intercept_ms + truth.per_kernel_ms * counts + truth.weight_ms_per_mb * weights
+                + truth.compute_scale * compute + truth.memory_scale * memory)
+    fitted = OverheadModel().fit(compute, memory, weights, counts, measured)
+    assert fitted.compute_scale == pytest.approx(1.05, abs=1e-3)
+    assert fitted.memory_scale == pytest.approx(1.10, abs=1e-3)
+    assert fitted.weight_ms_per_mb == pytest.approx(0.01, abs=1e-4) and fitted.fitted_on == 20

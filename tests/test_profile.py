@@ -24,6 +24,8 @@ from profiler.store import Store
 ROOT = Path(__file__).resolve().parents[1]
 # ~1 s per run on these machines: long enough to interrupt, small enough to fit memory.
 HUGE = OpSpec("conv", (1, 128, 224, 224), out_channels=128, kernel=3, padding=1)
+# 59 GFLOP per run: the quick protocol's 6+ runs take several seconds even on a fast core.
+HUGER = OpSpec("conv", (1, 256, 224, 224), out_channels=256, kernel=3, padding=1)
 
 
 def twenty_ops() -> list[OpSpec]:
@@ -101,12 +103,12 @@ def test_a_killed_campaign_resumes_without_duplicates(tmp_path) -> None:
 
 def test_an_op_that_times_out_is_stored_as_failed_and_the_campaign_goes_on(tmp_path) -> None:
     small = [OpSpec("add", (1, 8, 8, 8)), OpSpec("add", (1, 16, 8, 8))]
-    protocol = TimingProtocol(**{**TimingProtocol.quick().to_dict(), "op_timeout_s": 2.0})
+    protocol = TimingProtocol(**{**TimingProtocol.quick().to_dict(), "op_timeout_s": 1.5})
     with Store(tmp_path / "m.db") as store:
         report = Campaign(local_device(), "ort", store, protocol, show_progress=False).run(
-            [small[0], HUGE, small[1]])
+            [small[0], HUGER, small[1]])
         assert (report.measured, report.failed) == (2, 1)
-        failed = store.get("local", "ort", HUGE.key)
+        failed = store.get("local", "ort", HUGER.key)
         assert failed.status == "failed" and "no answer" in failed.error_msg
         assert store.get("local", "ort", small[1].key).ok
 
