@@ -301,6 +301,8 @@ def _add_search_parser(sub: argparse._SubParsersAction) -> None:
                    help="device to verify on, one per --predictor (default: the predictor's device)")
     g.add_argument("--noise-band", type=float, default=0.05,
                    help="measured latency up to budget x (1 + band) still passes (default 0.05)")
+    g.add_argument("--verify-repeats", type=int, default=3,
+                   help="times each winner is measured; the fastest clean time is kept (default 3)")
     g.add_argument("--backend", default="ort", help="ort (ONNX Runtime) or tvm (default ort)")
     g.add_argument("--inventory", type=Path, help="device inventory (default ./devices.toml)")
     g.add_argument("--db", type=Path, help=f"measurement database (default {default_db_path()})")
@@ -353,7 +355,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             device = resolve_device(name, args.inventory)
             results = verify_winners(study, objective, device, store, args.verify, args.out,
                                      backend=args.backend, protocol=_protocol(args),
-                                     noise_band=args.noise_band)
+                                     noise_band=args.noise_band, repeats=args.verify_repeats)
             print(f"verified on {device.name}/{args.backend} (predicted vs measured):")
             print(format_verification(results))
             if not all(r.meets_budget_within_noise for r in results):

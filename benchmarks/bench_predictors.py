@@ -167,14 +167,25 @@ def stage_query(ctx: dict) -> dict:
         space = get_space(name)
         rng = np.random.default_rng(0)
         archs = [space.sample(rng) for _ in range(100_000)]
-        predictor.predict_batch(space, archs[:10])  # builds the per-cell vector once
+        predictor.predict_batch(space, archs[:10])  # builds the per-cell tables once
+        t = time.perf_counter()
+        for a in archs[:20000]:
+            predictor.latency_ms(space, a)
+        one_us = (time.perf_counter() - t) / 20000 * 1e6
         t = time.perf_counter()
         for a in archs[:2000]:
             predictor.predict_batch(space, [a])
-        one_us = (time.perf_counter() - t) / 2000 * 1e6
+        one_batch_us = (time.perf_counter() - t) / 2000 * 1e6
         t = time.perf_counter()
         predictor.predict_batch(space, archs)
         batch = len(archs) / (time.perf_counter() - t)
+        array = np.asarray(archs)
+        rates = []
+        for _ in range(5):
+            t = time.perf_counter()
+            predictor.predict_batch(space, array)
+            rates.append(len(archs) / (time.perf_counter() - t))
+        batch_array = float(np.median(rates))
         idx = space.cell_indices_batch(archs)
         vector = predictor.cell_latency_ms(space)
         t = time.perf_counter()
@@ -184,7 +195,8 @@ def stage_query(ctx: dict) -> dict:
         t = time.perf_counter()
         predictor.predict((space, archs[0]))
         breakdown_ms = (time.perf_counter() - t) * 1e3
-        out[name] = {"one_arch_us": round(one_us, 1), "batch_archs_per_s": round(batch),
+        out[name] = {"one_arch_us": round(one_us, 1), "one_arch_via_batch_us": round(one_batch_us, 1),
+                     "batch_archs_per_s": round(batch), "batch_array_archs_per_s": round(batch_array),
                      "gather_sum_archs_per_s": round(gather), "with_breakdown_ms": round(breakdown_ms, 2),
                      "cells": len(vector), "cells_per_arch": int(idx.shape[1])}
         ctx["log"](f"query {name}: {out[name]}")
@@ -233,6 +245,84 @@ def stage_fewshot(ctx: dict) -> dict:
     return {"archs": int(ok.sum()), "results": results, "load": load()}
 
 
+def _pct(v: float) -> str:
+    return f"{100 * v:.0f}%"
+
+
+def _row(*cells: object) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _header(*names: str) -> list[str]:
+    return [_row(*names), "|" + "---|" * len(names)]
+
+
+def _accuracy_cells(r: dict) -> list[str]:
+    return [r["n"], f"{r['rmse_ms']:.3f}", f"{r['rmspe']:.1f}", _pct(r["within_5"]),
+            _pct(r["within_10"]), f"{r['spearman']:.3f}"]
+
+
+def markdown(results: dict) -> str:
+    """The results as the tables of RESULTS-predictors.md (``--markdown`` prints them)."""
+    out = []
+    accuracy_columns = ("n", "RMSE ms", "RMSPE %", "within 5%", "within 10%", "Spearman")
+    if "train" in results:
+        t = results["train"]
+        out += ["## Training (general predictor)", "",
+                f"Kernel rows {t['training'].get('kernels')}, table entries {t['table_entries']}; "
+                f"overhead model {t['overhead']}; fusion rules {t['fusion_rules']}.", ""]
+    if "zoo" in results:
+        z = results["zoo"]
+        out += ["## Published CNNs never seen in training", "",
+                f"{z['load']}; {z['disturbed_left_out']} networks left out as disturbed.", "",
+                *_header("predictor", *accuracy_columns)]
+        out += [_row(kind, *_accuracy_cells(z[kind])) for kind in ("lut", "gbdt")]
+        out += ["", *_header("network", "measured ms", "lut ms", "lut error", "gbdt ms", "gbdt error")]
+        for a, b in zip(z["lut"]["rows"], z["gbdt"]["rows"], strict=True):
+            out.append(_row(a["name"], f"{a['measured_ms']:.3f}", f"{a['predicted_ms']:.3f}",
+                            f"{a['error']:+.1%}", f"{b['predicted_ms']:.3f}", f"{b['error']:+.1%}"))
+        out.append("")
+    if "spaces" in results:
+        out += ["## Random architectures of each space (table predictor of the space)", "",
+                *_header("space", *accuracy_columns, "worst error", "disturbed left out",
+                         "with fallback kernels", "load")]
+        for name, r in results["spaces"].items():
+            if isinstance(r, dict) and "rows" in r:
+                worst = max((row["error"] for row in r["rows"]), key=abs)
+                out.append(_row(name, *_accuracy_cells(r), f"{worst:+.1%}", r["disturbed_left_out"],
+                                r["archs_with_fallback_kernels"], r["load"]))
+        out.append("")
+    if "query" in results:
+        out += ["## Query speed", "", results["query"]["load"], "",
+                *_header("space", "one arch, latency_ms (us)", "one arch, predict_batch (us)",
+                         "batch of tuples, archs/s", "batch as int array, archs/s",
+                         "bare gather-and-sum of precomputed cell indices, archs/s",
+                         "with breakdown (ms)", "cells per arch")]
+        for name, r in results["query"].items():
+            if isinstance(r, dict):
+                out.append(_row(name, r["one_arch_us"], r.get("one_arch_via_batch_us", ""),
+                                f"{r['batch_archs_per_s']:,}", f"{r.get('batch_array_archs_per_s', 0):,}",
+                                f"{r['gather_sum_archs_per_s']:,}", r["with_breakdown_ms"],
+                                r["cells_per_arch"]))
+        out.append("")
+    if "curve" in results:
+        out += ["## Profiling cost against accuracy (published CNNs, gbdt)", "",
+                *_header("kernel rows", "device-minutes", "within 10%", "within 5%", "RMSPE %")]
+        out += [_row(pt["kernels"], pt["device_minutes"], _pct(pt["within_10"]), _pct(pt["within_5"]),
+                     f"{pt['rmspe']:.1f}") for pt in results["curve"]["points"]]
+        out.append("")
+    if "fewshot" in results:
+        f = results["fewshot"]
+        out += ["## Few-shot: ArchLatencyRegressor on a new \"device\"", "",
+                f"{f['archs']} proxyless architectures measured under four local configurations; "
+                f"mean Spearman over 10 random splits; {f['load']}.", "",
+                *_header("target / samples", "with the other configurations as references", "encoding only")]
+        out += [_row(key, r["spearman_with_references"], r["spearman_encoding_only"])
+                for key, r in f["results"].items()]
+        out.append("")
+    return "\n".join(out)
+
+
 STAGES = {"train": stage_train, "zoo": stage_zoo, "curve": stage_curve, "spaces": stage_spaces,
           "query": stage_query, "fewshot": stage_fewshot}
 
@@ -245,10 +335,15 @@ def main() -> None:
     parser.add_argument("--stages", default="train,zoo,curve,spaces,query,fewshot")
     parser.add_argument("--spaces", default=",".join(SPACES))
     parser.add_argument("--archs", type=int, default=200)
+    parser.add_argument("--markdown", action="store_true",
+                        help="print WORK/results.json as markdown tables and exit (measures nothing)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     results_path = args.work / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    if args.markdown:
+        print(markdown(results))
+        return
     started = time.time()
 
     def log(msg: str) -> None:

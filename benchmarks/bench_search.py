@@ -194,8 +194,10 @@ def table(problem: Problem, rows: list[dict], evaluations: int, seeds: int) -> s
     return "\n".join(lines)
 
 
-def verification_section(predictor: object, budget_ms: float, k: int, evaluations: int) -> str:
-    """Search with a real latency predictor, measure the winners here, count budget misses."""
+def verification_section(predictor: object, budget_ms: float, k: int,
+                         evaluations: int) -> tuple[str, tuple[int, int, int]]:
+    """Search with a real latency predictor, measure the winners here, count budget misses
+    (over the budget, beyond the noise band, winners measured)."""
     import tempfile
 
     from devices.device import local_device
@@ -214,20 +216,23 @@ def verification_section(predictor: object, budget_ms: float, k: int, evaluation
             results = verify_winners(study, latency, local_device(), store, k, out)
     over = sum(not r.meets_budget for r in results)
     over_band = sum(not r.meets_budget_within_noise for r in results)
-    return "\n".join([f"### verified winners: proxyless, evolution, {evaluations} evaluations, "
+    text = "\n".join([f"### verified winners: proxyless, evolution, {evaluations} evaluations, "
                       f"{latency.name} <= {budget_ms} ms", "", "```", format_verification(results), "```",
                       f"\n{over}/{len(results)} over budget when measured; {over_band}/{len(results)} "
                       f"beyond the {results[0].noise_band:.0%} noise band."])
+    return text, (over, over_band, len(results))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--evaluations", type=int, default=1000)
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--problems", nargs="+", default=["synthetic", "proxyless"])
+    parser.add_argument("--problems", nargs="*", default=["synthetic", "proxyless"],
+                        help="give none to run only the verification section")
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--predictor", type=Path, help="a trained LatencyPredictor for the last section")
-    parser.add_argument("--latency-ms", type=float, help="latency budget of the last section")
+    parser.add_argument("--latency-ms", type=float, nargs="+",
+                        help="latency budgets of the last section (one search per budget)")
     parser.add_argument("--verify", type=int, default=5, help="winners measured in the last section")
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()}", flush=True)
@@ -247,7 +252,13 @@ def main() -> None:
         from predictors import LatencyPredictor
 
         predictor = LatencyPredictor.load(args.predictor)
-        print(verification_section(predictor, args.latency_ms, args.verify, args.evaluations), "\n")
+        over = over_band = total = 0
+        for budget_ms in args.latency_ms:
+            text, counts = verification_section(predictor, budget_ms, args.verify, args.evaluations)
+            print(text, "\n", flush=True)
+            over, over_band, total = over + counts[0], over_band + counts[1], total + counts[2]
+        print(f"All budgets: {over}/{total} verified winners over budget when measured, "
+              f"{over_band}/{total} beyond the noise band.\n")
     print(f"load average after: {os.getloadavg()}")
 
 

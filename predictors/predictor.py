@@ -91,7 +91,7 @@ class LatencyPredictor:
         self.kind = kind
         self.meta = dict(meta or {})
         self._splitter = ModelSplitter(fusion_rules)
-        self._space_cache: dict[int, tuple[Any, np.ndarray]] = {}
+        self._space_cache: dict[int, tuple[Any, np.ndarray, Any]] = {}
 
     @property
     def regressor(self) -> KernelRegressor | None:
@@ -168,16 +168,31 @@ class LatencyPredictor:
         for i, ks in enumerate(cells):
             vector[i] = costs[at:at + len(ks)].sum()
             at += len(ks)
-        self._space_cache[id(space)] = (space, vector)
+        summer = space.cell_sum(vector) if hasattr(space, "cell_sum") else None
+        self._space_cache[id(space)] = (space, vector, summer)
         return vector
+
+    def _cell_sum(self, space: Any) -> Any:
+        """The space's compiled per-cell summer for this predictor (None if the space has none)."""
+        self.cell_latency_ms(space)
+        return self._space_cache[id(space)][2]
 
     def latency_ms(self, space: Any, arch: Any) -> float:
         """One architecture's latency, without the breakdown: the fast path for a single query."""
+        summer = self._cell_sum(space)
+        if summer is not None:
+            return summer.one(arch) + self.table.overhead.intercept_ms
         return float(self.cell_latency_ms(space)[space.cell_indices(arch)].sum()
                      + self.table.overhead.intercept_ms)
 
-    def predict_batch(self, space: Any, archs: Sequence[Any]) -> np.ndarray:
-        """Latency (ms) of each architecture: per-cell costs gathered and summed, plus the intercept."""
+    def predict_batch(self, space: Any, archs: Sequence[Any] | np.ndarray) -> np.ndarray:
+        """Latency (ms) of each architecture: per-cell costs gathered and summed, plus the intercept.
+
+        ``archs`` may be a list of architectures or an (n, decisions) int array of option
+        indices; the array is the fastest form (a column-major one most of all)."""
+        summer = self._cell_sum(space)
+        if summer is not None:
+            return summer.batch(archs) + self.table.overhead.intercept_ms
         vector = self.cell_latency_ms(space)
         if hasattr(space, "cell_indices_batch"):
             idx = np.asarray(space.cell_indices_batch(archs))

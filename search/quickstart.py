@@ -24,7 +24,7 @@ from .proxies import get_proxy
 from .runner import run_search
 from .spaces import get_space
 from .strategies import get_strategy
-from .verify import format_verification, verify_winners
+from .verify import DEFAULT_NOISE_BAND, format_verification, verify_winners
 
 Log = Callable[[str], None]
 
@@ -118,6 +118,8 @@ def run_quickstart(device: Device, store: Store, out_dir: Path, config: Quicksta
              "## Winners measured on the device", "", "```", table, "```", "",
              f"Wall time: {summary['wall_s']:.0f} s."]
     (out_dir / "summary.md").write_text("\n".join(lines) + "\n")
-    log(f"\nreport: {out_dir}/summary.md  ({summary['winners_within_budget']} of {len(measured)} "
-        f"measured winners within the budget, {summary['wall_s']:.0f} s in all)")
+    log(f"\nreport: {out_dir}/summary.md  (of {len(measured)} measured winners, "
+        f"{summary['winners_within_budget']} within the budget and "
+        f"{summary['winners_within_budget_plus_noise']} within it plus the "
+        f"{DEFAULT_NOISE_BAND:.0%} measurement noise band; {summary['wall_s']:.0f} s in all)")
     return summary

@@ -213,6 +213,8 @@ def test_predict_batch_matches_predict_on_a_space(predictor):
     single = [predictor.predict((space, a)).latency_ms for a in archs]
     assert batch.shape == (20,) and np.allclose(batch, single, rtol=1e-9)
     assert len(set(np.round(batch, 6))) > 1
+    assert np.allclose(predictor.predict_batch(space, np.asarray(archs)), single, rtol=1e-9)
+    assert np.allclose([predictor.latency_ms(space, a) for a in archs], single, rtol=1e-9)
 
 
 def test_cli_predict_json(predictor, zoo_dir, tmp_path, capsys):

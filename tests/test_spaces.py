@@ -93,6 +93,21 @@ def test_cells_add_up_to_ops(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_cell_sum_equals_summing_the_cells(name):
+    space = get_space(name)
+    values = np.random.default_rng(0).uniform(0.01, 1.0, len(space.cells()))
+    archs = _samples(space, 200, seed=3)
+    expected = np.array([values[space.cell_indices(a)].sum() for a in archs])
+    summer = space.cell_sum(values)
+    assert np.allclose([summer.one(a) for a in archs], expected, rtol=1e-12)
+    assert np.allclose(summer.batch(archs), expected, rtol=1e-12)
+    assert np.allclose(summer.batch(np.asfortranarray(archs)), expected, rtol=1e-12)
+    assert summer.batch([]).shape == (0,)
+    with pytest.raises(ValueError, match="option indices"):
+        summer.batch(np.zeros((3, len(space.decisions) + 1), dtype=int))
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_architecture_round_trips_and_operators(name):
     space = get_space(name)
     rng = np.random.default_rng(3)

@@ -25,6 +25,7 @@ import numpy as np
 
 from profiler.opspec import OpSpec, unique
 
+from .cell_sum import CellSum
 from .graph import Net, Tensor
 
 Arch = tuple[int, ...]
@@ -247,6 +248,12 @@ class SearchSpace:
         """The input resolutions whose networks can contain each cell."""
         return self._get_layout().resolutions
 
+    def cell_sum(self, cell_values: np.ndarray) -> CellSum:
+        """A compiled sum of ``cell_values`` (one per cell) over architectures' cells: what a
+        latency predictor answers a search with."""
+        return CellSum(self._get_layout().tables, [slot.deps for slot in self.slots], len(self.decisions),
+                       cell_values)
+
     def cell_indices(self, arch: Sequence[int]) -> np.ndarray:
         """One cell index per slot (length ``len(self.slots)`` for every architecture)."""
         tables = self._get_layout().tables
@@ -255,7 +262,8 @@ class SearchSpace:
 
     def cell_indices_batch(self, archs: Iterable[Sequence[int]]) -> np.ndarray:
         """``cell_indices`` for many architectures at once: shape (n, len(self.slots))."""
-        a = np.asarray(list(archs), dtype=np.int64).reshape(-1, len(self.decisions))
+        a = np.asarray(archs if isinstance(archs, np.ndarray) else list(archs),
+                       dtype=np.int64).reshape(-1, len(self.decisions))
         tables = self._get_layout().tables
         out = np.empty((a.shape[0], len(self.slots)), dtype=np.int64)
         for s, slot in enumerate(self.slots):
