@@ -143,10 +143,11 @@ def stage_spaces(ctx: dict) -> dict:
             LatencyPredictor(table, base.fusion_rules, base.device, base.backend, "lut",
                              {**base.meta, "space": name}).save(path)
         predictor = LatencyPredictor.load(path)
-        archs_paths = space_networks(space, ctx["archs"], seed=2)
+        n_archs = ctx["archs"].get(name, ctx["archs"]["default"])
+        archs_paths = space_networks(space, n_archs, seed=2)
         paths, measured, disturbed = _measure(ctx, archs_paths, repeats=2)
         rng = np.random.default_rng(2)
-        archs = [space.sample(rng) for _ in range(ctx["archs"])]
+        archs = [space.sample(rng) for _ in range(n_archs)]
         by_path = dict(zip(archs_paths, archs, strict=True))
         predicted = predictor.predict_batch(space, [by_path[p] for p in paths])
         report = accuracy(predicted, measured, [p.stem for p in paths])
@@ -327,6 +328,15 @@ STAGES = {"train": stage_train, "zoo": stage_zoo, "curve": stage_curve, "spaces"
           "query": stage_query, "fewshot": stage_fewshot}
 
 
+def _archs_per_space(text: str) -> dict:
+    """``200`` or ``60,proxyless=200`` -> {"default": ..., space: ...}."""
+    out = {"default": 200}
+    for part in text.split(","):
+        name, _, count = part.rpartition("=")
+        out[name or "default"] = int(count)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -334,7 +344,8 @@ def main() -> None:
     parser.add_argument("--db", type=Path, help="store (default WORK/hwlat.db)")
     parser.add_argument("--stages", default="train,zoo,curve,spaces,query,fewshot")
     parser.add_argument("--spaces", default=",".join(SPACES))
-    parser.add_argument("--archs", type=int, default=200)
+    parser.add_argument("--archs", default="200",
+                        help="random architectures per space: N, or N,SPACE=N,... (default 200)")
     parser.add_argument("--markdown", action="store_true",
                         help="print WORK/results.json as markdown tables and exit (measures nothing)")
     args = parser.parse_args()
@@ -351,7 +362,8 @@ def main() -> None:
 
     with Store(args.db or args.work / "hwlat.db") as store:
         ctx = {"device": local_device(), "store": store, "work": args.work, "log": log,
-               "spaces": args.spaces.split(","), "archs": args.archs, "protocol": TimingProtocol()}
+               "spaces": args.spaces.split(","), "archs": _archs_per_space(args.archs),
+               "protocol": TimingProtocol()}
         for stage in args.stages.split(","):
             log(f"stage {stage}")
             results[stage] = {**STAGES[stage](ctx), "finished_at": time.ctime(), "load_after": load()}

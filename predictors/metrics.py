@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +74,7 @@ def plot(report: AccuracyReport, path: str | Path, title: str = "") -> Path:
     ax.set_yscale("log")
     ax.set_xlabel("measured latency (ms)")
     ax.set_ylabel("predicted latency (ms)")
-    ax.set_title(title or report.summary(), fontsize=8)
+    ax.set_title("\n".join(textwrap.wrap(title or report.summary(), 70)), fontsize=8)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     path = Path(path)

@@ -148,8 +148,9 @@ class LatencyPredictor:
     # ----- search spaces ---------------------------------------------------------------
     def _arch_kernels(self, space: Any, arch: Any) -> list[Kernel]:
         if hasattr(space, "cells") and hasattr(space, "cell_indices"):
-            cells = self._cell_kernels(space)
-            return [k for i in np.asarray(space.cell_indices(arch)) for k in cells[int(i)]]
+            cells = space.cells()  # group only this architecture's cells, as _cell_kernels would
+            return [k for i in np.asarray(space.cell_indices(arch))
+                    for k in self.fusion_rules.group(list(cells[int(i)]))]
         return self.fusion_rules.group(space.ops(arch))
 
     def _cell_kernels(self, space: Any) -> list[list[Kernel]]:
