@@ -247,7 +247,7 @@ def stage_fewshot(ctx: dict) -> dict:
 
 
 def _pct(v: float) -> str:
-    return f"{100 * v:.0f}%"
+    return f"{100 * v:.1f}%"
 
 
 def _row(*cells: object) -> str:

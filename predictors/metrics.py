@@ -25,7 +25,7 @@ class AccuracyReport:
 
     def summary(self) -> str:
         return (f"{len(self.names)} networks: RMSE {self.rmse_ms:.3f} ms, RMSPE {self.rmspe:.1f}%, "
-                f"within +-5% {self.within_5:.0%}, within +-10% {self.within_10:.0%}, "
+                f"within +-5% {self.within_5:.1%}, within +-10% {self.within_10:.1%}, "
                 f"Spearman {self.spearman:.3f}")
 
     def to_dict(self) -> dict:

@@ -102,6 +102,7 @@ def test_cell_sum_equals_summing_the_cells(name):
     assert np.allclose([summer.one(a) for a in archs], expected, rtol=1e-12)
     assert np.allclose(summer.batch(archs), expected, rtol=1e-12)
     assert np.allclose(summer.batch(np.asfortranarray(archs)), expected, rtol=1e-12)
+    assert np.allclose(summer.batch(archs[:5]), expected[:5], rtol=1e-12)  # the small-batch path
     assert summer.batch([]).shape == (0,)
     with pytest.raises(ValueError, match="option indices"):
         summer.batch(np.zeros((3, len(space.decisions) + 1), dtype=int))

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+SMALL_BATCH = 32
+
 
 class CellSum:
     def __init__(self, tables: Sequence[np.ndarray], deps: Sequence[Sequence[int]], n_decisions: int,
@@ -48,6 +50,8 @@ class CellSum:
         if a.ndim != 2 or a.shape[1] != self.n_decisions:
             raise ValueError(f"expected architectures as an (n, {self.n_decisions}) array of option "
                              f"indices, got shape {a.shape}")
+        if a.shape[0] <= SMALL_BATCH:  # per-slot vector operations do not pay off yet
+            return np.array([self.one(arch) for arch in a.tolist()], dtype=np.float64)
         if not a.flags.f_contiguous:
             a = np.asfortranarray(a)
         columns = [a[:, j] for j in range(a.shape[1])]
