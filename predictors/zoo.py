@@ -94,6 +94,18 @@ def mobilenet_v2(width: float = 1.0) -> nn.Module:
     return nn.Sequential(*layers, _classifier(last))
 
 
+def _mobilenet_v3(cfg: list[tuple], last: int, head: int) -> nn.Module:
+    """MobileNetV3 from its table: rows of (kernel, expanded width, out, SE, activation, stride)."""
+    hs = nn.Hardswish
+    layers: list[nn.Module] = [conv_bn(3, 16, 3, 2, act=hs)]
+    cin = 16
+    for k, exp, cout, se, act, s in cfg:
+        layers.append(InvertedResidual(cin, cout, k, s, exp / cin, act=act, se_ratio=0.25 if se else 0))
+        cin = cout
+    layers.append(conv_bn(cin, last, 1, 1, act=hs))
+    return nn.Sequential(*layers, _classifier(last, head))
+
+
 def mobilenet_v3_large() -> nn.Module:
     """Howard et al. 2019, Table 1 (large)."""
     hs, re = nn.Hardswish, nn.ReLU
@@ -102,13 +114,7 @@ def mobilenet_v3_large() -> nn.Module:
            (3, 240, 80, False, hs, 2), (3, 200, 80, False, hs, 1), (3, 184, 80, False, hs, 1),
            (3, 184, 80, False, hs, 1), (3, 480, 112, True, hs, 1), (3, 672, 112, True, hs, 1),
            (5, 672, 160, True, hs, 2), (5, 960, 160, True, hs, 1), (5, 960, 160, True, hs, 1)]
-    layers: list[nn.Module] = [conv_bn(3, 16, 3, 2, act=hs)]
-    cin = 16
-    for k, exp, cout, se, act, s in cfg:
-        layers.append(InvertedResidual(cin, cout, k, s, exp / cin, act=act, se_ratio=0.25 if se else 0))
-        cin = cout
-    layers.append(conv_bn(cin, 960, 1, 1, act=hs))
-    return nn.Sequential(*layers, _classifier(960, 1280))
+    return _mobilenet_v3(cfg, last=960, head=1280)
 
 
 def mnasnet_a1() -> nn.Module:
@@ -143,6 +149,8 @@ def efficientnet_b0() -> nn.Module:
 
 
 class BasicBlock(nn.Module):
+    expansion = 1  # output channels per unit of width
+
     def __init__(self, cin: int, cout: int, s: int) -> None:
         super().__init__()
         self.body = nn.Sequential(conv_bn(cin, cout, 3, s), conv_bn(cout, cout, 3, 1, act=None))
@@ -153,15 +161,16 @@ class BasicBlock(nn.Module):
         return self.relu(self.body(x) + self.short(x))
 
 
-def resnet(depths: tuple[int, ...] = (2, 2, 2, 2)) -> nn.Module:
-    """He et al. 2016: ResNet-18 is (2, 2, 2, 2), ResNet-34 (3, 4, 6, 3)."""
+def resnet(depths: tuple[int, ...] = (2, 2, 2, 2), block: type[nn.Module] = BasicBlock) -> nn.Module:
+    """He et al. 2016: ResNet-18 is (2, 2, 2, 2), ResNet-34 (3, 4, 6, 3), both with basic
+    blocks; ResNet-50 is (3, 4, 6, 3) with bottleneck blocks."""
     layers: list[nn.Module] = [conv_bn(3, 64, 7, 2), nn.MaxPool2d(3, 2, 1)]
     cin = 64
-    for stage, (n, c) in enumerate(zip(depths, (64, 128, 256, 512), strict=True)):
+    for stage, (n, width) in enumerate(zip(depths, (64, 128, 256, 512), strict=True)):
         for i in range(n):
-            layers.append(BasicBlock(cin, c, 2 if i == 0 and stage > 0 else 1))
-            cin = c
-    return nn.Sequential(*layers, _classifier(512))
+            layers.append(block(cin, width, 2 if i == 0 and stage > 0 else 1))
+            cin = width * block.expansion
+    return nn.Sequential(*layers, _classifier(cin))
 
 
 class ShuffleUnit(nn.Module):
@@ -229,13 +238,7 @@ def mobilenet_v3_small() -> nn.Module:
            (5, 96, 40, True, hs, 2), (5, 240, 40, True, hs, 1), (5, 240, 40, True, hs, 1),
            (5, 120, 48, True, hs, 1), (5, 144, 48, True, hs, 1), (5, 288, 96, True, hs, 2),
            (5, 576, 96, True, hs, 1), (5, 576, 96, True, hs, 1)]
-    layers: list[nn.Module] = [conv_bn(3, 16, 3, 2, act=hs)]
-    cin = 16
-    for k, exp, cout, se, act, s in cfg:
-        layers.append(InvertedResidual(cin, cout, k, s, exp / cin, act=act, se_ratio=0.25 if se else 0))
-        cin = cout
-    layers.append(conv_bn(cin, 576, 1, 1, act=hs))
-    return nn.Sequential(*layers, _classifier(576, 1024))
+    return _mobilenet_v3(cfg, last=576, head=1024)
 
 
 def efficientnet_lite0() -> nn.Module:
@@ -253,9 +256,11 @@ def efficientnet_lite0() -> nn.Module:
 
 
 class Bottleneck(nn.Module):
-    def __init__(self, cin: int, width: int, s: int, expansion: int = 4) -> None:
+    expansion = 4
+
+    def __init__(self, cin: int, width: int, s: int) -> None:
         super().__init__()
-        cout = width * expansion
+        cout = width * self.expansion
         self.body = nn.Sequential(conv_bn(cin, width, 1, 1), conv_bn(width, width, 3, s),
                                   conv_bn(width, cout, 1, 1, act=None))
         self.short = conv_bn(cin, cout, 1, s, act=None) if s != 1 or cin != cout else nn.Identity()
@@ -265,15 +270,9 @@ class Bottleneck(nn.Module):
         return self.relu(self.body(x) + self.short(x))
 
 
-def resnet50(depths: tuple[int, ...] = (3, 4, 6, 3)) -> nn.Module:
+def resnet50() -> nn.Module:
     """He et al. 2016, bottleneck blocks (1x1, 3x3, 1x1 with 4x expansion)."""
-    layers: list[nn.Module] = [conv_bn(3, 64, 7, 2), nn.MaxPool2d(3, 2, 1)]
-    cin = 64
-    for stage, (n, w) in enumerate(zip(depths, (64, 128, 256, 512), strict=True)):
-        for i in range(n):
-            layers.append(Bottleneck(cin, w, 2 if i == 0 and stage > 0 else 1))
-            cin = w * 4
-    return nn.Sequential(*layers, _classifier(cin))
+    return resnet((3, 4, 6, 3), Bottleneck)
 
 
 def squeezenet_1_0() -> nn.Module:
@@ -343,7 +342,7 @@ def _random_resnet(rng: random.Random) -> nn.Module:
             s = 2 if i == 0 and stage > 0 else 1
             if bottleneck:
                 layers.append(Bottleneck(cin, width // 2, s))
-                cin = width // 2 * 4
+                cin = width // 2 * Bottleneck.expansion
             else:
                 layers.append(BasicBlock(cin, width, s))
                 cin = width
