@@ -28,7 +28,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from profiler.backends import OrtBackend, cache_dir
-from profiler.onnx_builder import IR_VERSION, OPSET, build_model
+from profiler.onnx_builder import build_model, make_model, save_once
 from profiler.opspec import OpSpec
 
 from .kernel import Kernel
@@ -76,8 +76,7 @@ def build_harness(kernel: Kernel, seed: int = 0) -> onnx.ModelProto:
         graph_outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, list(shape)))
 
     graph = helper.make_graph(nodes, "harness", graph_inputs, graph_outputs, initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="hwlat", ir_version=IR_VERSION)
+    model = make_model(graph)
     model.doc_string = kernel.key
     onnx.checker.check_model(model, full_check=True)
     return model
@@ -88,12 +87,7 @@ def harness_path(kernel: Kernel, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(f"{HARNESS_VERSION}:{kernel.key}".encode()).hexdigest()[:16]
-    path = directory / f"{kernel.op}-{digest}.onnx"
-    if not path.exists():
-        tmp = path.with_suffix(".tmp")
-        onnx.save(build_harness(kernel), tmp)
-        tmp.replace(path)
-    return path
+    return save_once(directory / f"{kernel.op}-{digest}.onnx", lambda: build_harness(kernel))
 
 
 @dataclass(frozen=True)
@@ -124,19 +118,15 @@ def relu_chain(nodes: int, directory: str | Path) -> Path:
     profiled run shows what the profiler itself adds to each node's recorded time."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"relu_chain_{nodes}.onnx"
-    if not path.exists():
-        shape = [1, 16, 1, 1]
-        graph = helper.make_graph(
+    shape = [1, 16, 1, 1]
+
+    def build() -> onnx.ModelProto:
+        return make_model(helper.make_graph(
             [helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"], name=f"relu{i}") for i in range(nodes)],
             "relu_chain", [helper.make_tensor_value_info("t0", TensorProto.FLOAT, shape)],
-            [helper.make_tensor_value_info(f"t{nodes}", TensorProto.FLOAT, shape)])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                                  producer_name="hwlat", ir_version=IR_VERSION)
-        tmp = path.with_suffix(".tmp")
-        onnx.save(model, tmp)
-        tmp.replace(path)
-    return path
+            [helper.make_tensor_value_info(f"t{nodes}", TensorProto.FLOAT, shape)]))
+
+    return save_once(directory / f"relu_chain_{nodes}.onnx", build)
 
 
 def _depthwise(name: str, source: str, channels: int, relu: bool, rng: np.random.Generator,

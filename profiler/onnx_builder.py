@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +37,7 @@ def build_model(spec: OpSpec, seed: int = 0) -> onnx.ModelProto:
     if spec.op != "split":
         _rename(nodes, head, "y0")
     graph = helper.make_graph(nodes, spec.op, inputs, outputs, initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="hwlat", ir_version=IR_VERSION)
+    model = make_model(graph)
     model.doc_string = spec.key
     onnx.checker.check_model(model, full_check=True)
     return model
@@ -48,10 +48,21 @@ def model_path(spec: OpSpec, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{spec.op}-{hashlib.sha256(spec.key.encode()).hexdigest()[:16]}.onnx"
+    return save_once(path, lambda: build_model(spec))
+
+
+def make_model(graph: onnx.GraphProto) -> onnx.ModelProto:
+    """A model around ``graph`` with the opset and IR version every hwlat-built model records."""
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                             producer_name="hwlat", ir_version=IR_VERSION)
+
+
+def save_once(path: Path, build: Callable[[], onnx.ModelProto]) -> Path:
+    """Save ``build()`` at ``path`` unless a file is there already (models are named by what
+    they contain). One temp name per writer: parallel campaigns build the same models at once."""
     if not path.exists():
-        # One temp name per writer: parallel campaigns build the same ops at the same time.
         tmp = path.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")
-        onnx.save(build_model(spec), tmp)
+        onnx.save(build(), tmp)
         tmp.replace(path)
     return path
 
