@@ -131,9 +131,8 @@ class KernelProfiler:
                        force: bool = False, repeats: int = 1) -> list[Measurement]:
         """End-to-end times of whole ONNX models; clean stored rows are reused unless ``force``.
 
-        With ``repeats`` > 1 every model is measured that many times, in passes over all models
-        (so the measurements of one model lie minutes apart), and the fastest clean one is kept:
-        contention only ever adds time, and a burst can pass the canary check unseen.
+        With ``repeats`` > 1 every model is measured that many times and the fastest clean one
+        is kept (``Campaign.measure_models``).
         """
         paths = [Path(p) for p in paths]
         campaign = Campaign(self.device, self.backend, self.store, protocol or TimingProtocol(),
@@ -145,15 +144,7 @@ class KernelProfiler:
             if stored is not None and stored.clean and stored.extra.get("repeats", 1) >= repeats:
                 best[path] = stored
         todo = [p for p in paths if p not in best]
-        for _ in range(repeats):
-            for path in todo:
-                m = campaign.measure_model(path, save=False)
-                old = best.get(path)
-                if old is None or (m.clean and (not old.clean or m.median_ms < old.median_ms)):
-                    best[path] = m
-        for path in todo:
-            best[path].extra["repeats"] = repeats
-            self.store.save(best[path])
+        best.update(zip(todo, campaign.measure_models(todo, repeats), strict=True))
         return [best[p] for p in paths]
 
 

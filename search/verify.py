@@ -6,10 +6,9 @@ end-to-end measurements of one model on one device are expected to agree. Measur
 are whole ONNX models timed by profiler.campaign.Campaign.measure_model (fresh agent, the
 device's timing protocol and disturbance detection) and saved to the Store as kind "model".
 
-Each winner is measured ``repeats`` times, in passes over all winners (so one winner's
-measurements lie seconds to minutes apart), and the fastest clean measurement is kept:
-contention on a shared machine only ever adds time, and this is the same rule the
-predictor's overhead calibration uses, so prediction and verification compare like with like.
+Each winner is measured ``repeats`` times and the fastest clean measurement is kept
+(``Campaign.measure_models``), the rule the predictor's overhead calibration uses, so
+prediction and verification compare like with like.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from pathlib import Path
 
 from devices.device import Device
 from profiler.campaign import Campaign
-from profiler.measurement import Measurement
 from profiler.protocol import TimingProtocol
 from profiler.store import Store
 
@@ -87,18 +85,9 @@ def verify_winners(study: Study, objective: LatencyObjective, device: Device, st
         if not path.exists():
             onnx.save(study.space.to_onnx(trial.arch), str(path))
         winners.append((rank, trial, path))
-    best: dict[Path, Measurement] = {}
-    for _ in range(max(1, repeats)):
-        for _, _, path in winners:
-            m = campaign.measure_model(path, save=False)
-            old = best.get(path)
-            if old is None or (m.clean and (not old.clean or m.median_ms < old.median_ms)):
-                best[path] = m
+    measured = campaign.measure_models([path for _, _, path in winners], repeats)
     results = []
-    for rank, trial, path in winners:
-        m = best[path]
-        m.extra["repeats"] = max(1, repeats)
-        store.save(m)
+    for (rank, trial, path), m in zip(winners, measured, strict=True):
         results.append(Verification(
             number=trial.number, rank=rank, arch=list(trial.arch), onnx_path=str(path),
             device=device.name, backend=campaign.backend.name, predicted_ms=trial.values[column],
