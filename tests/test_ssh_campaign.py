@@ -130,8 +130,10 @@ def test_ctrl_c_keeps_what_was_measured_and_stops_the_remote_agent(sshd_a, tmp_p
     inventory, ops, db = tmp_path / "devices.toml", tmp_path / "ops.jsonl", tmp_path / "m.db"
     inventory.write_text(sshd_a.inventory("pi"))
     write_jsonl(small_ops(10), ops)
+    # About a second per op, so that the eight ops left after the second one outlast the
+    # checks below and the signal (at 0.4 s per op a fresh-clone run once finished all ten before the signal).
     argv = [sys.executable, "-m", "hwlat_cli", "profile", "--device", "pi", "--inventory", str(inventory),
-            "--ops", str(ops), "--db", str(db), "--quick", "--min-repeat-ms", "100", "--repeat", "3",
+            "--ops", str(ops), "--db", str(db), "--quick", "--min-repeat-ms", "300", "--repeat", "3",
             "--no-progress"]
     env = {**os.environ, "SSH_AUTH_SOCK": ""}
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
