@@ -20,15 +20,24 @@ from profiler.protocol import TimingProtocol
 from profiler.store import Store, StoreError, default_db_path
 from profiler.tvm_backend import DEFAULT_TUNE_TRIALS
 
-USER_ERRORS = (InvalidOpSpecError, InventoryError, DeviceError, StoreError, UnknownBackendError,
-               ArtifactError, FileNotFoundError, ValueError)
+USER_ERRORS = (
+    InvalidOpSpecError,
+    InventoryError,
+    DeviceError,
+    StoreError,
+    UnknownBackendError,
+    ArtifactError,
+    FileNotFoundError,
+    ValueError,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="hwlat: %(message)s",
-                        handlers=[ProgressLogHandler(sys.stderr)])
+    logging.basicConfig(
+        level=logging.WARNING, format="hwlat: %(message)s", handlers=[ProgressLogHandler(sys.stderr)]
+    )
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:
@@ -48,13 +57,24 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--ops", type=Path, help="JSONL file, one OpSpec per line")
     src.add_argument("--space", help="measure every unique op of a search space")
-    src.add_argument("--adaptive", action="store_true",
-                     help="sample kernel configurations for a kernel regressor, measuring more where "
-                          "it is least sure, until it predicts held-out kernels well or the budget ends")
-    p.add_argument("--budget-minutes", type=float, default=10.0,
-                   help="with --adaptive: wall-clock budget in minutes (default 10)")
-    p.add_argument("--resolution", type=int, action="append",
-                   help="with --space: input resolutions (repeatable; default the space's own)")
+    src.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="sample kernel configurations for a kernel regressor, measuring more where "
+        "it is least sure, until it predicts held-out kernels well or the budget ends",
+    )
+    p.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=10.0,
+        help="with --adaptive: wall-clock budget in minutes (default 10)",
+    )
+    p.add_argument(
+        "--resolution",
+        type=int,
+        action="append",
+        help="with --space: input resolutions (repeatable; default the space's own)",
+    )
     p.add_argument("--force", action="store_true", help="re-measure ops already stored")
     _protocol_args(p)
     p.set_defaults(func=cmd_profile)
@@ -77,9 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_devices_check)
 
-    p = sub.add_parser("quickstart", help="profile, train, search and verify on one device (~10 min)",
-                       description="The whole toolkit once: profile the space's kernels, train a "
-                       "predictor, search under a latency budget, measure the winners, write a report.")
+    p = sub.add_parser(
+        "quickstart",
+        help="profile, train, search and verify on one device (~10 min)",
+        description="The whole toolkit once: profile the space's kernels, train a "
+        "predictor, search under a latency budget, measure the winners, write a report.",
+    )
     p.add_argument("--device", default="local", help="device name (default local)")
     p.add_argument("--backend", default="ort", help="ort (default)")
     p.add_argument("--space", default="proxyless", help="search space (default proxyless)")
@@ -114,11 +137,16 @@ def _device_args(p: argparse.ArgumentParser, many: bool) -> None:
         p.add_argument("--label", help="every device carrying this inventory label")
     else:
         p.add_argument("--device", default="local", help="device name (default local)")
-    p.add_argument("--backend", default="ort",
-                   help="ort (ONNX Runtime), tvm (TVM, tuned) or tvm-untuned (default ort)")
-    p.add_argument("--tune-trials", type=int, metavar="N",
-                   help=f"with --backend tvm: MetaSchedule candidates per kernel, timed on the device "
-                        f"(default {DEFAULT_TUNE_TRIALS})")
+    p.add_argument(
+        "--backend", default="ort", help="ort (ONNX Runtime), tvm (TVM, tuned) or tvm-untuned (default ort)"
+    )
+    p.add_argument(
+        "--tune-trials",
+        type=int,
+        metavar="N",
+        help=f"with --backend tvm: MetaSchedule candidates per kernel, timed on the device "
+        f"(default {DEFAULT_TUNE_TRIALS})",
+    )
     p.add_argument("--inventory", type=Path, help="device inventory (default ./devices.toml)")
     p.add_argument("--db", type=Path, help=f"SQLite database (default $HWLAT_DB or {default_db_path()})")
 
@@ -141,16 +169,24 @@ def _protocol_args(p: argparse.ArgumentParser) -> None:
 
 def _protocol(args: argparse.Namespace) -> TimingProtocol:
     base = TimingProtocol.quick() if args.quick else TimingProtocol()
-    overrides = {k: v for k, v in (("repeat", args.repeat), ("min_repeat_ms", args.min_repeat_ms),
-                                   ("cooldown_ms", args.cooldown_ms)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (
+            ("repeat", args.repeat),
+            ("min_repeat_ms", args.min_repeat_ms),
+            ("cooldown_ms", args.cooldown_ms),
+        )
+        if v is not None
+    }
     return TimingProtocol(**{**base.to_dict(), **overrides})
 
 
 def _devices(args: argparse.Namespace) -> list[Device]:
     if args.label:
         found = devices_with_label(args.label, args.inventory)
-        return found + [resolve_device(n, args.inventory) for n in args.device or []
-                        if n not in {d.name for d in found}]
+        return found + [
+            resolve_device(n, args.inventory) for n in args.device or [] if n not in {d.name for d in found}
+        ]
     return [resolve_device(n, args.inventory) for n in dict.fromkeys(args.device or ["local"])]
 
 
@@ -172,8 +208,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
     devices = _devices(args)
     protocol = _protocol(args)
     with Store(args.db) as store:
-        campaigns = [Campaign(d, _backend(args, d), store, protocol, show_progress=not args.no_progress)
-                     for d in devices]
+        campaigns = [
+            Campaign(d, _backend(args, d), store, protocol, show_progress=not args.no_progress)
+            for d in devices
+        ]
 
         def run(campaign: Campaign) -> CampaignReport | Exception:
             try:
@@ -207,37 +245,57 @@ def cmd_measure(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"model {args.model} does not exist")
     device = resolve_device(args.device, args.inventory)
     with Store(args.db) as store:
-        m = Campaign(device, _backend(args, device), store, _protocol(args), show_progress=False
-                     ).measure_model(args.model)
+        m = Campaign(
+            device, _backend(args, device), store, _protocol(args), show_progress=False
+        ).measure_model(args.model)
     if not m.ok:
         print(f"hwlat: error: measuring {args.model} failed: {m.error_msg}", file=sys.stderr)
         return 1
-    out = {"model": str(args.model), "device": m.device, "backend": m.backend,
-           "backend_version": m.backend_version, "latency_ms": m.median_ms, "p10_ms": m.p10_ms,
-           "p90_ms": m.p90_ms, "cv": m.cv, "samples_ms": m.samples_ms, "disturbed": m.disturbed,
-           "disturbance": m.disturbance, "threads": m.settings.get("threads"),
-           "cpu_affinity": m.settings.get("cpu_affinity"),
-           "model_bytes": m.extra["model_bytes"], "params": m.extra["params"],
-           "peak_rss_mb": m.extra.get("peak_rss_mb"), "baseline_rss_mb": m.extra.get("baseline_rss_mb")}
+    out = {
+        "model": str(args.model),
+        "device": m.device,
+        "backend": m.backend,
+        "backend_version": m.backend_version,
+        "latency_ms": m.median_ms,
+        "p10_ms": m.p10_ms,
+        "p90_ms": m.p90_ms,
+        "cv": m.cv,
+        "samples_ms": m.samples_ms,
+        "disturbed": m.disturbed,
+        "disturbance": m.disturbance,
+        "threads": m.settings.get("threads"),
+        "cpu_affinity": m.settings.get("cpu_affinity"),
+        "model_bytes": m.extra["model_bytes"],
+        "params": m.extra["params"],
+        "peak_rss_mb": m.extra.get("peak_rss_mb"),
+        "baseline_rss_mb": m.extra.get("baseline_rss_mb"),
+    }
     if out["peak_rss_mb"] is not None:
         out["model_rss_mb"] = out["peak_rss_mb"] - out["baseline_rss_mb"]
     if args.json:
         print(json.dumps(out))
     else:
         flag = f"  (DISTURBED: {m.disturbance})" if m.disturbed else ""
-        print(f"{args.model}: {m.median_ms:.3f} ms median (p10 {m.p10_ms:.3f}, p90 {m.p90_ms:.3f}) "
-              f"on {m.device}/{m.backend} {m.backend_version}, {out['params']:,} params, "
-              f"peak RSS {out['peak_rss_mb']:.0f} MB{flag}")
+        print(
+            f"{args.model}: {m.median_ms:.3f} ms median (p10 {m.p10_ms:.3f}, p90 {m.p90_ms:.3f}) "
+            f"on {m.device}/{m.backend} {m.backend_version}, {out['params']:,} params, "
+            f"peak RSS {out['peak_rss_mb']:.0f} MB{flag}"
+        )
     return 0
 
 
 def cmd_devices_list(args: argparse.Namespace) -> int:
     for d in load_inventory(args.inventory).values():
-        where = "this machine" if d.is_local else (f"{d.user + '@' if d.user else ''}{d.host}"
-                                                   f"{f':{d.port}' if d.port else ''}")
-        print(f"{d.name:16s} {where:32s} backends={','.join(d.backends)} threads={d.threads} "
-              f"affinity={list(d.cpu_affinity) if d.cpu_affinity else 'any'} "
-              f"labels={','.join(d.labels) or '-'}")
+        where = (
+            "this machine"
+            if d.is_local
+            else (f"{d.user + '@' if d.user else ''}{d.host}{f':{d.port}' if d.port else ''}")
+        )
+        print(
+            f"{d.name:16s} {where:32s} backends={','.join(d.backends)} threads={d.threads} "
+            f"affinity={list(d.cpu_affinity) if d.cpu_affinity else 'any'} "
+            f"labels={','.join(d.labels) or '-'}"
+        )
     return 0
 
 
@@ -259,9 +317,14 @@ def cmd_devices_check(args: argparse.Namespace) -> int:
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from search.quickstart import QuickstartConfig, run_quickstart
 
-    config = QuickstartConfig(space=args.space, resolution=args.resolution, backend=args.backend,
-                              evaluations=args.evaluations, verify=args.verify,
-                              latency_ms=args.latency_ms)
+    config = QuickstartConfig(
+        space=args.space,
+        resolution=args.resolution,
+        backend=args.backend,
+        evaluations=args.evaluations,
+        verify=args.verify,
+        latency_ms=args.latency_ms,
+    )
     device = resolve_device(args.device, args.inventory)
     with Store(args.db) as store:
         summary = run_quickstart(device, store, args.out, config)
@@ -276,33 +339,66 @@ def cmd_db_export(args: argparse.Namespace) -> int:
 
 
 def _add_search_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("search", help="find the best networks of a space under latency budgets",
-                       description="Search a space with a latency predictor per device; writes the "
-                       "Pareto front (JSON, PNG), hypervolume, all trials and the winners' ONNX to "
-                       "--out. Re-running the same command resumes an interrupted search.")
+    p = sub.add_parser(
+        "search",
+        help="find the best networks of a space under latency budgets",
+        description="Search a space with a latency predictor per device; writes the "
+        "Pareto front (JSON, PNG), hypervolume, all trials and the winners' ONNX to "
+        "--out. Re-running the same command resumes an interrupted search.",
+    )
     p.add_argument("--space", required=True, help="search space: proxyless, ofa_mbv3, nb201 or fbnet")
-    p.add_argument("--predictor", type=Path, action="append", required=True,
-                   help="trained latency predictor (repeatable: one per device)")
-    p.add_argument("--latency-ms", type=float, action="append", required=True,
-                   help="latency budget, one per --predictor in the same order")
-    p.add_argument("--strategy", default="evolution",
-                   help="evolution, nsga2, rl or random (default evolution)")
+    p.add_argument(
+        "--predictor",
+        type=Path,
+        action="append",
+        required=True,
+        help="trained latency predictor (repeatable: one per device)",
+    )
+    p.add_argument(
+        "--latency-ms",
+        type=float,
+        action="append",
+        required=True,
+        help="latency budget, one per --predictor in the same order",
+    )
+    p.add_argument(
+        "--strategy", default="evolution", help="evolution, nsga2, rl or random (default evolution)"
+    )
     p.add_argument("--budget", type=int, default=1000, help="architectures to evaluate (default 1000)")
-    p.add_argument("--objective", default="flops",
-                   help="accuracy proxy to maximise: flops, params, naswot or synflow (default flops)")
+    p.add_argument(
+        "--objective",
+        default="flops",
+        help="accuracy proxy to maximise: flops, params, naswot or synflow (default flops)",
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder (holds the resumable study)")
     p.add_argument("--seed", type=int, default=0, help="strategy seed (default 0)")
     p.add_argument("--batch-size", type=int, help="architectures per step (default: the strategy's)")
     p.add_argument("--top", type=int, default=5, help="winners exported as ONNX (default 5)")
     g = p.add_argument_group("verification on the device")
-    g.add_argument("--verify", type=int, default=0, metavar="K",
-                   help="measure the top K winners on the device and compare with the prediction")
-    g.add_argument("--device", action="append",
-                   help="device to verify on, one per --predictor (default: the predictor's device)")
-    g.add_argument("--noise-band", type=float, default=0.05,
-                   help="measured latency up to budget x (1 + band) still passes (default 0.05)")
-    g.add_argument("--verify-repeats", type=int, default=3,
-                   help="times each winner is measured; the fastest clean time is kept (default 3)")
+    g.add_argument(
+        "--verify",
+        type=int,
+        default=0,
+        metavar="K",
+        help="measure the top K winners on the device and compare with the prediction",
+    )
+    g.add_argument(
+        "--device",
+        action="append",
+        help="device to verify on, one per --predictor (default: the predictor's device)",
+    )
+    g.add_argument(
+        "--noise-band",
+        type=float,
+        default=0.05,
+        help="measured latency up to budget x (1 + band) still passes (default 0.05)",
+    )
+    g.add_argument(
+        "--verify-repeats",
+        type=int,
+        default=3,
+        help="times each winner is measured; the fastest clean time is kept (default 3)",
+    )
     g.add_argument("--backend", default="ort", help="ort (ONNX Runtime) or tvm (default ort)")
     g.add_argument("--inventory", type=Path, help="device inventory (default ./devices.toml)")
     g.add_argument("--db", type=Path, help=f"measurement database (default {default_db_path()})")
@@ -325,26 +421,39 @@ def cmd_search(args: argparse.Namespace) -> int:
     from search.verify import format_verification, verify_winners
 
     if len(args.latency_ms) != len(args.predictor):
-        raise ValueError(f"{len(args.predictor)} --predictor but {len(args.latency_ms)} --latency-ms; "
-                         "give one latency budget per predictor, in the same order")
+        raise ValueError(
+            f"{len(args.predictor)} --predictor but {len(args.latency_ms)} --latency-ms; "
+            "give one latency budget per predictor, in the same order"
+        )
     if args.device and len(args.device) != len(args.predictor):
         raise ValueError("give one --device per --predictor, or none to verify on each predictor's device")
     space = get_space(args.space)
     predictors = [_load_predictor(path) for path in args.predictor]
     latencies = [LatencyObjective(p, budget) for p, budget in zip(predictors, args.latency_ms, strict=True)]
     strategy = get_strategy(args.strategy, random_state=args.seed)
-    print(f"searching {space.name} ({space.size():.3g} networks) with {strategy.name}, {args.budget} "
-          f"evaluations, maximising {args.objective} under "
-          + ", ".join(f"{o.name} <= {o.budget:g}" for o in latencies))
-    study, report = run_search(space, [get_proxy(args.objective), *latencies], strategy, args.budget,
-                               args.out, batch_size=args.batch_size, top_k=max(args.top, args.verify),
-                               show_progress=not args.no_progress)
+    print(
+        f"searching {space.name} ({space.size():.3g} networks) with {strategy.name}, {args.budget} "
+        f"evaluations, maximising {args.objective} under "
+        + ", ".join(f"{o.name} <= {o.budget:g}" for o in latencies)
+    )
+    study, report = run_search(
+        space,
+        [get_proxy(args.objective), *latencies],
+        strategy,
+        args.budget,
+        args.out,
+        batch_size=args.batch_size,
+        top_k=max(args.top, args.verify),
+        show_progress=not args.no_progress,
+    )
     for name, minimum in study.minima.items():
         print(f"fastest network found for {name}: {minimum.value:.3f} ms")
     print(report.summary())
     if not report.front:
-        print("hwlat: no evaluated network met every budget; raise --budget or the latency budgets",
-              file=sys.stderr)
+        print(
+            "hwlat: no evaluated network met every budget; raise --budget or the latency budgets",
+            file=sys.stderr,
+        )
         return 1
     if not args.verify:
         return 0
@@ -353,9 +462,18 @@ def cmd_search(args: argparse.Namespace) -> int:
     with Store(args.db) as store:
         for objective, name in zip(latencies, names, strict=True):
             device = resolve_device(name, args.inventory)
-            results = verify_winners(study, objective, device, store, args.verify, args.out,
-                                     backend=args.backend, protocol=_protocol(args),
-                                     noise_band=args.noise_band, repeats=args.verify_repeats)
+            results = verify_winners(
+                study,
+                objective,
+                device,
+                store,
+                args.verify,
+                args.out,
+                backend=args.backend,
+                protocol=_protocol(args),
+                noise_band=args.noise_band,
+                repeats=args.verify_repeats,
+            )
             print(f"verified on {device.name}/{args.backend} (predicted vs measured):")
             print(format_verification(results))
             if not all(r.meets_budget_within_noise for r in results):
@@ -368,19 +486,26 @@ def _add_table_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("table", help="export a search space's latency lookup table, or import one")
     tsub = p.add_subparsers(dest="table_command", required=True)
-    q = tsub.add_parser("export", help="write the table of a space from the store "
-                                       "(ofa-yaml is what ProxylessNAS/OFA code loads)")
+    q = tsub.add_parser(
+        "export",
+        help="write the table of a space from the store (ofa-yaml is what ProxylessNAS/OFA code loads)",
+    )
     q.add_argument("--space", required=True, help="search space (proxyless, ofa_mbv3, nb201, fbnet)")
     q.add_argument("--device", default="local", help="device name in the store (default local)")
     q.add_argument("--backend", default="ort", help="backend in the store (default ort)")
     q.add_argument("--format", choices=FORMATS, default="ofa-yaml")
-    q.add_argument("--resolution", type=int, action="append",
-                   help="input resolutions (repeatable; default the space's own, e.g. 224 for proxyless)")
+    q.add_argument(
+        "--resolution",
+        type=int,
+        action="append",
+        help="input resolutions (repeatable; default the space's own, e.g. 224 for proxyless)",
+    )
     q.add_argument("-o", "--output", type=Path, required=True)
     q.add_argument("--db", type=Path, help=f"SQLite database (default $HWLAT_DB or {default_db_path()})")
     q.set_defaults(func=cmd_table_export)
-    q = tsub.add_parser("import", help="store a table file's blocks for a device (any name, "
-                                       "reachable or not)")
+    q = tsub.add_parser(
+        "import", help="store a table file's blocks for a device (any name, reachable or not)"
+    )
     q.add_argument("file", type=Path, help=".yaml (ofa-yaml), .csv or .json")
     q.add_argument("--device", required=True, help="device name to store the blocks under")
     q.add_argument("--backend", default="ort", help="backend name to store them under (default ort)")
@@ -399,17 +524,24 @@ def cmd_table_export(args: argparse.Namespace) -> int:
         build = table_from_store(space, store, args.device, args.backend)
     header = {"space": space.name, "device": args.device, "backend": args.backend}
     n = write_table(build.entries, args.output, args.format, header)
-    print(f"wrote {n} entries to {args.output} ({build.from_blocks} from imported blocks, "
-          f"{n - build.from_blocks} summed from measured ops)")
+    print(
+        f"wrote {n} entries to {args.output} ({build.from_blocks} from imported blocks, "
+        f"{n - build.from_blocks} summed from measured ops)"
+    )
     if build.with_disturbed_ops:
-        print(f"hwlat: {build.with_disturbed_ops} entries include an op measured only under "
-              f"disturbance; re-run hwlat profile --space {space.name} to re-measure those ops",
-              file=sys.stderr)
+        print(
+            f"hwlat: {build.with_disturbed_ops} entries include an op measured only under "
+            f"disturbance; re-run hwlat profile --space {space.name} to re-measure those ops",
+            file=sys.stderr,
+        )
     if build.missing:
         narrowed = "".join(f" --resolution {r}" for r in args.resolution or [])
-        print(f"hwlat: {len(build.missing)} cells have no measurements and are not in the table "
-              f"(first: {build.missing[0]}); run hwlat profile --space {space.name}{narrowed} "
-              f"--device {args.device} --backend {args.backend}", file=sys.stderr)
+        print(
+            f"hwlat: {len(build.missing)} cells have no measurements and are not in the table "
+            f"(first: {build.missing[0]}); run hwlat profile --space {space.name}{narrowed} "
+            f"--device {args.device} --backend {args.backend}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -428,30 +560,51 @@ def cmd_table_import(args: argparse.Namespace) -> int:
         known = set(get_space(args.space).cell_keys())
         unknown = [e.key for e in entries if e.key not in known]
         if unknown:
-            print(f"hwlat: {len(unknown)} keys are not cells of {args.space} (first: {unknown[0]})",
-                  file=sys.stderr)
+            print(
+                f"hwlat: {len(unknown)} keys are not cells of {args.space} (first: {unknown[0]})",
+                file=sys.stderr,
+            )
     return 0
 
 
 # ----- predictors: train, predict, validate, adaptive profiling --------------------------------
 def _add_predictor_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="profile kernels in context and build a latency predictor",
-                       description="Probe fusions, measure kernels (a space's cells and a training "
-                       "set for the kernel regressor), calibrate on networks measured end to end, and "
-                       "save the predictor (JSON). Re-running resumes from the store.")
+    p = sub.add_parser(
+        "train",
+        help="profile kernels in context and build a latency predictor",
+        description="Probe fusions, measure kernels (a space's cells and a training "
+        "set for the kernel regressor), calibrate on networks measured end to end, and "
+        "save the predictor (JSON). Re-running resumes from the store.",
+    )
     p.add_argument("--device", default="local", help="device name (default local)")
     p.add_argument("--backend", default="ort", help="ort (default; kernels are read from its profiler)")
     p.add_argument("--space", help="search space whose cells go into the table exactly")
-    p.add_argument("--kind", choices=("lut", "gbdt"), default="lut",
-                   help="lut: measured kernels looked up, regressor for the rest (default); "
-                        "gbdt: the kernel regressor predicts every kernel")
+    p.add_argument(
+        "--kind",
+        choices=("lut", "gbdt"),
+        default="lut",
+        help="lut: measured kernels looked up, regressor for the rest (default); "
+        "gbdt: the kernel regressor predicts every kernel",
+    )
     p.add_argument("-o", "--output", type=Path, required=True, help="predictor file to write")
-    p.add_argument("--sampled-kernels", type=int, default=600,
-                   help="random kernel configurations measured for the regressor (default 600)")
-    p.add_argument("--random-networks", type=int, default=30,
-                   help="random networks whose kernels are measured for the regressor (default 30)")
-    p.add_argument("--calibration-networks", type=int, default=16,
-                   help="networks measured end to end to fit the overhead (default 16)")
+    p.add_argument(
+        "--sampled-kernels",
+        type=int,
+        default=600,
+        help="random kernel configurations measured for the regressor (default 600)",
+    )
+    p.add_argument(
+        "--random-networks",
+        type=int,
+        default=30,
+        help="random networks whose kernels are measured for the regressor (default 30)",
+    )
+    p.add_argument(
+        "--calibration-networks",
+        type=int,
+        default=16,
+        help="networks measured end to end to fit the overhead (default 16)",
+    )
     p.add_argument("--passes", type=int, default=3, help="re-measure disturbed rows up to N times")
     p.add_argument("--inventory", type=Path, help="device inventory (default ./devices.toml)")
     p.add_argument("--db", type=Path, help=f"SQLite database (default $HWLAT_DB or {default_db_path()})")
@@ -461,8 +614,11 @@ def _add_predictor_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict the latency of an ONNX model with a trained predictor")
     p.add_argument("model", type=Path)
     p.add_argument("--predictor", type=Path, required=True)
-    p.add_argument("--lenient", action="store_true",
-                   help="leave ops the splitter does not know out (listed as warnings) instead of failing")
+    p.add_argument(
+        "--lenient",
+        action="store_true",
+        help="leave ops the splitter does not know out (listed as warnings) instead of failing",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object (latency_ms, kernels, ...)")
     p.set_defaults(func=cmd_predict)
 
@@ -471,14 +627,25 @@ def _add_predictor_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--models", type=Path, required=True, help="folder of .onnx files")
     p.add_argument("--device", help="device to measure on (default: the predictor's device)")
     p.add_argument("--backend", help="backend (default: the predictor's backend)")
-    p.add_argument("--plot", type=Path, default=Path("hwlat-validate.png"),
-                   help="predicted-vs-measured PNG (default hwlat-validate.png)")
+    p.add_argument(
+        "--plot",
+        type=Path,
+        default=Path("hwlat-validate.png"),
+        help="predicted-vs-measured PNG (default hwlat-validate.png)",
+    )
     p.add_argument("--force", action="store_true", help="re-measure models already in the store")
-    p.add_argument("--repeats", type=int, default=3,
-                   help="measure each model N times, minutes apart, and keep the fastest clean time "
-                        "(contention only adds time; default 3)")
-    p.add_argument("--include-disturbed", action="store_true",
-                   help="count measurements flagged as disturbed (default: listed, left out)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="measure each model N times, minutes apart, and keep the fastest clean time "
+        "(contention only adds time; default 3)",
+    )
+    p.add_argument(
+        "--include-disturbed",
+        action="store_true",
+        help="count measurements flagged as disturbed (default: listed, left out)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--inventory", type=Path, help="device inventory (default ./devices.toml)")
     p.add_argument("--db", type=Path, help=f"SQLite database (default $HWLAT_DB or {default_db_path()})")
@@ -495,11 +662,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         from search.spaces import get_space
 
         space = get_space(args.space)
-    config = TrainingConfig(kind=args.kind, sampled_kernels=args.sampled_kernels,
-                            random_networks=args.random_networks,
-                            calibration_networks=args.calibration_networks, passes=args.passes,
-                            kernel_protocol=TimingProtocol.quick() if args.quick else None,
-                            model_protocol=_protocol(args))
+    config = TrainingConfig(
+        kind=args.kind,
+        sampled_kernels=args.sampled_kernels,
+        random_networks=args.random_networks,
+        calibration_networks=args.calibration_networks,
+        passes=args.passes,
+        kernel_protocol=TimingProtocol.quick() if args.quick else None,
+        model_protocol=_protocol(args),
+    )
     with Store(args.db) as store:
         try:
             predictor = train_predictor(device, store, config, space, args.backend)
@@ -508,10 +679,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             return 1
     predictor.save(args.output)
     t = predictor.meta["training"]
-    print(f"wrote {args.output}: {predictor.kind} predictor for {device.name}/{args.backend}, "
-          f"{len(predictor.table)} table entries, regressor on {t['kernels']} kernels, overhead fitted on "
-          f"{predictor.table.overhead.fitted_on} networks, {t['kernel_device_seconds'] / 60:.1f} "
-          f"device-minutes of kernel profiling")
+    print(
+        f"wrote {args.output}: {predictor.kind} predictor for {device.name}/{args.backend}, "
+        f"{len(predictor.table)} table entries, regressor on {t['kernels']} kernels, overhead fitted on "
+        f"{predictor.table.overhead.fitted_on} networks, {t['kernel_device_seconds'] / 60:.1f} "
+        f"device-minutes of kernel profiling"
+    )
     return 0
 
 
@@ -527,11 +700,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"hwlat: error: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps({"model": str(args.model), "device": predictor.device,
-                          "backend": predictor.backend, "kind": predictor.kind, **pred.to_dict()}))
+        print(
+            json.dumps(
+                {
+                    "model": str(args.model),
+                    "device": predictor.device,
+                    "backend": predictor.backend,
+                    "kind": predictor.kind,
+                    **pred.to_dict(),
+                }
+            )
+        )
         return 0
-    print(f"{args.model}: {pred.latency_ms:.3f} ms predicted on {predictor.device}/{predictor.backend} "
-          f"({len(pred.kernels)} kernels, {pred.overhead_ms:.3f} ms fixed overhead)")
+    print(
+        f"{args.model}: {pred.latency_ms:.3f} ms predicted on {predictor.device}/{predictor.backend} "
+        f"({len(pred.kernels)} kernels, {pred.overhead_ms:.3f} ms fixed overhead)"
+    )
     for k in sorted(pred.kernels, key=lambda k: -k.latency_ms)[:10]:
         print(f"  {k.latency_ms:8.3f} ms  {k.source:9s} {k.key[:90]}")
     if pred.fallbacks:
@@ -553,8 +737,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device or predictor.device, args.inventory)
     backend = args.backend or predictor.backend
     if device.name != predictor.device or backend != predictor.backend:
-        print(f"hwlat: warning: the predictor was trained for {predictor.device}/{predictor.backend}, "
-              f"measuring on {device.name}/{backend}", file=sys.stderr)
+        print(
+            f"hwlat: warning: the predictor was trained for {predictor.device}/{predictor.backend}, "
+            f"measuring on {device.name}/{backend}",
+            file=sys.stderr,
+        )
     with Store(args.db) as store:
         profiler = KernelProfiler(device, store, backend=backend)
         measured = profiler.measure_models(paths, _protocol(args), force=args.force, repeats=args.repeats)
@@ -591,8 +778,13 @@ def cmd_profile_adaptive(args: argparse.Namespace) -> int:
     if len(devices) != 1:
         raise ValueError("--adaptive profiles one device at a time; give one --device")
     with Store(args.db) as store:
-        profiler = KernelProfiler(devices[0], store, TimingProtocol.quick() if args.quick else None,
-                                  args.backend, show_progress=not args.no_progress)
+        profiler = KernelProfiler(
+            devices[0],
+            store,
+            TimingProtocol.quick() if args.quick else None,
+            args.backend,
+            show_progress=not args.no_progress,
+        )
         try:
             report = adaptive_profile(profiler, fusion_rules(profiler), args.budget_minutes)
         except NotEnoughDataError as exc:

@@ -44,27 +44,51 @@ def op_set() -> list[OpSpec]:
     specs = []
     for res, cin, cout in ((112, 16, 24), (56, 24, 32), (28, 40, 80), (14, 96, 160)):
         mid = cin * 6
-        specs += [OpSpec("conv", (1, cin, res, res), out_channels=mid, activation="relu6"),
-                  OpSpec("conv", (1, mid, res, res), out_channels=cout)]
+        specs += [
+            OpSpec("conv", (1, cin, res, res), out_channels=mid, activation="relu6"),
+            OpSpec("conv", (1, mid, res, res), out_channels=cout),
+        ]
         for k in (3, 5, 7):
-            specs.append(OpSpec("conv", (1, mid, res, res), out_channels=mid, kernel=k, padding=k // 2,
-                                groups=mid, activation="relu6"))
-            specs.append(OpSpec("conv", (1, mid, res, res), out_channels=mid, kernel=k, stride=2,
-                                padding=k // 2, groups=mid, activation="hardswish"))
-        specs += [OpSpec("conv", (1, cin, res, res), out_channels=cin, kernel=3, padding=1,
-                         activation="relu"),
-                  OpSpec("add", (1, cout, res, res)),
-                  OpSpec("mul", (1, mid, res, res), broadcast="channel"),
-                  OpSpec("globalavgpool", (1, mid, res, res)),
-                  OpSpec("act", (1, mid, res, res), activation="hardswish")]
-    specs += [OpSpec("gemm", (1, 1280), out_channels=1000), OpSpec("gemm", (1, 960), out_channels=1280),
-              OpSpec("maxpool", (1, 64, 112, 112), kernel=3, stride=2, padding=1),
-              OpSpec("concat", (1, 232, 14, 14), parts=(116, 116)),
-              OpSpec("shuffle", (1, 232, 14, 14), groups=2),
-              OpSpec("split", (1, 232, 14, 14), parts=(116, 116)),
-              OpSpec("conv", (1, 3, 224, 224), out_channels=32, kernel=3, stride=2, padding=1,
-                     activation="relu6"),
-              OpSpec("conv", (1, 64, 56, 56), out_channels=64, kernel=3, padding=1)]
+            specs.append(
+                OpSpec(
+                    "conv",
+                    (1, mid, res, res),
+                    out_channels=mid,
+                    kernel=k,
+                    padding=k // 2,
+                    groups=mid,
+                    activation="relu6",
+                )
+            )
+            specs.append(
+                OpSpec(
+                    "conv",
+                    (1, mid, res, res),
+                    out_channels=mid,
+                    kernel=k,
+                    stride=2,
+                    padding=k // 2,
+                    groups=mid,
+                    activation="hardswish",
+                )
+            )
+        specs += [
+            OpSpec("conv", (1, cin, res, res), out_channels=cin, kernel=3, padding=1, activation="relu"),
+            OpSpec("add", (1, cout, res, res)),
+            OpSpec("mul", (1, mid, res, res), broadcast="channel"),
+            OpSpec("globalavgpool", (1, mid, res, res)),
+            OpSpec("act", (1, mid, res, res), activation="hardswish"),
+        ]
+    specs += [
+        OpSpec("gemm", (1, 1280), out_channels=1000),
+        OpSpec("gemm", (1, 960), out_channels=1280),
+        OpSpec("maxpool", (1, 64, 112, 112), kernel=3, stride=2, padding=1),
+        OpSpec("concat", (1, 232, 14, 14), parts=(116, 116)),
+        OpSpec("shuffle", (1, 232, 14, 14), groups=2),
+        OpSpec("split", (1, 232, 14, 14), parts=(116, 116)),
+        OpSpec("conv", (1, 3, 224, 224), out_channels=32, kernel=3, stride=2, padding=1, activation="relu6"),
+        OpSpec("conv", (1, 64, 56, 56), out_channels=64, kernel=3, padding=1),
+    ]
     return specs
 
 
@@ -78,11 +102,18 @@ def run_pass(store: Store, name: str, specs: list[OpSpec], during=None) -> dict[
 
 
 def drift_table(a: dict, b: dict, min_ms: float = 0.1) -> dict:
-    drifts = [abs(b[k].median_ms / a[k].median_ms - 1) for k in a
-              if a[k].median_ms >= min_ms and a[k].clean and b[k].clean]
-    return {"ops": len(drifts), "median": statistics.median(drifts),
-            "p90": float(np.percentile(drifts, 90)), "max": max(drifts),
-            "share_le_3pct": sum(d <= 0.03 for d in drifts) / len(drifts)}
+    drifts = [
+        abs(b[k].median_ms / a[k].median_ms - 1)
+        for k in a
+        if a[k].median_ms >= min_ms and a[k].clean and b[k].clean
+    ]
+    return {
+        "ops": len(drifts),
+        "median": statistics.median(drifts),
+        "p90": float(np.percentile(drifts, 90)),
+        "max": max(drifts),
+        "share_le_3pct": sum(d <= 0.03 for d in drifts) / len(drifts),
+    }
 
 
 def _ratio(values: list[float]) -> str:
@@ -92,12 +123,15 @@ def _ratio(values: list[float]) -> str:
 def hog_half_way(n_ops: int, hog: dict):
     """Start one busy loop per CPU half-way, so the core that times ops is contended whichever
     it is (one hog on a 2-core machine runs on the idle core and disturbs nothing)."""
+
     def watch(store: Store, name: str) -> None:
         while len(store.measurements(device=name)) < n_ops // 2:
             time.sleep(0.05)
-        hog["procs"] = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-                        for _ in range(os.cpu_count() or 1)]
+        hog["procs"] = [
+            subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)
+        ]
         hog["started"] = len(store.measurements(device=name))
+
     return watch
 
 
@@ -118,23 +152,28 @@ def chain_model(specs: list[OpSpec]) -> onnx.ModelProto:
             inits.append(init)
         prev = f"t{i}"
     graph = helper.make_graph(
-        nodes, "chain", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT,
-                                                       list(specs[0].input_shape))],
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, list(specs[0].input_shape))],
         [helper.make_tensor_value_info(prev, onnx.TensorProto.FLOAT, list(specs[-1].output_shapes[0]))],
-        initializer=inits)
+        initializer=inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=8)
     onnx.checker.check_model(model)
     return model
 
 
 def profiler_vs_ours(store: Store, name: str) -> list[tuple]:
-    chain = [OpSpec("conv", (1, 32, 28, 28), out_channels=192, activation="relu6"),
-             OpSpec("conv", (1, 192, 28, 28), out_channels=192, kernel=3, padding=1, groups=192,
-                    activation="relu6"),
-             OpSpec("conv", (1, 192, 28, 28), out_channels=32),
-             OpSpec("conv", (1, 32, 28, 28), out_channels=32, kernel=3, padding=1, activation="relu"),
-             OpSpec("act", (1, 32, 28, 28), activation="hardswish"),
-             OpSpec("globalavgpool", (1, 32, 28, 28))]
+    chain = [
+        OpSpec("conv", (1, 32, 28, 28), out_channels=192, activation="relu6"),
+        OpSpec(
+            "conv", (1, 192, 28, 28), out_channels=192, kernel=3, padding=1, groups=192, activation="relu6"
+        ),
+        OpSpec("conv", (1, 192, 28, 28), out_channels=32),
+        OpSpec("conv", (1, 32, 28, 28), out_channels=32, kernel=3, padding=1, activation="relu"),
+        OpSpec("act", (1, 32, 28, 28), activation="hardswish"),
+        OpSpec("globalavgpool", (1, 32, 28, 28)),
+    ]
     ours = run_pass(store, name, chain)
     model = chain_model(chain)
     opts = ort.SessionOptions()
@@ -150,6 +189,7 @@ def profiler_vs_ours(store: Store, name: str) -> list[tuple]:
     for ev in trace:
         if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time"):
             per_node.setdefault(ev["name"][: -len("_kernel_time")], []).append(ev["dur"] / 1e3)
+
     # With ORT_ENABLE_ALL, fused nodes are renamed after their output tensor (t<i>_nchwc).
     def owner(node: str) -> int | None:
         for i in range(len(chain)):
@@ -173,9 +213,13 @@ def measure_vs_plain_loop(tmpdir: Path) -> list[tuple]:
     rows = []
     for name in ("mobilenet_v2", "resnet18", "shufflenet_v2"):
         path = export_onnx(build(name), tmpdir / f"{name}.onnx")
-        out = subprocess.run([sys.executable, "-m", "hwlat_cli", "measure", str(path), "--json",
-                              "--db", str(tmpdir / "m.db")], cwd=ROOT, capture_output=True, text=True,
-                             check=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "hwlat_cli", "measure", str(path), "--json", "--db", str(tmpdir / "m.db")],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         ours = json.loads(out.stdout)["latency_ms"]
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
@@ -199,9 +243,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS-foundations.md")
     args = parser.parse_args()
     specs = op_set()
-    lines = [f"# Foundations benchmark ({time.strftime('%Y-%m-%d %H:%M')})", "",
-             f"Machine: {os.cpu_count()} cores, load average before the run {os.getloadavg()}; "
-             f"onnxruntime {ort.__version__}, 1 thread, ORT_ENABLE_ALL, default TimingProtocol.", ""]
+    lines = [
+        f"# Foundations benchmark ({time.strftime('%Y-%m-%d %H:%M')})",
+        "",
+        f"Machine: {os.cpu_count()} cores, load average before the run {os.getloadavg()}; "
+        f"onnxruntime {ort.__version__}, 1 thread, ORT_ENABLE_ALL, default TimingProtocol.",
+        "",
+    ]
     with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "bench.db") as store:
         os.environ.setdefault("HWLAT_CACHE", str(Path(tmp) / "cache"))
         t0 = time.monotonic()
@@ -209,13 +257,18 @@ def main() -> None:
         b = run_pass(store, "pass2", specs)
         wall = time.monotonic() - t0
         d = drift_table(a, b)
-        lines += ["## 1. Drift between two passes (ops with median >= 0.1 ms, both passes clean)", "",
-                  "| ops | median drift | p90 drift | max drift | share <= 3% |", "|---|---|---|---|---|",
-                  f"| {d['ops']} of {len(specs)} | {d['median']:.2%} | {d['p90']:.2%} | {d['max']:.2%} "
-                  f"| {d['share_le_3pct']:.0%} |", "",
-                  f"Two passes took {wall:.0f} s; flagged disturbed: pass 1 "
-                  f"{sum(m.disturbed for m in a.values())}, pass 2 {sum(m.disturbed for m in b.values())}.",
-                  ""]
+        lines += [
+            "## 1. Drift between two passes (ops with median >= 0.1 ms, both passes clean)",
+            "",
+            "| ops | median drift | p90 drift | max drift | share <= 3% |",
+            "|---|---|---|---|---|",
+            f"| {d['ops']} of {len(specs)} | {d['median']:.2%} | {d['p90']:.2%} | {d['max']:.2%} "
+            f"| {d['share_le_3pct']:.0%} |",
+            "",
+            f"Two passes took {wall:.0f} s; flagged disturbed: pass 1 "
+            f"{sum(m.disturbed for m in a.values())}, pass 2 {sum(m.disturbed for m in b.values())}.",
+            "",
+        ]
         hog: dict = {}
         try:
             c = run_pass(store, "pass3-hog", specs, during=hog_half_way(len(specs), hog))
@@ -227,22 +280,37 @@ def main() -> None:
         before, after = order[:started], order[started:]
         slow_flagged = [c[k].median_ms / a[k].median_ms for k in after if c[k].disturbed]
         slow_clean = [c[k].median_ms / a[k].median_ms for k in after if not c[k].disturbed]
-        lines += [f"## 2. CPU hogs (`while True: pass`, one per CPU: {os.cpu_count()}) started half-way "
-                  "through a third pass", "",
-                  "| ops | flagged disturbed | median slowdown vs pass 1 (flagged) "
-                  "| median slowdown vs pass 1 (not flagged) |", "|---|---|---|---|",
-                  f"| before the hog: {len(before)} | {sum(c[k].disturbed for k in before)} | - | - |",
-                  f"| with the hog: {len(after)} | {len(slow_flagged)} | "
-                  f"{_ratio(slow_flagged)} | {_ratio(slow_clean)} |", ""]
+        lines += [
+            f"## 2. CPU hogs (`while True: pass`, one per CPU: {os.cpu_count()}) started half-way "
+            "through a third pass",
+            "",
+            "| ops | flagged disturbed | median slowdown vs pass 1 (flagged) "
+            "| median slowdown vs pass 1 (not flagged) |",
+            "|---|---|---|---|",
+            f"| before the hog: {len(before)} | {sum(c[k].disturbed for k in before)} | - | - |",
+            f"| with the hog: {len(after)} | {len(slow_flagged)} | "
+            f"{_ratio(slow_flagged)} | {_ratio(slow_clean)} |",
+            "",
+        ]
         prof = profiler_vs_ours(store, "chain")
-        lines += ["## 3. ORT's profiler (per node, inside one model) vs our standalone per-op medians", "",
-                  "| op | ours standalone (ms) | ORT profiler in model (ms) |", "|---|---|---|"]
-        lines += [f"| `{k}` | {o:.4f} | {p:.4f} |" if o is not None else f"| {k} | - | {p:.4f} |"
-                  for k, o, p in prof]
+        lines += [
+            "## 3. ORT's profiler (per node, inside one model) vs our standalone per-op medians",
+            "",
+            "| op | ours standalone (ms) | ORT profiler in model (ms) |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| `{k}` | {o:.4f} | {p:.4f} |" if o is not None else f"| {k} | - | {p:.4f} |"
+            for k, o, p in prof
+        ]
         lines.append("")
         rows = measure_vs_plain_loop(Path(tmp))
-        lines += ["## 4. `hwlat measure` vs a plain onnxruntime loop (same machine, 1 thread)", "",
-                  "| model | hwlat measure (ms) | plain loop median (ms) | difference |", "|---|---|---|---|"]
+        lines += [
+            "## 4. `hwlat measure` vs a plain onnxruntime loop (same machine, 1 thread)",
+            "",
+            "| model | hwlat measure (ms) | plain loop median (ms) | difference |",
+            "|---|---|---|---|",
+        ]
         lines += [f"| {n} | {o:.3f} | {p:.3f} | {r:+.1%} |" for n, o, p, r in rows]
         lines.append("")
     lines.append(f"Load average after the run: {os.getloadavg()}.")

@@ -57,12 +57,21 @@ def load() -> str:
 def stage_train(ctx: dict) -> dict:
     predictor = train_predictor(ctx["device"], ctx["store"], TrainingConfig(kind="lut"), log=ctx["log"])
     predictor.save(ctx["work"] / "general-lut.json")
-    gbdt = LatencyPredictor(LatencyTable({}, predictor.regressor, predictor.table.overhead),
-                            predictor.fusion_rules, predictor.device, predictor.backend, "gbdt",
-                            predictor.meta)
+    gbdt = LatencyPredictor(
+        LatencyTable({}, predictor.regressor, predictor.table.overhead),
+        predictor.fusion_rules,
+        predictor.device,
+        predictor.backend,
+        "gbdt",
+        predictor.meta,
+    )
     gbdt.save(ctx["work"] / "general-gbdt.json")
-    return {"training": predictor.meta["training"], "fusion_rules": predictor.fusion_rules.fused,
-            "overhead": predictor.table.overhead.to_dict(), "table_entries": len(predictor.table)}
+    return {
+        "training": predictor.meta["training"],
+        "fusion_rules": predictor.fusion_rules.fused,
+        "overhead": predictor.table.overhead.to_dict(),
+        "table_entries": len(predictor.table),
+    }
 
 
 def _zoo_paths(ctx: dict) -> list[Path]:
@@ -103,7 +112,7 @@ def stage_curve(ctx: dict) -> dict:
     calibration = random_networks(16)
     points = []
     for share in (0.1, 0.25, 0.5, 1.0):
-        subset = rows[:max(30, int(share * len(rows)))]
+        subset = rows[: max(30, int(share * len(rows)))]
         keys = {m.key for m in subset}
         kernels, ms = measured_kernels(profiler)
         pick = [i for i, k in enumerate(kernels) if k.key in keys]
@@ -113,9 +122,15 @@ def stage_curve(ctx: dict) -> dict:
         predictor = LatencyPredictor(table, base.fusion_rules, base.device, base.backend, "gbdt")
         report = accuracy([predictor.predict(p).latency_ms for p in paths], measured)
         minutes = device_seconds(subset) / 60
-        points.append({"kernels": len(subset), "device_minutes": round(minutes, 1),
-                       "within_10": report.within_10, "within_5": report.within_5,
-                       "rmspe": report.rmspe})
+        points.append(
+            {
+                "kernels": len(subset),
+                "device_minutes": round(minutes, 1),
+                "within_10": report.within_10,
+                "within_5": report.within_5,
+                "rmspe": report.rmspe,
+            }
+        )
         ctx["log"](f"curve: {len(subset)} kernels, {minutes:.1f} device-min -> {report.summary()}")
     return {"points": points}
 
@@ -138,10 +153,16 @@ def stage_spaces(ctx: dict) -> dict:
                     break
             kernels, ms = measured_kernels(profiler)
             table = LatencyTable(dict(zip((k.key for k in kernels), ms, strict=True)), base.regressor)
-            fit_overhead(table, profiler, space_networks(space, config.calibration_networks, seed=1),
-                         base.fusion_rules, log=ctx["log"])
-            LatencyPredictor(table, base.fusion_rules, base.device, base.backend, "lut",
-                             {**base.meta, "space": name}).save(path)
+            fit_overhead(
+                table,
+                profiler,
+                space_networks(space, config.calibration_networks, seed=1),
+                base.fusion_rules,
+                log=ctx["log"],
+            )
+            LatencyPredictor(
+                table, base.fusion_rules, base.device, base.backend, "lut", {**base.meta, "space": name}
+            ).save(path)
         predictor = LatencyPredictor.load(path)
         n_archs = ctx["archs"].get(name, ctx["archs"]["default"])
         archs_paths = space_networks(space, n_archs, seed=2)
@@ -153,8 +174,12 @@ def stage_spaces(ctx: dict) -> dict:
         report = accuracy(predicted, measured, [p.stem for p in paths])
         plot(report, ctx["work"] / f"space-{name}.png", f"{name}: {report.summary()}")
         fallbacks = sum(len(predictor.predict((space, by_path[p])).fallbacks) > 0 for p in paths)
-        results[name] = {**report.to_dict(), "disturbed_left_out": disturbed, "load": load(),
-                         "archs_with_fallback_kernels": fallbacks}
+        results[name] = {
+            **report.to_dict(),
+            "disturbed_left_out": disturbed,
+            "load": load(),
+            "archs_with_fallback_kernels": fallbacks,
+        }
         ctx["log"](f"space {name}: {report.summary()} ({disturbed} disturbed left out)")
     return results
 
@@ -196,10 +221,16 @@ def stage_query(ctx: dict) -> dict:
         t = time.perf_counter()
         predictor.predict((space, archs[0]))
         breakdown_ms = (time.perf_counter() - t) * 1e3
-        out[name] = {"one_arch_us": round(one_us, 1), "one_arch_via_batch_us": round(one_batch_us, 1),
-                     "batch_archs_per_s": round(batch), "batch_array_archs_per_s": round(batch_array),
-                     "gather_sum_archs_per_s": round(gather), "with_breakdown_ms": round(breakdown_ms, 2),
-                     "cells": len(vector), "cells_per_arch": int(idx.shape[1])}
+        out[name] = {
+            "one_arch_us": round(one_us, 1),
+            "one_arch_via_batch_us": round(one_batch_us, 1),
+            "batch_archs_per_s": round(batch),
+            "batch_array_archs_per_s": round(batch_array),
+            "gather_sum_archs_per_s": round(gather),
+            "with_breakdown_ms": round(breakdown_ms, 2),
+            "cells": len(vector),
+            "cells_per_arch": int(idx.shape[1]),
+        }
         ctx["log"](f"query {name}: {out[name]}")
     out["load"] = load()
     return out
@@ -214,9 +245,12 @@ def stage_fewshot(ctx: dict) -> dict:
     rng = np.random.default_rng(3)
     archs = [space.sample(rng) for _ in range(60)]
     base = local_device()
-    configs = {"ort-1t": base, "ort-2t": dataclasses.replace(base, name="local-2t", threads=2),
-               "ort-basic": dataclasses.replace(base, name="local-basic", graph_optimization="basic"),
-               "ort-noopt": dataclasses.replace(base, name="local-noopt", graph_optimization="disable")}
+    configs = {
+        "ort-1t": base,
+        "ort-2t": dataclasses.replace(base, name="local-2t", threads=2),
+        "ort-basic": dataclasses.replace(base, name="local-basic", graph_optimization="basic"),
+        "ort-noopt": dataclasses.replace(base, name="local-noopt", graph_optimization="disable"),
+    }
     latency = {}
     for label, device in configs.items():
         rows = KernelProfiler(device, ctx["store"]).measure_models(paths)
@@ -240,8 +274,10 @@ def stage_fewshot(ctx: dict) -> dict:
                 with_ref.append(spearmanr(m.predict(np.column_stack([X, R])[test]), y[test]).statistic)
                 m = ArchLatencyRegressor().fit(X[train], y[train])
                 without.append(spearmanr(m.predict(X[test]), y[test]).statistic)
-            results[f"{target}/n={n}"] = {"spearman_with_references": round(float(np.mean(with_ref)), 3),
-                                          "spearman_encoding_only": round(float(np.mean(without)), 3)}
+            results[f"{target}/n={n}"] = {
+                "spearman_with_references": round(float(np.mean(with_ref)), 3),
+                "spearman_encoding_only": round(float(np.mean(without)), 3),
+            }
             ctx["log"](f"fewshot {target} n={n}: {results[f'{target}/n={n}']}")
     return {"archs": int(ok.sum()), "results": results, "load": load()}
 
@@ -259,8 +295,14 @@ def _header(*names: str) -> list[str]:
 
 
 def _accuracy_cells(r: dict) -> list[str]:
-    return [r["n"], f"{r['rmse_ms']:.3f}", f"{r['rmspe']:.1f}", _pct(r["within_5"]),
-            _pct(r["within_10"]), f"{r['spearman']:.3f}"]
+    return [
+        r["n"],
+        f"{r['rmse_ms']:.3f}",
+        f"{r['rmspe']:.1f}",
+        _pct(r["within_5"]),
+        _pct(r["within_10"]),
+        f"{r['spearman']:.3f}",
+    ]
 
 
 def markdown(results: dict) -> str:
@@ -269,63 +311,138 @@ def markdown(results: dict) -> str:
     accuracy_columns = ("n", "RMSE ms", "RMSPE %", "within 5%", "within 10%", "Spearman")
     if "train" in results:
         t = results["train"]
-        out += ["## Training (general predictor)", "",
-                f"Kernel rows {t['training'].get('kernels')}, table entries {t['table_entries']}; "
-                f"overhead model {t['overhead']}; fusion rules {t['fusion_rules']}.", ""]
+        out += [
+            "## Training (general predictor)",
+            "",
+            f"Kernel rows {t['training'].get('kernels')}, table entries {t['table_entries']}; "
+            f"overhead model {t['overhead']}; fusion rules {t['fusion_rules']}.",
+            "",
+        ]
     if "zoo" in results:
         z = results["zoo"]
-        out += ["## Published CNNs never seen in training", "",
-                f"{z['load']}; {z['disturbed_left_out']} networks left out as disturbed.", "",
-                *_header("predictor", *accuracy_columns)]
+        out += [
+            "## Published CNNs never seen in training",
+            "",
+            f"{z['load']}; {z['disturbed_left_out']} networks left out as disturbed.",
+            "",
+            *_header("predictor", *accuracy_columns),
+        ]
         out += [_row(kind, *_accuracy_cells(z[kind])) for kind in ("lut", "gbdt")]
         out += ["", *_header("network", "measured ms", "lut ms", "lut error", "gbdt ms", "gbdt error")]
         for a, b in zip(z["lut"]["rows"], z["gbdt"]["rows"], strict=True):
-            out.append(_row(a["name"], f"{a['measured_ms']:.3f}", f"{a['predicted_ms']:.3f}",
-                            f"{a['error']:+.1%}", f"{b['predicted_ms']:.3f}", f"{b['error']:+.1%}"))
+            out.append(
+                _row(
+                    a["name"],
+                    f"{a['measured_ms']:.3f}",
+                    f"{a['predicted_ms']:.3f}",
+                    f"{a['error']:+.1%}",
+                    f"{b['predicted_ms']:.3f}",
+                    f"{b['error']:+.1%}",
+                )
+            )
         out.append("")
     if "spaces" in results:
-        out += ["## Random architectures of each space (table predictor of the space)", "",
-                *_header("space", *accuracy_columns, "worst error", "disturbed left out",
-                         "with fallback kernels", "load")]
+        out += [
+            "## Random architectures of each space (table predictor of the space)",
+            "",
+            *_header(
+                "space",
+                *accuracy_columns,
+                "worst error",
+                "disturbed left out",
+                "with fallback kernels",
+                "load",
+            ),
+        ]
         for name, r in results["spaces"].items():
             if isinstance(r, dict) and "rows" in r:
                 worst = max((row["error"] for row in r["rows"]), key=abs)
-                out.append(_row(name, *_accuracy_cells(r), f"{worst:+.1%}", r["disturbed_left_out"],
-                                r["archs_with_fallback_kernels"], r["load"]))
+                out.append(
+                    _row(
+                        name,
+                        *_accuracy_cells(r),
+                        f"{worst:+.1%}",
+                        r["disturbed_left_out"],
+                        r["archs_with_fallback_kernels"],
+                        r["load"],
+                    )
+                )
         out.append("")
     if "query" in results:
-        out += ["## Query speed", "", results["query"]["load"], "",
-                *_header("space", "one arch, latency_ms (us)", "one arch, predict_batch (us)",
-                         "batch of tuples, archs/s", "batch as int array, archs/s",
-                         "bare gather-and-sum of precomputed cell indices, archs/s",
-                         "with breakdown (ms)", "cells per arch")]
+        out += [
+            "## Query speed",
+            "",
+            results["query"]["load"],
+            "",
+            *_header(
+                "space",
+                "one arch, latency_ms (us)",
+                "one arch, predict_batch (us)",
+                "batch of tuples, archs/s",
+                "batch as int array, archs/s",
+                "bare gather-and-sum of precomputed cell indices, archs/s",
+                "with breakdown (ms)",
+                "cells per arch",
+            ),
+        ]
         for name, r in results["query"].items():
             if isinstance(r, dict):
-                out.append(_row(name, r["one_arch_us"], r.get("one_arch_via_batch_us", ""),
-                                f"{r['batch_archs_per_s']:,}", f"{r.get('batch_array_archs_per_s', 0):,}",
-                                f"{r['gather_sum_archs_per_s']:,}", r["with_breakdown_ms"],
-                                r["cells_per_arch"]))
+                out.append(
+                    _row(
+                        name,
+                        r["one_arch_us"],
+                        r.get("one_arch_via_batch_us", ""),
+                        f"{r['batch_archs_per_s']:,}",
+                        f"{r.get('batch_array_archs_per_s', 0):,}",
+                        f"{r['gather_sum_archs_per_s']:,}",
+                        r["with_breakdown_ms"],
+                        r["cells_per_arch"],
+                    )
+                )
         out.append("")
     if "curve" in results:
-        out += ["## Profiling cost against accuracy (published CNNs, gbdt)", "",
-                *_header("kernel rows", "device-minutes", "within 10%", "within 5%", "RMSPE %")]
-        out += [_row(pt["kernels"], pt["device_minutes"], _pct(pt["within_10"]), _pct(pt["within_5"]),
-                     f"{pt['rmspe']:.1f}") for pt in results["curve"]["points"]]
+        out += [
+            "## Profiling cost against accuracy (published CNNs, gbdt)",
+            "",
+            *_header("kernel rows", "device-minutes", "within 10%", "within 5%", "RMSPE %"),
+        ]
+        out += [
+            _row(
+                pt["kernels"],
+                pt["device_minutes"],
+                _pct(pt["within_10"]),
+                _pct(pt["within_5"]),
+                f"{pt['rmspe']:.1f}",
+            )
+            for pt in results["curve"]["points"]
+        ]
         out.append("")
     if "fewshot" in results:
         f = results["fewshot"]
-        out += ["## Few-shot: ArchLatencyRegressor on a new \"device\"", "",
-                f"{f['archs']} proxyless architectures measured under four local configurations; "
-                f"mean Spearman over 10 random splits; {f['load']}.", "",
-                *_header("target / samples", "with the other configurations as references", "encoding only")]
-        out += [_row(key, r["spearman_with_references"], r["spearman_encoding_only"])
-                for key, r in f["results"].items()]
+        out += [
+            '## Few-shot: ArchLatencyRegressor on a new "device"',
+            "",
+            f"{f['archs']} proxyless architectures measured under four local configurations; "
+            f"mean Spearman over 10 random splits; {f['load']}.",
+            "",
+            *_header("target / samples", "with the other configurations as references", "encoding only"),
+        ]
+        out += [
+            _row(key, r["spearman_with_references"], r["spearman_encoding_only"])
+            for key, r in f["results"].items()
+        ]
         out.append("")
     return "\n".join(out)
 
 
-STAGES = {"train": stage_train, "zoo": stage_zoo, "curve": stage_curve, "spaces": stage_spaces,
-          "query": stage_query, "fewshot": stage_fewshot}
+STAGES = {
+    "train": stage_train,
+    "zoo": stage_zoo,
+    "curve": stage_curve,
+    "spaces": stage_spaces,
+    "query": stage_query,
+    "fewshot": stage_fewshot,
+}
 
 
 def _archs_per_space(text: str) -> dict:
@@ -338,16 +455,21 @@ def _archs_per_space(text: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-predictors"))
     parser.add_argument("--db", type=Path, help="store (default WORK/hwlat.db)")
     parser.add_argument("--stages", default="train,zoo,curve,spaces,query,fewshot")
     parser.add_argument("--spaces", default=",".join(SPACES))
-    parser.add_argument("--archs", default="200",
-                        help="random architectures per space: N, or N,SPACE=N,... (default 200)")
-    parser.add_argument("--markdown", action="store_true",
-                        help="print WORK/results.json as markdown tables and exit (measures nothing)")
+    parser.add_argument(
+        "--archs", default="200", help="random architectures per space: N, or N,SPACE=N,... (default 200)"
+    )
+    parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print WORK/results.json as markdown tables and exit (measures nothing)",
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     results_path = args.work / "results.json"
@@ -361,9 +483,15 @@ def main() -> None:
         print(f"[{time.time() - started:7.0f}s, {load()}] {msg}", flush=True)
 
     with Store(args.db or args.work / "hwlat.db") as store:
-        ctx = {"device": local_device(), "store": store, "work": args.work, "log": log,
-               "spaces": args.spaces.split(","), "archs": _archs_per_space(args.archs),
-               "protocol": TimingProtocol()}
+        ctx = {
+            "device": local_device(),
+            "store": store,
+            "work": args.work,
+            "log": log,
+            "spaces": args.spaces.split(","),
+            "archs": _archs_per_space(args.archs),
+            "protocol": TimingProtocol(),
+        }
         for stage in args.stages.split(","):
             log(f"stage {stage}")
             results[stage] = {**STAGES[stage](ctx), "finished_at": time.ctime(), "load_after": load()}

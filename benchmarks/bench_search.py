@@ -57,8 +57,7 @@ from search.synthetic import SyntheticProblem  # noqa: E402
 
 # "-warm": with the warm start hwlat search uses (the fastest network first); the others
 # start cold, as Optuna does.
-METHODS = ("random", "evolution", "nsga2", "rl", "optuna-nsga2", "evolution-warm", "nsga2-warm",
-           "rl-warm")
+METHODS = ("random", "evolution", "nsga2", "rl", "optuna-nsga2", "evolution-warm", "nsga2-warm", "rl-warm")
 POPULATION = 50
 
 
@@ -66,10 +65,10 @@ POPULATION = 50
 class Problem:
     name: str
     space: object
-    objectives: list[Objective]   # [primary (maximise), constrained (minimise, with budget)]
-    reference: np.ndarray            # hypervolume box in loss space (-primary, constrained) ...
-    ideal: np.ndarray                # ... fixed per problem, so methods and runs compare
-    exact_front: np.ndarray | None = None   # (primary, constrained) pairs, when known
+    objectives: list[Objective]  # [primary (maximise), constrained (minimise, with budget)]
+    reference: np.ndarray  # hypervolume box in loss space (-primary, constrained) ...
+    ideal: np.ndarray  # ... fixed per problem, so methods and runs compare
+    exact_front: np.ndarray | None = None  # (primary, constrained) pairs, when known
     optimum: float | None = None
 
 
@@ -77,7 +76,7 @@ class Problem:
 class Run:
     method: str
     seed: int
-    points: np.ndarray        # (n, 2) primary, constrained value of every evaluation
+    points: np.ndarray  # (n, 2) primary, constrained value of every evaluation
     seconds: float
 
 
@@ -88,8 +87,9 @@ def synthetic_problem() -> Problem:
     front = front[front[:, 0] <= budget][:, ::-1]  # (accuracy, latency)
     reference = np.array([-front[:, 0].min(), budget])
     ideal = np.array([-front[:, 0].max(), front[:, 1].min()])
-    return Problem("synthetic", p.space, p.objectives(budget), reference, ideal, front,
-                   p.best_accuracy(budget))
+    return Problem(
+        "synthetic", p.space, p.objectives(budget), reference, ideal, front, p.best_accuracy(budget)
+    )
 
 
 def proxyless_problem() -> Problem:
@@ -100,8 +100,9 @@ def proxyless_problem() -> Problem:
     sample = FlopsObjective().evaluate(space, [space.sample(rng) for _ in range(200)])
     budget = float(np.percentile(sample, 25))  # three random networks in four are over it
     params, flops = ParamsObjective(), FlopsObjective("minimize", budget)
-    negated = CallableObjective(lambda archs: -params.evaluate(space, archs), "-params", "minimize",
-                                batched=True)
+    negated = CallableObjective(
+        lambda archs: -params.evaluate(space, archs), "-params", "minimize", batched=True
+    )
     # Box: from (fewest parameters, the budget) to (most parameters, fewest FLOPs) of the
     # whole space, by coordinate descent (search.feasibility.minimise).
     reference = np.array([-minimise(space, params).value, budget])
@@ -112,9 +113,13 @@ def proxyless_problem() -> Problem:
 def run_ours(problem: Problem, method: str, seed: int, evaluations: int) -> Run:
     started = time.perf_counter()
     warm = method.endswith("-warm")
-    study = Study(problem.space, problem.objectives,
-                  get_strategy(method.removesuffix("-warm"), random_state=seed),
-                  check_feasibility=warm, warm_start=warm)
+    study = Study(
+        problem.space,
+        problem.objectives,
+        get_strategy(method.removesuffix("-warm"), random_state=seed),
+        check_feasibility=warm,
+        warm_start=warm,
+    )
     study.optimize(evaluations)
     return Run(method, seed, study.values(), time.perf_counter() - started)
 
@@ -166,36 +171,52 @@ def summarise(problem: Problem, runs: list[Run]) -> list[dict]:
             continue
         hv = [hypervolume(feasible_front(r.points, budget), reference) / best_possible for r in mine]
         best = [max((p[0] for p in r.points if p[1] <= budget), default=float("nan")) for r in mine]
-        rows.append({"method": method, "hv": statistics.median(hv), "hv_min": min(hv),
-                     "hv_max": max(hv), "best": statistics.median(best),
-                     "gap": problem.optimum - statistics.median(best) if problem.optimum else None,
-                     "feasible": statistics.median(float(np.mean(r.points[:, 1] <= budget))
-                                                   for r in mine),
-                     "evals_per_s": statistics.median(len(r.points) / r.seconds for r in mine)})
+        rows.append(
+            {
+                "method": method,
+                "hv": statistics.median(hv),
+                "hv_min": min(hv),
+                "hv_max": max(hv),
+                "best": statistics.median(best),
+                "gap": problem.optimum - statistics.median(best) if problem.optimum else None,
+                "feasible": statistics.median(float(np.mean(r.points[:, 1] <= budget)) for r in mine),
+                "evals_per_s": statistics.median(len(r.points) / r.seconds for r in mine),
+            }
+        )
     return rows
 
 
 def table(problem: Problem, rows: list[dict], evaluations: int, seeds: int) -> str:
     primary = problem.objectives[0].name
     gap = problem.optimum is not None
-    lines = [f"### {problem.name}: {evaluations} evaluations, seeds 0..{seeds - 1} (medians)", "",
-             f"| method | hypervolume (norm.) | min..max over seeds | best {primary} within budget"
-             + (" | gap to optimum" if gap else "") + " | share of evaluations within budget | evals/s |",
-             "|---|---|---|---|" + ("---|" if gap else "") + "---|---|"]
+    lines = [
+        f"### {problem.name}: {evaluations} evaluations, seeds 0..{seeds - 1} (medians)",
+        "",
+        f"| method | hypervolume (norm.) | min..max over seeds | best {primary} within budget"
+        + (" | gap to optimum" if gap else "")
+        + " | share of evaluations within budget | evals/s |",
+        "|---|---|---|---|" + ("---|" if gap else "") + "---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['hv']:.3f} | {r['hv_min']:.3f}..{r['hv_max']:.3f} | "
-                     f"{r['best']:.4g}" + (f" | {r['gap']:.2f}" if gap else "")
-                     + f" | {r['feasible']:.2f} | {r['evals_per_s']:.0f} |")
+        lines.append(
+            f"| {r['method']} | {r['hv']:.3f} | {r['hv_min']:.3f}..{r['hv_max']:.3f} | "
+            f"{r['best']:.4g}"
+            + (f" | {r['gap']:.2f}" if gap else "")
+            + f" | {r['feasible']:.2f} | {r['evals_per_s']:.0f} |"
+        )
     if problem.optimum is not None:
-        lines.append(f"\nExact optimum within budget: {problem.optimum:.2f}; budget "
-                     f"{problem.objectives[1].budget:.3f} ms.")
+        lines.append(
+            f"\nExact optimum within budget: {problem.optimum:.2f}; budget "
+            f"{problem.objectives[1].budget:.3f} ms."
+        )
     else:
         lines.append(f"\nBudget: {problem.objectives[1].name} <= {problem.objectives[1].budget:.4g}.")
     return "\n".join(lines)
 
 
-def verification_section(predictor: object, budget_ms: float, k: int,
-                         evaluations: int) -> tuple[str, tuple[int, int, int]]:
+def verification_section(
+    predictor: object, budget_ms: float, k: int, evaluations: int
+) -> tuple[str, tuple[int, int, int]]:
     """Search with a real latency predictor, measure the winners here, count budget misses
     (over the budget, beyond the noise band, winners measured)."""
     import tempfile
@@ -210,16 +231,31 @@ def verification_section(predictor: object, budget_ms: float, k: int,
     space = get_space("proxyless")
     latency = LatencyObjective(predictor, budget_ms)
     with tempfile.TemporaryDirectory() as out:
-        study, _ = run_search(space, [FlopsObjective(), latency], get_strategy("evolution"), evaluations,
-                              out, top_k=k, show_progress=False)
+        study, _ = run_search(
+            space,
+            [FlopsObjective(), latency],
+            get_strategy("evolution"),
+            evaluations,
+            out,
+            top_k=k,
+            show_progress=False,
+        )
         with Store(Path(out) / "m.db") as store:
             results = verify_winners(study, latency, local_device(), store, k, out)
     over = sum(not r.meets_budget for r in results)
     over_band = sum(not r.meets_budget_within_noise for r in results)
-    text = "\n".join([f"### verified winners: proxyless, evolution, {evaluations} evaluations, "
-                      f"{latency.name} <= {budget_ms} ms", "", "```", format_verification(results), "```",
-                      f"\n{over}/{len(results)} over budget when measured; {over_band}/{len(results)} "
-                      f"beyond the {results[0].noise_band:.0%} noise band."])
+    text = "\n".join(
+        [
+            f"### verified winners: proxyless, evolution, {evaluations} evaluations, "
+            f"{latency.name} <= {budget_ms} ms",
+            "",
+            "```",
+            format_verification(results),
+            "```",
+            f"\n{over}/{len(results)} over budget when measured; {over_band}/{len(results)} "
+            f"beyond the {results[0].noise_band:.0%} noise band.",
+        ]
+    )
     return text, (over, over_band, len(results))
 
 
@@ -227,12 +263,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--evaluations", type=int, default=1000)
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--problems", nargs="*", default=["synthetic", "proxyless"],
-                        help="give none to run only the verification section")
+    parser.add_argument(
+        "--problems",
+        nargs="*",
+        default=["synthetic", "proxyless"],
+        help="give none to run only the verification section",
+    )
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--predictor", type=Path, help="a trained LatencyPredictor for the last section")
-    parser.add_argument("--latency-ms", type=float, nargs="+",
-                        help="latency budgets of the last section (one search per budget)")
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        nargs="+",
+        help="latency budgets of the last section (one search per budget)",
+    )
     parser.add_argument("--verify", type=int, default=5, help="winners measured in the last section")
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()}", flush=True)
@@ -257,8 +301,10 @@ def main() -> None:
             text, counts = verification_section(predictor, budget_ms, args.verify, args.evaluations)
             print(text, "\n", flush=True)
             over, over_band, total = over + counts[0], over_band + counts[1], total + counts[2]
-        print(f"All budgets: {over}/{total} verified winners over budget when measured, "
-              f"{over_band}/{total} beyond the noise band.\n")
+        print(
+            f"All budgets: {over}/{total} verified winners over budget when measured, "
+            f"{over_band}/{total} beyond the noise band.\n"
+        )
     print(f"load average after: {os.getloadavg()}")
 
 

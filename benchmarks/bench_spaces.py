@@ -49,17 +49,23 @@ def table_minutes(store: Store, name: str, resolution: int) -> dict:
     # Device time: the agent's time per op, whether measured now or by an earlier space that
     # shares the op (a campaign's wall time would count only the ops it measured itself).
     minutes = sum(stored[op.key].extra.get("wall_s", 0.0) for op in ops) / 60
-    return {"unique_ops_all": len(all_ops), "unique_ops_measured": len(ops),
-            "resolutions": len(space.resolutions), "minutes": minutes,
-            "minutes_all_extrapolated": minutes * len(all_ops) / len(ops),
-            "campaign_wall_minutes": report.wall_s / 60, "ops_failed": report.failed,
-            "ops_disturbed": sum(stored[op.key].disturbed for op in ops)}
+    return {
+        "unique_ops_all": len(all_ops),
+        "unique_ops_measured": len(ops),
+        "resolutions": len(space.resolutions),
+        "minutes": minutes,
+        "minutes_all_extrapolated": minutes * len(all_ops) / len(ops),
+        "campaign_wall_minutes": report.wall_s / 60,
+        "ops_failed": report.failed,
+        "ops_disturbed": sum(stored[op.key].disturbed for op in ops),
+    }
 
 
 def additivity(store: Store, name: str, resolution: int, n_archs: int, workdir: Path) -> dict:
     space = get_space(name, resolutions=(resolution,))
-    medians = {m.key: m.median_ms for m in store.measurements(device="local", backend="ort", kind="op")
-               if m.ok}
+    medians = {
+        m.key: m.median_ms for m in store.measurements(device="local", backend="ort", kind="op") if m.ok
+    }
     rng = np.random.default_rng(2026)
     archs = list(dict.fromkeys(space.sample(rng) for _ in range(n_archs)))
     campaign = Campaign(local_device(), "ort", store, TimingProtocol(), show_progress=False)
@@ -73,13 +79,27 @@ def additivity(store: Store, name: str, resolution: int, n_archs: int, workdir: 
             print(f"  {name} arch {i}: measuring failed: {m.error_msg}", file=sys.stderr)
             continue
         predicted = sum(medians[op.key] for op in space.ops(arch))
-        rows.append({"arch": list(arch), "predicted_ms": predicted, "measured_ms": m.median_ms,
-                     "disturbed": m.disturbed})
-        print(f"  {name} {i + 1}/{len(archs)}: table {predicted:.3f} ms, measured {m.median_ms:.3f} ms"
-              f"{' (disturbed)' if m.disturbed else ''}", file=sys.stderr)
-    return {"archs": len(rows), "models_disturbed": sum(r["disturbed"] for r in rows),
-            **gap_stats(rows), "clean": gap_stats([r for r in rows if not r["disturbed"]]),
-            "additivity_minutes": (time.monotonic() - started) / 60, "rows": rows}
+        rows.append(
+            {
+                "arch": list(arch),
+                "predicted_ms": predicted,
+                "measured_ms": m.median_ms,
+                "disturbed": m.disturbed,
+            }
+        )
+        print(
+            f"  {name} {i + 1}/{len(archs)}: table {predicted:.3f} ms, measured {m.median_ms:.3f} ms"
+            f"{' (disturbed)' if m.disturbed else ''}",
+            file=sys.stderr,
+        )
+    return {
+        "archs": len(rows),
+        "models_disturbed": sum(r["disturbed"] for r in rows),
+        **gap_stats(rows),
+        "clean": gap_stats([r for r in rows if not r["disturbed"]]),
+        "additivity_minutes": (time.monotonic() - started) / 60,
+        "rows": rows,
+    }
 
 
 def gap_stats(rows: list[dict]) -> dict:
@@ -89,12 +109,18 @@ def gap_stats(rows: list[dict]) -> dict:
     predicted = np.array([r["predicted_ms"] for r in rows])
     measured = np.array([r["measured_ms"] for r in rows])
     gap = predicted / measured - 1
-    return {"n": len(rows), "measured_ms_min": float(measured.min()),
-            "measured_ms_max": float(measured.max()), "gap_mean": float(gap.mean()),
-            "gap_median": float(np.median(gap)), "gap_min": float(gap.min()),
-            "gap_max": float(gap.max()), "abs_gap_mean": float(np.abs(gap).mean()),
-            "kendall_tau": float(kendalltau(predicted, measured)[0]),
-            "spearman": float(spearmanr(predicted, measured)[0])}
+    return {
+        "n": len(rows),
+        "measured_ms_min": float(measured.min()),
+        "measured_ms_max": float(measured.max()),
+        "gap_mean": float(gap.mean()),
+        "gap_median": float(np.median(gap)),
+        "gap_min": float(gap.min()),
+        "gap_max": float(gap.max()),
+        "abs_gap_mean": float(np.abs(gap).mean()),
+        "kendall_tau": float(kendalltau(predicted, measured)[0]),
+        "spearman": float(spearmanr(predicted, measured)[0]),
+    }
 
 
 def main() -> int:
@@ -117,24 +143,30 @@ def main() -> int:
             results[name].update(additivity(store, name, res, args.archs, tmp))
     load_after = os.getloadavg()
 
-    print(f"\nload average before {load_before[0]:.2f}, after {load_after[0]:.2f} "
-          f"(1-minute); {os.cpu_count()} CPUs; database {db}\n")
-    print("| space | res | unique ops (all res) | unique ops (res) | table device-minutes (res) | "
-          "minutes all res (extrapolated) | archs (disturbed) | measured ms (min-max) | gap mean | "
-          "gap median | gap min..max | mean abs gap | Kendall tau | clean only: n, gap mean, tau |")
+    print(
+        f"\nload average before {load_before[0]:.2f}, after {load_after[0]:.2f} "
+        f"(1-minute); {os.cpu_count()} CPUs; database {db}\n"
+    )
+    print(
+        "| space | res | unique ops (all res) | unique ops (res) | table device-minutes (res) | "
+        "minutes all res (extrapolated) | archs (disturbed) | measured ms (min-max) | gap mean | "
+        "gap median | gap min..max | mean abs gap | Kendall tau | clean only: n, gap mean, tau |"
+    )
     print("|" + "---|" * 14)
     for name, r in results.items():
         c = r["clean"]
-        clean = (f"{c['n']}, {c['gap_mean']:+.1%}, {c['kendall_tau']:.3f}" if "gap_mean" in c
-                 else f"{c['n']}")
-        print(f"| {name} | {r['resolution']} | {r['unique_ops_all']} | {r['unique_ops_measured']} | "
-              f"{r['minutes']:.1f} | {r['minutes_all_extrapolated']:.1f} | {r['archs']} "
-              f"({r['models_disturbed']}) | {r['measured_ms_min']:.2f}-{r['measured_ms_max']:.2f} | "
-              f"{r['gap_mean']:+.1%} | {r['gap_median']:+.1%} | {r['gap_min']:+.1%}..{r['gap_max']:+.1%} | "
-              f"{r['abs_gap_mean']:.1%} | {r['kendall_tau']:.3f} | {clean} |")
+        clean = f"{c['n']}, {c['gap_mean']:+.1%}, {c['kendall_tau']:.3f}" if "gap_mean" in c else f"{c['n']}"
+        print(
+            f"| {name} | {r['resolution']} | {r['unique_ops_all']} | {r['unique_ops_measured']} | "
+            f"{r['minutes']:.1f} | {r['minutes_all_extrapolated']:.1f} | {r['archs']} "
+            f"({r['models_disturbed']}) | {r['measured_ms_min']:.2f}-{r['measured_ms_max']:.2f} | "
+            f"{r['gap_mean']:+.1%} | {r['gap_median']:+.1%} | {r['gap_min']:+.1%}..{r['gap_max']:+.1%} | "
+            f"{r['abs_gap_mean']:.1%} | {r['kendall_tau']:.3f} | {clean} |"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"load_before": load_before, "load_after": load_after,
-                                         "results": results}, indent=1))
+        args.json.write_text(
+            json.dumps({"load_before": load_before, "load_after": load_after, "results": results}, indent=1)
+        )
     return 0
 
 

@@ -47,8 +47,16 @@ STANDARD_OPS = [
     OpSpec("conv", (1, 64, 56, 56), out_channels=64, kernel=3, padding=1, activation="relu"),
     OpSpec("conv", (1, 32, 28, 28), out_channels=192, kernel=1, activation="relu6"),
     OpSpec("conv", (1, 192, 28, 28), out_channels=192, kernel=3, padding=1, groups=192, activation="relu6"),
-    OpSpec("conv", (1, 144, 56, 56), out_channels=144, kernel=3, stride=2, padding=1, groups=144,
-           activation="relu6"),
+    OpSpec(
+        "conv",
+        (1, 144, 56, 56),
+        out_channels=144,
+        kernel=3,
+        stride=2,
+        padding=1,
+        groups=144,
+        activation="relu6",
+    ),
     OpSpec("conv", (1, 192, 28, 28), out_channels=32, kernel=1),
     OpSpec("conv", (1, 320, 7, 7), out_channels=1280, kernel=1, activation="relu6"),
     OpSpec("gemm", (1, 1280), out_channels=1000),
@@ -61,15 +69,29 @@ STANDARD_OPS = [
 
 def ssh_ops() -> list[OpSpec]:
     """Twenty small MobileNet-style ops (small, so that tuning them on the device stays short)."""
-    specs = [OpSpec("conv", (1, c, 14, 14), out_channels=c, kernel=k, padding=k // 2,
-                    groups=c if dw else 1, activation="relu6")
-             for c in (16, 32) for k in (1, 3, 5) for dw in (False, True) if not (dw and k == 1)]
+    specs = [
+        OpSpec(
+            "conv",
+            (1, c, 14, 14),
+            out_channels=c,
+            kernel=k,
+            padding=k // 2,
+            groups=c if dw else 1,
+            activation="relu6",
+        )
+        for c in (16, 32)
+        for k in (1, 3, 5)
+        for dw in (False, True)
+        if not (dw and k == 1)
+    ]
     specs += [OpSpec("add", (1, c, 14, 14)) for c in (16, 32)]
     specs += [OpSpec("mul", (1, c, 14, 14), broadcast="channel") for c in (16, 32)]
     specs += [OpSpec("globalavgpool", (1, c, 7, 7)) for c in (32, 64)]
     specs += [OpSpec("gemm", (1, c), out_channels=100) for c in (64, 256)]
-    specs += [OpSpec("shuffle", (1, 32, 14, 14), groups=2),
-              OpSpec("act", (1, 32, 14, 14), activation="hardswish")]
+    specs += [
+        OpSpec("shuffle", (1, 32, 14, 14), groups=2),
+        OpSpec("act", (1, 32, 14, 14), activation="hardswish"),
+    ]
     assert len(specs) == 20
     return specs
 
@@ -99,8 +121,15 @@ def mobilenet_v2_onnx(path: Path, width: float = 1.0, resolution: int = 224) -> 
         def forward(self, x):
             return x + self.body(x) if self.residual else self.body(x)
 
-    settings = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-                (6, 160, 3, 2), (6, 320, 1, 1)]
+    settings = [
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    ]
     layers = conv_bn(3, c(32), 3, 2)
     cin = c(32)
     for expand, cout, repeats, stride in settings:
@@ -110,8 +139,14 @@ def mobilenet_v2_onnx(path: Path, width: float = 1.0, resolution: int = 224) -> 
     layers += conv_bn(cin, 1280, 1, 1)
     net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1280, 1000))
     torch.manual_seed(0)
-    torch.onnx.export(net.eval(), torch.randn(1, 3, resolution, resolution), str(path), dynamo=False,
-                      input_names=["input"], output_names=["logits"])
+    torch.onnx.export(
+        net.eval(),
+        torch.randn(1, 3, resolution, resolution),
+        str(path),
+        dynamo=False,
+        input_names=["input"],
+        output_names=["logits"],
+    )
     return path
 
 
@@ -141,22 +176,27 @@ def bench_ops(args, out: Path, protocol: TimingProtocol) -> dict:
         Campaign(device, rerun, store, protocol, show_progress=False).run(STANDARD_OPS)
     hits = sum(r.cached for k, r in rerun.records.items() if k in rows)
     rerun_s = time.monotonic() - started
-    lines = ["| op | ORT ms | TVM tuned ms | TVM untuned ms | tuned / ORT | tuning s | compile s |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| op | ORT ms | TVM tuned ms | TVM untuned ms | tuned / ORT | tuning s | compile s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in rows.values():
         ort, tuned, untuned = row["ort"], row["tvm"], row["tvm-untuned"]
         ratio = f"{tuned / ort:.2f}" if ort and tuned else "-"
         flag = " (disturbed)" if row.get("tvm_disturbed") else ""
-        lines.append(f"| `{row['op'].key}` | {_ms(ort)} | {_ms(tuned)}{flag} | {_ms(untuned)} | {ratio} | "
-                     f"{_s(row['tune_s'])} | {_s(row['compile_s'])} |")
+        lines.append(
+            f"| `{row['op'].key}` | {_ms(ort)} | {_ms(tuned)}{flag} | {_ms(untuned)} | {ratio} | "
+            f"{_s(row['tune_s'])} | {_s(row['compile_s'])} |"
+        )
     tuned_total = sum(r["tune_s"] or 0 for r in rows.values())
-    summary = (f"tuning: {tuned_total:.0f} s for {len(rows)} ops ({args.trials} trials per kernel); "
-               f"re-run in a fresh store: {hits}/{len(rows)} libraries from the compile cache, "
-               f"{rerun_s:.0f} s including measuring")
+    summary = (
+        f"tuning: {tuned_total:.0f} s for {len(rows)} ops ({args.trials} trials per kernel); "
+        f"re-run in a fresh store: {hits}/{len(rows)} libraries from the compile cache, "
+        f"{rerun_s:.0f} s including measuring"
+    )
     print("\n".join(lines) + "\n" + summary)
     _plot(list(rows.values()), args.plot, args.trials)
-    return {"table": lines, "summary": summary,
-            "rows": [{**r, "op": r["op"].key} for r in rows.values()]}
+    return {"table": lines, "summary": summary, "rows": [{**r, "op": r["op"].key} for r in rows.values()]}
 
 
 def _plot(rows: list[dict], path: Path, trials: int) -> None:
@@ -168,10 +208,12 @@ def _plot(rows: list[dict], path: Path, trials: int) -> None:
     labels = [f"{r['op'].op} {'x'.join(map(str, r['op'].input_shape[1:]))}" for r in rows]
     fig, ax = plt.subplots(figsize=(12, 5))
     width = 0.27
-    for i, (name, label) in enumerate((("ort", "ONNX Runtime"), ("tvm", f"TVM tuned ({trials} trials)"),
-                                       ("tvm-untuned", "TVM untuned"))):
-        ax.bar([x + (i - 1) * width for x in range(len(rows))],
-               [r[name] or 0 for r in rows], width, label=label)
+    for i, (name, label) in enumerate(
+        (("ort", "ONNX Runtime"), ("tvm", f"TVM tuned ({trials} trials)"), ("tvm-untuned", "TVM untuned"))
+    ):
+        ax.bar(
+            [x + (i - 1) * width for x in range(len(rows))], [r[name] or 0 for r in rows], width, label=label
+        )
     ax.set_yscale("log")
     ax.set_ylabel("median latency (ms, log scale), 1 thread")
     ax.set_xticks(range(len(rows)), labels, rotation=35, ha="right", fontsize=8)
@@ -186,11 +228,24 @@ def bench_model(args, out: Path) -> dict:
     model = mobilenet_v2_onnx(out / "mobilenet_v2.onnx")
     results = {}
     for backend, extra in (("ort", []), ("tvm", ["--tune-trials", str(args.model_trials)])):
-        command = ["hwlat", "measure", str(model), "--device", "local", "--backend", backend, *extra,
-                   "--json", "--db", str(out / "model.db"), "--no-progress"]
+        command = [
+            "hwlat",
+            "measure",
+            str(model),
+            "--device",
+            "local",
+            "--backend",
+            backend,
+            *extra,
+            "--json",
+            "--db",
+            str(out / "model.db"),
+            "--no-progress",
+        ]
         started = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "hwlat_cli", *command[1:]], cwd=ROOT,
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "hwlat_cli", *command[1:]], cwd=ROOT, capture_output=True, text=True
+        )
         wall = time.monotonic() - started
         print("$ " + " ".join(command) + f"   ({wall:.0f} s)\n{proc.stdout.strip()}", flush=True)
         if proc.returncode:
@@ -204,17 +259,31 @@ def bench_model(args, out: Path) -> dict:
 def bench_aarch64(out: Path) -> dict:
     from devices.device import Device
 
-    board = Device("board", host="board.invalid", backends=("tvm",), threads=4,
-                   tvm_target="llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a72 -mattr=+neon")
+    board = Device(
+        "board",
+        host="board.invalid",
+        backends=("tvm",),
+        threads=4,
+        tvm_target="llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a72 -mattr=+neon",
+    )
     library = get_backend("tvm-untuned", board).artifact(STANDARD_OPS[3])
     copy = out / "conv-dw-aarch64.so"
     shutil.copy(library, copy)
     header = copy.read_bytes()[:20]
     machine = struct.unpack("<H", header[18:20])[0]
-    described = subprocess.run(["file", str(copy)], capture_output=True, text=True).stdout.strip() \
-        if shutil.which("file") else "(`file` is not installed here)"
-    result = {"library": str(copy), "elf": header[:4] == b"\x7fELF", "elf64": header[4] == 2,
-              "e_machine": machine, "aarch64": machine == 183, "file": described}
+    described = (
+        subprocess.run(["file", str(copy)], capture_output=True, text=True).stdout.strip()
+        if shutil.which("file")
+        else "(`file` is not installed here)"
+    )
+    result = {
+        "library": str(copy),
+        "elf": header[:4] == b"\x7fELF",
+        "elf64": header[4] == 2,
+        "e_machine": machine,
+        "aarch64": machine == 183,
+        "file": described,
+    }
     print(json.dumps(result, indent=1))
     return result
 
@@ -248,19 +317,26 @@ def bench_ssh(args, out: Path, protocol: TimingProtocol) -> dict:
         tuned = sum(r.tuned_tasks for k, r in backend.records.items() if k in medians)
         print(f"{remote.summary()} ({tuned} kernels tuned through the device's RPC server)", flush=True)
         for start in range(0, len(specs), 5):
-            chunk = specs[start:start + 5]
+            chunk = specs[start : start + 5]
             for where, dev in (("local", local_device()), ("ssh", device), ("local", local_device())):
                 with Store(out / f"ssh-agree-{where}.db") as store:
-                    Campaign(dev, get_backend("tvm", dev, tune_trials=args.ssh_trials), store, protocol,
-                             show_progress=False).run(chunk, force=True)
+                    Campaign(
+                        dev,
+                        get_backend("tvm", dev, tune_trials=args.ssh_trials),
+                        store,
+                        protocol,
+                        show_progress=False,
+                    ).run(chunk, force=True)
                     for spec in chunk:
                         m = store.get(dev.name, "tvm", spec.key)
                         medians[spec.key][where].append((m.median_ms, m.disturbed) if m and m.ok else None)
     finally:
         server.stop()
         os.environ["HWLAT_CACHE"] = cache
-    lines = ["| op | SSH ms | local ms (1st, 2nd) | SSH vs local | local vs local |",
-             "|---|---:|---:|---:|---:|"]
+    lines = [
+        "| op | SSH ms | local ms (1st, 2nd) | SSH vs local | local vs local |",
+        "|---|---:|---:|---:|---:|",
+    ]
     ssh_diffs, noise = [], []
     for key, m in medians.items():
         if None in m["ssh"] + m["local"]:
@@ -271,18 +347,26 @@ def bench_ssh(args, out: Path, protocol: TimingProtocol) -> dict:
         ssh_diffs.append((r - loc) / loc)
         noise.append(abs(a - b) / loc)
         flag = " (disturbed)" if rd or ad or bd else ""
-        lines.append(f"| `{key}` | {r:.4f} | {a:.4f}, {b:.4f} | {ssh_diffs[-1]:+.1%}{flag} | "
-                     f"{noise[-1]:.1%} |")
+        lines.append(
+            f"| `{key}` | {r:.4f} | {a:.4f}, {b:.4f} | {ssh_diffs[-1]:+.1%}{flag} | {noise[-1]:.1%} |"
+        )
     summary = "no op measured on both"
     if ssh_diffs:
-        summary = (f"{len(ssh_diffs)}/{len(specs)} ops on both; (SSH - local) / local: median "
-                   f"{statistics.median(ssh_diffs):+.1%}, median of |.| "
-                   f"{statistics.median(map(abs, ssh_diffs)):.1%}; local vs local: median "
-                   f"{statistics.median(noise):.1%}; {tuned} kernels tuned on the device in "
-                   f"{remote_s:.0f} s ({args.ssh_trials} trials each)")
+        summary = (
+            f"{len(ssh_diffs)}/{len(specs)} ops on both; (SSH - local) / local: median "
+            f"{statistics.median(ssh_diffs):+.1%}, median of |.| "
+            f"{statistics.median(map(abs, ssh_diffs)):.1%}; local vs local: median "
+            f"{statistics.median(noise):.1%}; {tuned} kernels tuned on the device in "
+            f"{remote_s:.0f} s ({args.ssh_trials} trials each)"
+        )
     print("\n".join(lines) + "\n" + summary)
-    return {"table": lines, "summary": summary, "measured_remote": remote.measured,
-            "failed_remote": remote.failed, "tuned_kernels": tuned}
+    return {
+        "table": lines,
+        "summary": summary,
+        "measured_remote": remote.measured,
+        "failed_remote": remote.failed,
+        "tuned_kernels": tuned,
+    }
 
 
 def _ms(v: float | None) -> str:
@@ -294,16 +378,24 @@ def _s(v: float | None) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sections", default="ops,model,aarch64,ssh")
     parser.add_argument("--trials", type=int, default=64, help="tuning trials per kernel, ops section")
     parser.add_argument("--model-trials", type=int, default=8, help="tuning trials per kernel, model")
     parser.add_argument("--ssh-trials", type=int, default=16, help="tuning trials per kernel, ssh section")
-    parser.add_argument("--keep-ssh-cache", action="store_true",
-                        help="ssh section: reuse what an earlier run tuned on the device")
-    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "hwlat-bench-tvm",
-                        help="databases, models and the compile cache (default: a temp folder)")
+    parser.add_argument(
+        "--keep-ssh-cache",
+        action="store_true",
+        help="ssh section: reuse what an earlier run tuned on the device",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "hwlat-bench-tvm",
+        help="databases, models and the compile cache (default: a temp folder)",
+    )
     parser.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "RESULTS-tvm.png")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,18 @@ from .connection import (
 from .device import LOCAL, Device, local_device
 from .inventory import InventoryError, load_inventory, resolve_device
 
-__all__ = ["Connection", "ConnectionLost", "Device", "DeviceError", "InventoryError", "LOCAL",
-           "LocalConnection", "PythonMissing", "RuntimeMissing", "connect", "load_inventory",
-           "local_device", "resolve_device"]
+__all__ = [
+    "Connection",
+    "ConnectionLost",
+    "Device",
+    "DeviceError",
+    "InventoryError",
+    "LOCAL",
+    "LocalConnection",
+    "PythonMissing",
+    "RuntimeMissing",
+    "connect",
+    "load_inventory",
+    "local_device",
+    "resolve_device",
+]

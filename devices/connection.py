@@ -48,8 +48,9 @@ class RemoteProcess:
         self._kill = kill
         threading.Thread(target=self._pump, args=(stdout, self._lines.put, True), daemon=True).start()
         if stderr is not None:
-            threading.Thread(target=self._pump, args=(stderr, self._stderr.append, False),
-                             daemon=True).start()
+            threading.Thread(
+                target=self._pump, args=(stderr, self._stderr.append, False), daemon=True
+            ).start()
 
     @staticmethod
     def _pump(stream: IO[bytes], sink, mark_eof: bool) -> None:
@@ -122,11 +123,18 @@ class LocalConnection(Connection):
 
     def start(self, argv: list[str]) -> RemoteProcess:
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
         except FileNotFoundError:
-            raise PythonMissing(f"device {self.device.name!r}: cannot run {argv[0]!r}: not found; set "
-                                "'python' for this device to an interpreter that exists") from None
+            raise PythonMissing(
+                f"device {self.device.name!r}: cannot run {argv[0]!r}: not found; set "
+                "'python' for this device to an interpreter that exists"
+            ) from None
 
         def kill() -> None:
             if proc.poll() is None:

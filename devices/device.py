@@ -41,11 +41,20 @@ class Device:
 
     def settings(self) -> dict:
         """The per-device settings recorded with every measurement."""
-        return {"threads": self.threads, "cpu_affinity": list(self.cpu_affinity or []) or None,
-                "graph_optimization": self.graph_optimization}
+        return {
+            "threads": self.threads,
+            "cpu_affinity": list(self.cpu_affinity or []) or None,
+            "graph_optimization": self.graph_optimization,
+        }
 
 
 def local_device(threads: int = 1, cpu_affinity: tuple[int, ...] | None = None) -> Device:
     """The machine hwlat runs on; it needs no inventory entry."""
-    return Device(name=LOCAL, python=sys.executable, workdir="", threads=threads,
-                  cpu_affinity=cpu_affinity, labels=("local",))
+    return Device(
+        name=LOCAL,
+        python=sys.executable,
+        workdir="",
+        threads=threads,
+        cpu_affinity=cpu_affinity,
+        labels=("local",),
+    )

@@ -24,14 +24,14 @@ _KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "port": ((int,), "an integer port"),
     "user": ((str,), "a user name"),
     "identity_file": ((str,), "a path to a private key"),
-    "python": ((str,), "the interpreter on the device, e.g. \"python3\""),
+    "python": ((str,), 'the interpreter on the device, e.g. "python3"'),
     "workdir": ((str,), "a folder on the device"),
     "backends": ((list,), f"a list drawn from {list(BACKENDS)}"),
     "threads": ((int,), "a positive integer"),
     "cpu_affinity": ((list,), "a list of CPU indices, e.g. [0]"),
-    "tvm_target": ((str, dict), "a TVM target, e.g. \"llvm -mcpu=cortex-a72\" or an inline table"),
+    "tvm_target": ((str, dict), 'a TVM target, e.g. "llvm -mcpu=cortex-a72" or an inline table'),
     "labels": ((list,), "a list of strings"),
-    "graph_optimization": ((str,), "one of \"disable\", \"basic\", \"extended\", \"all\""),
+    "graph_optimization": ((str,), 'one of "disable", "basic", "extended", "all"'),
     "trust_on_first_use": ((bool,), "true or false"),
     "known_hosts": ((str,), "a path to a known_hosts file"),
     "connect_timeout_s": ((int, float), "a number of seconds, e.g. 15"),
@@ -54,8 +54,10 @@ def load_inventory(path: str | Path | None = None) -> dict[str, Device]:
     devices = {LOCAL: local_device()}
     if not path.exists():
         if explicit:
-            raise InventoryError(f"inventory {path} does not exist; copy devices.example.toml "
-                                 "there and edit it, or drop --inventory")
+            raise InventoryError(
+                f"inventory {path} does not exist; copy devices.example.toml "
+                "there and edit it, or drop --inventory"
+            )
         return devices
     text = path.read_text(encoding="utf-8")
     try:
@@ -64,8 +66,10 @@ def load_inventory(path: str | Path | None = None) -> dict[str, Device]:
         raise InventoryError(f"{path}: not valid TOML: {exc}") from None
     unknown_top = set(data) - {"devices"}
     if unknown_top:
-        raise InventoryError(f"{path}: unknown top-level table(s) {sorted(unknown_top)}; "
-                             "every device goes under [devices.NAME]")
+        raise InventoryError(
+            f"{path}: unknown top-level table(s) {sorted(unknown_top)}; "
+            "every device goes under [devices.NAME]"
+        )
     for name, table in data.get("devices", {}).items():
         devices[name] = _device(path, text, name, table, devices[LOCAL])
     return devices
@@ -75,22 +79,26 @@ def resolve_device(name: str, inventory: str | Path | None = None) -> Device:
     devices = load_inventory(inventory)
     if name not in devices:
         where = inventory or default_inventory_path()
-        raise InventoryError(f"no device named {name!r} in {where}; known: {', '.join(devices)}. "
-                             "Add a [devices.NAME] table (see devices.example.toml)")
+        raise InventoryError(
+            f"no device named {name!r} in {where}; known: {', '.join(devices)}. "
+            "Add a [devices.NAME] table (see devices.example.toml)"
+        )
     return devices[name]
 
 
 def devices_with_label(label: str, inventory: str | Path | None = None) -> list[Device]:
     found = [d for d in load_inventory(inventory).values() if label in d.labels]
     if not found:
-        raise InventoryError(f"no device has label {label!r}; add labels = [\"{label}\"] to a device")
+        raise InventoryError(f'no device has label {label!r}; add labels = ["{label}"] to a device')
     return found
 
 
 def _line_of(text: str, name: str, key: str | None = None) -> int:
     lines = text.splitlines()
-    header = next((i for i, line in enumerate(lines)
-                   if re.match(rf"^\s*\[devices\.\"?{re.escape(name)}\"?\]", line)), None)
+    header = next(
+        (i for i, line in enumerate(lines) if re.match(rf"^\s*\[devices\.\"?{re.escape(name)}\"?\]", line)),
+        None,
+    )
     if header is None:
         return 0
     if key is None:
@@ -112,22 +120,27 @@ def _device(path: Path, text: str, name: str, table: object, local: Device) -> D
     for key, value in table.items():
         at = f"{path}:{_line_of(text, name, key)}"
         if key not in _KEYS:
-            raise InventoryError(f"{at}: unknown key {key!r} in devices.{name}; known keys: "
-                                 f"{', '.join(_KEYS)}")
+            raise InventoryError(
+                f"{at}: unknown key {key!r} in devices.{name}; known keys: {', '.join(_KEYS)}"
+            )
         types, desc = _KEYS[key]
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            raise InventoryError(f"{at}: devices.{name}.{key} = {value!r} has the wrong type; "
-                                 f"it must be {desc}")
+            raise InventoryError(
+                f"{at}: devices.{name}.{key} = {value!r} has the wrong type; it must be {desc}"
+            )
     _check_values(path, text, name, table)
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
     if name == LOCAL:
         if "host" in fields:
-            raise InventoryError(f"{where}: 'local' is this machine and takes no host; "
-                                 "give the remote device another name")
+            raise InventoryError(
+                f"{where}: 'local' is this machine and takes no host; give the remote device another name"
+            )
         return replace(local, **fields)
     if "host" not in fields:
-        raise InventoryError(f"{where}: devices.{name} needs host = \"...\" (a remote device), "
-                             "or call it 'local' to tune this machine's settings")
+        raise InventoryError(
+            f'{where}: devices.{name} needs host = "..." (a remote device), '
+            "or call it 'local' to tune this machine's settings"
+        )
     return Device(name=name, **fields)
 
 
@@ -143,8 +156,7 @@ def _check_values(path: Path, text: str, name: str, table: dict) -> None:
         fail("threads", "must be >= 1")
     if "port" in table and not 0 < table["port"] < 65536:
         fail("port", "must be between 1 and 65535")
-    if "cpu_affinity" in table and not all(isinstance(c, int) and c >= 0
-                                           for c in table["cpu_affinity"]):
+    if "cpu_affinity" in table and not all(isinstance(c, int) and c >= 0 for c in table["cpu_affinity"]):
         fail("cpu_affinity", "must list non-negative CPU indices")
     if "labels" in table and not all(isinstance(v, str) for v in table["labels"]):
         fail("labels", "must list strings")

@@ -82,17 +82,26 @@ class VerifyPolicy(paramiko.MissingHostKeyPolicy):
                 f"device {self.device!r}: host key of {hostname} ({key.get_name()} {fingerprint(key)}) "
                 f"is not in {self.known_hosts}; if that fingerprint is the device's, trust it with: "
                 f"{trust_command(self.host, self.port, self.known_hosts)} "
-                "(or set trust_on_first_use = true for this device)")
+                "(or set trust_on_first_use = true for this device)"
+            )
         record(self.known_hosts, hostname, key)
         client.get_host_keys().add(hostname, key.get_name(), key)
-        log.warning("device %r: trusted %s on first use (%s %s), recorded in %s", self.device,
-                    hostname, key.get_name(), fingerprint(key), self.known_hosts)
+        log.warning(
+            "device %r: trusted %s on first use (%s %s), recorded in %s",
+            self.device,
+            hostname,
+            key.get_name(),
+            fingerprint(key),
+            self.known_hosts,
+        )
 
 
-def changed(device: str, host: str, port: int, known_hosts: Path,
-            exc: paramiko.BadHostKeyException) -> HostKeyChanged:
+def changed(
+    device: str, host: str, port: int, known_hosts: Path, exc: paramiko.BadHostKeyException
+) -> HostKeyChanged:
     return HostKeyChanged(
         f"device {device!r}: host key of {host_entry(host, port)} changed (known: "
         f"{fingerprint(exc.expected_key)}, offered now: {exc.key.get_name()} {fingerprint(exc.key)}); "
         "someone may be intercepting the connection. If the device was reinstalled, forget the old "
-        f"key with: {forget_command(host, port, known_hosts)} and connect again")
+        f"key with: {forget_command(host, port, known_hosts)} and connect again"
+    )

@@ -36,8 +36,9 @@ PROBE_TIMEOUT_S = 10.0
 KEEPALIVE_S = 30
 # $1 is the program; it must exist. Prints "hwlat-pid N" (N is the process that then
 # becomes the program through exec) when asked to.
-_WRAPPER = ('command -v "$1" >/dev/null 2>&1 || {{ echo "cannot run $1: not found" >&2; exit 127; }}; '
-            '{pid}exec "$@"')
+_WRAPPER = (
+    'command -v "$1" >/dev/null 2>&1 || {{ echo "cannot run $1: not found" >&2; exit 127; }}; {pid}exec "$@"'
+)
 _PID_LINE = b"hwlat-pid "
 
 log = logging.getLogger(__name__)
@@ -81,17 +82,21 @@ def resolve_target(device: Device, ssh_config: str | Path | None = SSH_CONFIG) -
         try:
             cfg = paramiko.SSHConfig.from_path(str(path)).lookup(device.host)
         except Exception as exc:  # paramiko raises several types for a bad config line
-            raise DeviceError(f"device {device.name!r}: cannot read {path}: {exc}; fix that file "
-                              "or give host/port/user in the inventory") from None
+            raise DeviceError(
+                f"device {device.name!r}: cannot read {path}: {exc}; fix that file "
+                "or give host/port/user in the inventory"
+            ) from None
     proxy = cfg.get("proxycommand")
     known = device.known_hosts or (cfg.get("userknownhostsfile", "").split() or [DEFAULT_KNOWN_HOSTS])[0]
     identities = [device.identity_file] if device.identity_file else cfg.get("identityfile", [])
     return SshTarget(
-        hostname=cfg.get("hostname", device.host), port=device.port or int(cfg.get("port", 22)),
+        hostname=cfg.get("hostname", device.host),
+        port=device.port or int(cfg.get("port", 22)),
         user=device.user or cfg.get("user") or getpass.getuser(),
         identity_files=[str(Path(p).expanduser()) for p in identities],
         proxy_command=None if not proxy or proxy.lower() == "none" else proxy,
-        known_hosts=Path(known).expanduser())
+        known_hosts=Path(known).expanduser(),
+    )
 
 
 class SshConnection(Connection):
@@ -111,14 +116,24 @@ class SshConnection(Connection):
         t, name = self.target, self.device.name
         client = paramiko.SSHClient()
         load_known_hosts(client, t.known_hosts)
-        client.set_missing_host_key_policy(VerifyPolicy(name, t.hostname, t.port, t.known_hosts,
-                                                        self.device.trust_on_first_use))
+        client.set_missing_host_key_policy(
+            VerifyPolicy(name, t.hostname, t.port, t.known_hosts, self.device.trust_on_first_use)
+        )
         timeout = self.device.connect_timeout_s
         try:
             sock = paramiko.ProxyCommand(t.proxy_command) if t.proxy_command else None
-            client.connect(t.hostname, t.port, username=t.user, key_filename=t.identity_files or None,
-                           look_for_keys=not t.identity_files, allow_agent=True, timeout=timeout,
-                           banner_timeout=timeout, auth_timeout=timeout, sock=sock)
+            client.connect(
+                t.hostname,
+                t.port,
+                username=t.user,
+                key_filename=t.identity_files or None,
+                look_for_keys=not t.identity_files,
+                allow_agent=True,
+                timeout=timeout,
+                banner_timeout=timeout,
+                auth_timeout=timeout,
+                sock=sock,
+            )
         except DeviceError:
             client.close()
             raise
@@ -137,41 +152,52 @@ class SshConnection(Connection):
         t, name = self.target, f"device {self.device.name!r}"
         where = f"{t.hostname}:{t.port}"
         if isinstance(exc, socket.gaierror):
-            return HostUnresolved(f"{name}: host name {t.hostname!r} does not resolve ({exc.strerror}); "
-                                  "fix 'host' in the inventory (or HostName in ~/.ssh/config)")
+            return HostUnresolved(
+                f"{name}: host name {t.hostname!r} does not resolve ({exc.strerror}); "
+                "fix 'host' in the inventory (or HostName in ~/.ssh/config)"
+            )
         if isinstance(exc, paramiko.BadHostKeyException):
             return changed(self.device.name, t.hostname, t.port, t.known_hosts, exc)
         if isinstance(exc, paramiko.PasswordRequiredException):
-            return AuthenticationFailed(f"{name}: the key {', '.join(t.identity_files)} is encrypted; "
-                                        "load it into ssh-agent (ssh-add KEY) and try again")
+            return AuthenticationFailed(
+                f"{name}: the key {', '.join(t.identity_files)} is encrypted; "
+                "load it into ssh-agent (ssh-add KEY) and try again"
+            )
         if isinstance(exc, paramiko.AuthenticationException):
             keys = ", ".join(t.identity_files) or "ssh-agent and ~/.ssh/id_* keys"
             return AuthenticationFailed(
                 f"{name}: authentication failed for {t.user}@{where} with {keys}; set 'user' and "
                 f"'identity_file' in the inventory, or install the public key on the device: "
-                f"ssh-copy-id -i KEY.pub -p {t.port} {shlex.quote(t.user)}@{shlex.quote(t.hostname)}")
+                f"ssh-copy-id -i KEY.pub -p {t.port} {shlex.quote(t.user)}@{shlex.quote(t.hostname)}"
+            )
         if isinstance(exc, FileNotFoundError):
-            return DeviceError(f"{name}: identity file {exc.filename or exc} does not exist; fix "
-                               "'identity_file' in the inventory")
+            return DeviceError(
+                f"{name}: identity file {exc.filename or exc} does not exist; fix "
+                "'identity_file' in the inventory"
+            )
         cause = exc.__context__ if "banner" in str(exc) else exc
         # paramiko's own words when the SSH handshake outlives the timeout
         if isinstance(cause, TimeoutError) or str(exc) == "No existing session":
-            return ConnectTimeout(f"{name}: {where} did not answer within "
-                                  f"{self.device.connect_timeout_s:g} s; is the device on and is "
-                                  "the address right? (raise connect_timeout_s for slow links)")
+            return ConnectTimeout(
+                f"{name}: {where} did not answer within "
+                f"{self.device.connect_timeout_s:g} s; is the device on and is "
+                "the address right? (raise connect_timeout_s for slow links)"
+            )
         if isinstance(exc, ConnectionRefusedError) or (
-                isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError)
-                and all(isinstance(e, ConnectionRefusedError) for e in exc.errors.values())):
-            return ConnectionRefused(f"{name}: connection refused by {where}; is sshd running "
-                                     "there, and is 'port' right?")
-        return ConnectionLost(f"{name}: SSH connection to {where} failed: "
-                              f"{type(exc).__name__}: {exc}".strip())
+            isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError)
+            and all(isinstance(e, ConnectionRefusedError) for e in exc.errors.values())
+        ):
+            return ConnectionRefused(
+                f"{name}: connection refused by {where}; is sshd running there, and is 'port' right?"
+            )
+        return ConnectionLost(
+            f"{name}: SSH connection to {where} failed: {type(exc).__name__}: {exc}".strip()
+        )
 
     def _transport(self) -> paramiko.Transport:
         transport = self._client.get_transport()
         if transport is None or not transport.is_active():
-            raise ConnectionLost(f"device {self.device.name!r}: the SSH connection to {self.target} "
-                                 "dropped")
+            raise ConnectionLost(f"device {self.device.name!r}: the SSH connection to {self.target} dropped")
         return transport
 
     def _channel(self, command: str) -> paramiko.Channel:
@@ -179,8 +205,10 @@ class SshConnection(Connection):
             channel = self._transport().open_session(timeout=PROBE_TIMEOUT_S)
             channel.exec_command(command)
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise ConnectionLost(f"device {self.device.name!r}: cannot open an SSH channel to "
-                                 f"{self.target} ({exc or type(exc).__name__})") from None
+            raise ConnectionLost(
+                f"device {self.device.name!r}: cannot open an SSH channel to "
+                f"{self.target} ({exc or type(exc).__name__})"
+            ) from None
         return channel
 
     def is_alive(self) -> bool:
@@ -194,9 +222,11 @@ class SshConnection(Connection):
     def forward_port(self, remote_port: int, remote_host: str = "127.0.0.1") -> PortForward:
         """A port on this machine's loopback reaching ``remote_host:remote_port`` as the device
         sees it (like ``ssh -L``); ``close()`` it when done. Used for TVM's RPC server."""
+
         def open_channel(peer: tuple[str, int]) -> paramiko.Channel:
-            return self._transport().open_channel("direct-tcpip", (remote_host, remote_port), peer,
-                                                  timeout=PROBE_TIMEOUT_S)
+            return self._transport().open_channel(
+                "direct-tcpip", (remote_host, remote_port), peer, timeout=PROBE_TIMEOUT_S
+            )
 
         return PortForward(open_channel)
 
@@ -230,7 +260,7 @@ class SshConnection(Connection):
         if not first.startswith(_PID_LINE):
             raise self._start_failure(channel, stderr, argv[0], first)
         channel.settimeout(None)
-        pid = int(first[len(_PID_LINE):])
+        pid = int(first[len(_PID_LINE) :])
         return RemoteProcess(stdin, stdout, stderr, lambda: self._stop(channel, pid))
 
     def _start_failure(self, channel: paramiko.Channel, stderr, program: str, first: bytes) -> DeviceError:
@@ -243,13 +273,16 @@ class SshConnection(Connection):
         channel.close()
         name = f"device {self.device.name!r}"
         if status == 127:
-            return PythonMissing(f"{name}: {err or f'cannot run {program!r}'}; set 'python' for this "
-                                 "device to an interpreter that exists there, e.g. /usr/bin/python3")
+            return PythonMissing(
+                f"{name}: {err or f'cannot run {program!r}'}; set 'python' for this "
+                "device to an interpreter that exists there, e.g. /usr/bin/python3"
+            )
         transport = self._client.get_transport()
         if transport is None or not transport.is_active():
             return ConnectionLost(f"{name}: the connection dropped while starting {program!r}")
-        return DeviceError(f"{name}: {program!r} did not start (exit status {status}): "
-                           f"{err or first[:200]!r}")
+        return DeviceError(
+            f"{name}: {program!r} did not start (exit status {status}): {err or first[:200]!r}"
+        )
 
     def _stop(self, channel: paramiko.Channel, pid: int, grace_s: float = 1.0) -> None:
         """End a started process: give it ``grace_s`` to exit, then TERM its process group, then KILL."""
@@ -257,8 +290,16 @@ class SshConnection(Connection):
             for signal_name in ("TERM", "KILL"):
                 if channel.status_event.wait(grace_s):
                     break
-                self.run(["/bin/sh", "-c", f'kill -s {signal_name} -- "-$1" 2>/dev/null || '
-                          f'kill -{signal_name} "$1"', "hwlat", str(pid)], timeout_s=PROBE_TIMEOUT_S)
+                self.run(
+                    [
+                        "/bin/sh",
+                        "-c",
+                        f'kill -s {signal_name} -- "-$1" 2>/dev/null || kill -{signal_name} "$1"',
+                        "hwlat",
+                        str(pid),
+                    ],
+                    timeout_s=PROBE_TIMEOUT_S,
+                )
                 grace_s = 3.0
         except (DeviceError, OSError, EOFError):
             pass  # the connection is gone: sshd ends the session and the process sees EOF
@@ -274,8 +315,9 @@ class SshConnection(Connection):
             if not channel.status_event.wait(timeout_s):
                 raise TimeoutError
         except TimeoutError:
-            raise TimeoutError(f"device {self.device.name!r}: {argv[0]} did not finish within "
-                               f"{timeout_s:g} s") from None
+            raise TimeoutError(
+                f"device {self.device.name!r}: {argv[0]} did not finish within {timeout_s:g} s"
+            ) from None
         finally:
             channel.close()
         return channel.exit_status, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace")
@@ -300,8 +342,10 @@ class SshConnection(Connection):
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 raise self._lost("cannot start SFTP", exc) from None
             if self._sftp is None:
-                raise DeviceError(f"device {self.device.name!r}: the SSH server offers no SFTP; "
-                                  "enable 'Subsystem sftp' in the device's sshd_config")
+                raise DeviceError(
+                    f"device {self.device.name!r}: the SSH server offers no SFTP; "
+                    "enable 'Subsystem sftp' in the device's sshd_config"
+                )
         return self._sftp
 
     def _home_dir(self) -> str:
@@ -331,9 +375,11 @@ class SshConnection(Connection):
                         sftp.mkdir(str(part))
                 self._present = set()
         except PermissionError:
-            raise DeviceError(f"device {self.device.name!r}: cannot create {target} as "
-                              f"{self.target.user} (permission denied); set 'workdir' to a "
-                              "writable folder") from None
+            raise DeviceError(
+                f"device {self.device.name!r}: cannot create {target} as "
+                f"{self.target.user} (permission denied); set 'workdir' to a "
+                "writable folder"
+            ) from None
         except (OSError, paramiko.SSHException, EOFError) as exc:
             raise self._lost(f"cannot create {target}", exc, "set 'workdir' to a writable folder") from None
         self._files_dir = str(target)
@@ -345,8 +391,10 @@ class SshConnection(Connection):
         partial = remote + ".part"
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
-            raise ConnectionLost(f"device {self.device.name!r}: uploading the batch took longer than "
-                                 "its timeout; the link is too slow or stalled")
+            raise ConnectionLost(
+                f"device {self.device.name!r}: uploading the batch took longer than "
+                "its timeout; the link is too slow or stalled"
+            )
         sftp.get_channel().settimeout(remaining)
         try:
             with sftp.open(partial, "wb") as fh:
@@ -354,11 +402,14 @@ class SshConnection(Connection):
                 fh.write(local.read_bytes())
             sftp.posix_rename(partial, remote)
         except TimeoutError:
-            raise ConnectionLost(f"device {self.device.name!r}: upload of {local.name} stalled "
-                                 "past the batch timeout") from None
+            raise ConnectionLost(
+                f"device {self.device.name!r}: upload of {local.name} stalled past the batch timeout"
+            ) from None
         except PermissionError:
-            raise DeviceError(f"device {self.device.name!r}: cannot write {remote} (permission "
-                              "denied); set 'workdir' to a writable folder") from None
+            raise DeviceError(
+                f"device {self.device.name!r}: cannot write {remote} (permission "
+                "denied); set 'workdir' to a writable folder"
+            ) from None
         except (OSError, paramiko.SSHException, EOFError) as exc:
             raise self._lost(f"upload of {local.name} failed", exc) from None
         finally:

@@ -15,6 +15,18 @@ from .predictor import KernelCost, LatencyPredictor, Prediction, PredictorFormat
 from .splitter import ModelSplitter, SplitResult, UnsupportedOpsError
 from .table import LatencyTable, MissingKernelError
 
-__all__ = ["ArchLatencyRegressor", "FusionRules", "Kernel", "KernelCost", "KernelRegressor",
-           "LatencyPredictor", "LatencyTable", "MissingKernelError", "ModelSplitter", "Prediction",
-           "PredictorFormatError", "SplitResult", "UnsupportedOpsError"]
+__all__ = [
+    "ArchLatencyRegressor",
+    "FusionRules",
+    "Kernel",
+    "KernelCost",
+    "KernelRegressor",
+    "LatencyPredictor",
+    "LatencyTable",
+    "MissingKernelError",
+    "ModelSplitter",
+    "Prediction",
+    "PredictorFormatError",
+    "SplitResult",
+    "UnsupportedOpsError",
+]

@@ -26,10 +26,18 @@ from sklearn.utils.validation import check_is_fitted
 
 
 class ArchLatencyRegressor(RegressorMixin, BaseEstimator):
-    def __init__(self, reference: int | Sequence[str] = 0, alpha: float = 1.0,
-                 reference_alpha: float = 1e-3, min_samples_trees: int = 50, max_iter: int = 200,
-                 learning_rate: float = 0.05, max_leaf_nodes: int = 15, min_samples_leaf: int = 5,
-                 random_state: int | None = None) -> None:
+    def __init__(
+        self,
+        reference: int | Sequence[str] = 0,
+        alpha: float = 1.0,
+        reference_alpha: float = 1e-3,
+        min_samples_trees: int = 50,
+        max_iter: int = 200,
+        learning_rate: float = 0.05,
+        max_leaf_nodes: int = 15,
+        min_samples_leaf: int = 5,
+        random_state: int | None = None,
+    ) -> None:
         self.reference = reference
         self.alpha = alpha
         self.reference_alpha = reference_alpha
@@ -52,17 +60,24 @@ class ArchLatencyRegressor(RegressorMixin, BaseEstimator):
             raise ValueError(f"X has {len(enc)} rows but y has {len(y)} values")
         self.n_features_in_ = enc.shape[1] + ref.shape[1]
         # Encodings are shrunk (alpha); reference latencies, the strong signal, barely (reference_alpha).
-        self._scale = np.concatenate([np.full(enc.shape[1], 1.0 / np.sqrt(self.alpha)),
-                                      np.full(ref.shape[1], 1.0 / np.sqrt(self.reference_alpha))])
+        self._scale = np.concatenate(
+            [
+                np.full(enc.shape[1], 1.0 / np.sqrt(self.alpha)),
+                np.full(ref.shape[1], 1.0 / np.sqrt(self.reference_alpha)),
+            ]
+        )
         Z = self._design(enc, ref)
         target = np.log(y)
         self.linear_ = Ridge(alpha=1.0).fit(Z, target)
         self.trees_ = None
         if len(y) >= self.min_samples_trees:
             self.trees_ = HistGradientBoostingRegressor(
-                max_iter=self.max_iter, learning_rate=self.learning_rate,
-                max_leaf_nodes=self.max_leaf_nodes, min_samples_leaf=self.min_samples_leaf,
-                random_state=self.random_state).fit(Z, target - self.linear_.predict(Z))
+                max_iter=self.max_iter,
+                learning_rate=self.learning_rate,
+                max_leaf_nodes=self.max_leaf_nodes,
+                min_samples_leaf=self.min_samples_leaf,
+                random_state=self.random_state,
+            ).fit(Z, target - self.linear_.predict(Z))
         return self
 
     def predict(self, X) -> np.ndarray:
@@ -91,12 +106,13 @@ class ArchLatencyRegressor(RegressorMixin, BaseEstimator):
         else:
             A = np.asarray(X, dtype=np.float64)
             if A.ndim != 2:
-                raise ValueError(f"X must be 2-D (n_archs, n_features) or a list of dicts, got shape "
-                                 f"{A.shape}")
+                raise ValueError(
+                    f"X must be 2-D (n_archs, n_features) or a list of dicts, got shape {A.shape}"
+                )
             k = int(self.reference) if isinstance(self.reference, int) else 0
             if k > A.shape[1]:
                 raise ValueError(f"reference={k} columns but X has only {A.shape[1]}")
-            enc, ref = A[:, :A.shape[1] - k], A[:, A.shape[1] - k:]
+            enc, ref = A[:, : A.shape[1] - k], A[:, A.shape[1] - k :]
         if np.any(ref <= 0):
             raise ValueError("reference latencies must be positive (ms)")
         return enc, np.log(ref)

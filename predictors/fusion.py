@@ -60,8 +60,11 @@ class FusionRules:
                 i += len(se.ops)
                 continue
             op = ops[i]
-            if current and current[-1].output_shapes[0] == op.input_shape and self.fuses(
-                    SEPARATOR.join(op_class(o) for o in current), op_class(op)):
+            if (
+                current
+                and current[-1].output_shapes[0] == op.input_shape
+                and self.fuses(SEPARATOR.join(op_class(o) for o in current), op_class(op))
+            ):
                 current.append(op)
             else:
                 if current:
@@ -73,14 +76,20 @@ class FusionRules:
         return kernels
 
     def to_dict(self) -> dict:
-        return {"version": RULES_VERSION, "backend": self.backend, "fused": dict(sorted(self.fused.items())),
-                "evidence": self.evidence}
+        return {
+            "version": RULES_VERSION,
+            "backend": self.backend,
+            "fused": dict(sorted(self.fused.items())),
+            "evidence": self.evidence,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> FusionRules:
         if data.get("version") != RULES_VERSION:
-            raise ValueError(f"fusion rules version {data.get('version')!r} is not {RULES_VERSION}; "
-                             "probe the fusions again (hwlat train)")
+            raise ValueError(
+                f"fusion rules version {data.get('version')!r} is not {RULES_VERSION}; "
+                "probe the fusions again (hwlat train)"
+            )
         return cls(backend=data["backend"], fused=dict(data["fused"]), evidence=list(data["evidence"]))
 
 
@@ -88,7 +97,7 @@ def _se_at(ops: Sequence[OpSpec], i: int) -> Kernel | None:
     if ops[i].op != "globalavgpool" or i + 3 >= len(ops):
         return None
     try:
-        kernel = Kernel(tuple(ops[i:i + 4]))
+        kernel = Kernel(tuple(ops[i : i + 4]))
     except InvalidKernelError:
         return None
     return kernel if kernel.is_se else None
@@ -131,8 +140,11 @@ def default_probes() -> list[FusionProbe]:
         concat = OpSpec("concat", x, parts=(half, half))
         shuffle = OpSpec("shuffle", x, groups=2)
         split = OpSpec("split", x, parts=(half, half))
-        probes += [FusionProbe(Kernel((concat,)), shuffle), FusionProbe(Kernel((shuffle,)), split),
-                   FusionProbe(Kernel((concat, shuffle)), split)]
+        probes += [
+            FusionProbe(Kernel((concat,)), shuffle),
+            FusionProbe(Kernel((shuffle,)), split),
+            FusionProbe(Kernel((concat, shuffle)), split),
+        ]
     return probes
 
 
@@ -141,8 +153,9 @@ def probe_kernels(probes: Iterable[FusionProbe]) -> list[Kernel]:
     return list(dict.fromkeys(k for p in probes for k in p.kernels))
 
 
-def decide(probes: Iterable[FusionProbe], backend: str,
-           cost_ms: Callable[[Kernel], float | None]) -> FusionRules:
+def decide(
+    probes: Iterable[FusionProbe], backend: str, cost_ms: Callable[[Kernel], float | None]
+) -> FusionRules:
     """Fusion rules from measured kernel costs; a probe with a missing cost is left out."""
     rules = FusionRules(backend)
     votes: dict[str, list[bool]] = {}
@@ -153,7 +166,17 @@ def decide(probes: Iterable[FusionProbe], backend: str,
         saving_ms = a + b - ab
         fused = saving_ms > FUSED_SAVING * b
         votes.setdefault(probe.rule, []).append(fused)
-        rules.evidence.append({"rule": probe.rule, "a": probe.a.key, "b": probe.b.key, "a_ms": a,
-                               "b_ms": b, "ab_ms": ab, "saving_ms": saving_ms, "fused": fused})
+        rules.evidence.append(
+            {
+                "rule": probe.rule,
+                "a": probe.a.key,
+                "b": probe.b.key,
+                "a_ms": a,
+                "b_ms": b,
+                "ab_ms": ab,
+                "saving_ms": saving_ms,
+                "fused": fused,
+            }
+        )
     rules.fused = {rule: any(v) for rule, v in votes.items()}
     return rules

@@ -121,31 +121,46 @@ def relu_chain(nodes: int, directory: str | Path) -> Path:
     shape = [1, 16, 1, 1]
 
     def build() -> onnx.ModelProto:
-        return make_model(helper.make_graph(
-            [helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"], name=f"relu{i}") for i in range(nodes)],
-            "relu_chain", [helper.make_tensor_value_info("t0", TensorProto.FLOAT, shape)],
-            [helper.make_tensor_value_info(f"t{nodes}", TensorProto.FLOAT, shape)]))
+        return make_model(
+            helper.make_graph(
+                [helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"], name=f"relu{i}") for i in range(nodes)],
+                "relu_chain",
+                [helper.make_tensor_value_info("t0", TensorProto.FLOAT, shape)],
+                [helper.make_tensor_value_info(f"t{nodes}", TensorProto.FLOAT, shape)],
+            )
+        )
 
     return save_once(directory / f"relu_chain_{nodes}.onnx", build)
 
 
-def _depthwise(name: str, source: str, channels: int, relu: bool, rng: np.random.Generator,
-               nodes: list, inits: list, out: str | None = None) -> str:
+def _depthwise(
+    name: str,
+    source: str,
+    channels: int,
+    relu: bool,
+    rng: np.random.Generator,
+    nodes: list,
+    inits: list,
+    out: str | None = None,
+) -> str:
     out = out or f"{name}_out"
-    w = numpy_helper.from_array((rng.standard_normal((channels, 1, 1, 1)) * 0.5 + 1).astype(np.float32),
-                                f"{name}_w")
+    w = numpy_helper.from_array(
+        (rng.standard_normal((channels, 1, 1, 1)) * 0.5 + 1).astype(np.float32), f"{name}_w"
+    )
     b = numpy_helper.from_array((rng.standard_normal(channels) * 0.1).astype(np.float32), f"{name}_b")
     inits.extend([w, b])
     conv_out = f"{name}_conv" if relu else out
-    nodes.append(helper.make_node("Conv", [source, w.name, b.name], [conv_out], name=name,
-                                  kernel_shape=[1, 1], group=channels))
+    nodes.append(
+        helper.make_node(
+            "Conv", [source, w.name, b.name], [conv_out], name=name, kernel_shape=[1, 1], group=channels
+        )
+    )
     if relu:
         nodes.append(helper.make_node("Relu", [conv_out], [out], name=f"{name}_act"))
     return out
 
 
-def _inline(spec: OpSpec, prefix: str, sources: list[str], seed: int, nodes: list,
-            inits: list) -> list[str]:
+def _inline(spec: OpSpec, prefix: str, sources: list[str], seed: int, nodes: list, inits: list) -> list[str]:
     """Copy the op's one-op model (profiler/onnx_builder.py) into the graph with its inputs
     wired to ``sources``; return the names of its outputs."""
     model = build_model(spec, seed=seed)

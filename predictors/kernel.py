@@ -37,20 +37,28 @@ class Kernel:
             prev, op = self.ops[i - 1], self.ops[i]
             if se and i == len(self.ops) - 1:
                 if op.input_shape != self.ops[0].input_shape or op.input_shapes[1] != prev.output_shapes[0]:
-                    raise InvalidKernelError(f"SE kernel: the mul must scale the kernel input "
-                                             f"{self.ops[0].input_shape} by {prev.output_shapes[0]}")
+                    raise InvalidKernelError(
+                        f"SE kernel: the mul must scale the kernel input "
+                        f"{self.ops[0].input_shape} by {prev.output_shapes[0]}"
+                    )
                 continue
             if op.input_shape != prev.output_shapes[0]:
                 raise InvalidKernelError(
                     f"cannot fuse {op.key} after {prev.key}: its input {op.input_shape} is not the "
-                    f"previous op's output {prev.output_shapes[0]}")
+                    f"previous op's output {prev.output_shapes[0]}"
+                )
 
     @property
     def is_se(self) -> bool:
         """Squeeze-and-excitation: globalavgpool, 1x1 convs, then mul by channel."""
         ops = self.ops
-        return (len(ops) >= 3 and ops[0].op == "globalavgpool" and ops[-1].op == "mul"
-                and ops[-1].broadcast == "channel" and all(o.op == "conv" for o in ops[1:-1]))
+        return (
+            len(ops) >= 3
+            and ops[0].op == "globalavgpool"
+            and ops[-1].op == "mul"
+            and ops[-1].broadcast == "channel"
+            and all(o.op == "conv" for o in ops[1:-1])
+        )
 
     @property
     def head(self) -> OpSpec:
@@ -62,8 +70,7 @@ class Kernel:
         if self.is_se:
             return "se"
         head = self.head
-        if head.op == "conv" and head.groups > 1 and head.groups == head.input_shape[1] \
-                == head.out_channels:
+        if head.op == "conv" and head.groups > 1 and head.groups == head.input_shape[1] == head.out_channels:
             return "dwconv"
         return head.op
 
@@ -108,8 +115,11 @@ class Kernel:
     @property
     def bytes_moved(self) -> int:
         """Bytes read from outside plus weights plus bytes written: what a fused kernel moves."""
-        elements = sum(_numel(s) for s in self.input_shapes) + self.params + sum(
-            _numel(s) for s in self.output_shapes)
+        elements = (
+            sum(_numel(s) for s in self.input_shapes)
+            + self.params
+            + sum(_numel(s) for s in self.output_shapes)
+        )
         return elements * 4
 
     def __str__(self) -> str:

@@ -32,9 +32,16 @@ class NotFittedError(RuntimeError):
 class KernelRegressor:
     """scikit-learn style: ``fit(kernels, latency_ms)``, ``predict(kernels) -> ms``."""
 
-    def __init__(self, max_iter: int = 300, learning_rate: float = 0.05, max_leaf_nodes: int = 15,
-                 min_samples_leaf: int = 4, l2_regularization: float = 1.0, min_family_samples: int = 15,
-                 random_state: int | None = 0) -> None:
+    def __init__(
+        self,
+        max_iter: int = 300,
+        learning_rate: float = 0.05,
+        max_leaf_nodes: int = 15,
+        min_samples_leaf: int = 4,
+        l2_regularization: float = 1.0,
+        min_family_samples: int = 15,
+        random_state: int | None = 0,
+    ) -> None:
         self.max_iter = max_iter
         self.learning_rate = learning_rate
         self.max_leaf_nodes = max_leaf_nodes
@@ -44,15 +51,26 @@ class KernelRegressor:
         self.random_state = random_state
 
     def get_params(self) -> dict:
-        return {k: getattr(self, k) for k in ("max_iter", "learning_rate", "max_leaf_nodes",
-                                              "min_samples_leaf", "l2_regularization",
-                                              "min_family_samples", "random_state")}
+        return {
+            k: getattr(self, k)
+            for k in (
+                "max_iter",
+                "learning_rate",
+                "max_leaf_nodes",
+                "min_samples_leaf",
+                "l2_regularization",
+                "min_family_samples",
+                "random_state",
+            )
+        }
 
     def fit(self, kernels: Sequence[Kernel], latency_ms: Sequence[float]) -> KernelRegressor:
         y = np.log(np.asarray(latency_ms, dtype=np.float64))
         if len(kernels) != len(y) or len(y) == 0:
-            raise ValueError(f"fit needs as many latencies as kernels (got {len(kernels)} kernels, "
-                             f"{len(y)} latencies), and at least one")
+            raise ValueError(
+                f"fit needs as many latencies as kernels (got {len(kernels)} kernels, "
+                f"{len(y)} latencies), and at least one"
+            )
         if not np.all(np.isfinite(y)):
             raise ValueError("latencies must be positive and finite")
         X = feature_matrix(list(kernels))
@@ -88,10 +106,14 @@ class KernelRegressor:
         trees = None
         if len(y) >= 2 * self.min_samples_leaf:
             hgb = HistGradientBoostingRegressor(
-                max_iter=self.max_iter, learning_rate=self.learning_rate,
-                max_leaf_nodes=self.max_leaf_nodes, min_samples_leaf=self.min_samples_leaf,
-                l2_regularization=self.l2_regularization, early_stopping=False,
-                random_state=self.random_state)
+                max_iter=self.max_iter,
+                learning_rate=self.learning_rate,
+                max_leaf_nodes=self.max_leaf_nodes,
+                min_samples_leaf=self.min_samples_leaf,
+                l2_regularization=self.l2_regularization,
+                early_stopping=False,
+                random_state=self.random_state,
+            )
             hgb.fit(X, residual)
             trees = TreeEnsemble.from_sklearn(hgb)
         return _FamilyModel(cols, coef, trees)
@@ -100,17 +122,22 @@ class KernelRegressor:
     def to_dict(self) -> dict:
         if not hasattr(self, "models_"):
             raise NotFittedError("fit the KernelRegressor before saving it")
-        return {"version": FORMAT_VERSION, "params": self.get_params(), "features": list(FEATURES),
-                "n_samples": self.n_samples_,
-                "models": {name: m.to_dict() for name, m in self.models_.items()}}
+        return {
+            "version": FORMAT_VERSION,
+            "params": self.get_params(),
+            "features": list(FEATURES),
+            "n_samples": self.n_samples_,
+            "models": {name: m.to_dict() for name, m in self.models_.items()},
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> KernelRegressor:
         if data.get("version") != FORMAT_VERSION:
             raise ValueError(f"kernel regressor format {data.get('version')!r} is not {FORMAT_VERSION}")
         if list(data["features"]) != list(FEATURES):
-            raise ValueError("the saved kernel regressor uses other features than this hwlat version; "
-                             "train it again")
+            raise ValueError(
+                "the saved kernel regressor uses other features than this hwlat version; train it again"
+            )
         reg = cls(**data["params"])
         reg.n_samples_ = dict(data["n_samples"])
         reg.models_ = {name: _FamilyModel.from_dict(m) for name, m in data["models"].items()}
@@ -130,8 +157,11 @@ class _FamilyModel:
         return out
 
     def to_dict(self) -> dict:
-        return {"cols": self.cols, "coef": self.coef.tolist(),
-                "trees": self.trees.to_dict() if self.trees is not None else None}
+        return {
+            "cols": self.cols,
+            "coef": self.coef.tolist(),
+            "trees": self.trees.to_dict() if self.trees is not None else None,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> _FamilyModel:

@@ -46,19 +46,21 @@ def format_for(path: str | Path, fmt: str | None = None) -> str:
         return fmt
     suffix = Path(path).suffix.lower()
     if suffix not in _EXTENSIONS:
-        raise TableFormatError(f"cannot tell the format of {path} from its extension; use .yaml, "
-                               f".csv or .json, or pass --format ({', '.join(FORMATS)})")
+        raise TableFormatError(
+            f"cannot tell the format of {path} from its extension; use .yaml, "
+            f".csv or .json, or pass --format ({', '.join(FORMATS)})"
+        )
     return _EXTENSIONS[suffix]
 
 
 # ----- writing ----------------------------------------------------------------
-def write_table(entries: Iterable[TableEntry], path: str | Path, fmt: str,
-                header: dict | None = None) -> int:
+def write_table(entries: Iterable[TableEntry], path: str | Path, fmt: str, header: dict | None = None) -> int:
     """Write entries in ``fmt``; ``header`` (space, device, backend...) goes into a comment or
     the JSON object. Returns the number of entries."""
     entries = list(entries)
     text = {"ofa-yaml": format_ofa_yaml, "csv": _format_csv, "json": _format_json}[format_for(path, fmt)](
-        entries, header or {})
+        entries, header or {}
+    )
     Path(path).write_text(text, encoding="utf-8")
     return len(entries)
 
@@ -68,8 +70,12 @@ def format_ofa_yaml(entries: Iterable[TableEntry], header: dict | None = None) -
     lines += [f"# {name}: {value}" for name, value in (header or {}).items()]
     for e in entries:
         key = e.key if _PLAIN_KEY.match(e.key) else json.dumps(e.key)
-        lines += [f"{key}:", f"  count: {e.count}", f"  mean: {_number(e.mean_ms)}",
-                  f"  std: {_number(e.std_ms)}"]
+        lines += [
+            f"{key}:",
+            f"  count: {e.count}",
+            f"  mean: {_number(e.mean_ms)}",
+            f"  std: {_number(e.std_ms)}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -125,8 +131,9 @@ def parse_ofa_yaml(text: str, source: str = "<table>") -> list[TableEntry]:
             key, fields, key_line = key_text, {}, lineno
             if value:
                 if not (value.startswith("{") and value.endswith("}")):
-                    raise TableFormatError(f"{source}:{lineno}: {key!r} must map to count/mean/std, "
-                                           f"got {value!r}")
+                    raise TableFormatError(
+                        f"{source}:{lineno}: {key!r} must map to count/mean/std, got {value!r}"
+                    )
                 for item in value[1:-1].split(","):
                     name, item_value = _split_mapping(item.strip(), f"{source}:{lineno}")
                     fields[name] = item_value
@@ -181,7 +188,7 @@ def _quoted(text: str, where: str) -> tuple[str, int]:
         i = text.find("'", i)
         if i < 0:
             raise TableFormatError(f"{where}: unterminated single-quoted key in {text!r}")
-        if text[i + 1:i + 2] != "'":
+        if text[i + 1 : i + 2] != "'":
             return text[1:i].replace("''", "'"), i + 1
         i += 2
 
@@ -197,8 +204,9 @@ def _entry(key: str, fields: dict, where: str) -> TableEntry:
         std = float(fields.get("std", 0.0))
         count = int(float(fields.get("count", 1)))
     except (TypeError, ValueError):
-        raise TableFormatError(f"{where}: {key!r}: mean, std and count must be numbers, "
-                               f"got {fields}") from None
+        raise TableFormatError(
+            f"{where}: {key!r}: mean, std and count must be numbers, got {fields}"
+        ) from None
     if not math.isfinite(mean) or mean < 0 or not math.isfinite(std) or std < 0:
         raise TableFormatError(f"{where}: {key!r}: mean and std must be finite and >= 0, got {fields}")
     return TableEntry(key, mean, std, count)
@@ -207,8 +215,10 @@ def _entry(key: str, fields: dict, where: str) -> TableEntry:
 def _parse_csv(text: str, source: str) -> list[TableEntry]:
     reader = csv.DictReader(text.splitlines())
     if not reader.fieldnames or not {"key", "mean_ms"} <= set(reader.fieldnames):
-        raise TableFormatError(f"{source}: a CSV table needs the columns key and mean_ms "
-                               f"(std_ms and count optional); found {reader.fieldnames}")
+        raise TableFormatError(
+            f"{source}: a CSV table needs the columns key and mean_ms "
+            f"(std_ms and count optional); found {reader.fieldnames}"
+        )
     entries = []
     for row in reader:
         fields = {"mean": row["mean_ms"]}
@@ -227,8 +237,10 @@ def _parse_json(text: str, source: str) -> list[TableEntry]:
         raise TableFormatError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     body = data.get("entries") if isinstance(data, dict) else None
     if not isinstance(body, dict):
-        raise TableFormatError(f"{source}: a JSON table is an object with an 'entries' object "
-                               "mapping keys to {mean, std, count}")
+        raise TableFormatError(
+            f"{source}: a JSON table is an object with an 'entries' object "
+            "mapping keys to {mean, std, count}"
+        )
     entries = []
     for key, value in body.items():
         if not isinstance(value, dict):

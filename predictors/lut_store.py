@@ -62,15 +62,22 @@ def table_from_store(space, store: Store, device: str, backend: str) -> TableBui
     return build
 
 
-def import_table(entries: Iterable[TableEntry], store: Store, device: str, backend: str,
-                 source: str) -> int:
+def import_table(entries: Iterable[TableEntry], store: Store, device: str, backend: str, source: str) -> int:
     """Store each entry as a block row for (device, backend); an existing row is replaced."""
     n = 0
     for e in entries:
-        store.save(Measurement(
-            device=device, backend=backend, key=e.key, kind=BLOCK_KIND, samples_ms=[e.mean_ms],
-            number=e.count, backend_version=IMPORTED_VERSION,
-            extra={"mean_ms": e.mean_ms, "std_ms": e.std_ms, "count": e.count, "source": source}))
+        store.save(
+            Measurement(
+                device=device,
+                backend=backend,
+                key=e.key,
+                kind=BLOCK_KIND,
+                samples_ms=[e.mean_ms],
+                number=e.count,
+                backend_version=IMPORTED_VERSION,
+                extra={"mean_ms": e.mean_ms, "std_ms": e.std_ms, "count": e.count, "source": source},
+            )
+        )
         n += 1
     return n
 
@@ -85,5 +92,6 @@ def _block_entry(m: Measurement) -> TableEntry:
 
 def _sum_entry(key: str, members: list[Measurement]) -> TableEntry:
     variance = sum(statistics.pvariance(m.samples_ms) for m in members if len(m.samples_ms) > 1)
-    return TableEntry(key, sum(m.median_ms for m in members), math.sqrt(variance),
-                      min(len(m.samples_ms) for m in members))
+    return TableEntry(
+        key, sum(m.median_ms for m in members), math.sqrt(variance), min(len(m.samples_ms) for m in members)
+    )

@@ -17,27 +17,37 @@ class AccuracyReport:
     predicted_ms: np.ndarray
     measured_ms: np.ndarray
     rmse_ms: float = 0.0
-    rmspe: float = 0.0        # root mean squared percentage error, in %
-    within_5: float = 0.0     # share of networks within +-5%
+    rmspe: float = 0.0  # root mean squared percentage error, in %
+    within_5: float = 0.0  # share of networks within +-5%
     within_10: float = 0.0
     spearman: float = float("nan")
     worst: list[tuple[str, float]] = field(default_factory=list)  # (name, relative error), worst first
 
     def summary(self) -> str:
-        return (f"{len(self.names)} networks: RMSE {self.rmse_ms:.3f} ms, RMSPE {self.rmspe:.1f}%, "
-                f"within +-5% {self.within_5:.1%}, within +-10% {self.within_10:.1%}, "
-                f"Spearman {self.spearman:.3f}")
+        return (
+            f"{len(self.names)} networks: RMSE {self.rmse_ms:.3f} ms, RMSPE {self.rmspe:.1f}%, "
+            f"within +-5% {self.within_5:.1%}, within +-10% {self.within_10:.1%}, "
+            f"Spearman {self.spearman:.3f}"
+        )
 
     def to_dict(self) -> dict:
-        return {"n": len(self.names), "rmse_ms": self.rmse_ms, "rmspe": self.rmspe,
-                "within_5": self.within_5, "within_10": self.within_10, "spearman": self.spearman,
-                "rows": [{"name": n, "predicted_ms": float(p), "measured_ms": float(m),
-                          "error": float(p / m - 1)}
-                         for n, p, m in zip(self.names, self.predicted_ms, self.measured_ms, strict=True)]}
+        return {
+            "n": len(self.names),
+            "rmse_ms": self.rmse_ms,
+            "rmspe": self.rmspe,
+            "within_5": self.within_5,
+            "within_10": self.within_10,
+            "spearman": self.spearman,
+            "rows": [
+                {"name": n, "predicted_ms": float(p), "measured_ms": float(m), "error": float(p / m - 1)}
+                for n, p, m in zip(self.names, self.predicted_ms, self.measured_ms, strict=True)
+            ],
+        }
 
 
-def accuracy(predicted_ms: Sequence[float], measured_ms: Sequence[float],
-             names: Sequence[str] | None = None) -> AccuracyReport:
+def accuracy(
+    predicted_ms: Sequence[float], measured_ms: Sequence[float], names: Sequence[str] | None = None
+) -> AccuracyReport:
     p = np.asarray(predicted_ms, dtype=np.float64)
     m = np.asarray(measured_ms, dtype=np.float64)
     if p.shape != m.shape or p.ndim != 1 or len(p) == 0:
@@ -46,11 +56,16 @@ def accuracy(predicted_ms: Sequence[float], measured_ms: Sequence[float],
     rel = p / m - 1
     order = np.argsort(-np.abs(rel))
     return AccuracyReport(
-        names, p, m, rmse_ms=float(np.sqrt(np.mean((p - m) ** 2))),
-        rmspe=float(100 * np.sqrt(np.mean(rel ** 2))), within_5=float(np.mean(np.abs(rel) <= 0.05)),
+        names,
+        p,
+        m,
+        rmse_ms=float(np.sqrt(np.mean((p - m) ** 2))),
+        rmspe=float(100 * np.sqrt(np.mean(rel**2))),
+        within_5=float(np.mean(np.abs(rel) <= 0.05)),
         within_10=float(np.mean(np.abs(rel) <= 0.10)),
         spearman=float(spearmanr(p, m).statistic) if len(p) > 2 else float("nan"),
-        worst=[(names[i], float(rel[i])) for i in order[:5]])
+        worst=[(names[i], float(rel[i])) for i in order[:5]],
+    )
 
 
 def plot(report: AccuracyReport, path: str | Path, title: str = "") -> Path:

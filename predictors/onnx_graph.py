@@ -42,8 +42,9 @@ class OnnxGraph:
                     dims.append(d.dim_value)
                 else:
                     dims.append(1)
-                    self.warnings.append(f"input {inp.name!r}: symbolic dimension "
-                                         f"{d.dim_param or '?'} taken as 1")
+                    self.warnings.append(
+                        f"input {inp.name!r}: symbolic dimension {d.dim_param or '?'} taken as 1"
+                    )
             self.shapes[inp.name] = tuple(dims)
         self.outputs = {o.name for o in g.output}
         self.nodes = _toposort(g)
@@ -70,16 +71,18 @@ class OnnxGraph:
         if node.op_type == "Shape" and node.input[0] in self.shapes:
             shape = self.shapes[node.input[0]]
             a = attrs(node)
-            self._set_static(node.output[0],
-                             np.array(shape[a.get("start", 0):a.get("end", len(shape))], np.int64))
+            self._set_static(
+                node.output[0], np.array(shape[a.get("start", 0) : a.get("end", len(shape))], np.int64)
+            )
             return
         if all(self.is_static(i) for i in node.input) and node.op_type in _STATIC_EVAL:
             ins = [self.value(i) if i else None for i in node.input]
             try:
                 outs = _STATIC_EVAL[node.op_type](ins, attrs(node))
             except Exception as exc:  # a malformed constant subgraph: say where
-                raise GraphError(f"cannot fold the constant node {node.name or node.op_type!r} "
-                                          f"({node.op_type}): {exc}") from None
+                raise GraphError(
+                    f"cannot fold the constant node {node.name or node.op_type!r} ({node.op_type}): {exc}"
+                ) from None
             for name, value in zip(node.output, outs, strict=False):
                 self._set_static(name, np.asarray(value))
             return
@@ -126,8 +129,12 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray:
     attrs = {a.name: a for a in node.attribute}
     if "value" in attrs:
         return numpy_helper.to_array(attrs["value"].t)
-    for name, dtype in (("value_float", np.float32), ("value_int", np.int64),
-                        ("value_floats", np.float32), ("value_ints", np.int64)):
+    for name, dtype in (
+        ("value_float", np.float32),
+        ("value_int", np.int64),
+        ("value_floats", np.float32),
+        ("value_ints", np.int64),
+    ):
         if name in attrs:
             return np.asarray(onnx.helper.get_attribute_value(attrs[name]), dtype=dtype)
     raise GraphError(f"Constant node {node.name!r} has no value attribute hwlat can read")
@@ -184,9 +191,11 @@ _STATIC_EVAL = {
     "Slice": lambda i, a: [slice_array(i[0], i, a)],
     "Reshape": lambda i, a: [np.reshape(i[0], _reshape_target(np.shape(i[0]), i[1]))],
     "Transpose": lambda i, a: [np.transpose(i[0], a.get("perm"))],
-    "ConstantOfShape": lambda i, a: [np.full(tuple(int(v) for v in i[0]),
-                                             numpy_helper.to_array(a["value"]).ravel()[0]
-                                             if "value" in a else 0.0)],
+    "ConstantOfShape": lambda i, a: [
+        np.full(
+            tuple(int(v) for v in i[0]), numpy_helper.to_array(a["value"]).ravel()[0] if "value" in a else 0.0
+        )
+    ],
     "Range": lambda i, a: [np.arange(i[0], i[1], i[2])],
     "ReduceProd": lambda i, a: [np.prod(i[0], keepdims=bool(a.get("keepdims", 1)))],
 }
@@ -206,8 +215,10 @@ def _spatial(node: onnx.NodeProto, shape: tuple[int, ...], kernel: Sequence[int]
     if a.get("auto_pad", b"NOTSET") in (b"SAME_UPPER", b"SAME_LOWER", "SAME_UPPER", "SAME_LOWER"):
         return (math.ceil(shape[2] / strides[0]), math.ceil(shape[3] / strides[1]))
     ceil = bool(a.get("ceil_mode", 0))
-    return (conv_out(shape[2], kernel[0], strides[0], pads[0] + pads[2], dil[0], ceil),
-            conv_out(shape[3], kernel[1], strides[1], pads[1] + pads[3], dil[1], ceil))
+    return (
+        conv_out(shape[2], kernel[0], strides[0], pads[0] + pads[2], dil[0], ceil),
+        conv_out(shape[3], kernel[1], strides[1], pads[1] + pads[3], dil[1], ceil),
+    )
 
 
 def _infer_shapes(node: onnx.NodeProto, g: OnnxGraph) -> list[tuple[int, ...] | None]:
@@ -233,8 +244,11 @@ def _infer_shapes(node: onnx.NodeProto, g: OnnxGraph) -> list[tuple[int, ...] | 
         return [(*x[:-1], w[-1])]
     if op in BINARY_OPS or op in ("Pow", "Max", "Min"):
         return [tuple(np.broadcast_shapes(*(g.shapes[i] for i in node.input)))]
-    if op in ACTIVATION_OPS or op in FREE_OPS or op in ("BatchNormalization", "Softmax", "LogSoftmax",
-                                                        "LeakyRelu", "Tanh", "Elu", "PRelu", "Erf"):
+    if (
+        op in ACTIVATION_OPS
+        or op in FREE_OPS
+        or op in ("BatchNormalization", "Softmax", "LogSoftmax", "LeakyRelu", "Tanh", "Elu", "PRelu", "Erf")
+    ):
         return [x]
     if op == "Concat":
         axis = a["axis"] % len(x)

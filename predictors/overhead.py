@@ -44,11 +44,19 @@ class OverheadModel:
         scale = np.where(compute, self.compute_scale, self.memory_scale)
         return scale * raw_ms + self.weight_ms_per_mb * weight_mb + self.per_kernel_ms
 
-    def fit(self, compute_ms: Sequence[float], memory_ms: Sequence[float], weight_mb: Sequence[float],
-            n_kernels: Sequence[int], measured_ms: Sequence[float]) -> OverheadModel:
+    def fit(
+        self,
+        compute_ms: Sequence[float],
+        memory_ms: Sequence[float],
+        weight_mb: Sequence[float],
+        n_kernels: Sequence[int],
+        measured_ms: Sequence[float],
+    ) -> OverheadModel:
         """Fit from networks' summed kernel times (split by class), weights, kernel counts and times."""
-        c, m, w, n, y = (np.asarray(v, dtype=np.float64)
-                         for v in (compute_ms, memory_ms, weight_mb, n_kernels, measured_ms))
+        c, m, w, n, y = (
+            np.asarray(v, dtype=np.float64)
+            for v in (compute_ms, memory_ms, weight_mb, n_kernels, measured_ms)
+        )
         if len(y) == 0:
             raise ValueError("fitting the overhead needs at least one end-to-end measurement")
         weight = 1.0 / y
@@ -56,8 +64,13 @@ class OverheadModel:
             A = np.column_stack([np.ones_like(y), n, w, c, m]) * weight[:, None]
             bounds = ([0.0, 0.0, 0.0, 0.8, 0.8], [5.0, 0.05, 0.5, 1.5, 1.5])
             sol = lsq_linear(A, y * weight, bounds=bounds).x
-            (self.intercept_ms, self.per_kernel_ms, self.weight_ms_per_mb, self.compute_scale,
-             self.memory_scale) = map(float, sol)
+            (
+                self.intercept_ms,
+                self.per_kernel_ms,
+                self.weight_ms_per_mb,
+                self.compute_scale,
+                self.memory_scale,
+            ) = map(float, sol)
         else:
             A = np.column_stack([np.ones_like(y), n]) * weight[:, None]
             sol = lsq_linear(A, (y - c - m) * weight, bounds=([0.0, 0.0], [5.0, 0.05])).x

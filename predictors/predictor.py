@@ -58,8 +58,8 @@ class PredictorFormatError(ValueError):
 class KernelCost:
     key: str
     op: str
-    latency_ms: float     # what the kernel adds end to end (scaled, with per-kernel overhead)
-    source: str           # "table", "regressor" or "glue"
+    latency_ms: float  # what the kernel adds end to end (scaled, with per-kernel overhead)
+    source: str  # "table", "regressor" or "glue"
     nodes: tuple[str, ...] = ()
 
 
@@ -78,8 +78,15 @@ class Prediction:
 class LatencyPredictor:
     """Splitter + fusion rules + table (with regressor fallback) + overhead, for one device."""
 
-    def __init__(self, table: LatencyTable, fusion_rules: FusionRules, device: str, backend: str,
-                 kind: str = "lut", meta: dict | None = None) -> None:
+    def __init__(
+        self,
+        table: LatencyTable,
+        fusion_rules: FusionRules,
+        device: str,
+        backend: str,
+        kind: str = "lut",
+        meta: dict | None = None,
+    ) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown predictor kind {kind!r}; use one of {', '.join(KINDS)}")
         if kind == "gbdt" and table.fallback is None:
@@ -98,8 +105,9 @@ class LatencyPredictor:
         return self.table.fallback
 
     # ----- single models --------------------------------------------------------------
-    def predict(self, model: Any, input_shape: Sequence[int] | None = None, strict: bool = True
-                ) -> Prediction:
+    def predict(
+        self, model: Any, input_shape: Sequence[int] | None = None, strict: bool = True
+    ) -> Prediction:
         """Latency of one network: ONNX path/ModelProto, torch module (+ input_shape), or (space, arch)."""
         if isinstance(model, tuple) and len(model) == 2 and hasattr(model[0], "ops"):
             return self._predict_arch(*model)
@@ -108,23 +116,30 @@ class LatencyPredictor:
                 raise ValueError("a torch.nn.Module needs input_shape=(N, C, H, W) to be traced")
             model = _torch_to_onnx(model, tuple(input_shape))
         elif not isinstance(model, (onnx.ModelProto, str, Path)):
-            raise TypeError(f"cannot predict a {type(model).__name__}: pass an ONNX path or ModelProto, "
-                            "a torch.nn.Module with input_shape, or a (space, arch) pair")
+            raise TypeError(
+                f"cannot predict a {type(model).__name__}: pass an ONNX path or ModelProto, "
+                "a torch.nn.Module with input_shape, or a (space, arch) pair"
+            )
         split = ModelSplitter(self.fusion_rules, strict=strict).split(model)
         kernels = [s.kernel for s in split.kernels]
         costs = self._costs(kernels)
-        items = [KernelCost(k.key, k.op, float(ms), self._source(fb), s.nodes)
-                 for k, s, ms, fb in zip(kernels, split.kernels, costs.latency_ms, costs.fallback,
-                                         strict=True)]
-        items += [KernelCost("glue", "glue", self.table.overhead.per_kernel_ms, "glue", (n,))
-                  for n in split.glue_nodes]
+        items = [
+            KernelCost(k.key, k.op, float(ms), self._source(fb), s.nodes)
+            for k, s, ms, fb in zip(kernels, split.kernels, costs.latency_ms, costs.fallback, strict=True)
+        ]
+        items += [
+            KernelCost("glue", "glue", self.table.overhead.per_kernel_ms, "glue", (n,))
+            for n in split.glue_nodes
+        ]
         return self._prediction(items, costs, kernels, split.warnings)
 
     def _predict_arch(self, space: Any, arch: Any) -> Prediction:
         kernels = self._arch_kernels(space, arch)
         costs = self._costs(kernels)
-        items = [KernelCost(k.key, k.op, float(ms), self._source(fb))
-                 for k, ms, fb in zip(kernels, costs.latency_ms, costs.fallback, strict=True)]
+        items = [
+            KernelCost(k.key, k.op, float(ms), self._source(fb))
+            for k, ms, fb in zip(kernels, costs.latency_ms, costs.fallback, strict=True)
+        ]
         return self._prediction(items, costs, kernels, [])
 
     def _source(self, fallback: bool) -> str:
@@ -138,8 +153,9 @@ class LatencyPredictor:
             return costs
         return self.table.costs(kernels)
 
-    def _prediction(self, items: list[KernelCost], costs, kernels: list[Kernel],
-                    warnings: list[str]) -> Prediction:
+    def _prediction(
+        self, items: list[KernelCost], costs, kernels: list[Kernel], warnings: list[str]
+    ) -> Prediction:
         intercept = self.table.overhead.intercept_ms
         total = intercept + float(sum(i.latency_ms for i in items))
         fallbacks = list(dict.fromkeys(k.key for k, fb in zip(kernels, costs.fallback, strict=True) if fb))
@@ -149,8 +165,11 @@ class LatencyPredictor:
     def _arch_kernels(self, space: Any, arch: Any) -> list[Kernel]:
         if hasattr(space, "cells") and hasattr(space, "cell_indices"):
             cells = space.cells()  # group only this architecture's cells, as _cell_kernels would
-            return [k for i in np.asarray(space.cell_indices(arch))
-                    for k in self.fusion_rules.group(list(cells[int(i)]))]
+            return [
+                k
+                for i in np.asarray(space.cell_indices(arch))
+                for k in self.fusion_rules.group(list(cells[int(i)]))
+            ]
         return self.fusion_rules.group(space.ops(arch))
 
     def _cell_kernels(self, space: Any) -> list[list[Kernel]]:
@@ -167,7 +186,7 @@ class LatencyPredictor:
         vector = np.zeros(len(cells))
         at = 0
         for i, ks in enumerate(cells):
-            vector[i] = costs[at:at + len(ks)].sum()
+            vector[i] = costs[at : at + len(ks)].sum()
             at += len(ks)
         summer = space.cell_sum(vector) if hasattr(space, "cell_sum") else None
         self._space_cache[id(space)] = (space, vector, summer)
@@ -183,8 +202,9 @@ class LatencyPredictor:
         summer = self._cell_sum(space)
         if summer is not None:
             return summer.one(arch) + self.table.overhead.intercept_ms
-        return float(self.cell_latency_ms(space)[space.cell_indices(arch)].sum()
-                     + self.table.overhead.intercept_ms)
+        return float(
+            self.cell_latency_ms(space)[space.cell_indices(arch)].sum() + self.table.overhead.intercept_ms
+        )
 
     def predict_batch(self, space: Any, archs: Sequence[Any] | np.ndarray) -> np.ndarray:
         """Latency (ms) of each architecture: per-cell costs gathered and summed, plus the intercept.
@@ -203,10 +223,17 @@ class LatencyPredictor:
 
     # ----- files ----------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "version": FORMAT_VERSION, "kind": self.kind, "device": self.device,
-                "backend": self.backend, **self.meta, "fusion_rules": self.fusion_rules.to_dict(),
-                "table": self.table.to_dict(),
-                "regressor": self.regressor.to_dict() if self.regressor is not None else None}
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "kind": self.kind,
+            "device": self.device,
+            "backend": self.backend,
+            **self.meta,
+            "fusion_rules": self.fusion_rules.to_dict(),
+            "table": self.table.to_dict(),
+            "regressor": self.regressor.to_dict() if self.regressor is not None else None,
+        }
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -231,18 +258,29 @@ class LatencyPredictor:
     @classmethod
     def from_dict(cls, data: dict, source: str = "predictor") -> LatencyPredictor:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise PredictorFormatError(f"{source} is not a hwlat latency predictor (format field "
-                                       f"{data.get('format') if isinstance(data, dict) else None!r})")
+            raise PredictorFormatError(
+                f"{source} is not a hwlat latency predictor (format field "
+                f"{data.get('format') if isinstance(data, dict) else None!r})"
+            )
         if data.get("version") != FORMAT_VERSION:
-            raise PredictorFormatError(f"{source} has predictor format version {data.get('version')}; "
-                                       f"this hwlat reads version {FORMAT_VERSION}: train it again")
+            raise PredictorFormatError(
+                f"{source} has predictor format version {data.get('version')}; "
+                f"this hwlat reads version {FORMAT_VERSION}: train it again"
+            )
         regressor = KernelRegressor.from_dict(data["regressor"]) if data.get("regressor") else None
-        table = LatencyTable(data["table"]["entries"], regressor,
-                             OverheadModel.from_dict(data["table"]["overhead"]))
+        table = LatencyTable(
+            data["table"]["entries"], regressor, OverheadModel.from_dict(data["table"]["overhead"])
+        )
         known = {"format", "version", "kind", "device", "backend", "fusion_rules", "table", "regressor"}
         meta = {k: v for k, v in data.items() if k not in known}
-        return cls(table, FusionRules.from_dict(data["fusion_rules"]), data["device"], data["backend"],
-                   data["kind"], meta)
+        return cls(
+            table,
+            FusionRules.from_dict(data["fusion_rules"]),
+            data["device"],
+            data["backend"],
+            data["kind"],
+            meta,
+        )
 
 
 def _is_torch_module(obj: Any) -> bool:
@@ -258,9 +296,16 @@ def _torch_to_onnx(module: Any, input_shape: tuple[int, ...]) -> onnx.ModelProto
     module.eval()
     try:
         with torch.no_grad():
-            torch.onnx.export(module, (torch.randn(*input_shape),), buffer, input_names=["input"],
-                              output_names=["output"], opset_version=17, do_constant_folding=True,
-                              dynamo=False)
+            torch.onnx.export(
+                module,
+                (torch.randn(*input_shape),),
+                buffer,
+                input_names=["input"],
+                output_names=["output"],
+                opset_version=17,
+                do_constant_folding=True,
+                dynamo=False,
+            )
     finally:
         module.train(was_training)
     return onnx.load_from_string(buffer.getvalue())

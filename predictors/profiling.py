@@ -41,15 +41,25 @@ class ProbeFailed(RuntimeError):
 
 
 class KernelProfiler:
-    def __init__(self, device: Device, store: Store, protocol: TimingProtocol | None = None,
-                 backend: str = "ort", show_progress: bool = False, confirm_ms: float = CONFIRM_MS) -> None:
+    def __init__(
+        self,
+        device: Device,
+        store: Store,
+        protocol: TimingProtocol | None = None,
+        backend: str = "ort",
+        show_progress: bool = False,
+        confirm_ms: float = CONFIRM_MS,
+    ) -> None:
         if backend not in KERNEL_BACKENDS:
-            raise ValueError(f"kernel profiling reads ONNX Runtime's profiler; backend {backend!r} is "
-                             f"not supported (use one of {', '.join(KERNEL_BACKENDS)})")
+            raise ValueError(
+                f"kernel profiling reads ONNX Runtime's profiler; backend {backend!r} is "
+                f"not supported (use one of {', '.join(KERNEL_BACKENDS)})"
+            )
         self.device = device
         self.store = store
-        self.protocol = protocol or TimingProtocol(warmup_ms=10.0, min_repeat_ms=10.0, repeat=5,
-                                                   max_retries=2)
+        self.protocol = protocol or TimingProtocol(
+            warmup_ms=10.0, min_repeat_ms=10.0, repeat=5, max_retries=2
+        )
         self.backend = backend
         self.show_progress = show_progress
         self.confirm_ms = confirm_ms
@@ -59,8 +69,13 @@ class KernelProfiler:
         kernels = list(kernels)
         report = self._campaign().run(kernels, force=force)
         rows = self.rows()
-        confirm = [k for k in kernels if k.key in rows and rows[k.key].median_ms >= self.confirm_ms
-                   and not rows[k.key].extra.get("confirmed")]
+        confirm = [
+            k
+            for k in kernels
+            if k.key in rows
+            and rows[k.key].median_ms >= self.confirm_ms
+            and not rows[k.key].extra.get("confirmed")
+        ]
         if confirm:
             first = {k.key: rows[k.key] for k in confirm}
             self._campaign().run(confirm, force=True)
@@ -72,13 +87,21 @@ class KernelProfiler:
         return report
 
     def _campaign(self) -> Campaign:
-        return Campaign(self.device, HarnessBackend(self.device), self.store, self.protocol,
-                        show_progress=self.show_progress, kind="kernel")
+        return Campaign(
+            self.device,
+            HarnessBackend(self.device),
+            self.store,
+            self.protocol,
+            show_progress=self.show_progress,
+            kind="kernel",
+        )
 
     def rows(self) -> dict[str, Measurement]:
         """Clean kernel rows of this device and backend, by kernel key."""
-        return {m.key: m for m in self.store.measurements(self.device.name, self.backend, "kernel",
-                                                          clean_only=True)}
+        return {
+            m.key: m
+            for m in self.store.measurements(self.device.name, self.backend, "kernel", clean_only=True)
+        }
 
     def costs(self, kernels: Iterable[Kernel] | None = None) -> dict[str, float]:
         """In-context time (ms) of each measured kernel (all, or those asked for): the median of
@@ -102,16 +125,19 @@ class KernelProfiler:
             return self._node_overhead_ms
         directory = cache_dir() / "probes"
         paths = [relu_chain(1, directory), relu_chain(PROBE_NODES, directory)]
-        probes = [ProbeModel(f"probe-relu-chain-{n}", p)
-                  for n, p in zip((1, PROBE_NODES), paths, strict=True)]
+        probes = [
+            ProbeModel(f"probe-relu-chain-{n}", p) for n, p in zip((1, PROBE_NODES), paths, strict=True)
+        ]
         for _ in range(passes):
             self._campaign().run(probes)
             rows = self.rows()
             if all(p.key in rows for p in probes):
                 break
         else:
-            raise ProbeFailed(f"the profiler-overhead probe stayed disturbed in {passes} passes on "
-                              f"{self.device.name}; run again when the device is quieter")
+            raise ProbeFailed(
+                f"the profiler-overhead probe stayed disturbed in {passes} passes on "
+                f"{self.device.name}; run again when the device is quieter"
+            )
         e2e = self.measure_models(paths, repeats=3)
         if not all(m.clean for m in e2e):
             raise ProbeFailed(f"the profiler-overhead probe could not be timed cleanly on {self.device.name}")
@@ -127,20 +153,27 @@ class KernelProfiler:
         costs = self.costs()
         return decide(probes, self.backend, lambda k: costs.get(k.key))
 
-    def measure_models(self, paths: Iterable[str | Path], protocol: TimingProtocol | None = None,
-                       force: bool = False, repeats: int = 1) -> list[Measurement]:
+    def measure_models(
+        self,
+        paths: Iterable[str | Path],
+        protocol: TimingProtocol | None = None,
+        force: bool = False,
+        repeats: int = 1,
+    ) -> list[Measurement]:
         """End-to-end times of whole ONNX models; clean stored rows are reused unless ``force``.
 
         With ``repeats`` > 1 every model is measured that many times and the fastest clean one
         is kept (``Campaign.measure_models``).
         """
         paths = [Path(p) for p in paths]
-        campaign = Campaign(self.device, self.backend, self.store, protocol or TimingProtocol(),
-                            show_progress=False)
+        campaign = Campaign(
+            self.device, self.backend, self.store, protocol or TimingProtocol(), show_progress=False
+        )
         best: dict[Path, Measurement] = {}
         for path in paths:
-            stored = None if force else self.store.get(self.device.name, self.backend,
-                                                       model_key(path), "model")
+            stored = (
+                None if force else self.store.get(self.device.name, self.backend, model_key(path), "model")
+            )
             if stored is not None and stored.clean and stored.extra.get("repeats", 1) >= repeats:
                 best[path] = stored
         todo = [p for p in paths if p not in best]

@@ -79,15 +79,34 @@ def _conv(rng: np.random.Generator) -> list[OpSpec]:
     k = int(rng.choice([1, 1, 3, 3, 5, 7]))
     hw = resolution(rng)
     s = 2 if rng.random() < 0.2 and hw >= 4 else 1
-    return [OpSpec("conv", (1, channels(rng), hw, hw), out_channels=channels(rng), kernel=k, stride=s,
-                   padding=k // 2, activation=activation(rng), bias=bool(rng.random() < 0.9))]
+    return [
+        OpSpec(
+            "conv",
+            (1, channels(rng), hw, hw),
+            out_channels=channels(rng),
+            kernel=k,
+            stride=s,
+            padding=k // 2,
+            activation=activation(rng),
+            bias=bool(rng.random() < 0.9),
+        )
+    ]
 
 
 def _stem(rng: np.random.Generator) -> list[OpSpec]:
     k = int(rng.choice([3, 5, 7]))
     hw = int(rng.choice([96, 128, 160, 192, 224, 256]))
-    return [OpSpec("conv", (1, 3, hw, hw), out_channels=channels(rng, 8, 96), kernel=k, stride=2,
-                   padding=k // 2, activation=activation(rng))]
+    return [
+        OpSpec(
+            "conv",
+            (1, 3, hw, hw),
+            out_channels=channels(rng, 8, 96),
+            kernel=k,
+            stride=2,
+            padding=k // 2,
+            activation=activation(rng),
+        )
+    ]
 
 
 def _dwconv(rng: np.random.Generator) -> list[OpSpec]:
@@ -95,8 +114,18 @@ def _dwconv(rng: np.random.Generator) -> list[OpSpec]:
     k = int(rng.choice([3, 3, 5, 7]))
     hw = resolution(rng)
     s = 2 if rng.random() < 0.25 and hw >= 4 else 1
-    return [OpSpec("conv", (1, c, hw, hw), out_channels=c, kernel=k, stride=s, padding=k // 2, groups=c,
-                   activation=activation(rng))]
+    return [
+        OpSpec(
+            "conv",
+            (1, c, hw, hw),
+            out_channels=c,
+            kernel=k,
+            stride=s,
+            padding=k // 2,
+            groups=c,
+            activation=activation(rng),
+        )
+    ]
 
 
 def _group_conv(rng: np.random.Generator) -> list[OpSpec]:
@@ -104,8 +133,17 @@ def _group_conv(rng: np.random.Generator) -> list[OpSpec]:
     c = g * max(1, channels(rng) // g)
     k = int(rng.choice([1, 3]))
     hw = resolution(rng, 56)
-    return [OpSpec("conv", (1, c, hw, hw), out_channels=c, kernel=k, padding=k // 2, groups=g,
-                   activation=activation(rng))]
+    return [
+        OpSpec(
+            "conv",
+            (1, c, hw, hw),
+            out_channels=c,
+            kernel=k,
+            padding=k // 2,
+            groups=g,
+            activation=activation(rng),
+        )
+    ]
 
 
 def _residual(rng: np.random.Generator) -> list[OpSpec]:
@@ -119,17 +157,29 @@ def _residual(rng: np.random.Generator) -> list[OpSpec]:
 
 
 def _gemm(rng: np.random.Generator) -> list[OpSpec]:
-    return [OpSpec("gemm", (1, channels(rng, 16, 4096)), out_channels=int(rng.choice(
-        [10, 100, 1000, 1000, channels(rng, 16, 2048)])), activation=str(rng.choice(
-            ["none", "none", "relu", "hardswish"])))]
+    return [
+        OpSpec(
+            "gemm",
+            (1, channels(rng, 16, 4096)),
+            out_channels=int(rng.choice([10, 100, 1000, 1000, channels(rng, 16, 2048)])),
+            activation=str(rng.choice(["none", "none", "relu", "hardswish"])),
+        )
+    ]
 
 
 def _pool(rng: np.random.Generator) -> list[OpSpec]:
     k = int(rng.choice([2, 3, 3]))
     hw = resolution(rng)
     pad = int(k == 3 and rng.random() < 0.5)
-    return [OpSpec(str(rng.choice(["maxpool", "maxpool", "avgpool"])), (1, channels(rng), hw, hw),
-                   kernel=min(k, hw), stride=int(rng.choice([1, 2, 2])), padding=pad)]
+    return [
+        OpSpec(
+            str(rng.choice(["maxpool", "maxpool", "avgpool"])),
+            (1, channels(rng), hw, hw),
+            kernel=min(k, hw),
+            stride=int(rng.choice([1, 2, 2])),
+            padding=pad,
+        )
+    ]
 
 
 def _gap(rng: np.random.Generator) -> list[OpSpec]:
@@ -184,18 +234,43 @@ def _se(rng: np.random.Generator) -> list[OpSpec]:
     r = max(8, int(c * float(rng.choice([0.0625, 0.125, 0.25]))))
     act = str(rng.choice(["relu", "swish"]))
     gate = str(rng.choice(["hardsigmoid", "sigmoid"]))
-    return [OpSpec("globalavgpool", (1, c, hw, hw)),
-            OpSpec("conv", (1, c, 1, 1), out_channels=r, activation=act),
-            OpSpec("conv", (1, r, 1, 1), out_channels=c, activation=gate),
-            OpSpec("mul", (1, c, hw, hw), broadcast="channel")]
+    return [
+        OpSpec("globalavgpool", (1, c, hw, hw)),
+        OpSpec("conv", (1, c, 1, 1), out_channels=r, activation=act),
+        OpSpec("conv", (1, r, 1, 1), out_channels=c, activation=gate),
+        OpSpec("mul", (1, c, hw, hw), broadcast="channel"),
+    ]
 
 
 PATTERNS: dict[str, Callable[[np.random.Generator], list[OpSpec]]] = {
-    "conv": _conv, "stem": _stem, "dwconv": _dwconv, "group_conv": _group_conv,
-    "residual": _residual, "gemm": _gemm, "pool": _pool, "globalavgpool": _gap,
-    "eltwise": _eltwise, "concat": _concat, "split": _split, "shuffle": _shuffle,
-    "shuffle_block": _shuffle_block, "se": _se,
+    "conv": _conv,
+    "stem": _stem,
+    "dwconv": _dwconv,
+    "group_conv": _group_conv,
+    "residual": _residual,
+    "gemm": _gemm,
+    "pool": _pool,
+    "globalavgpool": _gap,
+    "eltwise": _eltwise,
+    "concat": _concat,
+    "split": _split,
+    "shuffle": _shuffle,
+    "shuffle_block": _shuffle_block,
+    "se": _se,
 }
-DEFAULT_WEIGHTS = {"conv": 30, "stem": 3, "dwconv": 16, "group_conv": 2, "residual": 10, "gemm": 4,
-                   "pool": 5, "globalavgpool": 4, "eltwise": 5, "concat": 7, "split": 3,
-                   "shuffle": 3, "shuffle_block": 5, "se": 8}
+DEFAULT_WEIGHTS = {
+    "conv": 30,
+    "stem": 3,
+    "dwconv": 16,
+    "group_conv": 2,
+    "residual": 10,
+    "gemm": 4,
+    "pool": 5,
+    "globalavgpool": 4,
+    "eltwise": 5,
+    "concat": 7,
+    "split": 3,
+    "shuffle": 3,
+    "shuffle_block": 5,
+    "se": 8,
+}

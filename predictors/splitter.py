@@ -97,14 +97,15 @@ class ModelSplitter:
                 f"the model has ops hwlat cannot map to kernels: {'; '.join(unsupported)}. "
                 "Supported: Conv, Gemm/MatMul, pooling, Add/Mul, Concat, Split/Slice, channel "
                 "shuffle, activations (Relu, Clip, HardSwish, HardSigmoid, Sigmoid, swish), "
-                "BatchNormalization and reshape-like nodes; pass strict=False to predict without them")
-        result = SplitResult(kernels=[], warnings=graph.warnings + mapper.warnings,
-                             unsupported=unsupported)
+                "BatchNormalization and reshape-like nodes; pass strict=False to predict without them"
+            )
+        result = SplitResult(kernels=[], warnings=graph.warnings + mapper.warnings, unsupported=unsupported)
         if unsupported:
             result.warnings.append(f"left out (unsupported): {'; '.join(unsupported)}")
         result.glue_nodes = [n for it in items if it.spec is None for n in it.nodes]
-        result.kernels = _group([it for it in items if it.spec is not None], graph,
-                                self.fusion_rules or FusionRules("none"))
+        result.kernels = _group(
+            [it for it in items if it.spec is not None], graph, self.fusion_rules or FusionRules("none")
+        )
         return result
 
 
@@ -136,8 +137,10 @@ class _Mapper:
                     raise
                 self.unsupported.append(f"{node.op_type} ({node.name or 'unnamed'}: {exc})")
         if self.ceil_mode_nodes:
-            self.warnings.append(f"{len(self.ceil_mode_nodes)} pooling nodes use ceil_mode, timed as floor "
-                                 f"mode (one row and column less at most): {', '.join(self.ceil_mode_nodes)}")
+            self.warnings.append(
+                f"{len(self.ceil_mode_nodes)} pooling nodes use ceil_mode, timed as floor "
+                f"mode (one row and column less at most): {', '.join(self.ceil_mode_nodes)}"
+            )
         return self.items
 
     # -- helpers --
@@ -166,10 +169,12 @@ class _Mapper:
     def _shape(self, name: str) -> tuple[int, ...]:
         return self.g.shapes[self._root(name)] if self._root(name) in self.g.shapes else self.g.shapes[name]
 
-    def _add(self, spec: OpSpec | None, inputs: list[str], outputs: list[str],
-             nodes: list[onnx.NodeProto]) -> _Item:
-        item = _Item(spec, [self._root(i) for i in inputs], list(outputs),
-                     [n.name or n.op_type for n in nodes])
+    def _add(
+        self, spec: OpSpec | None, inputs: list[str], outputs: list[str], nodes: list[onnx.NodeProto]
+    ) -> _Item:
+        item = _Item(
+            spec, [self._root(i) for i in inputs], list(outputs), [n.name or n.op_type for n in nodes]
+        )
         self.items.append(item)
         for out in outputs:
             self.producer[out] = item
@@ -226,9 +231,17 @@ class _Mapper:
         strides = a.get("strides", [1, 1])
         out = self.g.shapes[node.output[0]]
         pad = _symmetric_pad(a, x, w[2], strides[0], a.get("dilations", [1, 1])[0], out)
-        spec = OpSpec("conv", x, out_channels=w[0], kernel=w[2], stride=strides[0], padding=pad,
-                      dilation=a.get("dilations", [1, 1])[0], groups=a.get("group", 1),
-                      bias=len(node.input) > 2 and bool(node.input[2]))
+        spec = OpSpec(
+            "conv",
+            x,
+            out_channels=w[0],
+            kernel=w[2],
+            stride=strides[0],
+            padding=pad,
+            dilation=a.get("dilations", [1, 1])[0],
+            groups=a.get("group", 1),
+            bias=len(node.input) > 2 and bool(node.input[2]),
+        )
         self._add(spec, [node.input[0]], [node.output[0]], [node])
 
     def _map_BatchNormalization(self, node: onnx.NodeProto) -> None:
@@ -245,18 +258,27 @@ class _Mapper:
         src = self._root(node.input[0])
         gate = self._only_consumer(node.output[0])
         readers = [n for n in self.consumers.get(src, []) if n is not node]
-        gated = (node.op_type in ("Sigmoid", "HardSigmoid") and gate is not None
-                 and gate.op_type == "Mul" and readers == [gate]
-                 and src in map(self._root, gate.input))
+        gated = (
+            node.op_type in ("Sigmoid", "HardSigmoid")
+            and gate is not None
+            and gate.op_type == "Mul"
+            and readers == [gate]
+            and src in map(self._root, gate.input)
+        )
         if gated:
             activation = "swish" if node.op_type == "Sigmoid" else "hardswish"
             nodes, output = [node, gate], gate.output[0]
         else:
             activation, nodes, output = self._activation_name(node), [node], node.output[0]
         item = self.producer.get(src)
-        if (item is not None and item.spec is not None and item.spec.op in ("conv", "gemm")
-                and item.spec.activation == "none" and len(item.outputs) == 1
-                and self._uses(src) == len(nodes)):
+        if (
+            item is not None
+            and item.spec is not None
+            and item.spec.op in ("conv", "gemm")
+            and item.spec.activation == "none"
+            and len(item.outputs) == 1
+            and self._uses(src) == len(nodes)
+        ):
             self._fold(item, dataclasses.replace(item.spec, activation=activation), output, nodes)
             return
         self._add(OpSpec("act", self._shape(src), activation=activation), [src], [output], nodes)
@@ -274,8 +296,9 @@ class _Mapper:
             if (lo, hi) != (0.0, 6.0):
                 self.warnings.append(f"Clip({lo}, {hi}) at {node.name!r} is timed as relu6")
             return "relu6"
-        return {"Relu": "relu", "HardSwish": "hardswish", "HardSigmoid": "hardsigmoid",
-                "Sigmoid": "sigmoid"}[op]
+        return {"Relu": "relu", "HardSwish": "hardswish", "HardSigmoid": "hardsigmoid", "Sigmoid": "sigmoid"}[
+            op
+        ]
 
     def _map_Gemm(self, node: onnx.NodeProto) -> None:
         x = self._shape(node.input[0])
@@ -305,8 +328,9 @@ class _Mapper:
         pad = min(pad, k[0] // 2)
         if a.get("ceil_mode"):
             self.ceil_mode_nodes.append(node.name or node.op_type)
-        self._add(OpSpec(op, x, kernel=k[0], stride=s, padding=pad), [node.input[0]],
-                  [node.output[0]], [node])
+        self._add(
+            OpSpec(op, x, kernel=k[0], stride=s, padding=pad), [node.input[0]], [node.output[0]], [node]
+        )
 
     def _map_MaxPool(self, node: onnx.NodeProto) -> None:
         self._map_pool(node, "maxpool")
@@ -315,8 +339,9 @@ class _Mapper:
         self._map_pool(node, "avgpool")
 
     def _map_GlobalAveragePool(self, node: onnx.NodeProto) -> None:
-        self._add(OpSpec("globalavgpool", self._shape(node.input[0])), [node.input[0]],
-                  [node.output[0]], [node])
+        self._add(
+            OpSpec("globalavgpool", self._shape(node.input[0])), [node.input[0]], [node.output[0]], [node]
+        )
 
     def _map_GlobalMaxPool(self, node: onnx.NodeProto) -> None:
         self.warnings.append(f"{node.name!r}: GlobalMaxPool timed as GlobalAveragePool")
@@ -324,8 +349,9 @@ class _Mapper:
 
     def _map_ReduceMean(self, node: onnx.NodeProto) -> None:
         x = self._shape(node.input[0])
-        axes = sorted(ax % len(x) for ax in axes_of([None, *(self.g.value(i) for i in node.input[1:])],
-                                                    attrs(node)))
+        axes = sorted(
+            ax % len(x) for ax in axes_of([None, *(self.g.value(i) for i in node.input[1:])], attrs(node))
+        )
         if len(x) != 4 or axes != [2, 3]:
             raise ValueError(f"only a mean over H and W is supported (axes {axes})")
         self._map_GlobalAveragePool(node)
@@ -340,8 +366,11 @@ class _Mapper:
             data = ins[static.index(False)]
             item = self._foldable(data, ("conv",))
             const = self.g.shapes.get(ins[static.index(True)], ())
-            if item is not None and item.spec.activation == "none" and math.prod(const) <= \
-                    self._shape(data)[1]:
+            if (
+                item is not None
+                and item.spec.activation == "none"
+                and math.prod(const) <= self._shape(data)[1]
+            ):
                 self._fold(item, dataclasses.replace(item.spec, bias=True), node.output[0], [node])
                 return
             if item is None:
@@ -377,23 +406,30 @@ class _Mapper:
             return
         n, _, h, w = shapes[0]
         parts = tuple(s[1] for s in shapes)
-        self._add(OpSpec("concat", (n, sum(parts), h, w), parts=parts), list(node.input),
-                  [node.output[0]], [node])
+        self._add(
+            OpSpec("concat", (n, sum(parts), h, w), parts=parts), list(node.input), [node.output[0]], [node]
+        )
 
     def _map_Split(self, node: onnx.NodeProto) -> None:
         x = self._shape(node.input[0])
         outs = [self.g.shapes[o] for o in node.output]
         if len(x) != 4 or any(o[2:] != x[2:] for o in outs):
             raise ValueError(f"only channel split of 4-D tensors is supported ({x} -> {outs})")
-        self._add(OpSpec("split", x, parts=tuple(o[1] for o in outs)), [node.input[0]],
-                  list(node.output), [node])
+        self._add(
+            OpSpec("split", x, parts=tuple(o[1] for o in outs)), [node.input[0]], list(node.output), [node]
+        )
 
     def _map_Slice(self, node: onnx.NodeProto) -> None:
         src = self._root(node.input[0])
         x = self._shape(src)
         slices = [n for n in self.consumers.get(src, []) if n.op_type == "Slice" and id(n) not in self.done]
-        slices = [n for n in slices if len(self.g.shapes.get(n.output[0], ())) == 4
-                  and self.g.shapes[n.output[0]][2:] == x[2:] and self.g.shapes[n.output[0]][0] == x[0]]
+        slices = [
+            n
+            for n in slices
+            if len(self.g.shapes.get(n.output[0], ())) == 4
+            and self.g.shapes[n.output[0]][2:] == x[2:]
+            and self.g.shapes[n.output[0]][0] == x[0]
+        ]
         if node not in slices or len(x) != 4:
             raise ValueError(f"only channel slices of 4-D tensors are supported (input {x})")
         parts = [self.g.shapes[n.output[0]][1] for n in slices]
@@ -408,11 +444,19 @@ class _Mapper:
         y = self.g.shapes.get(node.output[0], ())
         transpose = self._only_consumer(node.output[0])
         back = self._only_consumer(transpose.output[0]) if transpose is not None else None
-        if (len(x) == 4 and len(y) == 5 and transpose is not None and transpose.op_type == "Transpose"
-                and list(attrs(transpose).get("perm", [])) == [0, 2, 1, 3, 4] and back is not None
-                and back.op_type == "Reshape" and self.g.shapes.get(back.output[0]) == x):
-            self._add(OpSpec("shuffle", x, groups=y[1]), [node.input[0]], [back.output[0]],
-                      [node, transpose, back])
+        if (
+            len(x) == 4
+            and len(y) == 5
+            and transpose is not None
+            and transpose.op_type == "Transpose"
+            and list(attrs(transpose).get("perm", [])) == [0, 2, 1, 3, 4]
+            and back is not None
+            and back.op_type == "Reshape"
+            and self.g.shapes.get(back.output[0]) == x
+        ):
+            self._add(
+                OpSpec("shuffle", x, groups=y[1]), [node.input[0]], [back.output[0]], [node, transpose, back]
+            )
             return
         self._map_glue(node)
 
@@ -420,8 +464,7 @@ class _Mapper:
         self._add(None, [node.input[0]], list(node.output), [node])
 
 
-def _symmetric_pad(node_attrs: dict, x: tuple[int, ...], k: int, s: int, d: int,
-                   out: tuple[int, ...]) -> int:
+def _symmetric_pad(node_attrs: dict, x: tuple[int, ...], k: int, s: int, d: int, out: tuple[int, ...]) -> int:
     """The symmetric padding that gives the node's output height (asymmetric pads rounded)."""
     for pad in range(0, k + 1):
         if conv_out(x[2], k, s, 2 * pad, d) == out[2]:
@@ -457,8 +500,12 @@ def _group(items: list[_Item], graph: OnnxGraph, rules: FusionRules) -> list[Spl
         for name in it.inputs:
             prev = producer.get(name)
             group = group_of.get(id(prev)) if prev is not None else None
-            if group is None or group[-1] is not prev or len(prev.outputs) != 1 \
-                    or single_user(name) is not it:
+            if (
+                group is None
+                or group[-1] is not prev
+                or len(prev.outputs) != 1
+                or single_user(name) is not it
+            ):
                 continue
             signature = "|".join(op_class(x.spec) for x in group)
             if not rules.fuses(signature, op_class(it.spec)):
@@ -475,8 +522,9 @@ def _group(items: list[_Item], graph: OnnxGraph, rules: FusionRules) -> list[Spl
             group = [it]
             groups.append(group)
             group_of[id(it)] = group
-    return [SplitKernel(Kernel(tuple(x.spec for x in g)), tuple(n for x in g for n in x.nodes))
-            for g in groups]
+    return [
+        SplitKernel(Kernel(tuple(x.spec for x in g)), tuple(n for x in g for n in x.nodes)) for g in groups
+    ]
 
 
 def _se_chain(it: _Item, single_user) -> list[_Item] | None:
@@ -489,8 +537,13 @@ def _se_chain(it: _Item, single_user) -> list[_Item] | None:
             return None
         chain.append(nxt)
     mul = single_user(chain[-1].outputs[0])
-    if mul is None or mul.spec is None or mul.spec.op != "mul" or mul.spec.broadcast != "channel" \
-            or mul.inputs[0] != it.inputs[0]:
+    if (
+        mul is None
+        or mul.spec is None
+        or mul.spec.op != "mul"
+        or mul.spec.broadcast != "channel"
+        or mul.inputs[0] != it.inputs[0]
+    ):
         return None
     chain.append(mul)
     try:

@@ -39,8 +39,12 @@ class Costs:
 
 
 class LatencyTable:
-    def __init__(self, entries: dict[str, float] | None = None, fallback: KernelRegressor | None = None,
-                 overhead: OverheadModel | None = None) -> None:
+    def __init__(
+        self,
+        entries: dict[str, float] | None = None,
+        fallback: KernelRegressor | None = None,
+        overhead: OverheadModel | None = None,
+    ) -> None:
         self.entries = dict(entries or {})
         self.fallback = fallback
         self.overhead = overhead or OverheadModel()
@@ -66,9 +70,11 @@ class LatencyTable:
             lacking = [k for k, m in zip(kernels, missing, strict=True) if m]
             if self.fallback is None:
                 keys = "\n  ".join(dict.fromkeys(k.key for k in lacking))
-                raise MissingKernelError(f"{len(lacking)} kernels are not in the table and there is no "
-                                         f"kernel regressor to predict them:\n  {keys}\nprofile them "
-                                         "(hwlat profile) or train with --kind gbdt")
+                raise MissingKernelError(
+                    f"{len(lacking)} kernels are not in the table and there is no "
+                    f"kernel regressor to predict them:\n  {keys}\nprofile them "
+                    "(hwlat profile) or train with --kind gbdt"
+                )
             raw[missing] = self.fallback.predict(lacking)
         compute = np.array([k.op in COMPUTE_OPS for k in kernels], dtype=bool)
         return Costs(raw, self.overhead.kernel_ms(raw, compute, weight_mb(kernels)), missing)
@@ -76,11 +82,13 @@ class LatencyTable:
     def predict(self, kernels: Sequence[Kernel], glue_nodes: int = 0) -> float:
         """End-to-end latency (ms) of a network made of these kernels and glue nodes."""
         costs = self.costs(kernels)
-        return float(self.overhead.intercept_ms + costs.latency_ms.sum()
-                     + glue_nodes * self.overhead.per_kernel_ms)
+        return float(
+            self.overhead.intercept_ms + costs.latency_ms.sum() + glue_nodes * self.overhead.per_kernel_ms
+        )
 
-    def fit_overhead(self, networks: Sequence[tuple[Sequence[Kernel], int]],
-                     measured_ms: Sequence[float]) -> OverheadModel:
+    def fit_overhead(
+        self, networks: Sequence[tuple[Sequence[Kernel], int]], measured_ms: Sequence[float]
+    ) -> OverheadModel:
         """Fit the overhead model from networks (kernels, glue node count) measured end to end."""
         compute, memory, weights, counts = [], [], [], []
         for kernels, glue in networks:

@@ -50,11 +50,11 @@ class NotEnoughDataError(RuntimeError):
 @dataclass
 class TrainingConfig:
     kind: str = "lut"
-    sampled_kernels: int = 600        # random kernel configurations for the regressor
-    random_networks: int = 30         # random networks whose kernels train the regressor
-    calibration_networks: int = 16    # networks measured end to end for the overhead fit
-    model_repeats: int = 3            # each measured this many times, the fastest clean kept
-    passes: int = 3                   # re-measure disturbed rows up to this many times
+    sampled_kernels: int = 600  # random kernel configurations for the regressor
+    random_networks: int = 30  # random networks whose kernels train the regressor
+    calibration_networks: int = 16  # networks measured end to end for the overhead fit
+    model_repeats: int = 3  # each measured this many times, the fastest clean kept
+    passes: int = 3  # re-measure disturbed rows up to this many times
     random_state: int = 0
     kernel_protocol: TimingProtocol | None = None
     model_protocol: TimingProtocol | None = None
@@ -69,8 +69,10 @@ def fusion_rules(profiler: KernelProfiler, passes: int = 3, log: Log = print) ->
         if all(k.key in costs for k in kernels):
             break
     rules = decide(probes, profiler.backend, lambda k: costs.get(k.key))
-    log(f"fusion rules ({len(rules.evidence)} of {len(probes)} probes clean): "
-        + ", ".join(f"{r}={'fused' if f else 'apart'}" for r, f in sorted(rules.fused.items())))
+    log(
+        f"fusion rules ({len(rules.evidence)} of {len(probes)} probes clean): "
+        + ", ".join(f"{r}={'fused' if f else 'apart'}" for r, f in sorted(rules.fused.items()))
+    )
     return rules
 
 
@@ -123,8 +125,9 @@ def measured_kernels(profiler: KernelProfiler) -> tuple[list[Kernel], np.ndarray
     return kernels, np.asarray(ms)
 
 
-def measure_until_clean(profiler: KernelProfiler, kernels: Sequence[Kernel], passes: int,
-                        log: Log = print, what: str = "kernels") -> None:
+def measure_until_clean(
+    profiler: KernelProfiler, kernels: Sequence[Kernel], passes: int, log: Log = print, what: str = "kernels"
+) -> None:
     for i in range(passes):
         report = profiler.measure(kernels)
         log(f"{what}, pass {i + 1}: {report.summary()}")
@@ -132,8 +135,14 @@ def measure_until_clean(profiler: KernelProfiler, kernels: Sequence[Kernel], pas
             return
 
 
-def train_predictor(device: Device, store: Store, config: TrainingConfig | None = None,
-                    space: Any = None, backend: str = "ort", log: Log = print) -> LatencyPredictor:
+def train_predictor(
+    device: Device,
+    store: Store,
+    config: TrainingConfig | None = None,
+    space: Any = None,
+    backend: str = "ort",
+    log: Log = print,
+) -> LatencyPredictor:
     config = config or TrainingConfig()
     profiler = KernelProfiler(device, store, config.kernel_protocol, backend)
     started = time.monotonic()
@@ -149,27 +158,45 @@ def train_predictor(device: Device, store: Store, config: TrainingConfig | None 
     measure_until_clean(profiler, wanted, config.passes, log)
     kernels, ms = measured_kernels(profiler)
     if len(kernels) < 30:
-        raise NotEnoughDataError(f"only {len(kernels)} clean kernel measurements on {device.name}; "
-                                 "run again when the device is quiet (re-runs resume)")
+        raise NotEnoughDataError(
+            f"only {len(kernels)} clean kernel measurements on {device.name}; "
+            "run again when the device is quiet (re-runs resume)"
+        )
     regressor = KernelRegressor(random_state=config.random_state).fit(kernels, ms)
-    table = LatencyTable({} if config.kind == "gbdt" else dict(zip((k.key for k in kernels), ms,
-                                                                   strict=True)), regressor)
-    calibration = (space_networks(space, config.calibration_networks) if space is not None
-                   else random_networks(config.calibration_networks))
+    table = LatencyTable(
+        {} if config.kind == "gbdt" else dict(zip((k.key for k in kernels), ms, strict=True)), regressor
+    )
+    calibration = (
+        space_networks(space, config.calibration_networks)
+        if space is not None
+        else random_networks(config.calibration_networks)
+    )
     fit_overhead(table, profiler, calibration, rules, config.model_protocol, log, config.model_repeats)
     rows = store.measurements(device.name, backend, "kernel")
-    meta = {"settings": device.settings(), "backend_version": _backend_version(rows),
-            "host": rows[-1].host if rows else {},
-            "training": {"kernels": len(kernels), "calibration_networks": len(calibration),
-                         "space": getattr(space, "name", None),
-                         "kernel_device_seconds": round(device_seconds(rows), 1),
-                         "wall_seconds": round(time.monotonic() - started, 1)}}
+    meta = {
+        "settings": device.settings(),
+        "backend_version": _backend_version(rows),
+        "host": rows[-1].host if rows else {},
+        "training": {
+            "kernels": len(kernels),
+            "calibration_networks": len(calibration),
+            "space": getattr(space, "name", None),
+            "kernel_device_seconds": round(device_seconds(rows), 1),
+            "wall_seconds": round(time.monotonic() - started, 1),
+        },
+    }
     return LatencyPredictor(table, rules, device.name, backend, config.kind, meta)
 
 
-def fit_overhead(table: LatencyTable, profiler: KernelProfiler, paths: Sequence[Path],
-                 rules: FusionRules, protocol: TimingProtocol | None = None, log: Log = print,
-                 repeats: int = 3) -> None:
+def fit_overhead(
+    table: LatencyTable,
+    profiler: KernelProfiler,
+    paths: Sequence[Path],
+    rules: FusionRules,
+    protocol: TimingProtocol | None = None,
+    log: Log = print,
+    repeats: int = 3,
+) -> None:
     measured = profiler.measure_models(paths, protocol, repeats=repeats)
     splitter = ModelSplitter(rules)
     networks, ms = [], []
@@ -210,15 +237,25 @@ class AdaptiveReport:
         if last is None:
             return "no round finished"
         reached = "reached" if self.reached_target else "not reached"
-        return (f"{len(self.rounds)} rounds, {last.kernels_measured} kernels, "
-                f"{last.device_minutes:.1f} device-minutes, held-out kernels within +-10%: "
-                f"{last.holdout_within_10:.0%} (target {reached})")
+        return (
+            f"{len(self.rounds)} rounds, {last.kernels_measured} kernels, "
+            f"{last.device_minutes:.1f} device-minutes, held-out kernels within +-10%: "
+            f"{last.holdout_within_10:.0%} (target {reached})"
+        )
 
 
-def adaptive_profile(profiler: KernelProfiler, rules: FusionRules, budget_minutes: float,
-                     target_within_10: float = 0.9, batch: int = 80, holdout: int = 40,
-                     committee: int = 5, pool: int = 1500, random_state: int = 0,
-                     log: Log = print) -> AdaptiveReport:
+def adaptive_profile(
+    profiler: KernelProfiler,
+    rules: FusionRules,
+    budget_minutes: float,
+    target_within_10: float = 0.9,
+    batch: int = 80,
+    holdout: int = 40,
+    committee: int = 5,
+    pool: int = 1500,
+    random_state: int = 0,
+    log: Log = print,
+) -> AdaptiveReport:
     """Measure kernels where the regressor is least sure until held-out accuracy or the budget.
 
     Each round measures a fresh random hold-out batch first and scores the current regressor
@@ -236,8 +273,9 @@ def adaptive_profile(profiler: KernelProfiler, rules: FusionRules, budget_minute
     while time.monotonic() < deadline:
         kernels, ms = measured_kernels(profiler)
         if len(kernels) < 30:
-            raise NotEnoughDataError("fewer than 30 clean kernels after the first batch; the device is "
-                                     "too busy to profile now")
+            raise NotEnoughDataError(
+                "fewer than 30 clean kernels after the first batch; the device is too busy to profile now"
+            )
         current = KernelRegressor(random_state=random_state).fit(kernels, ms)
         known = {k.key for k in kernels}
         fresh = [k for k in sampler.sample(holdout * 2) if k.key not in known][:holdout]
@@ -246,10 +284,13 @@ def adaptive_profile(profiler: KernelProfiler, rules: FusionRules, budget_minute
         scored = [k for k in fresh if k.key in costs]
         if scored:
             acc = accuracy(current.predict(scored), [costs[k.key] for k in scored])
-            report.rounds.append(AdaptiveRound(len(known) + len(scored), seconds / 60, acc.within_10,
-                                               acc.rmspe))
-            log(f"round {len(report.rounds)}: {len(known)} kernels trained, held-out within +-10% "
-                f"{acc.within_10:.0%} (RMSPE {acc.rmspe:.1f}%), {seconds / 60:.1f} device-minutes")
+            report.rounds.append(
+                AdaptiveRound(len(known) + len(scored), seconds / 60, acc.within_10, acc.rmspe)
+            )
+            log(
+                f"round {len(report.rounds)}: {len(known)} kernels trained, held-out within +-10% "
+                f"{acc.within_10:.0%} (RMSPE {acc.rmspe:.1f}%), {seconds / 60:.1f} device-minutes"
+            )
             if acc.within_10 >= target_within_10:
                 report.reached_target = True
                 break

@@ -18,12 +18,12 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 
 @dataclass
 class Tree:
-    feature: np.ndarray      # int, -1 at leaves
-    threshold: np.ndarray    # float64: go left when x <= threshold
-    left: np.ndarray         # int child indices
+    feature: np.ndarray  # int, -1 at leaves
+    threshold: np.ndarray  # float64: go left when x <= threshold
+    left: np.ndarray  # int child indices
     right: np.ndarray
     missing_left: np.ndarray  # bool: where NaN goes
-    value: np.ndarray        # float64 leaf values
+    value: np.ndarray  # float64 leaf values
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         node = np.zeros(len(X), dtype=np.int64)
@@ -40,15 +40,25 @@ class Tree:
         return self.value[node]
 
     def to_dict(self) -> dict:
-        return {"feature": self.feature.tolist(), "threshold": self.threshold.tolist(),
-                "left": self.left.tolist(), "right": self.right.tolist(),
-                "missing_left": self.missing_left.astype(int).tolist(), "value": self.value.tolist()}
+        return {
+            "feature": self.feature.tolist(),
+            "threshold": self.threshold.tolist(),
+            "left": self.left.tolist(),
+            "right": self.right.tolist(),
+            "missing_left": self.missing_left.astype(int).tolist(),
+            "value": self.value.tolist(),
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> Tree:
-        return cls(np.asarray(data["feature"], np.int64), np.asarray(data["threshold"], np.float64),
-                   np.asarray(data["left"], np.int64), np.asarray(data["right"], np.int64),
-                   np.asarray(data["missing_left"], bool), np.asarray(data["value"], np.float64))
+        return cls(
+            np.asarray(data["feature"], np.int64),
+            np.asarray(data["threshold"], np.float64),
+            np.asarray(data["left"], np.int64),
+            np.asarray(data["right"], np.int64),
+            np.asarray(data["missing_left"], bool),
+            np.asarray(data["value"], np.float64),
+        )
 
 
 @dataclass
@@ -65,9 +75,16 @@ class TreeEnsemble:
         for (predictor,) in model._predictors:
             nodes = predictor.nodes
             feature = np.where(nodes["is_leaf"].astype(bool), -1, nodes["feature_idx"]).astype(np.int64)
-            trees.append(Tree(feature, nodes["num_threshold"].astype(np.float64),
-                              nodes["left"].astype(np.int64), nodes["right"].astype(np.int64),
-                              nodes["missing_go_to_left"].astype(bool), nodes["value"].astype(np.float64)))
+            trees.append(
+                Tree(
+                    feature,
+                    nodes["num_threshold"].astype(np.float64),
+                    nodes["left"].astype(np.int64),
+                    nodes["right"].astype(np.int64),
+                    nodes["missing_go_to_left"].astype(bool),
+                    nodes["value"].astype(np.float64),
+                )
+            )
         baseline = float(np.ravel(model._baseline_prediction)[0])
         return cls(baseline, trees, int(model.n_features_in_))
 
@@ -82,10 +99,14 @@ class TreeEnsemble:
         return raw
 
     def to_dict(self) -> dict:
-        return {"baseline": self.baseline, "n_features": self.n_features,
-                "trees": [t.to_dict() for t in self.trees]}
+        return {
+            "baseline": self.baseline,
+            "n_features": self.n_features,
+            "trees": [t.to_dict() for t in self.trees],
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> TreeEnsemble:
-        return cls(float(data["baseline"]), [Tree.from_dict(t) for t in data["trees"]],
-                   int(data["n_features"]))
+        return cls(
+            float(data["baseline"]), [Tree.from_dict(t) for t in data["trees"]], int(data["n_features"])
+        )

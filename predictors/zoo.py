@@ -19,18 +19,26 @@ def _make_divisible(v: float, divisor: int = 8) -> int:
     return new_v + divisor if new_v < 0.9 * v else new_v
 
 
-def conv_bn(cin: int, cout: int, k: int, s: int, groups: int = 1, act: type[nn.Module] | None = nn.ReLU
-            ) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, s, k // 2, groups=groups, bias=False),
-                               nn.BatchNorm2d(cout)]
+def conv_bn(
+    cin: int, cout: int, k: int, s: int, groups: int = 1, act: type[nn.Module] | None = nn.ReLU
+) -> nn.Sequential:
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cout, k, s, k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    ]
     if act is not None:
         layers.append(act())
     return nn.Sequential(*layers)
 
 
 class SqueezeExcite(nn.Module):
-    def __init__(self, channels: int, reduced: int, gate: type[nn.Module] = nn.Hardsigmoid,
-                 act: type[nn.Module] = nn.ReLU) -> None:
+    def __init__(
+        self,
+        channels: int,
+        reduced: int,
+        gate: type[nn.Module] = nn.Hardsigmoid,
+        act: type[nn.Module] = nn.ReLU,
+    ) -> None:
         super().__init__()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.reduce = nn.Conv2d(channels, reduced, 1)
@@ -45,9 +53,18 @@ class SqueezeExcite(nn.Module):
 class InvertedResidual(nn.Module):
     """MobileNetV2/V3, MnasNet and EfficientNet's block: expand 1x1, depthwise kxk, (SE), project 1x1."""
 
-    def __init__(self, cin: int, cout: int, k: int, s: int, expand: float,
-                 act: type[nn.Module] = nn.ReLU6, se_ratio: float = 0.0,
-                 se_gate: type[nn.Module] = nn.Hardsigmoid, se_base: int | None = None) -> None:
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        k: int,
+        s: int,
+        expand: float,
+        act: type[nn.Module] = nn.ReLU6,
+        se_ratio: float = 0.0,
+        se_gate: type[nn.Module] = nn.Hardsigmoid,
+        se_base: int | None = None,
+    ) -> None:
         super().__init__()
         mid = _make_divisible(cin * expand) if expand != 1 else cin
         layers: list[nn.Module] = []
@@ -58,8 +75,7 @@ class InvertedResidual(nn.Module):
             reduced = max(1, int((se_base or mid) * se_ratio))
             if se_gate is nn.Hardsigmoid:
                 reduced = _make_divisible(reduced)
-            layers.append(SqueezeExcite(mid, reduced, se_gate,
-                                        nn.SiLU if act is nn.SiLU else nn.ReLU))
+            layers.append(SqueezeExcite(mid, reduced, se_gate, nn.SiLU if act is nn.SiLU else nn.ReLU))
         layers.append(conv_bn(mid, cout, 1, 1, act=None))
         self.body = nn.Sequential(*layers)
         self.residual = s == 1 and cin == cout
@@ -68,8 +84,9 @@ class InvertedResidual(nn.Module):
         return x + self.body(x) if self.residual else self.body(x)
 
 
-def _classifier(cin: int, hidden: int | None = None, act: type[nn.Module] = nn.Hardswish,
-                classes: int = 1000) -> nn.Sequential:
+def _classifier(
+    cin: int, hidden: int | None = None, act: type[nn.Module] = nn.Hardswish, classes: int = 1000
+) -> nn.Sequential:
     layers: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
     if hidden:
         layers += [nn.Linear(cin, hidden), act(), nn.Linear(hidden, classes)]
@@ -80,8 +97,15 @@ def _classifier(cin: int, hidden: int | None = None, act: type[nn.Module] = nn.H
 
 def mobilenet_v2(width: float = 1.0) -> nn.Module:
     """Sandler et al. 2018, Table 2."""
-    cfg = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-           (6, 160, 3, 2), (6, 320, 1, 1)]
+    cfg = [
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    ]
     cin = _make_divisible(32 * width)
     layers: list[nn.Module] = [conv_bn(3, cin, 3, 2, act=nn.ReLU6)]
     for t, c, n, s in cfg:
@@ -109,25 +133,44 @@ def _mobilenet_v3(cfg: list[tuple], last: int, head: int) -> nn.Module:
 def mobilenet_v3_large() -> nn.Module:
     """Howard et al. 2019, Table 1 (large)."""
     hs, re = nn.Hardswish, nn.ReLU
-    cfg = [(3, 16, 16, False, re, 1), (3, 64, 24, False, re, 2), (3, 72, 24, False, re, 1),
-           (5, 72, 40, True, re, 2), (5, 120, 40, True, re, 1), (5, 120, 40, True, re, 1),
-           (3, 240, 80, False, hs, 2), (3, 200, 80, False, hs, 1), (3, 184, 80, False, hs, 1),
-           (3, 184, 80, False, hs, 1), (3, 480, 112, True, hs, 1), (3, 672, 112, True, hs, 1),
-           (5, 672, 160, True, hs, 2), (5, 960, 160, True, hs, 1), (5, 960, 160, True, hs, 1)]
+    cfg = [
+        (3, 16, 16, False, re, 1),
+        (3, 64, 24, False, re, 2),
+        (3, 72, 24, False, re, 1),
+        (5, 72, 40, True, re, 2),
+        (5, 120, 40, True, re, 1),
+        (5, 120, 40, True, re, 1),
+        (3, 240, 80, False, hs, 2),
+        (3, 200, 80, False, hs, 1),
+        (3, 184, 80, False, hs, 1),
+        (3, 184, 80, False, hs, 1),
+        (3, 480, 112, True, hs, 1),
+        (3, 672, 112, True, hs, 1),
+        (5, 672, 160, True, hs, 2),
+        (5, 960, 160, True, hs, 1),
+        (5, 960, 160, True, hs, 1),
+    ]
     return _mobilenet_v3(cfg, last=960, head=1280)
 
 
 def mnasnet_a1() -> nn.Module:
     """Tan et al. 2019, Figure 7 (MnasNet-A1)."""
-    cfg = [(1, 16, 1, 1, 3, False), (6, 24, 2, 2, 3, False), (3, 40, 3, 2, 5, True),
-           (6, 80, 4, 2, 3, False), (6, 112, 2, 1, 3, True), (6, 160, 3, 2, 5, True),
-           (6, 320, 1, 1, 3, False)]
+    cfg = [
+        (1, 16, 1, 1, 3, False),
+        (6, 24, 2, 2, 3, False),
+        (3, 40, 3, 2, 5, True),
+        (6, 80, 4, 2, 3, False),
+        (6, 112, 2, 1, 3, True),
+        (6, 160, 3, 2, 5, True),
+        (6, 320, 1, 1, 3, False),
+    ]
     layers: list[nn.Module] = [conv_bn(3, 32, 3, 2)]
     cin = 32
     for t, c, n, s, k, se in cfg:
         for i in range(n):
-            layers.append(InvertedResidual(cin, c, k, s if i == 0 else 1, t, act=nn.ReLU,
-                                           se_ratio=0.25 if se else 0))
+            layers.append(
+                InvertedResidual(cin, c, k, s if i == 0 else 1, t, act=nn.ReLU, se_ratio=0.25 if se else 0)
+            )
             cin = c
     layers.append(conv_bn(cin, 1280, 1, 1))
     return nn.Sequential(*layers, _classifier(1280))
@@ -135,14 +178,32 @@ def mnasnet_a1() -> nn.Module:
 
 def efficientnet_b0() -> nn.Module:
     """Tan & Le 2019, Table 1: MBConv with SE (ratio 0.25 of the block input) and swish."""
-    cfg = [(1, 16, 1, 1, 3), (6, 24, 2, 2, 3), (6, 40, 2, 2, 5), (6, 80, 3, 2, 3),
-           (6, 112, 3, 1, 5), (6, 192, 4, 2, 5), (6, 320, 1, 1, 3)]
+    cfg = [
+        (1, 16, 1, 1, 3),
+        (6, 24, 2, 2, 3),
+        (6, 40, 2, 2, 5),
+        (6, 80, 3, 2, 3),
+        (6, 112, 3, 1, 5),
+        (6, 192, 4, 2, 5),
+        (6, 320, 1, 1, 3),
+    ]
     layers: list[nn.Module] = [conv_bn(3, 32, 3, 2, act=nn.SiLU)]
     cin = 32
     for t, c, n, s, k in cfg:
         for i in range(n):
-            layers.append(InvertedResidual(cin, c, k, s if i == 0 else 1, t, act=nn.SiLU,
-                                           se_ratio=0.25, se_gate=nn.Sigmoid, se_base=cin))
+            layers.append(
+                InvertedResidual(
+                    cin,
+                    c,
+                    k,
+                    s if i == 0 else 1,
+                    t,
+                    act=nn.SiLU,
+                    se_ratio=0.25,
+                    se_gate=nn.Sigmoid,
+                    se_base=cin,
+                )
+            )
             cin = c
     layers.append(conv_bn(cin, 1280, 1, 1, act=nn.SiLU))
     return nn.Sequential(*layers, _classifier(1280))
@@ -181,11 +242,16 @@ class ShuffleUnit(nn.Module):
         self.s = s
         branch = cout // 2
         right_in = cin if s == 2 else branch
-        self.right = nn.Sequential(conv_bn(right_in, branch, 1, 1),
-                                   conv_bn(branch, branch, 3, s, groups=branch, act=None),
-                                   conv_bn(branch, branch, 1, 1))
-        self.left = nn.Sequential(conv_bn(cin, cin, 3, s, groups=cin, act=None),
-                                  conv_bn(cin, branch, 1, 1)) if s == 2 else None
+        self.right = nn.Sequential(
+            conv_bn(right_in, branch, 1, 1),
+            conv_bn(branch, branch, 3, s, groups=branch, act=None),
+            conv_bn(branch, branch, 1, 1),
+        )
+        self.left = (
+            nn.Sequential(conv_bn(cin, cin, 3, s, groups=cin, act=None), conv_bn(cin, branch, 1, 1))
+            if s == 2
+            else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.s == 1:
@@ -224,27 +290,56 @@ class Fire(nn.Module):
 def squeezenet_1_1() -> nn.Module:
     """Iandola et al. 2016, v1.1 (the reference implementation's cheaper variant)."""
     return nn.Sequential(
-        nn.Conv2d(3, 64, 3, 2), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True),
-        Fire(64, 16, 64), Fire(128, 16, 64), nn.MaxPool2d(3, 2, ceil_mode=True),
-        Fire(128, 32, 128), Fire(256, 32, 128), nn.MaxPool2d(3, 2, ceil_mode=True),
-        Fire(256, 48, 192), Fire(384, 48, 192), Fire(384, 64, 256), Fire(512, 64, 256),
-        nn.Conv2d(512, 1000, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        nn.Conv2d(3, 64, 3, 2),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2, ceil_mode=True),
+        Fire(64, 16, 64),
+        Fire(128, 16, 64),
+        nn.MaxPool2d(3, 2, ceil_mode=True),
+        Fire(128, 32, 128),
+        Fire(256, 32, 128),
+        nn.MaxPool2d(3, 2, ceil_mode=True),
+        Fire(256, 48, 192),
+        Fire(384, 48, 192),
+        Fire(384, 64, 256),
+        Fire(512, 64, 256),
+        nn.Conv2d(512, 1000, 1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
 
 
 def mobilenet_v3_small() -> nn.Module:
     """Howard et al. 2019, Table 2 (small)."""
     hs, re = nn.Hardswish, nn.ReLU
-    cfg = [(3, 16, 16, True, re, 2), (3, 72, 24, False, re, 2), (3, 88, 24, False, re, 1),
-           (5, 96, 40, True, hs, 2), (5, 240, 40, True, hs, 1), (5, 240, 40, True, hs, 1),
-           (5, 120, 48, True, hs, 1), (5, 144, 48, True, hs, 1), (5, 288, 96, True, hs, 2),
-           (5, 576, 96, True, hs, 1), (5, 576, 96, True, hs, 1)]
+    cfg = [
+        (3, 16, 16, True, re, 2),
+        (3, 72, 24, False, re, 2),
+        (3, 88, 24, False, re, 1),
+        (5, 96, 40, True, hs, 2),
+        (5, 240, 40, True, hs, 1),
+        (5, 240, 40, True, hs, 1),
+        (5, 120, 48, True, hs, 1),
+        (5, 144, 48, True, hs, 1),
+        (5, 288, 96, True, hs, 2),
+        (5, 576, 96, True, hs, 1),
+        (5, 576, 96, True, hs, 1),
+    ]
     return _mobilenet_v3(cfg, last=576, head=1024)
 
 
 def efficientnet_lite0() -> nn.Module:
     """EfficientNet-B0's layout without squeeze-and-excitation, with ReLU6 (the Lite variant)."""
-    cfg = [(1, 16, 1, 1, 3), (6, 24, 2, 2, 3), (6, 40, 2, 2, 5), (6, 80, 3, 2, 3),
-           (6, 112, 3, 1, 5), (6, 192, 4, 2, 5), (6, 320, 1, 1, 3)]
+    cfg = [
+        (1, 16, 1, 1, 3),
+        (6, 24, 2, 2, 3),
+        (6, 40, 2, 2, 5),
+        (6, 80, 3, 2, 3),
+        (6, 112, 3, 1, 5),
+        (6, 192, 4, 2, 5),
+        (6, 320, 1, 1, 3),
+    ]
     layers: list[nn.Module] = [conv_bn(3, 32, 3, 2, act=nn.ReLU6)]
     cin = 32
     for t, c, n, s, k in cfg:
@@ -261,8 +356,9 @@ class Bottleneck(nn.Module):
     def __init__(self, cin: int, width: int, s: int) -> None:
         super().__init__()
         cout = width * self.expansion
-        self.body = nn.Sequential(conv_bn(cin, width, 1, 1), conv_bn(width, width, 3, s),
-                                  conv_bn(width, cout, 1, 1, act=None))
+        self.body = nn.Sequential(
+            conv_bn(cin, width, 1, 1), conv_bn(width, width, 3, s), conv_bn(width, cout, 1, 1, act=None)
+        )
         self.short = conv_bn(cin, cout, 1, s, act=None) if s != 1 or cin != cout else nn.Identity()
         self.relu = nn.ReLU()
 
@@ -278,11 +374,24 @@ def resnet50() -> nn.Module:
 def squeezenet_1_0() -> nn.Module:
     """Iandola et al. 2016, Table 1 (v1.0)."""
     return nn.Sequential(
-        nn.Conv2d(3, 96, 7, 2), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True),
-        Fire(96, 16, 64), Fire(128, 16, 64), Fire(128, 32, 128), nn.MaxPool2d(3, 2, ceil_mode=True),
-        Fire(256, 32, 128), Fire(256, 48, 192), Fire(384, 48, 192), Fire(384, 64, 256),
-        nn.MaxPool2d(3, 2, ceil_mode=True), Fire(512, 64, 256),
-        nn.Conv2d(512, 1000, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        nn.Conv2d(3, 96, 7, 2),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2, ceil_mode=True),
+        Fire(96, 16, 64),
+        Fire(128, 16, 64),
+        Fire(128, 32, 128),
+        nn.MaxPool2d(3, 2, ceil_mode=True),
+        Fire(256, 32, 128),
+        Fire(256, 48, 192),
+        Fire(384, 48, 192),
+        Fire(384, 64, 256),
+        nn.MaxPool2d(3, 2, ceil_mode=True),
+        Fire(512, 64, 256),
+        nn.Conv2d(512, 1000, 1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
 
 
 def random_network(seed: int) -> tuple[nn.Module, int]:
@@ -297,8 +406,12 @@ def random_network(seed: int) -> tuple[nn.Module, int]:
     family = rng.choices(["mobile", "resnet", "shuffle", "squeeze"], weights=[5, 2, 2, 1])[0]
     resolution = rng.choice([128, 160, 192, 224, 224, 256])
     torch.manual_seed(seed)
-    build_family = {"mobile": _random_mobile, "resnet": _random_resnet,
-                    "shuffle": _random_shuffle, "squeeze": _random_squeeze}[family]
+    build_family = {
+        "mobile": _random_mobile,
+        "resnet": _random_resnet,
+        "shuffle": _random_shuffle,
+        "squeeze": _random_squeeze,
+    }[family]
     return build_family(rng).eval(), resolution
 
 
@@ -321,9 +434,18 @@ def _random_mobile(rng: random.Random) -> nn.Module:
         se = rng.random() < 0.4
         gate = rng.choice([nn.Hardsigmoid, nn.Sigmoid])
         for i in range(rng.randint(1, 4)):
-            layers.append(InvertedResidual(cin, cout, rng.choice([3, 3, 5, 7]), stride if i == 0 else 1,
-                                           rng.choice([1, 3, 4, 6, 6]) if i else rng.choice([3, 4, 6]),
-                                           act=act, se_ratio=0.25 if se else 0, se_gate=gate))
+            layers.append(
+                InvertedResidual(
+                    cin,
+                    cout,
+                    rng.choice([3, 3, 5, 7]),
+                    stride if i == 0 else 1,
+                    rng.choice([1, 3, 4, 6, 6]) if i else rng.choice([3, 4, 6]),
+                    act=act,
+                    se_ratio=0.25 if se else 0,
+                    se_gate=gate,
+                )
+            )
             cin = cout
     head = rng.choice([640, 960, 1024, 1280])
     layers.append(conv_bn(cin, head, 1, 1, act=rng.choice(acts)))
@@ -337,7 +459,7 @@ def _random_resnet(rng: random.Random) -> nn.Module:
     bottleneck = rng.random() < 0.4
     cin = base
     for stage in range(4):
-        width = base * 2 ** stage
+        width = base * 2**stage
         for i in range(rng.randint(1, 3)):
             s = 2 if i == 0 and stage > 0 else 1
             if bottleneck:
@@ -364,13 +486,16 @@ def _random_shuffle(rng: random.Random) -> nn.Module:
 
 def _random_squeeze(rng: random.Random) -> nn.Module:
     stem = rng.choice([64, 96])
-    layers: list[nn.Module] = [nn.Conv2d(3, stem, rng.choice([3, 7]), 2), nn.ReLU(),
-                               nn.MaxPool2d(3, 2, ceil_mode=True)]
+    layers: list[nn.Module] = [
+        nn.Conv2d(3, stem, rng.choice([3, 7]), 2),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2, ceil_mode=True),
+    ]
     cin = stem
     for stage in range(3):
         for _ in range(rng.randint(1, 3)):
-            squeeze = _width(rng, 16 * 2 ** stage)
-            expand = _width(rng, 64 * 2 ** stage)
+            squeeze = _width(rng, 16 * 2**stage)
+            expand = _width(rng, 64 * 2**stage)
             layers.append(Fire(cin, squeeze, expand))
             cin = 2 * expand
         if stage < 2:
@@ -426,15 +551,21 @@ def export_all(directory: str | Path, names: list[str] | None = None) -> list[Pa
     """Export zoo models and variants (all by default) as ``directory/<name>.onnx``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    return [export_onnx(build(n), directory / f"{n}.onnx", resolution(n))
-            for n in names or [*ZOO, *VARIANTS]]
+    return [export_onnx(build(n), directory / f"{n}.onnx", resolution(n)) for n in names or [*ZOO, *VARIANTS]]
 
 
 def export_onnx(model: nn.Module, path: str | Path, resolution: int = 224) -> Path:
     """Export with the legacy exporter (offline, fast, folds batch-norm into convs), opset 17."""
     path = Path(path)
     with torch.no_grad():
-        torch.onnx.export(model, (torch.randn(1, 3, resolution, resolution),), str(path),
-                          input_names=["input"], output_names=["logits"], opset_version=17,
-                          do_constant_folding=True, dynamo=False)
+        torch.onnx.export(
+            model,
+            (torch.randn(1, 3, resolution, resolution),),
+            str(path),
+            input_names=["input"],
+            output_names=["logits"],
+            opset_version=17,
+            do_constant_folding=True,
+            dynamo=False,
+        )
     return path

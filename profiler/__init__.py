@@ -6,5 +6,14 @@ from .opspec import InvalidOpSpecError, OpSpec, read_jsonl, write_jsonl
 from .protocol import TimingProtocol
 from .store import Store
 
-__all__ = ["Campaign", "CampaignReport", "InvalidOpSpecError", "Measurement", "OpSpec",
-           "Store", "TimingProtocol", "read_jsonl", "write_jsonl"]
+__all__ = [
+    "Campaign",
+    "CampaignReport",
+    "InvalidOpSpecError",
+    "Measurement",
+    "OpSpec",
+    "Store",
+    "TimingProtocol",
+    "read_jsonl",
+    "write_jsonl",
+]

@@ -30,12 +30,24 @@ import traceback
 import numpy as np
 
 PROTOCOL_DEFAULTS = {
-    "warmup_ms": 30.0, "warmup_runs": 3, "min_repeat_ms": 20.0, "repeat": 9, "cooldown_ms": 0.0,
-    "max_cv": 0.10, "canary_tolerance": 0.10, "canary_repeat": 3, "canary_min_repeat_ms": 10.0,
-    "max_retries": 3, "retry_backoff_s": 0.5,
+    "warmup_ms": 30.0,
+    "warmup_runs": 3,
+    "min_repeat_ms": 20.0,
+    "repeat": 9,
+    "cooldown_ms": 0.0,
+    "max_cv": 0.10,
+    "canary_tolerance": 0.10,
+    "canary_repeat": 3,
+    "canary_min_repeat_ms": 10.0,
+    "max_retries": 3,
+    "retry_backoff_s": 0.5,
 }
-ORT_OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
-                  "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+ORT_OPT_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
 
 
 def _send(obj):
@@ -68,8 +80,14 @@ def host_facts():
             governor = fh.read().strip()
     except OSError:
         pass
-    return {"os": platform.platform(), "arch": platform.machine(), "cpu_model": cpu_model,
-            "cores": os.cpu_count(), "governor": governor, "hostname": platform.node()}
+    return {
+        "os": platform.platform(),
+        "arch": platform.machine(),
+        "cpu_model": cpu_model,
+        "cores": os.cpu_count(),
+        "governor": governor,
+        "hostname": platform.node(),
+    }
 
 
 def _random_feeds(inputs):
@@ -91,7 +109,8 @@ class OrtRunner:
         opts.intra_op_num_threads = settings["threads"]
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = getattr(
-            ort.GraphOptimizationLevel, ORT_OPT_LEVELS[settings.get("graph_optimization", "all")])
+            ort.GraphOptimizationLevel, ORT_OPT_LEVELS[settings.get("graph_optimization", "all")]
+        )
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         if settings.get("profile"):
             opts.enable_profiling = True
@@ -123,8 +142,9 @@ class TvmRunner:
         self.vm = VirtualMachine(tvm.runtime.load_module(model_path), device)
         examples = self.vm["hwlat_example_inputs"]()
         feeds = _random_feeds([(str(i), list(t.shape)) for i, t in enumerate(examples)])
-        args = [tvm.runtime.tensor(feeds[str(i)].astype(str(t.dtype)), device)
-                for i, t in enumerate(examples)]
+        args = [
+            tvm.runtime.tensor(feeds[str(i)].astype(str(t.dtype)), device) for i, t in enumerate(examples)
+        ]
         self.vm.save_function("main", "hwlat_main", *args)
         self.main = self.vm["hwlat_main"]
 
@@ -174,14 +194,21 @@ class Agent:
 
     # ----- commands -----------------------------------------------------------
     def hello(self, _msg):
-        versions = {"python": platform.python_version(), "numpy": np.__version__,
-                    "onnxruntime": _version("onnxruntime"), "tvm": _version("tvm")}
+        versions = {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "onnxruntime": _version("onnxruntime"),
+            "tvm": _version("tvm"),
+        }
         return {"type": "hello", "pid": os.getpid(), "versions": versions, "host": host_facts()}
 
     def configure(self, msg):
-        settings = {"backend": msg.get("backend", "ort"), "threads": int(msg.get("threads", 1)),
-                    "cpu_affinity": msg.get("cpu_affinity"),
-                    "graph_optimization": msg.get("graph_optimization", "all")}
+        settings = {
+            "backend": msg.get("backend", "ort"),
+            "threads": int(msg.get("threads", 1)),
+            "cpu_affinity": msg.get("cpu_affinity"),
+            "graph_optimization": msg.get("graph_optimization", "all"),
+        }
         if settings["backend"] not in RUNNERS:
             raise ValueError(f"backend {settings['backend']!r} is not available in this agent")
         if settings["cpu_affinity"]:
@@ -197,8 +224,12 @@ class Agent:
             ref = msg.get("canary_reference_ms")
             self.canary_reference_ms = min([*canary_ms, ref] if ref else canary_ms)
             self.last_canary_ratio = min(canary_ms) / self.canary_reference_ms
-        return {"type": "configured", "settings": settings, "canary_ms": canary_ms,
-                "canary_reference_ms": self.canary_reference_ms}
+        return {
+            "type": "configured",
+            "settings": settings,
+            "canary_ms": canary_ms,
+            "canary_reference_ms": self.canary_reference_ms,
+        }
 
     def measure(self, msg):
         started = time.perf_counter()
@@ -208,8 +239,9 @@ class Agent:
         for attempt in range(int(p["max_retries"]) + 1):
             if attempt:
                 time.sleep(p["retry_backoff_s"] * 2 ** (attempt - 1))
-            samples, number = time_runner(runner, p["warmup_ms"], p["warmup_runs"],
-                                          p["min_repeat_ms"], p["repeat"])
+            samples, number = time_runner(
+                runner, p["warmup_ms"], p["warmup_runs"], p["min_repeat_ms"], p["repeat"]
+            )
             reasons = []
             ratio = None
             if self.canary is not None:
@@ -221,20 +253,31 @@ class Agent:
             cv = _cv(samples)
             if cv > p["max_cv"]:
                 reasons.append(f"repeats spread too wide (cv {cv:.1%} > {p['max_cv']:.0%})")
-            attempts.append({"samples_ms": samples, "number": number, "canary_ratio": ratio,
-                             "reasons": reasons})
+            attempts.append(
+                {"samples_ms": samples, "number": number, "canary_ratio": ratio, "reasons": reasons}
+            )
             if not reasons:
                 break
-        best = attempts[-1] if not attempts[-1]["reasons"] else min(
-            attempts, key=lambda a: statistics.median(a["samples_ms"]))
+        best = (
+            attempts[-1]
+            if not attempts[-1]["reasons"]
+            else min(attempts, key=lambda a: statistics.median(a["samples_ms"]))
+        )
         if p["cooldown_ms"]:
             time.sleep(p["cooldown_ms"] / 1e3)
-        return {"type": "result", "key": msg.get("key"), "status": "ok",
-                "samples_ms": best["samples_ms"], "number": best["number"],
-                "canary_ratio": best["canary_ratio"], "disturbed": bool(best["reasons"]),
-                "reasons": best["reasons"], "attempts": len(attempts),
-                "canary_reference_ms": self.canary_reference_ms,
-                "wall_s": time.perf_counter() - started}
+        return {
+            "type": "result",
+            "key": msg.get("key"),
+            "status": "ok",
+            "samples_ms": best["samples_ms"],
+            "number": best["number"],
+            "canary_ratio": best["canary_ratio"],
+            "disturbed": bool(best["reasons"]),
+            "reasons": best["reasons"],
+            "attempts": len(attempts),
+            "canary_reference_ms": self.canary_reference_ms,
+            "wall_s": time.perf_counter() - started,
+        }
 
     def measure_model(self, msg):
         baseline_kb = _current_rss_kb()
@@ -305,22 +348,40 @@ class Agent:
                     run_ms = [run_ms[i] for i in quiet]
                     groups = max(1, min(int(p["repeat"]), len(quiet)))
                     size = len(quiet) // groups
-            samples = [_interquartile_mean(unit_ms[i * size:(i + 1) * size]) for i in range(groups)]
-            e2e = [_interquartile_mean(run_ms[i * size:(i + 1) * size]) for i in range(groups)]
+            samples = [_interquartile_mean(unit_ms[i * size : (i + 1) * size]) for i in range(groups)]
+            e2e = [_interquartile_mean(run_ms[i * size : (i + 1) * size]) for i in range(groups)]
             if ratio > 1 + p["canary_tolerance"]:
                 reasons.append(f"canary runs took {ratio:.2f}x their quiet time")
             if _cv(samples) > p["max_cv"]:
                 reasons.append(f"groups of runs spread too wide (cv {_cv(samples):.1%} > {p['max_cv']:.0%})")
-            attempts.append({"samples_ms": samples, "e2e_samples_ms": e2e, "number": size,
-                             "canary_ratio": ratio, "reasons": reasons, "kernel_nodes": nodes})
+            attempts.append(
+                {
+                    "samples_ms": samples,
+                    "e2e_samples_ms": e2e,
+                    "number": size,
+                    "canary_ratio": ratio,
+                    "reasons": reasons,
+                    "kernel_nodes": nodes,
+                }
+            )
             if not reasons:
                 break
-        best = attempts[-1] if not attempts[-1]["reasons"] else min(
-            attempts, key=lambda a: statistics.median(a["samples_ms"]))
-        return {"type": "result", "key": msg.get("key"), "status": "ok", **best,
-                "disturbed": bool(best["reasons"]), "attempts": len(attempts),
-                "canary_reference_ms": self.canary_reference_ms, "profiled_runs": runs,
-                "wall_s": time.perf_counter() - started}
+        best = (
+            attempts[-1]
+            if not attempts[-1]["reasons"]
+            else min(attempts, key=lambda a: statistics.median(a["samples_ms"]))
+        )
+        return {
+            "type": "result",
+            "key": msg.get("key"),
+            "status": "ok",
+            **best,
+            "disturbed": bool(best["reasons"]),
+            "attempts": len(attempts),
+            "canary_reference_ms": self.canary_reference_ms,
+            "profiled_runs": runs,
+            "wall_s": time.perf_counter() - started,
+        }
 
     def _canary_run_ratio(self):
         """The canary's interquartile mean over single runs, relative to its reference (1 if none)."""
@@ -364,7 +425,7 @@ def _interquartile_mean(values):
     the profiler's whole-microsecond resolution (a median would not)."""
     ordered = sorted(values)
     cut = len(ordered) // 4
-    return statistics.fmean(ordered[cut:len(ordered) - cut] or ordered)
+    return statistics.fmean(ordered[cut : len(ordered) - cut] or ordered)
 
 
 HARNESS_PREFIX = "hwlat_ctx"
@@ -386,8 +447,10 @@ def unit_kernel_times(events, input_shapes, output_shapes):
     A model without harness nodes counts every node.
     """
     runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
-    node_events = sorted((e for e in events if e.get("cat") == "Node"
-                          and e.get("name", "").endswith("_kernel_time")), key=lambda e: e["ts"])
+    node_events = sorted(
+        (e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")),
+        key=lambda e: e["ts"],
+    )
     per_run = [[] for _ in runs]
     starts = [r[0] for r in runs]
     for e in node_events:
@@ -399,27 +462,45 @@ def unit_kernel_times(events, input_shapes, output_shapes):
         if not seq:
             continue
         run_ms.append((runs[i][1] - runs[i][0]) / 1e3)
-        core = [j for j, e in enumerate(seq) if not e["name"].startswith(HARNESS_PREFIX)
-                and e["args"].get("op_name") not in _REORDERS]
+        core = [
+            j
+            for j, e in enumerate(seq)
+            if not e["name"].startswith(HARNESS_PREFIX) and e["args"].get("op_name") not in _REORDERS
+        ]
         first, last = (core[0], core[-1]) if core else (len(seq), -1)
         total = 0.0
         for j, e in enumerate(seq):
             op = e["args"].get("op_name")
             if e["name"].startswith(HARNESS_PREFIX):
                 continue
-            if op == "ReorderInput" and j < first and _event_shapes(e, "input_type_shape")[:1] \
-                    and _event_shapes(e, "input_type_shape")[0] in input_shapes:
+            if (
+                op == "ReorderInput"
+                and j < first
+                and _event_shapes(e, "input_type_shape")[:1]
+                and _event_shapes(e, "input_type_shape")[0] in input_shapes
+            ):
                 continue
-            if op == "ReorderOutput" and j > last and _event_shapes(e, "output_type_shape")[:1] \
-                    and _event_shapes(e, "output_type_shape")[0] in output_shapes:
+            if (
+                op == "ReorderOutput"
+                and j > last
+                and _event_shapes(e, "output_type_shape")[:1]
+                and _event_shapes(e, "output_type_shape")[0] in output_shapes
+            ):
                 continue
             total += e["dur"] / 1e3
-            name = e["name"][:-len("_kernel_time")]
+            name = e["name"][: -len("_kernel_time")]
             node_times.setdefault(name, []).append(e["dur"] / 1e3)
             node_info[name] = (op, _event_shapes(e, "output_type_shape"))
         totals.append(total)
-    nodes = [{"name": k, "op": node_info[k][0], "output_shapes": node_info[k][1],
-              "mean_ms": _interquartile_mean(v)} for k, v in node_times.items()]
+    nodes = [
+        {
+            "name": k,
+            "op": node_info[k][0],
+            "output_shapes": node_info[k][1],
+            "mean_ms": _interquartile_mean(v),
+        }
+        for k, v in node_times.items()
+    ]
     return totals, run_ms, nodes
 
 
@@ -436,8 +517,13 @@ def _current_rss_kb():
 
 def main():
     agent = Agent()
-    handlers = {"hello": agent.hello, "configure": agent.configure, "measure": agent.measure,
-                "measure_model": agent.measure_model, "profile_kernels": agent.profile_kernels}
+    handlers = {
+        "hello": agent.hello,
+        "configure": agent.configure,
+        "measure": agent.measure,
+        "measure_model": agent.measure_model,
+        "profile_kernels": agent.profile_kernels,
+    }
     for line in sys.stdin:
         line = line.strip()
         if not line:
@@ -451,11 +537,13 @@ def main():
                 raise ValueError(f"unknown command {msg.get('cmd')!r}")
             reply = handler(msg)
         except Exception as exc:
-            reply = {"type": "result" if msg.get("cmd", "").startswith(("measure", "profile"))
-                     else "error",
-                     "key": msg.get("key"), "status": "failed",
-                     "error_msg": f"{type(exc).__name__}: {exc}",
-                     "traceback": traceback.format_exc(limit=5)}
+            reply = {
+                "type": "result" if msg.get("cmd", "").startswith(("measure", "profile")) else "error",
+                "key": msg.get("key"),
+                "status": "failed",
+                "error_msg": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(limit=5),
+            }
         _send(reply)
 
 

@@ -25,12 +25,15 @@ def agent_start_error(device: Device, exc: Exception) -> DeviceError:
     message = str(exc)
     if "No module named" in message:
         module = message.split("No module named", 1)[1].split("|")[0].strip(" :'\"")
-        return RuntimeMissing(f"device {device.name!r}: the agent cannot import {module!r} with "
-                              f"{device.python}; install it there ({device.python} -m pip install "
-                              f"{_PIP_NAMES.get(module, module)}) or set 'python' to an interpreter "
-                              "that has numpy and the runtime")
-    return DeviceError(f"device {device.name!r}: the agent did not start: {message}; "
-                       f"run `hwlat devices check {device.name}`")
+        return RuntimeMissing(
+            f"device {device.name!r}: the agent cannot import {module!r} with "
+            f"{device.python}; install it there ({device.python} -m pip install "
+            f"{_PIP_NAMES.get(module, module)}) or set 'python' to an interpreter "
+            "that has numpy and the runtime"
+        )
+    return DeviceError(
+        f"device {device.name!r}: the agent did not start: {message}; run `hwlat devices check {device.name}`"
+    )
 
 
 class AgentSession:
@@ -55,8 +58,9 @@ class AgentSession:
         self.process = self.connection.start([device.python, "-u", agent_path])
         self.hello = self._ask({"cmd": "hello"}, self.hello_timeout_s)
         if self.hello.get("type") != "hello":
-            raise AgentCrashed(f"device {device.name!r}: the agent did not start: "
-                               f"{self.hello.get('error_msg', self.hello)}")
+            raise AgentCrashed(
+                f"device {device.name!r}: the agent did not start: {self.hello.get('error_msg', self.hello)}"
+            )
         return self.hello
 
     def start(self) -> AgentSession:
@@ -68,8 +72,10 @@ class AgentSession:
             (config["canary_model"],) = self.connection.stage([Path(config["canary_model"])])
         self.configured = self._ask({"cmd": "configure", **config}, self.hello_timeout_s)
         if self.configured.get("type") != "configured":
-            raise AgentCrashed(f"device {device.name!r}: the agent refused its configuration: "
-                               f"{self.configured.get('error_msg')}")
+            raise AgentCrashed(
+                f"device {device.name!r}: the agent refused its configuration: "
+                f"{self.configured.get('error_msg')}"
+            )
         return self
 
     def measure(self, key: str, artifact: Path, timeout_s: float, cmd: str = "measure") -> dict:
@@ -98,14 +104,15 @@ class AgentSession:
         try:
             line = self.process.read_line(timeout_s)
         except TimeoutError:
-            raise AgentTimeout(f"agent gave no answer to {message['cmd']} within {timeout_s:.0f} s"
-                               ) from None
+            raise AgentTimeout(f"agent gave no answer to {message['cmd']} within {timeout_s:.0f} s") from None
         if line is None:
             if not self.connection.is_alive():
                 raise ConnectionLost(f"connection to {self.connection.device.name!r} dropped")
             tail = self.process.stderr_tail().strip().splitlines()[-5:]
-            raise AgentCrashed("agent process died" + (": " + " | ".join(tail) if tail else
-                                                       " without a message (killed or crashed)"))
+            raise AgentCrashed(
+                "agent process died"
+                + (": " + " | ".join(tail) if tail else " without a message (killed or crashed)")
+            )
         try:
             return json.loads(line)
         except json.JSONDecodeError:

@@ -85,7 +85,9 @@ def get_backend(name: str, device: Device, **options) -> HostBackend:
     if name not in BACKENDS:
         raise UnknownBackendError(f"unknown backend {name!r}; use one of {', '.join(sorted(BACKENDS))}")
     if device.backends and name.split("-")[0] not in device.backends:
-        raise UnknownBackendError(f"device {device.name!r} does not list backend {name!r} "
-                                  f"(it has {', '.join(device.backends)}); add it to 'backends' "
-                                  "in the inventory")
+        raise UnknownBackendError(
+            f"device {device.name!r} does not list backend {name!r} "
+            f"(it has {', '.join(device.backends)}); add it to 'backends' "
+            "in the inventory"
+        )
     return BACKENDS[name](device, **options)

@@ -69,19 +69,29 @@ class CampaignReport:
     stopped: bool = False
 
     def summary(self) -> str:
-        return (f"{self.device}/{self.backend}: {self.measured} measured, {self.skipped} already "
-                f"stored, {self.failed} failed, {self.disturbed} flagged disturbed, "
-                f"{self.reconnects} reconnects, {self.wall_s:.1f} s" + (", stopped" if self.stopped else ""))
+        return (
+            f"{self.device}/{self.backend}: {self.measured} measured, {self.skipped} already "
+            f"stored, {self.failed} failed, {self.disturbed} flagged disturbed, "
+            f"{self.reconnects} reconnects, {self.wall_s:.1f} s" + (", stopped" if self.stopped else "")
+        )
 
 
 class Campaign:
     """Measures ops on one device with one backend into a Store."""
 
-    def __init__(self, device: Device, backend: str | HostBackend, store: Store,
-                 protocol: TimingProtocol | None = None, show_progress: bool = True,
-                 reconnect_timeout_s: float = 300.0,
-                 connect_fn: Callable[[Device], Connection] = connect,
-                 batch_size: int = 32, batch_timeout_s: float = 600.0, kind: str = "op") -> None:
+    def __init__(
+        self,
+        device: Device,
+        backend: str | HostBackend,
+        store: Store,
+        protocol: TimingProtocol | None = None,
+        show_progress: bool = True,
+        reconnect_timeout_s: float = 300.0,
+        connect_fn: Callable[[Device], Connection] = connect,
+        batch_size: int = 32,
+        batch_timeout_s: float = 600.0,
+        kind: str = "op",
+    ) -> None:
         if kind not in AGENT_COMMANDS:
             raise ValueError(f"unknown measurement kind {kind!r}; use one of {', '.join(AGENT_COMMANDS)}")
         self.kind = kind
@@ -106,18 +116,22 @@ class Campaign:
         specs = list(unique(specs))
         done = set() if force else self.store.done_keys(self.device.name, self.backend.name, self.kind)
         todo = [s for s in specs if s.key not in done]
-        report = CampaignReport(self.device.name, self.backend.name, requested=len(specs),
-                                skipped=len(specs) - len(todo))
+        report = CampaignReport(
+            self.device.name, self.backend.name, requested=len(specs), skipped=len(specs) - len(todo)
+        )
         started = time.monotonic()
-        progress = Progress(len(todo), f"{self.device.name}/{self.backend.name}") \
-            if self.show_progress and todo else None
+        progress = (
+            Progress(len(todo), f"{self.device.name}/{self.backend.name}")
+            if self.show_progress and todo
+            else None
+        )
         try:
             if todo:  # e.g. TVM tunes and compiles ahead; the canary is needed first
                 self.backend.prefetch([CANARY, *todo], progress=self.show_progress)
             index = 0
             while index < len(todo) and not self._stop.is_set():
                 spec = todo[index]
-                m = self._measure_one(spec, report, todo[index:index + self.batch_size])
+                m = self._measure_one(spec, report, todo[index : index + self.batch_size])
                 if m is None or self._stop.is_set():  # connection lost: same op again; or stopped
                     continue
                 self.store.save(m)
@@ -148,8 +162,7 @@ class Campaign:
             process.kill()
 
     # ----- one op -----------------------------------------------------------
-    def _measure_one(self, spec: OpSpec, report: CampaignReport,
-                     batch: list[OpSpec]) -> Measurement | None:
+    def _measure_one(self, spec: OpSpec, report: CampaignReport, batch: list[OpSpec]) -> Measurement | None:
         """The op's measurement, or None when it must be tried again (link lost) or was stopped."""
         try:
             artifact = self._artifact(spec)
@@ -159,8 +172,9 @@ class Campaign:
             session = self._ensure_session(report)
             if spec.key not in self._staged:
                 self._stage_batch(batch)
-            result = session.measure(spec.key, artifact, self.protocol.op_timeout_s,
-                                     cmd=AGENT_COMMANDS[self.kind])
+            result = session.measure(
+                spec.key, artifact, self.protocol.op_timeout_s, cmd=AGENT_COMMANDS[self.kind]
+            )
         except ConnectionLost as exc:
             self._close()
             if not self._ever_connected:
@@ -205,26 +219,51 @@ class Campaign:
         self._staged.update(spec.key for spec in batch)
 
     def _failed(self, key: str, error_msg: str, kind: str | None = None) -> Measurement:
-        return Measurement(device=self.device.name, backend=self.backend.name, key=key,
-                           kind=kind or self.kind,
-                           status="failed", error_msg=error_msg, settings=self.device.settings(),
-                           protocol=self.protocol.to_dict())
+        return Measurement(
+            device=self.device.name,
+            backend=self.backend.name,
+            key=key,
+            kind=kind or self.kind,
+            status="failed",
+            error_msg=error_msg,
+            settings=self.device.settings(),
+            protocol=self.protocol.to_dict(),
+        )
 
     def _from_result(self, key: str, result: dict, kind: str) -> Measurement:
         if result.get("status") != "ok":
             return self._failed(key, result.get("error_msg", "unknown agent error"), kind)
         assert self._session is not None
         hello, configured = self._session.hello, self._session.configured
-        extra = {k: result[k] for k in ("wall_s", "baseline_rss_mb", "peak_rss_mb", "e2e_samples_ms",
-                                        "kernel_nodes", "profiled_runs") if k in result}
+        extra = {
+            k: result[k]
+            for k in (
+                "wall_s",
+                "baseline_rss_mb",
+                "peak_rss_mb",
+                "e2e_samples_ms",
+                "kernel_nodes",
+                "profiled_runs",
+            )
+            if k in result
+        }
         return Measurement(
-            device=self.device.name, backend=self.backend.name, key=key, kind=kind,
-            samples_ms=result["samples_ms"], number=result["number"],
-            disturbed=result["disturbed"], disturbance="; ".join(result["reasons"]),
-            canary_ratio=result["canary_ratio"], attempts=result["attempts"],
+            device=self.device.name,
+            backend=self.backend.name,
+            key=key,
+            kind=kind,
+            samples_ms=result["samples_ms"],
+            number=result["number"],
+            disturbed=result["disturbed"],
+            disturbance="; ".join(result["reasons"]),
+            canary_ratio=result["canary_ratio"],
+            attempts=result["attempts"],
             backend_version=str(hello["versions"].get(self.backend.version_key)),
-            settings=configured["settings"], protocol=self.protocol.to_dict(),
-            host=hello["host"], extra=extra)
+            settings=configured["settings"],
+            protocol=self.protocol.to_dict(),
+            host=hello["host"],
+            extra=extra,
+        )
 
     # ----- connection management -------------------------------------------
     def _ensure_session(self, report: CampaignReport) -> AgentSession:
@@ -232,18 +271,23 @@ class Campaign:
             if self._connection is None:
                 self._connection = self.connect_fn(self.device)
                 self._ever_connected = True
-            config = {**self.backend.agent_config(), "protocol": self.protocol.to_dict(),
-                      "canary_model": str(self.backend.artifact(CANARY)),
-                      "canary_reference_ms": self.store.canary_reference(
-                          self.device.name, self.backend.name, self.device.settings())}
+            config = {
+                **self.backend.agent_config(),
+                "protocol": self.protocol.to_dict(),
+                "canary_model": str(self.backend.artifact(CANARY)),
+                "canary_reference_ms": self.store.canary_reference(
+                    self.device.name, self.backend.name, self.device.settings()
+                ),
+            }
             session = AgentSession(self._connection, config)
             try:
                 session.start()
             except (AgentCrashed, AgentTimeout) as exc:
                 session.close()
                 if not self._connection.is_alive():
-                    raise ConnectionLost(f"connection to {self.device.name!r} dropped while the "
-                                         f"agent started ({exc})") from None
+                    raise ConnectionLost(
+                        f"connection to {self.device.name!r} dropped while the agent started ({exc})"
+                    ) from None
                 raise agent_start_error(self.device, exc) from None
             self._session = session
         return self._session
@@ -262,9 +306,9 @@ class Campaign:
                     raise DeviceUnreachable(
                         f"device {self.device.name!r} did not come back within "
                         f"{self.reconnect_timeout_s:.0f} s ({exc}); what was measured is stored, "
-                        f"re-run the same command to resume") from None
-                log.warning("%s: still unreachable (%s); retrying in %.0f s",
-                            self.device.name, exc, delay)
+                        f"re-run the same command to resume"
+                    ) from None
+                log.warning("%s: still unreachable (%s); retrying in %.0f s", self.device.name, exc, delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 30.0)
 
@@ -287,12 +331,14 @@ class Campaign:
     def _remember_canary(self, session: AgentSession) -> None:
         ref = session.configured.get("canary_reference_ms")
         if ref:
-            self.store.update_canary_reference(self.device.name, self.backend.name,
-                                               self.device.settings(), ref)
+            self.store.update_canary_reference(
+                self.device.name, self.backend.name, self.device.settings(), ref
+            )
 
     # ----- whole models -----------------------------------------------------
-    def measure_models(self, onnx_paths: Iterable[str | Path], repeats: int = 1,
-                       save: bool = True) -> list[Measurement]:
+    def measure_models(
+        self, onnx_paths: Iterable[str | Path], repeats: int = 1, save: bool = True
+    ) -> list[Measurement]:
         """Time each model ``repeats`` times, in passes over all of them (so one model's
         measurements lie apart in time), and keep the fastest clean one: contention only ever
         adds time, and a burst can pass the canary check unseen."""
@@ -323,8 +369,7 @@ class Campaign:
                 m = self._failed(key, f"could not build the model: {exc}", "model")
             else:
                 session = self._ensure_session(report)
-                result = session.measure(key, artifact, self.protocol.op_timeout_s * 5,
-                                         cmd="measure_model")
+                result = session.measure(key, artifact, self.protocol.op_timeout_s * 5, cmd="measure_model")
                 m = self._from_result(key, result, "model")
         except (AgentCrashed, AgentTimeout) as exc:
             m = self._failed(key, str(exc), "model")
@@ -348,5 +393,9 @@ def model_facts(onnx_path: Path) -> dict:
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     params = int(sum(np.prod(t.dims) for t in model.graph.initializer))
-    return {"model_path": str(onnx_path), "model_bytes": Path(onnx_path).stat().st_size,
-            "params": params, "nodes": len(model.graph.node)}
+    return {
+        "model_path": str(onnx_path),
+        "model_bytes": Path(onnx_path).stat().st_size,
+        "params": params,
+        "nodes": len(model.graph.node),
+    }

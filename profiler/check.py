@@ -17,8 +17,10 @@ from .agent_client import AgentCrashed, AgentSession, AgentTimeout, agent_start_
 from .backends import cache_dir
 
 RUNTIME_OF = {"ort": "onnxruntime", "tvm": "tvm"}
-_FREE_DISK = ("import os, shutil, sys; d = os.path.expanduser(sys.argv[1]); "
-              "os.makedirs(d, exist_ok=True); print(shutil.disk_usage(d).free)")
+_FREE_DISK = (
+    "import os, shutil, sys; d = os.path.expanduser(sys.argv[1]); "
+    "os.makedirs(d, exist_ok=True); print(shutil.disk_usage(d).free)"
+)
 
 
 def check_device(device: Device) -> dict:
@@ -54,27 +56,36 @@ def _workdir_facts(device: Device, connection) -> dict:
     try:
         status, out, err = connection.run([device.python, "-c", _FREE_DISK, workdir], timeout_s=60)
     except (TimeoutError, subprocess.TimeoutExpired):
-        raise DeviceError(f"device {device.name!r}: {device.python} did not report the free disk "
-                          "within 60 s; is the device overloaded?") from None
+        raise DeviceError(
+            f"device {device.name!r}: {device.python} did not report the free disk "
+            "within 60 s; is the device overloaded?"
+        ) from None
     if status == 127:
-        raise PythonMissing(f"device {device.name!r}: {err.strip()}; set 'python' to an interpreter "
-                            "that exists there")
+        raise PythonMissing(
+            f"device {device.name!r}: {err.strip()}; set 'python' to an interpreter that exists there"
+        )
     if status != 0:
-        raise DeviceError(f"device {device.name!r}: cannot use workdir {workdir!r}: "
-                          f"{err.strip().splitlines()[-1] if err.strip() else status}; set 'workdir' "
-                          "to a writable folder")
+        raise DeviceError(
+            f"device {device.name!r}: cannot use workdir {workdir!r}: "
+            f"{err.strip().splitlines()[-1] if err.strip() else status}; set 'workdir' "
+            "to a writable folder"
+        )
     return {"workdir": workdir, "disk_free_gb": round(int(out) / 1e9, 1)}
 
 
 def _problem(device: Device, report: dict) -> tuple[str, str] | None:
     missing = [b for b in device.backends if not report.get(RUNTIME_OF.get(b, b))]
     if missing:
-        return "RuntimeMissing", (f"runtime missing on the device for backend(s) {missing}: "
-                                  f"install {', '.join(RUNTIME_OF.get(b, b) for b in missing)} for "
-                                  f"{device.python}, or drop them from 'backends'")
+        return "RuntimeMissing", (
+            f"runtime missing on the device for backend(s) {missing}: "
+            f"install {', '.join(RUNTIME_OF.get(b, b) for b in missing)} for "
+            f"{device.python}, or drop them from 'backends'"
+        )
     cores = report.get("cores") or 0
     bad = [c for c in device.cpu_affinity or () if c >= cores]
     if bad:
-        return "BadAffinity", (f"cpu_affinity lists CPU(s) {bad}, but the device has {cores} cores "
-                               f"(0..{cores - 1}); fix 'cpu_affinity'")
+        return "BadAffinity", (
+            f"cpu_affinity lists CPU(s) {bad}, but the device has {cores} cores "
+            f"(0..{cores - 1}); fix 'cpu_affinity'"
+        )
     return None

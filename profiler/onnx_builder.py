@@ -53,8 +53,9 @@ def model_path(spec: OpSpec, directory: str | Path) -> Path:
 
 def make_model(graph: onnx.GraphProto) -> onnx.ModelProto:
     """A model around ``graph`` with the opset and IR version every hwlat-built model records."""
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                             producer_name="hwlat", ir_version=IR_VERSION)
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="hwlat", ir_version=IR_VERSION
+    )
 
 
 def save_once(path: Path, build: Callable[[], onnx.ModelProto]) -> Path:
@@ -94,14 +95,23 @@ def _core_nodes(spec: OpSpec, rng: np.random.Generator, nodes: list, inits: list
     op = spec.op
     if op == "conv":
         cin = spec.input_shape[1]
-        fan_in = cin // spec.groups * spec.kernel ** 2
+        fan_in = cin // spec.groups * spec.kernel**2
         w = rng.standard_normal((spec.out_channels, cin // spec.groups, spec.kernel, spec.kernel))
         ins = ["x0", _weight("w", w / np.sqrt(fan_in), inits)]
         if spec.bias:
             ins.append(_weight("b", rng.standard_normal(spec.out_channels) * 0.1, inits))
-        nodes.append(helper.make_node(
-            "Conv", ins, ["conv_out"], kernel_shape=[spec.kernel] * 2, strides=[spec.stride] * 2,
-            pads=[spec.padding] * 4, dilations=[spec.dilation] * 2, group=spec.groups))
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                ins,
+                ["conv_out"],
+                kernel_shape=[spec.kernel] * 2,
+                strides=[spec.stride] * 2,
+                pads=[spec.padding] * 4,
+                dilations=[spec.dilation] * 2,
+                group=spec.groups,
+            )
+        )
         return "conv_out"
     if op == "gemm":
         cin = spec.input_shape[1]
@@ -115,8 +125,9 @@ def _core_nodes(spec: OpSpec, rng: np.random.Generator, nodes: list, inits: list
         attrs = dict(kernel_shape=[spec.kernel] * 2, strides=[spec.stride] * 2, pads=[spec.padding] * 4)
         if op == "avgpool":
             attrs["count_include_pad"] = 0
-        nodes.append(helper.make_node("MaxPool" if op == "maxpool" else "AveragePool",
-                                      ["x0"], ["pool_out"], **attrs))
+        nodes.append(
+            helper.make_node("MaxPool" if op == "maxpool" else "AveragePool", ["x0"], ["pool_out"], **attrs)
+        )
         return "pool_out"
     if op == "globalavgpool":
         nodes.append(helper.make_node("GlobalAveragePool", ["x0"], ["pool_out"]))
@@ -125,13 +136,15 @@ def _core_nodes(spec: OpSpec, rng: np.random.Generator, nodes: list, inits: list
         nodes.append(helper.make_node(op.capitalize(), ["x0", "x1"], ["elt_out"]))
         return "elt_out"
     if op == "concat":
-        nodes.append(helper.make_node("Concat", [f"x{i}" for i in range(len(spec.parts))],
-                                      ["cat_out"], axis=1))
+        nodes.append(
+            helper.make_node("Concat", [f"x{i}" for i in range(len(spec.parts))], ["cat_out"], axis=1)
+        )
         return "cat_out"
     if op == "split":
         sizes = _weight_int64("split_sizes", list(spec.parts), inits)
-        nodes.append(helper.make_node("Split", ["x0", sizes],
-                                      [f"y{i}" for i in range(len(spec.parts))], axis=1))
+        nodes.append(
+            helper.make_node("Split", ["x0", sizes], [f"y{i}" for i in range(len(spec.parts))], axis=1)
+        )
         return ""
     if op == "shuffle":
         # The exporter's form of ShuffleNet's channel shuffle: Reshape -> Transpose -> Reshape.

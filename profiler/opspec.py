@@ -13,8 +13,17 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 OP_TYPES = (
-    "conv", "gemm", "maxpool", "avgpool", "globalavgpool",
-    "add", "mul", "concat", "split", "shuffle", "act",
+    "conv",
+    "gemm",
+    "maxpool",
+    "avgpool",
+    "globalavgpool",
+    "add",
+    "mul",
+    "concat",
+    "split",
+    "shuffle",
+    "act",
 )
 ACTIVATIONS = ("none", "relu", "relu6", "hardswish", "hardsigmoid", "swish", "sigmoid")
 BROADCASTS = ("none", "channel")
@@ -37,9 +46,18 @@ _KEY_FIELDS: dict[str, tuple[str, ...]] = {
 }
 # Short key names -> dataclass attribute names.
 _KEY_TO_ATTR = {
-    "in": "input_shape", "out": "out_channels", "k": "kernel", "s": "stride",
-    "p": "padding", "d": "dilation", "g": "groups", "bias": "bias", "act": "activation",
-    "bcast": "broadcast", "parts": "parts", "dtype": "dtype",
+    "in": "input_shape",
+    "out": "out_channels",
+    "k": "kernel",
+    "s": "stride",
+    "p": "padding",
+    "d": "dilation",
+    "g": "groups",
+    "bias": "bias",
+    "act": "activation",
+    "bcast": "broadcast",
+    "parts": "parts",
+    "dtype": "dtype",
 }
 
 
@@ -98,20 +116,24 @@ class OpSpec:
         op, _, rest = key.partition("-")
         if op not in OP_TYPES:
             raise InvalidOpSpecError(
-                f"unknown op type {op!r} in key {key!r}; known types: {', '.join(OP_TYPES)}")
+                f"unknown op type {op!r} in key {key!r}; known types: {', '.join(OP_TYPES)}"
+            )
         values: dict[str, object] = {}
         for item in rest.split("-") if rest else []:
             short, sep, raw = item.partition(":")
             if not sep or short not in _KEY_TO_ATTR:
-                raise InvalidOpSpecError(f"cannot parse {item!r} in key {key!r}: expected NAME:VALUE "
-                                         f"with NAME one of {', '.join(_KEY_TO_ATTR)}")
+                raise InvalidOpSpecError(
+                    f"cannot parse {item!r} in key {key!r}: expected NAME:VALUE "
+                    f"with NAME one of {', '.join(_KEY_TO_ATTR)}"
+                )
             values[_KEY_TO_ATTR[short]] = _parse_value(short, raw, key)
         expected = {"input_shape", "dtype", *(_KEY_TO_ATTR[s] for s in _KEY_FIELDS[op])}
         if set(values) != expected:
             missing = sorted(expected - set(values))
             extra = sorted(set(values) - expected)
             raise InvalidOpSpecError(
-                f"key {key!r} for op {op!r} has missing fields {missing} / unexpected fields {extra}")
+                f"key {key!r} for op {op!r} has missing fields {missing} / unexpected fields {extra}"
+            )
         return cls(op=op, **values)  # type: ignore[arg-type]
 
     def to_dict(self) -> dict:
@@ -166,16 +188,19 @@ class OpSpec:
 
     def _spatial_out(self, h: int, w: int) -> tuple[int, int]:
         span = self.dilation * (self.kernel - 1) + 1
-        return ((h + 2 * self.padding - span) // self.stride + 1,
-                (w + 2 * self.padding - span) // self.stride + 1)
+        return (
+            (h + 2 * self.padding - span) // self.stride + 1,
+            (w + 2 * self.padding - span) // self.stride + 1,
+        )
 
     @property
     def params(self) -> int:
         """Number of weights (batch-norm is folded into conv/gemm weights and bias)."""
         if self.op == "conv":
             cin = self.input_shape[1]
-            return self.out_channels * (cin // self.groups) * self.kernel ** 2 + (
-                self.out_channels if self.bias else 0)
+            return self.out_channels * (cin // self.groups) * self.kernel**2 + (
+                self.out_channels if self.bias else 0
+            )
         if self.op == "gemm":
             return self.out_channels * self.input_shape[1] + (self.out_channels if self.bias else 0)
         return 0
@@ -186,12 +211,12 @@ class OpSpec:
         out = _numel(self.output_shapes[0])
         act = out * _ACTIVATION_FLOPS[self.activation]
         if self.op == "conv":
-            macs = out * (self.input_shape[1] // self.groups) * self.kernel ** 2
+            macs = out * (self.input_shape[1] // self.groups) * self.kernel**2
             return 2 * macs + (out if self.bias else 0) + act
         if self.op == "gemm":
             return 2 * out * self.input_shape[1] + (out if self.bias else 0) + act
         if self.op in ("maxpool", "avgpool"):
-            return out * self.kernel ** 2
+            return out * self.kernel**2
         if self.op == "globalavgpool":
             return _numel(self.input_shape)
         if self.op in ("add", "mul"):
@@ -203,16 +228,26 @@ class OpSpec:
     @property
     def bytes_moved(self) -> int:
         """Bytes read (inputs, weights) plus bytes written (outputs), without cache reuse."""
-        elements = (sum(_numel(s) for s in self.input_shapes) + self.params
-                    + sum(_numel(s) for s in self.output_shapes))
+        elements = (
+            sum(_numel(s) for s in self.input_shapes)
+            + self.params
+            + sum(_numel(s) for s in self.output_shapes)
+        )
         return elements * BYTES_PER_ELEMENT[self.dtype]
 
     def __str__(self) -> str:
         return self.key
 
 
-_ACTIVATION_FLOPS = {"none": 0, "relu": 1, "relu6": 2, "hardswish": 5, "hardsigmoid": 4,
-                     "swish": 5, "sigmoid": 4}
+_ACTIVATION_FLOPS = {
+    "none": 0,
+    "relu": 1,
+    "relu6": 2,
+    "hardswish": 5,
+    "hardsigmoid": 4,
+    "swish": 5,
+    "sigmoid": 4,
+}
 
 
 def _numel(shape: Iterable[int]) -> int:
@@ -255,8 +290,10 @@ def _validate(spec: OpSpec) -> None:
         fail(f"dtype {spec.dtype!r} is not supported; use one of {DTYPES}")
     rank = 2 if spec.op == "gemm" else 4
     if len(spec.input_shape) != rank:
-        fail(f"input_shape {spec.input_shape} must have {rank} dimensions "
-             f"({'N, C' if rank == 2 else 'N, C, H, W'})")
+        fail(
+            f"input_shape {spec.input_shape} must have {rank} dimensions "
+            f"({'N, C' if rank == 2 else 'N, C, H, W'})"
+        )
     if any(v <= 0 for v in spec.input_shape):
         fail(f"input_shape {spec.input_shape} has a size <= 0; every dimension must be positive")
     if spec.activation not in ACTIVATIONS:
@@ -275,22 +312,27 @@ def _validate(spec: OpSpec) -> None:
     if spec.op == "conv":
         cin = spec.input_shape[1]
         if cin % spec.groups or spec.out_channels % spec.groups:
-            fail(f"groups={spec.groups} must divide both input channels ({cin}) "
-                 f"and output channels ({spec.out_channels})")
+            fail(
+                f"groups={spec.groups} must divide both input channels ({cin}) "
+                f"and output channels ({spec.out_channels})"
+            )
     if spec.op in ("conv", "maxpool", "avgpool"):
         span = spec.dilation * (spec.kernel - 1) + 1
         h, w = spec.input_shape[2:]
         if span > min(h, w) + 2 * spec.padding:
-            fail(f"kernel {spec.kernel} (dilated span {span}) is larger than the padded input "
-                 f"{h + 2 * spec.padding}x{w + 2 * spec.padding}; lower the kernel or raise padding")
+            fail(
+                f"kernel {spec.kernel} (dilated span {span}) is larger than the padded input "
+                f"{h + 2 * spec.padding}x{w + 2 * spec.padding}; lower the kernel or raise padding"
+            )
         if spec.op != "conv" and spec.padding * 2 > spec.kernel:
             fail(f"padding={spec.padding} must be at most half the kernel ({spec.kernel}) for pooling")
     if spec.op in ("concat", "split"):
         if len(spec.parts) < 2 or any(p <= 0 for p in spec.parts):
             fail(f"parts={spec.parts} needs at least two positive channel counts")
         if sum(spec.parts) != spec.input_shape[1]:
-            fail(f"parts={spec.parts} sum to {sum(spec.parts)}, but the channel count is "
-                 f"{spec.input_shape[1]}")
+            fail(
+                f"parts={spec.parts} sum to {sum(spec.parts)}, but the channel count is {spec.input_shape[1]}"
+            )
     if spec.op == "shuffle" and (spec.groups < 2 or spec.input_shape[1] % spec.groups):
         fail(f"groups={spec.groups} must be >= 2 and divide the channels ({spec.input_shape[1]})")
 
@@ -307,8 +349,9 @@ def read_jsonl(path: str | Path) -> list[OpSpec]:
             try:
                 data = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise InvalidOpSpecError(f"{path}:{lineno}: not valid JSON ({exc.msg}); "
-                                         "each line must be one JSON object") from None
+                raise InvalidOpSpecError(
+                    f"{path}:{lineno}: not valid JSON ({exc.msg}); each line must be one JSON object"
+                ) from None
             try:
                 specs.append(OpSpec.from_dict(data))
             except InvalidOpSpecError as exc:

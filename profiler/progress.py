@@ -77,8 +77,9 @@ def _board(stream: TextIO) -> _Board:
 class Progress:
     """``[name] 12/100 12% 3.1/s ETA 28s  last-item``; one line per update when not a terminal."""
 
-    def __init__(self, total: int, name: str = "", stream: TextIO | None = None,
-                 min_interval_s: float = 0.2) -> None:
+    def __init__(
+        self, total: int, name: str = "", stream: TextIO | None = None, min_interval_s: float = 0.2
+    ) -> None:
         self.total = total
         self.name = name
         self.done = 0
@@ -100,8 +101,9 @@ class Progress:
         rate = self.done / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
         pct = 100 * self.done / self.total if self.total else 100
-        self.line = (f"[{self.name}] {self.done}/{self.total} {pct:3.0f}% {rate:5.1f}/s "
-                     f"ETA {_fmt_s(eta)} {note[:60]}")
+        self.line = (
+            f"[{self.name}] {self.done}/{self.total} {pct:3.0f}% {rate:5.1f}/s ETA {_fmt_s(eta)} {note[:60]}"
+        )
         self.board.show(self)
 
     def close(self) -> None:

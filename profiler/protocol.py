@@ -51,5 +51,13 @@ class TimingProtocol:
     @classmethod
     def quick(cls) -> TimingProtocol:
         """A cheaper protocol for tests and smoke runs (less precise)."""
-        return cls(warmup_ms=5.0, warmup_runs=1, min_repeat_ms=2.0, repeat=5,
-                   canary_repeat=2, canary_min_repeat_ms=2.0, max_retries=1, retry_backoff_s=0.05)
+        return cls(
+            warmup_ms=5.0,
+            warmup_runs=1,
+            min_repeat_ms=2.0,
+            repeat=5,
+            canary_repeat=2,
+            canary_min_repeat_ms=2.0,
+            max_retries=1,
+            retry_backoff_s=0.05,
+        )

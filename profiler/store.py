@@ -54,9 +54,30 @@ CREATE TABLE IF NOT EXISTS canary_reference (
     PRIMARY KEY (device, backend, settings)
 );
 """
-_COLUMNS = ("device", "backend", "kind", "key", "status", "error_msg", "median_ms", "p10_ms",
-            "p90_ms", "cv", "samples_ms", "number", "disturbed", "disturbance", "canary_ratio",
-            "attempts", "backend_version", "settings", "protocol", "host", "extra", "created_at")
+_COLUMNS = (
+    "device",
+    "backend",
+    "kind",
+    "key",
+    "status",
+    "error_msg",
+    "median_ms",
+    "p10_ms",
+    "p90_ms",
+    "cv",
+    "samples_ms",
+    "number",
+    "disturbed",
+    "disturbance",
+    "canary_ratio",
+    "attempts",
+    "backend_version",
+    "settings",
+    "protocol",
+    "host",
+    "extra",
+    "created_at",
+)
 _JSON_COLUMNS = ("samples_ms", "settings", "protocol", "host", "extra")
 
 
@@ -75,15 +96,18 @@ class Store:
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else default_db_path()
         if self.path.parent and not self.path.parent.exists():
-            raise StoreError(f"cannot create database {self.path}: folder {self.path.parent} does "
-                             "not exist; create it or pass --db with another path")
+            raise StoreError(
+                f"cannot create database {self.path}: folder {self.path.parent} does "
+                "not exist; create it or pass --db with another path"
+            )
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path} is not a usable hwlat database ({exc}); "
-                             "pass --db with another path") from None
+            raise StoreError(
+                f"{self.path} is not a usable hwlat database ({exc}); pass --db with another path"
+            ) from None
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -99,20 +123,42 @@ class Store:
     # ----- writing ----------------------------------------------------------
     def save(self, m: Measurement) -> None:
         """Insert or replace the row for (device, backend, kind, key) and commit at once."""
-        row = (m.device, m.backend, m.kind, m.key, m.status, m.error_msg, m.median_ms, m.p10_ms,
-               m.p90_ms, m.cv, json.dumps(m.samples_ms), m.number, int(m.disturbed), m.disturbance,
-               m.canary_ratio, m.attempts, m.backend_version, json.dumps(m.settings),
-               json.dumps(m.protocol), json.dumps(m.host), json.dumps(m.extra), m.created_at)
+        row = (
+            m.device,
+            m.backend,
+            m.kind,
+            m.key,
+            m.status,
+            m.error_msg,
+            m.median_ms,
+            m.p10_ms,
+            m.p90_ms,
+            m.cv,
+            json.dumps(m.samples_ms),
+            m.number,
+            int(m.disturbed),
+            m.disturbance,
+            m.canary_ratio,
+            m.attempts,
+            m.backend_version,
+            json.dumps(m.settings),
+            json.dumps(m.protocol),
+            json.dumps(m.host),
+            json.dumps(m.extra),
+            m.created_at,
+        )
         placeholders = ", ".join("?" * len(_COLUMNS))
         with self._lock, self._db:
-            self._db.execute(f"INSERT OR REPLACE INTO measurements ({', '.join(_COLUMNS)}) "
-                             f"VALUES ({placeholders})", row)
+            self._db.execute(
+                f"INSERT OR REPLACE INTO measurements ({', '.join(_COLUMNS)}) VALUES ({placeholders})", row
+            )
 
     def canary_reference(self, device: str, backend: str, settings: dict) -> float | None:
         with self._lock:
             row = self._db.execute(
                 "SELECT reference_ms FROM canary_reference WHERE device=? AND backend=? AND settings=?",
-                (device, backend, json.dumps(settings, sort_keys=True))).fetchone()
+                (device, backend, json.dumps(settings, sort_keys=True)),
+            ).fetchone()
         return row[0] if row else None
 
     def update_canary_reference(self, device: str, backend: str, settings: dict, ms: float) -> None:
@@ -121,7 +167,8 @@ class Store:
             self._db.execute(
                 "INSERT INTO canary_reference VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
                 "reference_ms = min(reference_ms, excluded.reference_ms)",
-                (device, backend, json.dumps(settings, sort_keys=True), ms))
+                (device, backend, json.dumps(settings, sort_keys=True), ms),
+            )
 
     # ----- reading ----------------------------------------------------------
     def done_keys(self, device: str, backend: str, kind: str = "op") -> set[str]:
@@ -132,11 +179,18 @@ class Store:
         with self._lock:
             rows = self._db.execute(
                 "SELECT key FROM measurements WHERE device=? AND backend=? AND kind=? "
-                "AND (status != 'ok' OR disturbed = 0)", (device, backend, kind)).fetchall()
+                "AND (status != 'ok' OR disturbed = 0)",
+                (device, backend, kind),
+            ).fetchall()
         return {r[0] for r in rows}
 
-    def measurements(self, device: str | None = None, backend: str | None = None,
-                     kind: str | None = None, clean_only: bool = False) -> list[Measurement]:
+    def measurements(
+        self,
+        device: str | None = None,
+        backend: str | None = None,
+        kind: str | None = None,
+        clean_only: bool = False,
+    ) -> list[Measurement]:
         where, args = [], []
         for column, value in (("device", device), ("backend", backend), ("kind", kind)):
             if value is not None:
@@ -153,9 +207,11 @@ class Store:
 
     def get(self, device: str, backend: str, key: str, kind: str = "op") -> Measurement | None:
         with self._lock:
-            row = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM measurements WHERE "
-                                   "device=? AND backend=? AND kind=? AND key=?",
-                                   (device, backend, kind, key)).fetchone()
+            row = self._db.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM measurements WHERE "
+                "device=? AND backend=? AND kind=? AND key=?",
+                (device, backend, kind, key),
+            ).fetchone()
         return _to_measurement(dict(zip(_COLUMNS, row, strict=True))) if row else None
 
     def count(self) -> int:
@@ -173,8 +229,7 @@ class Store:
                 writer = csv.DictWriter(fh, fieldnames=list(_COLUMNS))
                 writer.writeheader()
                 for row in rows:
-                    writer.writerow({k: json.dumps(v) if k in _JSON_COLUMNS else v
-                                     for k, v in row.items()})
+                    writer.writerow({k: json.dumps(v) if k in _JSON_COLUMNS else v for k, v in row.items()})
         else:
             raise ValueError(f"unknown export format {fmt!r}; use csv or json")
         return len(rows)
@@ -182,14 +237,30 @@ class Store:
 
 def _export_rows(items: Iterable[Measurement]) -> Iterator[dict]:
     for m in items:
-        yield {"device": m.device, "backend": m.backend, "kind": m.kind, "key": m.key,
-               "status": m.status, "error_msg": m.error_msg, "median_ms": m.median_ms,
-               "p10_ms": m.p10_ms, "p90_ms": m.p90_ms, "cv": m.cv, "samples_ms": m.samples_ms,
-               "number": m.number, "disturbed": m.disturbed, "disturbance": m.disturbance,
-               "canary_ratio": m.canary_ratio, "attempts": m.attempts,
-               "backend_version": m.backend_version, "settings": m.settings,
-               "protocol": m.protocol, "host": m.host, "extra": m.extra,
-               "created_at": m.created_at}
+        yield {
+            "device": m.device,
+            "backend": m.backend,
+            "kind": m.kind,
+            "key": m.key,
+            "status": m.status,
+            "error_msg": m.error_msg,
+            "median_ms": m.median_ms,
+            "p10_ms": m.p10_ms,
+            "p90_ms": m.p90_ms,
+            "cv": m.cv,
+            "samples_ms": m.samples_ms,
+            "number": m.number,
+            "disturbed": m.disturbed,
+            "disturbance": m.disturbance,
+            "canary_ratio": m.canary_ratio,
+            "attempts": m.attempts,
+            "backend_version": m.backend_version,
+            "settings": m.settings,
+            "protocol": m.protocol,
+            "host": m.host,
+            "extra": m.extra,
+            "created_at": m.created_at,
+        }
 
 
 def _to_measurement(row: dict) -> Measurement:

@@ -73,8 +73,10 @@ class TvmBackend(HostBackend):
         super().__init__(device)
         trials = DEFAULT_TUNE_TRIALS if tune_trials is None else tune_trials
         if self.name == "tvm" and trials < 1:
-            raise ValueError(f"--tune-trials {trials}: the tvm backend tunes every kernel; use at "
-                             "least 1 trial, or --backend tvm-untuned for untuned code")
+            raise ValueError(
+                f"--tune-trials {trials}: the tvm backend tunes every kernel; use at "
+                "least 1 trial, or --backend tvm-untuned for untuned code"
+            )
         self.trials = trials if self.name == "tvm" else 0
         self.tvm = load_tvm()
         self.target = device_target(device)
@@ -197,8 +199,13 @@ class TvmBackend(HostBackend):
         if self.device.is_local:  # one for the backend's life: its worker processes start once
             if self._local_tuner is None:
                 affinity = list(self.device.cpu_affinity or []) or None
-                self._local_tuner = Tuner(self.tuning_dir, self.target, self.trials,
-                                          partial(local_runner, self.device.threads, affinity), self.cc)
+                self._local_tuner = Tuner(
+                    self.tuning_dir,
+                    self.target,
+                    self.trials,
+                    partial(local_runner, self.device.threads, affinity),
+                    self.cc,
+                )
             yield self._local_tuner
             return
         from .tvm_rpc import device_rpc_runner
@@ -215,11 +222,13 @@ class TvmBackend(HostBackend):
         try:
             mod = from_onnx(model, shape_dict=_static_shapes(model))
             with tvm_target(self.target):
-                return self.tvm.transform.Sequential([
-                    relax.transform.DecomposeOpsForInference(),
-                    relax.transform.CanonicalizeBindings(),
-                    relax.get_pipeline("zero"),
-                ])(mod)
+                return self.tvm.transform.Sequential(
+                    [
+                        relax.transform.DecomposeOpsForInference(),
+                        relax.transform.CanonicalizeBindings(),
+                        relax.get_pipeline("zero"),
+                    ]
+                )(mod)
         except Exception as exc:
             error = f"TVM could not import it: {_message(exc)}"
             self.records.setdefault(key, BuildRecord(key, cached=False)).error = error
@@ -280,8 +289,11 @@ def _with_example_inputs(mod):
 def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
     """Graph inputs with symbolic dimensions set to 1 (as the agent feeds ONNX Runtime)."""
     initializers = {i.name for i in model.graph.initializer}
-    return {i.name: [d.dim_value if d.dim_value > 0 else 1 for d in i.type.tensor_type.shape.dim]
-            for i in model.graph.input if i.name not in initializers}
+    return {
+        i.name: [d.dim_value if d.dim_value > 0 else 1 for d in i.type.tensor_type.shape.dim]
+        for i in model.graph.input
+        if i.name not in initializers
+    }
 
 
 def _message(exc: BaseException) -> str:
@@ -289,4 +301,3 @@ def _message(exc: BaseException) -> str:
     text = " | ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return text if len(text) <= _MAX_ERROR_CHARS else text[:_MAX_ERROR_CHARS] + " ..."
-

@@ -44,8 +44,9 @@ def connect_direct(rpc_config):
     forwarded port of the device's RPC server itself. Runs in the runner's worker process."""
     from tvm import rpc
 
-    return rpc.connect(rpc_config.tracker_host, rpc_config.tracker_port,
-                       session_timeout=rpc_config.session_timeout_sec)
+    return rpc.connect(
+        rpc_config.tracker_host, rpc_config.tracker_port, session_timeout=rpc_config.session_timeout_sec
+    )
 
 
 @contextmanager
@@ -56,17 +57,35 @@ def device_rpc_runner(device: Device) -> Iterator[object]:
     with ExitStack() as stack:
         connection = stack.enter_context(connect(device))
         if not hasattr(connection, "forward_port"):
-            raise DeviceError(f"device {device.name!r}: its connection cannot forward a port, "
-                              "which tuning on the device needs")
-        process = connection.start([device.python, "-u", "-c", SERVER_SCRIPT, str(device.threads),
-                                    json.dumps(list(device.cpu_affinity or []))])
+            raise DeviceError(
+                f"device {device.name!r}: its connection cannot forward a port, "
+                "which tuning on the device needs"
+            )
+        process = connection.start(
+            [
+                device.python,
+                "-u",
+                "-c",
+                SERVER_SCRIPT,
+                str(device.threads),
+                json.dumps(list(device.cpu_affinity or [])),
+            ]
+        )
         stack.callback(_stop_server, process)
         port = _server_port(device, process)
         forward = stack.enter_context(connection.forward_port(port))
-        config = ms.runner.RPCConfig(tracker_host="127.0.0.1", tracker_port=forward.port,
-                                     tracker_key="hwlat-direct", session_timeout_sec=RUNNER_TIMEOUT_S)
-        yield ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator_config(),
-                                  f_create_session=connect_direct, max_workers=1)
+        config = ms.runner.RPCConfig(
+            tracker_host="127.0.0.1",
+            tracker_port=forward.port,
+            tracker_key="hwlat-direct",
+            session_timeout_sec=RUNNER_TIMEOUT_S,
+        )
+        yield ms.runner.RPCRunner(
+            rpc_config=config,
+            evaluator_config=evaluator_config(),
+            f_create_session=connect_direct,
+            max_workers=1,
+        )
 
 
 def _stop_server(process) -> None:
@@ -82,8 +101,9 @@ def _server_port(device: Device, process) -> int:
     try:
         line = process.read_line(SERVER_START_TIMEOUT_S)
     except TimeoutError:
-        raise DeviceError(f"device {device.name!r}: TVM's RPC server did not start within "
-                          f"{SERVER_START_TIMEOUT_S:.0f} s") from None
+        raise DeviceError(
+            f"device {device.name!r}: TVM's RPC server did not start within {SERVER_START_TIMEOUT_S:.0f} s"
+        ) from None
     try:
         return int(json.loads(line)["port"])
     except (TypeError, ValueError, KeyError):
@@ -93,6 +113,8 @@ def _server_port(device: Device, process) -> int:
         time.sleep(0.05)
     tail = " | ".join(process.stderr_tail().strip().splitlines()[-5:])
     if "No module named" in tail:
-        raise RuntimeMissing(f"device {device.name!r}: TVM's RPC server needs TVM on the device "
-                             f"({device.python} -m pip install apache-tvm): {tail}")
+        raise RuntimeMissing(
+            f"device {device.name!r}: TVM's RPC server needs TVM on the device "
+            f"({device.python} -m pip install apache-tvm): {tail}"
+        )
     raise DeviceError(f"device {device.name!r}: TVM's RPC server did not start: {tail or line!r}")

@@ -19,9 +19,14 @@ from devices.device import Device
 
 HWLAT_KEYS = ("cc",)
 # Debian's cross toolchains, by the architecture that starts an LLVM triple.
-_DEBIAN_CROSS = {"aarch64": "aarch64-linux-gnu", "arm64": "aarch64-linux-gnu",
-                 "armv7": "arm-linux-gnueabihf", "armv7a": "arm-linux-gnueabihf",
-                 "arm": "arm-linux-gnueabihf", "riscv64": "riscv64-linux-gnu"}
+_DEBIAN_CROSS = {
+    "aarch64": "aarch64-linux-gnu",
+    "arm64": "aarch64-linux-gnu",
+    "armv7": "arm-linux-gnueabihf",
+    "armv7a": "arm-linux-gnueabihf",
+    "arm": "arm-linux-gnueabihf",
+    "riscv64": "riscv64-linux-gnu",
+}
 _MACHINE_ALIASES = {"arm64": "aarch64", "amd64": "x86_64"}
 
 
@@ -40,15 +45,18 @@ def device_target(device: Device) -> dict:
         if not device.is_local:
             raise TvmTargetError(
                 f"device {device.name!r} has no tvm_target; add one to its inventory entry, e.g. "
-                f"tvm_target = \"llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a72 -mattr=+neon\" "
-                f"(`hwlat devices check {device.name}` shows its architecture and CPU)")
+                f'tvm_target = "llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a72 -mattr=+neon" '
+                f"(`hwlat devices check {device.name}` shows its architecture and CPU)"
+            )
         from tvm.target.codegen import llvm_get_system_cpu
 
         spec = {"kind": "llvm", "mcpu": llvm_get_system_cpu()}
     target = parse_target(spec, device.name) if isinstance(spec, str) else _typed(dict(spec), device.name)
     if target.get("kind") != "llvm":
-        raise TvmTargetError(f"device {device.name!r}: tvm_target kind {target.get('kind')!r} is not "
-                             "supported; hwlat measures CPUs through TVM's llvm target")
+        raise TvmTargetError(
+            f"device {device.name!r}: tvm_target kind {target.get('kind')!r} is not "
+            "supported; hwlat measures CPUs through TVM's llvm target"
+        )
     if device.is_local and target.get("mcpu") == "native":  # TVM ignores "native"; name the CPU
         from tvm.target.codegen import llvm_get_system_cpu
 
@@ -62,13 +70,14 @@ def parse_target(text: str, where: str = "tvm_target") -> dict:
     """``"llvm -mcpu=cortex-a72 -mattr=+neon,+dotprod"`` -> ``{"kind": "llvm", "mcpu": ..., ...}``."""
     words = shlex.split(text)
     if not words or words[0].startswith("-"):
-        raise TvmTargetError(f"{where}: target {text!r} must start with its kind, e.g. \"llvm -mcpu=...\"")
+        raise TvmTargetError(f'{where}: target {text!r} must start with its kind, e.g. "llvm -mcpu=..."')
     target: dict = {"kind": words[0]}
     for word in words[1:]:
         name, eq, value = word.lstrip("-").partition("=")
         if not word.startswith("-") or not name:
-            raise TvmTargetError(f"{where}: cannot read {word!r} in target {text!r}; "
-                                 "write options as -name=value")
+            raise TvmTargetError(
+                f"{where}: cannot read {word!r} in target {text!r}; write options as -name=value"
+            )
         target[name] = value if eq else "true"
     return _typed(target, where)
 
@@ -86,8 +95,12 @@ def tvm_target(target: dict, where: str = "tvm_target"):
 def target_id(target: dict) -> str:
     """A short, readable, stable name for a target, e.g. ``llvm-znver4-1c-3f2a9c1e``."""
     canonical = json.dumps(target, sort_keys=True)
-    parts = [target.get("kind", "llvm"), target.get("mtriple", "").split("-")[0],
-             target.get("mcpu", ""), f"{target.get('num-cores', '')}c"]
+    parts = [
+        target.get("kind", "llvm"),
+        target.get("mtriple", "").split("-")[0],
+        target.get("mcpu", ""),
+        f"{target.get('num-cores', '')}c",
+    ]
     readable = "-".join(p for p in parts if p and p != "c")
     return f"{readable}-{hashlib.sha256(canonical.encode()).hexdigest()[:8]}"
 
@@ -107,7 +120,8 @@ def cross_compiler(target: dict) -> str | None:
         raise TvmTargetError(
             f"the cross compiler {cc!r} for target {target.get('mtriple')!r} is not installed; on "
             f"Debian/Ubuntu: apt-get install -y g++-{triple}, or name another compiler with "
-            f"cc = \"...\" in the device's tvm_target table")
+            f'cc = "..." in the device\'s tvm_target table'
+        )
     return cc
 
 
@@ -119,7 +133,7 @@ def _typed(target: dict, where: str) -> dict:
     try:
         options = tvm.target.TargetKind.options_from_name(kind)
     except (ValueError, RuntimeError, TypeError):
-        raise TvmTargetError(f"{where}: unknown TVM target kind {kind!r}; use \"llvm\"") from None
+        raise TvmTargetError(f'{where}: unknown TVM target kind {kind!r}; use "llvm"') from None
     for name, value in list(target.items()):
         if not isinstance(value, str) or name in HWLAT_KEYS:
             continue

@@ -99,16 +99,20 @@ def configure_runtime(threads: int, cpu_affinity: list[int] | None) -> None:
 def evaluator_config():
     from tvm.s_tir import meta_schedule as ms
 
-    return ms.runner.EvaluatorConfig(number=TUNE_NUMBER, repeat=TUNE_REPEAT,
-                                     min_repeat_ms=TUNE_MIN_REPEAT_MS, enable_cpu_cache_flush=False)
+    return ms.runner.EvaluatorConfig(
+        number=TUNE_NUMBER, repeat=TUNE_REPEAT, min_repeat_ms=TUNE_MIN_REPEAT_MS, enable_cpu_cache_flush=False
+    )
 
 
 def local_runner(threads: int, cpu_affinity: list[int] | None):
     """Times candidates on this machine, in one worker process set up like the agent."""
     from tvm.s_tir import meta_schedule as ms
 
-    return ms.runner.LocalRunner(timeout_sec=RUNNER_TIMEOUT_S, evaluator_config=evaluator_config(),
-                                 initializer=partial(configure_runtime, threads, cpu_affinity))
+    return ms.runner.LocalRunner(
+        timeout_sec=RUNNER_TIMEOUT_S,
+        evaluator_config=evaluator_config(),
+        initializer=partial(configure_runtime, threads, cpu_affinity),
+    )
 
 
 class Tuner:
@@ -120,8 +124,14 @@ class Tuner:
     the same database from interleaving.
     """
 
-    def __init__(self, directory: Path, target: dict, trials: int,
-                 make_runner: Callable[[], object] | None = None, cc: str | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        target: dict,
+        trials: int,
+        make_runner: Callable[[], object] | None = None,
+        cc: str | None = None,
+    ) -> None:
         self.directory = Path(directory)
         self.target = target
         self.trials = trials
@@ -136,8 +146,11 @@ class Tuner:
 
         started = time.monotonic()
         target = tvm_target(self.target)
-        tasks = [t for t in ms.relax_integration.extract_tasks(mod, target)
-                 if not t.mod.attrs.get("tirx.is_scheduled", False)]
+        tasks = [
+            t
+            for t in ms.relax_integration.extract_tasks(mod, target)
+            if not t.mod.attrs.get("tirx.is_scheduled", False)
+        ]
         result = TuneResult(tasks=len(tasks))
         with self.locked():
             db = self.database()
@@ -149,7 +162,8 @@ class Tuner:
                     raise TuningError(
                         f"MetaSchedule found no working schedule for {', '.join(missing)} in "
                         f"{self.trials} trials (every candidate failed to build or run); the builder "
-                        f"and runner messages are in {self.directory / 'logs' / 'tuning.log'}")
+                        f"and runner messages are in {self.directory / 'logs' / 'tuning.log'}"
+                    )
         result.tuned = len(todo)
         result.seconds = time.monotonic() - started
         return result
@@ -179,24 +193,45 @@ class Tuner:
         if self._runner is None:
             self._runner = self.make_runner()
             self._builder = ms.builder.LocalBuilder(
-                max_workers=min(workers, self.trials), timeout_sec=BUILDER_TIMEOUT_S, f_build=build_candidate,
-                f_export=partial(export_candidate, self.cc))
+                max_workers=min(workers, self.trials),
+                timeout_sec=BUILDER_TIMEOUT_S,
+                f_build=build_candidate,
+                f_export=partial(export_candidate, self.cc),
+            )
         # MetaSchedule's default population (512) costs tens of seconds per task on a small
         # host; a budget of a few trials gains nothing from it.
         population = min(512, max(64, 8 * self.trials))
         strategy = ms.search_strategy.EvolutionarySearch(
-            population_size=population, init_min_unmeasured=min(50, population // 2))
+            population_size=population, init_min_unmeasured=min(50, population // 2)
+        )
         logger = _tuning_logger(self.directory)
         seeds = ms.utils.fork_seed(SEED, n=len(tasks))
-        contexts = [ms.TuneContext(mod=t.dispatched[0], target=t.target, space_generator="post-order-apply",
-                                   search_strategy=strategy, task_name=t.task_name, logger=logger,
-                                   rand_state=seed, num_threads=workers).clone()
-                    for t, seed in zip(tasks, seeds, strict=True)]
+        contexts = [
+            ms.TuneContext(
+                mod=t.dispatched[0],
+                target=t.target,
+                space_generator="post-order-apply",
+                search_strategy=strategy,
+                task_name=t.task_name,
+                logger=logger,
+                rand_state=seed,
+                num_threads=workers,
+            ).clone()
+            for t, seed in zip(tasks, seeds, strict=True)
+        ]
         ms.tune.tune_tasks(
-            tasks=contexts, task_weights=[t.weight for t in tasks], work_dir=str(self.directory),
-            max_trials_global=self.trials * len(contexts), max_trials_per_task=self.trials,
-            num_trials_per_iter=min(self.trials, 64), builder=self._builder, runner=self._runner,
-            database=db, cost_model=_cost_model(), task_scheduler="round-robin")
+            tasks=contexts,
+            task_weights=[t.weight for t in tasks],
+            work_dir=str(self.directory),
+            max_trials_global=self.trials * len(contexts),
+            max_trials_per_task=self.trials,
+            num_trials_per_iter=min(self.trials, 64),
+            builder=self._builder,
+            runner=self._runner,
+            database=db,
+            cost_model=_cost_model(),
+            task_scheduler="round-robin",
+        )
 
 
 def _tuning_logger(directory: Path) -> logging.Logger:

@@ -59,7 +59,7 @@ def minimise(space: Any, objective: Objective, seed: int = 0) -> Minimum:
         for d, k in enumerate(sizes):
             if k < 2:
                 continue
-            candidates = [canonical(space, a[:d] + [j] + a[d + 1:]) for a in current for j in range(k)]
+            candidates = [canonical(space, a[:d] + [j] + a[d + 1 :]) for a in current for j in range(k)]
             scores = _evaluate(space, objective, candidates).reshape(len(current), k)
             evaluations += len(candidates)
             for s, row in enumerate(scores):
@@ -88,7 +88,8 @@ def check_budgets(space: Any, objectives: Sequence[Objective]) -> dict[str, Mini
                 f"no architecture of space {getattr(space, 'name', type(space).__name__)!r} can "
                 f"meet the budget {objective.name} <= {objective.budget:g}: the smallest found "
                 f"(coordinate descent over every decision) is {found.value:.4g}, for {described}. "
-                f"Raise the budget to at least {found.value:.4g} or use a smaller space.")
+                f"Raise the budget to at least {found.value:.4g} or use a smaller space."
+            )
     return minima
 
 

@@ -20,8 +20,10 @@ def hypervolume(points: np.ndarray, reference: np.ndarray) -> float:
     if points.size == 0:
         return 0.0
     if points.ndim != 2 or points.shape[1] != reference.shape[0]:
-        raise ValueError(f"points of shape {points.shape} do not match a reference point of "
-                         f"{reference.shape[0]} objectives")
+        raise ValueError(
+            f"points of shape {points.shape} do not match a reference point of "
+            f"{reference.shape[0]} objectives"
+        )
     points = points[np.all(points < reference, axis=1)]
     return _hv(points, reference)
 

@@ -27,12 +27,12 @@ class Objective(ABC):
 
     def __init__(self, name: str, direction: str, budget: float | None = None) -> None:
         if direction not in DIRECTIONS:
-            raise ValueError(f"objective {name!r}: direction must be one of {DIRECTIONS}, "
-                             f"got {direction!r}")
+            raise ValueError(f"objective {name!r}: direction must be one of {DIRECTIONS}, got {direction!r}")
         if budget is not None:
             if direction != "minimize":
-                raise ValueError(f"objective {name!r}: a budget is an upper limit and needs a "
-                                 "minimised objective")
+                raise ValueError(
+                    f"objective {name!r}: a budget is an upper limit and needs a minimised objective"
+                )
             if not budget > 0:
                 raise ValueError(f"objective {name!r}: budget must be > 0, got {budget}")
         self.name = name
@@ -54,11 +54,12 @@ class Objective(ABC):
 class LatencyObjective(Objective):
     """Predicted latency (ms) on one device; ``budget_ms`` makes it a constraint too."""
 
-    def __init__(self, predictor: Any, budget_ms: float | None = None,
-                 device: str | None = None) -> None:
+    def __init__(self, predictor: Any, budget_ms: float | None = None, device: str | None = None) -> None:
         if not callable(getattr(predictor, "predict_batch", None)):
-            raise TypeError(f"{type(predictor).__name__} has no predict_batch(space, archs); "
-                            "pass a predictors.LatencyPredictor")
+            raise TypeError(
+                f"{type(predictor).__name__} has no predict_batch(space, archs); "
+                "pass a predictors.LatencyPredictor"
+            )
         self.predictor = predictor
         self.device = device or str(getattr(predictor, "device", "device"))
         super().__init__(f"latency_ms@{self.device}", "minimize", budget_ms)
@@ -66,16 +67,24 @@ class LatencyObjective(Objective):
     def evaluate(self, space: Any, archs: Sequence[Arch]) -> np.ndarray:
         values = np.asarray(self.predictor.predict_batch(space, list(archs)), dtype=float)
         if values.shape != (len(archs),):
-            raise ValueError(f"predictor for {self.device} returned shape {values.shape} for "
-                             f"{len(archs)} architectures; expected one latency per architecture")
+            raise ValueError(
+                f"predictor for {self.device} returned shape {values.shape} for "
+                f"{len(archs)} architectures; expected one latency per architecture"
+            )
         return values
 
 
 class CallableObjective(Objective):
     """A user function of one arch (``fn(arch) -> float``), or of a list if ``batched``."""
 
-    def __init__(self, fn: Callable, name: str = "accuracy", direction: str = "maximize",
-                 budget: float | None = None, batched: bool = False) -> None:
+    def __init__(
+        self,
+        fn: Callable,
+        name: str = "accuracy",
+        direction: str = "maximize",
+        budget: float | None = None,
+        batched: bool = False,
+    ) -> None:
         super().__init__(name, direction, budget)
         self.fn = fn
         self.batched = batched
@@ -86,6 +95,8 @@ class CallableObjective(Objective):
         else:
             values = np.array([float(self.fn(a)) for a in archs])
         if values.shape != (len(archs),):
-            raise ValueError(f"objective {self.name!r} returned shape {values.shape} for "
-                             f"{len(archs)} architectures; return one number per architecture")
+            raise ValueError(
+                f"objective {self.name!r} returned shape {values.shape} for "
+                f"{len(archs)} architectures; return one number per architecture"
+            )
         return values

@@ -91,8 +91,10 @@ class NaswotObjective(_TorchProxy):
 
         handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, relu_like)]
         if not handles:
-            raise ValueError(f"naswot found no ReLU-like module in {type(model).__name__}; it "
-                             "needs activations as nn modules (use the flops or synflow proxy)")
+            raise ValueError(
+                f"naswot found no ReLU-like module in {type(model).__name__}; it "
+                "needs activations as nn modules (use the flops or synflow proxy)"
+            )
         generator = torch.Generator().manual_seed(self.seed)
         x = torch.randn((self.batch_size, *input_shape[1:]), generator=generator)
         model.train()
@@ -136,19 +138,28 @@ class SynflowObjective(_TorchProxy):
         model.zero_grad()
         output = model(torch.ones((1, *input_shape[1:]), dtype=torch.float64))
         output.sum().backward()
-        total = sum(float((m.weight * m.weight.grad).detach().abs().sum()) for m in model.modules()
-                    if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.grad is not None)
+        total = sum(
+            float((m.weight * m.weight.grad).detach().abs().sum())
+            for m in model.modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.grad is not None
+        )
         return float(np.log(total)) if total > 0 else float("nan")
 
 
-PROXIES = {"flops": FlopsObjective, "params": ParamsObjective, "naswot": NaswotObjective,
-           "synflow": SynflowObjective}
+PROXIES = {
+    "flops": FlopsObjective,
+    "params": ParamsObjective,
+    "naswot": NaswotObjective,
+    "synflow": SynflowObjective,
+}
 
 
 def get_proxy(name: str) -> Objective:
     """A built-in accuracy proxy by name (CLI ``--objective``)."""
     if name not in PROXIES:
-        raise ValueError(f"unknown proxy objective {name!r}; use one of {', '.join(PROXIES)}, "
-                         "or pass your own accuracy function through the Python API "
-                         "(search.objectives.CallableObjective)")
+        raise ValueError(
+            f"unknown proxy objective {name!r}; use one of {', '.join(PROXIES)}, "
+            "or pass your own accuracy function through the Python API "
+            "(search.objectives.CallableObjective)"
+        )
     return PROXIES[name]()

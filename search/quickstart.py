@@ -37,8 +37,8 @@ class QuickstartConfig:
     strategy: str = "evolution"
     evaluations: int = 2000
     verify: int = 5
-    latency_ms: float | None = None      # None: pick the budget from the space (see choose_budget)
-    budget_quantile: float = 0.25       # ... as this quantile of random networks' predicted latency
+    latency_ms: float | None = None  # None: pick the budget from the space (see choose_budget)
+    budget_quantile: float = 0.25  # ... as this quantile of random networks' predicted latency
     sampled_kernels: int = 150
     random_networks: int = 6
     calibration_networks: int = 10
@@ -52,8 +52,9 @@ def choose_budget(predictor, space, quantile: float, seed: int, n: int = 2000) -
     return float(np.quantile(predictor.predict_batch(space, archs), quantile))
 
 
-def run_quickstart(device: Device, store: Store, out_dir: Path, config: QuickstartConfig | None = None,
-                   log: Log = print) -> dict:
+def run_quickstart(
+    device: Device, store: Store, out_dir: Path, config: QuickstartConfig | None = None, log: Log = print
+) -> dict:
     """Run every step; returns the summary that is also written to ``out_dir/summary.md``."""
     config = config or QuickstartConfig()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -65,61 +66,96 @@ def run_quickstart(device: Device, store: Store, out_dir: Path, config: Quicksta
         log(f"\n== step {len(steps) + 1}/5: {title} ({time.monotonic() - started:.0f} s so far)")
         steps.append(title)
 
-    step(f"profile the {config.space} space's kernels and train a latency predictor for "
-         f"{device.name}/{config.backend}")
-    log("Each kernel is timed between a producer and a consumer like those around it in a CNN, "
-        "and read from ONNX Runtime's profiler, so it costs what it costs inside a real network.")
-    training = TrainingConfig(sampled_kernels=config.sampled_kernels,
-                              random_networks=config.random_networks,
-                              calibration_networks=config.calibration_networks,
-                              random_state=config.seed, kernel_protocol=TimingProtocol.quick())
+    step(
+        f"profile the {config.space} space's kernels and train a latency predictor for "
+        f"{device.name}/{config.backend}"
+    )
+    log(
+        "Each kernel is timed between a producer and a consumer like those around it in a CNN, "
+        "and read from ONNX Runtime's profiler, so it costs what it costs inside a real network."
+    )
+    training = TrainingConfig(
+        sampled_kernels=config.sampled_kernels,
+        random_networks=config.random_networks,
+        calibration_networks=config.calibration_networks,
+        random_state=config.seed,
+        kernel_protocol=TimingProtocol.quick(),
+    )
     predictor = train_predictor(device, store, training, space, config.backend, log=log)
     predictor_path = predictor.save(out_dir / "predictor.json")
     log(f"predictor saved to {predictor_path}")
 
     step("choose the latency budget")
     budget = config.latency_ms or choose_budget(predictor, space, config.budget_quantile, config.seed)
-    how = "given" if config.latency_ms else (
-        f"the {config.budget_quantile:.0%} quantile of 2,000 random networks' predicted latency")
+    how = (
+        "given"
+        if config.latency_ms
+        else (f"the {config.budget_quantile:.0%} quantile of 2,000 random networks' predicted latency")
+    )
     log(f"budget {budget:.2f} ms ({how})")
 
-    step(f"search {config.evaluations} architectures with {config.strategy}, maximising FLOPs "
-         f"(accuracy proxy) under the budget")
+    step(
+        f"search {config.evaluations} architectures with {config.strategy}, maximising FLOPs "
+        f"(accuracy proxy) under the budget"
+    )
     latency = LatencyObjective(predictor, budget_ms=budget, device=device.name)
-    study, report = run_search(space, [get_proxy("flops"), latency],
-                               get_strategy(config.strategy, random_state=config.seed),
-                               config.evaluations, out_dir / "search", top_k=config.verify)
+    study, report = run_search(
+        space,
+        [get_proxy("flops"), latency],
+        get_strategy(config.strategy, random_state=config.seed),
+        config.evaluations,
+        out_dir / "search",
+        top_k=config.verify,
+    )
     log(report.summary())
 
     step(f"measure the top {config.verify} winners end to end on {device.name}")
-    results = verify_winners(study, latency, device, store, config.verify, out_dir / "search",
-                             backend=config.backend)
+    results = verify_winners(
+        study, latency, device, store, config.verify, out_dir / "search", backend=config.backend
+    )
     table = format_verification(results)
     log(table)
 
     step("write the summary")
     measured = [r for r in results if r.measured_ms is not None]
     summary = {
-        "device": device.name, "backend": config.backend, "space": config.space,
-        "resolution": config.resolution, "budget_ms": budget, "predictor": str(predictor_path),
-        "search_dir": str(out_dir / "search"), "evaluations": len(study.trials),
+        "device": device.name,
+        "backend": config.backend,
+        "space": config.space,
+        "resolution": config.resolution,
+        "budget_ms": budget,
+        "predictor": str(predictor_path),
+        "search_dir": str(out_dir / "search"),
+        "evaluations": len(study.trials),
         "winners_measured": len(measured),
         "winners_within_budget": sum(r.meets_budget for r in measured),
         "winners_within_budget_plus_noise": sum(r.meets_budget_within_noise for r in measured),
         "median_abs_error_pct": float(np.median([abs(r.error_pct) for r in measured])) if measured else None,
         "wall_s": round(time.monotonic() - started, 1),
     }
-    lines = [f"# hwlat quickstart on {device.name}/{config.backend}", "",
-             *(f"{i}. {s}" for i, s in enumerate(steps, 1)), "",
-             f"- predictor: `{predictor_path}`",
-             f"- budget: {budget:.2f} ms ({how})",
-             f"- search results (Pareto front JSON/PNG, hypervolume, trials, winners' ONNX): "
-             f"`{out_dir / 'search'}`", "",
-             "## Winners measured on the device", "", "```", table, "```", "",
-             f"Wall time: {summary['wall_s']:.0f} s."]
+    lines = [
+        f"# hwlat quickstart on {device.name}/{config.backend}",
+        "",
+        *(f"{i}. {s}" for i, s in enumerate(steps, 1)),
+        "",
+        f"- predictor: `{predictor_path}`",
+        f"- budget: {budget:.2f} ms ({how})",
+        f"- search results (Pareto front JSON/PNG, hypervolume, trials, winners' ONNX): "
+        f"`{out_dir / 'search'}`",
+        "",
+        "## Winners measured on the device",
+        "",
+        "```",
+        table,
+        "```",
+        "",
+        f"Wall time: {summary['wall_s']:.0f} s.",
+    ]
     (out_dir / "summary.md").write_text("\n".join(lines) + "\n")
-    log(f"\nreport: {out_dir}/summary.md  (of {len(measured)} measured winners, "
+    log(
+        f"\nreport: {out_dir}/summary.md  (of {len(measured)} measured winners, "
         f"{summary['winners_within_budget']} within the budget and "
         f"{summary['winners_within_budget_plus_noise']} within it plus the "
-        f"{DEFAULT_NOISE_BAND:.0%} measurement noise band; {summary['wall_s']:.0f} s in all)")
+        f"{DEFAULT_NOISE_BAND:.0%} measurement noise band; {summary['wall_s']:.0f} s in all)"
+    )
     return summary

@@ -31,16 +31,18 @@ class SearchReport:
     hypervolume: float
     hypervolume_normalized: float
     reference_point: dict[str, float]
-    history: list[tuple[int, float]]       # (trials so far, normalised hypervolume)
+    history: list[tuple[int, float]]  # (trials so far, normalised hypervolume)
     files: dict[str, Path] = field(default_factory=dict)
     onnx: list[Path] = field(default_factory=list)
     n_trials: int = 0
     n_feasible: int = 0
 
     def summary(self) -> str:
-        lines = [f"{self.n_trials} architectures evaluated, {self.n_feasible} within budget, "
-                 f"{len(self.front)} on the Pareto front; hypervolume {self.hypervolume:.4g} "
-                 f"(normalised {self.hypervolume_normalized:.3f})"]
+        lines = [
+            f"{self.n_trials} architectures evaluated, {self.n_feasible} within budget, "
+            f"{len(self.front)} on the Pareto front; hypervolume {self.hypervolume:.4g} "
+            f"(normalised {self.hypervolume_normalized:.3f})"
+        ]
         lines += [f"  {name}: {path}" for name, path in self.files.items()]
         if self.onnx:
             lines.append(f"  winners (ONNX): {self.onnx[0].parent}/ ({len(self.onnx)} files)")
@@ -57,8 +59,9 @@ def reference_point(study: Study) -> np.ndarray | None:
     return np.where(np.isnan(budgets), worst, budgets)
 
 
-def hypervolume_history(study: Study, reference: np.ndarray,
-                        points: int = _HISTORY_POINTS) -> list[tuple[int, float]]:
+def hypervolume_history(
+    study: Study, reference: np.ndarray, points: int = _HISTORY_POINTS
+) -> list[tuple[int, float]]:
     """Normalised hypervolume after n trials, at up to ``points`` evenly spaced n."""
     losses, feasible = study.losses(), _usable(study)
     ideal = losses[feasible].min(axis=0)
@@ -76,16 +79,18 @@ def hypervolume_history(study: Study, reference: np.ndarray,
     return history
 
 
-def write_report(study: Study, out_dir: str | Path, top_k: int = 5, export_onnx: bool = True,
-                 plot: bool = True) -> SearchReport:
+def write_report(
+    study: Study, out_dir: str | Path, top_k: int = 5, export_onnx: bool = True, plot: bool = True
+) -> SearchReport:
     """Write every result file into ``out_dir``; returns what was written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = study.objective_names
     front = study.pareto_front()
     reference = reference_point(study)
-    report = SearchReport(out_dir, front, 0.0, 0.0, {}, [], n_trials=len(study.trials),
-                          n_feasible=int(study.feasible().sum()))
+    report = SearchReport(
+        out_dir, front, 0.0, 0.0, {}, [], n_trials=len(study.trials), n_feasible=int(study.feasible().sum())
+    )
     if reference is not None and front:
         front_losses = np.array([t.values for t in front]) * _signs(study)
         ideal = study.losses()[_usable(study)].min(axis=0)
@@ -105,8 +110,7 @@ def write_report(study: Study, out_dir: str | Path, top_k: int = 5, export_onnx:
 
         report.files["pareto_png"] = plot_pareto(study, front[:top_k], out_dir / "pareto.png")
         if report.history:
-            report.files["hypervolume_png"] = plot_hypervolume(report.history,
-                                                               out_dir / "hypervolume.png")
+            report.files["hypervolume_png"] = plot_hypervolume(report.history, out_dir / "hypervolume.png")
     return report
 
 
@@ -158,9 +162,15 @@ def _front_json(study: Study, report: SearchReport) -> dict:
         "hypervolume": report.hypervolume,
         "hypervolume_normalized": report.hypervolume_normalized,
         "hypervolume_history": [list(h) for h in report.history],
-        "front": [{**t.to_dict(names), "rank": rank, "config": _describe_arch(study, t),
-                   "onnx": onnx_by_trial.get(t.number)}
-                  for rank, t in enumerate(report.front, 1)],
+        "front": [
+            {
+                **t.to_dict(names),
+                "rank": rank,
+                "config": _describe_arch(study, t),
+                "onnx": onnx_by_trial.get(t.number),
+            }
+            for rank, t in enumerate(report.front, 1)
+        ],
     }
 
 

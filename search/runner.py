@@ -20,9 +20,18 @@ from .study import Study
 STUDY_FILE = "study.db"
 
 
-def run_search(space: Any, objectives: Sequence[Objective], strategy: Strategy, budget: int,
-               out_dir: str | Path, *, batch_size: int | None = None, top_k: int = 5,
-               show_progress: bool = True, export_onnx: bool = True) -> tuple[Study, SearchReport]:
+def run_search(
+    space: Any,
+    objectives: Sequence[Objective],
+    strategy: Strategy,
+    budget: int,
+    out_dir: str | Path,
+    *,
+    batch_size: int | None = None,
+    top_k: int = 5,
+    show_progress: bool = True,
+    export_onnx: bool = True,
+) -> tuple[Study, SearchReport]:
     """Check budgets, search ``budget`` architectures (resuming a stored run), write the report."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

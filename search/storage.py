@@ -58,17 +58,20 @@ class SearchStorage:
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else None
         if self.path is not None and not self.path.parent.exists():
-            raise SearchStorageError(f"cannot create search database {self.path}: folder "
-                                     f"{self.path.parent} does not exist")
+            raise SearchStorageError(
+                f"cannot create search database {self.path}: folder {self.path.parent} does not exist"
+            )
         try:
-            self._db = sqlite3.connect(str(self.path) if self.path else ":memory:",
-                                       check_same_thread=False, timeout=30)
+            self._db = sqlite3.connect(
+                str(self.path) if self.path else ":memory:", check_same_thread=False, timeout=30
+            )
             if self.path is not None:
                 self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
-            raise SearchStorageError(f"{self.path} is not a usable hwlat search database ({exc}); "
-                                     "use another output folder") from None
+            raise SearchStorageError(
+                f"{self.path} is not a usable hwlat search database ({exc}); use another output folder"
+            ) from None
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -83,15 +86,18 @@ class SearchStorage:
 
     def get_study(self, name: str) -> StoredStudy | None:
         with self._lock:
-            row = self._db.execute("SELECT id, name, config, created_at FROM studies WHERE name = ?",
-                                   (name,)).fetchone()
+            row = self._db.execute(
+                "SELECT id, name, config, created_at FROM studies WHERE name = ?", (name,)
+            ).fetchone()
         return StoredStudy(row[0], row[1], json.loads(row[2]), row[3]) if row else None
 
     def create_study(self, name: str, config: dict) -> StoredStudy:
         now = time.time()
         with self._lock, self._db:
-            cursor = self._db.execute("INSERT INTO studies (name, config, created_at) VALUES (?, ?, ?)",
-                                      (name, json.dumps(config, sort_keys=True), now))
+            cursor = self._db.execute(
+                "INSERT INTO studies (name, config, created_at) VALUES (?, ?, ?)",
+                (name, json.dumps(config, sort_keys=True), now),
+            )
         return StoredStudy(int(cursor.lastrowid), name, json.loads(json.dumps(config)), now)
 
     def study_names(self) -> list[str]:
@@ -100,17 +106,33 @@ class SearchStorage:
 
     def add_trials(self, study_id: int, trials: Sequence[Trial]) -> None:
         """Insert trials in one transaction (all or none)."""
-        rows = [(study_id, t.number, t.batch, json.dumps(list(t.arch)),
-                 json.dumps([float(v) for v in t.values]), int(t.feasible), t.created_at)
-                for t in trials]
+        rows = [
+            (
+                study_id,
+                t.number,
+                t.batch,
+                json.dumps(list(t.arch)),
+                json.dumps([float(v) for v in t.values]),
+                int(t.feasible),
+                t.created_at,
+            )
+            for t in trials
+        ]
         with self._lock, self._db:
-            self._db.executemany('INSERT INTO trials (study_id, number, batch, arch, "values", '
-                                 "feasible, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            self._db.executemany(
+                'INSERT INTO trials (study_id, number, batch, arch, "values", '
+                "feasible, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
 
     def trials(self, study_id: int) -> list[Trial]:
         with self._lock:
-            rows = self._db.execute('SELECT number, batch, arch, "values", feasible, created_at '
-                                    "FROM trials WHERE study_id = ? ORDER BY number",
-                                    (study_id,)).fetchall()
-        return [Trial(r[0], r[1], tuple(json.loads(r[2])), tuple(json.loads(r[3])), bool(r[4]), r[5])
-                for r in rows]
+            rows = self._db.execute(
+                'SELECT number, batch, arch, "values", feasible, created_at '
+                "FROM trials WHERE study_id = ? ORDER BY number",
+                (study_id,),
+            ).fetchall()
+        return [
+            Trial(r[0], r[1], tuple(json.loads(r[2])), tuple(json.loads(r[3])), bool(r[4]), r[5])
+            for r in rows
+        ]

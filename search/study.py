@@ -65,16 +65,25 @@ class StudyMismatchError(ValueError):
 class Study:
     """A search: space + objectives + strategy, persisted trial by trial."""
 
-    def __init__(self, space: Any, objectives: Sequence[Objective], strategy: Strategy,
-                 storage: SearchStorage | str | Path | None = None, name: str = "search",
-                 batch_size: int | None = None, check_feasibility: bool = True,
-                 warm_start: bool = True) -> None:
+    def __init__(
+        self,
+        space: Any,
+        objectives: Sequence[Objective],
+        strategy: Strategy,
+        storage: SearchStorage | str | Path | None = None,
+        name: str = "search",
+        batch_size: int | None = None,
+        check_feasibility: bool = True,
+        warm_start: bool = True,
+    ) -> None:
         if not objectives:
             raise ValueError("a study needs at least one objective")
         names = [o.name for o in objectives]
         if len(set(names)) != len(names):
-            raise ValueError(f"objective names must be unique, got {names}; two latency objectives for "
-                             "one device need LatencyObjective(..., device=\"a distinct name\")")
+            raise ValueError(
+                f"objective names must be unique, got {names}; two latency objectives for "
+                'one device need LatencyObjective(..., device="a distinct name")'
+            )
         self.space = space
         self.objectives = list(objectives)
         self.strategy = strategy
@@ -100,15 +109,19 @@ class Study:
         strategy.bind(space, [o.direction for o in objectives], len(self._budget_cols))
         self._trials: list[Trial] = []
         self._cache: dict[Arch, tuple[float, ...]] = {}
-        self._open: list[Arch] | None = None   # asked archs of the batch in progress
-        self._batch = 0                        # number of the next (or open) batch
-        self._n_seeded = 0                     # warm-start trials stored (batch SEED_BATCH)
+        self._open: list[Arch] | None = None  # asked archs of the batch in progress
+        self._batch = 0  # number of the next (or open) batch
+        self._n_seeded = 0  # warm-start trials stored (batch SEED_BATCH)
         self.identical_replay = True
         self._replay(self.storage.trials(self._id))
 
     # ----- running ----------------------------------------------------------
-    def optimize(self, budget: int, callback: Callable[[Study, list[Trial]], None] | None = None,
-                 show_progress: bool = False) -> None:
+    def optimize(
+        self,
+        budget: int,
+        callback: Callable[[Study, list[Trial]], None] | None = None,
+        show_progress: bool = False,
+    ) -> None:
         """Run until the study holds ``budget`` trials (a total, so re-running resumes)."""
         progress = None
         if show_progress and budget > len(self._trials):
@@ -124,13 +137,15 @@ class Study:
             if self._open is None:
                 self._open = [canonical(self.space, a) for a in self.strategy.ask(self.batch_size)]
                 if len(self._open) != self.batch_size:
-                    raise RuntimeError(f"strategy {self.strategy.name!r} returned {len(self._open)} "
-                                       f"architectures for ask({self.batch_size})")
+                    raise RuntimeError(
+                        f"strategy {self.strategy.name!r} returned {len(self._open)} "
+                        f"architectures for ask({self.batch_size})"
+                    )
             # every earlier batch is full
             done = len(self._trials) - self._n_seeded - self._batch * self.batch_size
-            new = self._store(self._open[done: done + budget - len(self._trials)], self._batch)
+            new = self._store(self._open[done : done + budget - len(self._trials)], self._batch)
             if done + len(new) == self.batch_size:
-                self._tell(self._trials[-self.batch_size:])
+                self._tell(self._trials[-self.batch_size :])
                 self._open = None
                 self._batch += 1
             if progress:
@@ -142,9 +157,17 @@ class Study:
         """Evaluate ``archs`` and commit them as trials of ``batch`` in one transaction."""
         values = self._evaluate(archs)
         now = time.time()
-        new = [Trial(len(self._trials) + i, batch, arch, tuple(map(float, v)),
-                     bool(self._feasible(v[None, :])[0]), now)
-               for i, (arch, v) in enumerate(zip(archs, values, strict=True))]
+        new = [
+            Trial(
+                len(self._trials) + i,
+                batch,
+                arch,
+                tuple(map(float, v)),
+                bool(self._feasible(v[None, :])[0]),
+                now,
+            )
+            for i, (arch, v) in enumerate(zip(archs, values, strict=True))
+        ]
         self.storage.add_trials(self._id, new)
         self._trials.extend(new)
         return new
@@ -184,14 +207,17 @@ class Study:
                 self._tell(trials)
                 self._batch += 1
             else:
-                self._open = [t.arch for t in trials] + asked[len(trials):]
+                self._open = [t.arch for t in trials] + asked[len(trials) :]
 
     def _warn_replay(self, batch: int) -> None:
         if self.identical_replay:
-            log.warning("study %r: replaying batch %d asked other architectures than the ones "
-                        "stored (changed code, options or an unseeded strategy); continuing from "
-                        "the stored trials, but the result will differ from an uninterrupted run",
-                        self.name, batch)
+            log.warning(
+                "study %r: replaying batch %d asked other architectures than the ones "
+                "stored (changed code, options or an unseeded strategy); continuing from "
+                "the stored trials, but the result will differ from an uninterrupted run",
+                self.name,
+                batch,
+            )
         self.identical_replay = False
 
     # ----- results ----------------------------------------------------------
@@ -206,7 +232,8 @@ class Study:
     def values(self) -> np.ndarray:
         """(trials, objectives) in the objectives' own units."""
         return np.array([t.values for t in self._trials], dtype=float).reshape(
-            len(self._trials), len(self.objectives))
+            len(self._trials), len(self.objectives)
+        )
 
     def losses(self) -> np.ndarray:
         """Values turned into minimisation form (maximised objectives negated)."""
@@ -247,18 +274,26 @@ class Study:
         return f"best {self.objectives[0].name} {best:.4g}"
 
     def _config(self) -> dict:
-        config = {"space": getattr(self.space, "name", type(self.space).__name__),
-                  "decisions": [len(d.options) for d in self.space.decisions],
-                  "objectives": [o.describe() for o in self.objectives],
-                  "strategy": {"name": self.strategy.name, "options": self.strategy.config()},
-                  "batch_size": self.batch_size, "warm_start": self.warm_start}
+        config = {
+            "space": getattr(self.space, "name", type(self.space).__name__),
+            "decisions": [len(d.options) for d in self.space.decisions],
+            "objectives": [o.describe() for o in self.objectives],
+            "strategy": {"name": self.strategy.name, "options": self.strategy.config()},
+            "batch_size": self.batch_size,
+            "warm_start": self.warm_start,
+        }
         return json.loads(json.dumps(config))
 
 
 def _mismatch_message(name: str, stored: dict, requested: dict, storage: SearchStorage) -> str:
-    diffs = [f"{key}: stored {stored.get(key)!r}, now {requested.get(key)!r}"
-             for key in sorted(set(stored) | set(requested)) if stored.get(key) != requested.get(key)]
+    diffs = [
+        f"{key}: stored {stored.get(key)!r}, now {requested.get(key)!r}"
+        for key in sorted(set(stored) | set(requested))
+        if stored.get(key) != requested.get(key)
+    ]
     where = storage.path or "memory"
-    return (f"study {name!r} in {where} was created with other settings ({'; '.join(diffs)}). "
-            "Repeat the original options to resume it, or use another output folder / study name "
-            "for a new search.")
+    return (
+        f"study {name!r} in {where} was created with other settings ({'; '.join(diffs)}). "
+        "Repeat the original options to resume it, or use another output folder / study name "
+        "for a new search."
+    )

@@ -42,7 +42,7 @@ class SyntheticSpace:
         if k < 2:
             return tuple(arch)
         new = (arch[d] + 1 + int(rng.integers(k - 1))) % k
-        return tuple(arch[:d]) + (new,) + tuple(arch[d + 1:])
+        return tuple(arch[:d]) + (new,) + tuple(arch[d + 1 :])
 
     def crossover(self, a: Arch, b: Arch, rng: np.random.Generator) -> Arch:
         """Uniform crossover."""
@@ -68,9 +68,10 @@ class SyntheticProblem:
         rng = np.random.default_rng(seed)
         self.space = SyntheticSpace([n_options] * n_decisions)
         j = np.arange(n_options)
-        layer_cost = rng.uniform(5, 30, size=(n_decisions, 1))           # 0.05-0.3 ms per layer step
-        self.costs = np.rint(layer_cost * (1 + j) * rng.uniform(0.8, 1.2, (n_decisions, n_options))
-                             ).astype(int)
+        layer_cost = rng.uniform(5, 30, size=(n_decisions, 1))  # 0.05-0.3 ms per layer step
+        self.costs = np.rint(layer_cost * (1 + j) * rng.uniform(0.8, 1.2, (n_decisions, n_options))).astype(
+            int
+        )
         self.costs.sort(axis=1)
         layer_gain = rng.uniform(0.5, 2.0, size=(n_decisions, 1))
         gains = layer_gain * np.log1p(j) + rng.normal(0, 0.3, (n_decisions, n_options))
@@ -91,8 +92,10 @@ class SyntheticProblem:
         return self.latency_ms(archs)
 
     def objectives(self, budget_ms: float | None = None) -> list[Objective]:
-        return [CallableObjective(self.accuracy, "accuracy", "maximize", batched=True),
-                LatencyObjective(self, budget_ms)]
+        return [
+            CallableObjective(self.accuracy, "accuracy", "maximize", batched=True),
+            LatencyObjective(self, budget_ms),
+        ]
 
     # ----- ground truth -------------------------------------------------------
     def min_latency_ms(self) -> float:
@@ -122,6 +125,6 @@ class SyntheticProblem:
         for cost, gain in zip(self.costs, self.gains, strict=True):
             new = np.full(best.size + cost.max(), -np.inf)
             for c, g in zip(cost, gain, strict=True):
-                np.maximum(new[c: c + best.size], best + g, out=new[c: c + best.size])
+                np.maximum(new[c : c + best.size], best + g, out=new[c : c + best.size])
             best = new
         return best

@@ -11,8 +11,8 @@ from .strategies.base import Arch
 class Trial:
     """``values`` are in the objectives' own units and directions, in study objective order."""
 
-    number: int     # 0-based position in the study
-    batch: int      # the ask() it came from (-1: warm start); all but the newest hold batch_size
+    number: int  # 0-based position in the study
+    batch: int  # the ask() it came from (-1: warm start); all but the newest hold batch_size
     arch: Arch
     values: tuple[float, ...]
     feasible: bool  # every budget met
@@ -20,5 +20,10 @@ class Trial:
 
     def to_dict(self, names: list[str] | None = None) -> dict:
         values = dict(zip(names, self.values, strict=True)) if names else list(self.values)
-        return {"number": self.number, "batch": self.batch, "arch": list(self.arch),
-                "values": values, "feasible": self.feasible}
+        return {
+            "number": self.number,
+            "batch": self.batch,
+            "arch": list(self.arch),
+            "values": values,
+            "feasible": self.feasible,
+        }

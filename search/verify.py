@@ -30,14 +30,14 @@ DEFAULT_NOISE_BAND = 0.05
 
 @dataclass
 class Verification:
-    number: int                 # trial number in the study
-    rank: int                   # 1 = best primary objective on the front
+    number: int  # trial number in the study
+    rank: int  # 1 = best primary objective on the front
     arch: list[int]
     onnx_path: str
     device: str
     backend: str
     predicted_ms: float
-    measured_ms: float | None   # None when the measurement failed
+    measured_ms: float | None  # None when the measurement failed
     p10_ms: float | None
     p90_ms: float | None
     budget_ms: float | None
@@ -59,16 +59,30 @@ class Verification:
     @property
     def meets_budget_within_noise(self) -> bool:
         return self.measured_ms is not None and (
-            self.budget_ms is None or self.measured_ms <= self.budget_ms * (1 + self.noise_band))
+            self.budget_ms is None or self.measured_ms <= self.budget_ms * (1 + self.noise_band)
+        )
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "error_pct": self.error_pct, "meets_budget": self.meets_budget,
-                "meets_budget_within_noise": self.meets_budget_within_noise}
+        return {
+            **asdict(self),
+            "error_pct": self.error_pct,
+            "meets_budget": self.meets_budget,
+            "meets_budget_within_noise": self.meets_budget_within_noise,
+        }
 
 
-def verify_winners(study: Study, objective: LatencyObjective, device: Device, store: Store, k: int,
-                   out_dir: str | Path, backend: str = "ort", protocol: TimingProtocol | None = None,
-                   noise_band: float = DEFAULT_NOISE_BAND, repeats: int = 3) -> list[Verification]:
+def verify_winners(
+    study: Study,
+    objective: LatencyObjective,
+    device: Device,
+    store: Store,
+    k: int,
+    out_dir: str | Path,
+    backend: str = "ort",
+    protocol: TimingProtocol | None = None,
+    noise_band: float = DEFAULT_NOISE_BAND,
+    repeats: int = 3,
+) -> list[Verification]:
     """Measure the top ``k`` front members on ``device``; writes verify-<device>.json."""
     import onnx
 
@@ -88,31 +102,52 @@ def verify_winners(study: Study, objective: LatencyObjective, device: Device, st
     measured = campaign.measure_models([path for _, _, path in winners], repeats)
     results = []
     for (rank, trial, path), m in zip(winners, measured, strict=True):
-        results.append(Verification(
-            number=trial.number, rank=rank, arch=list(trial.arch), onnx_path=str(path),
-            device=device.name, backend=campaign.backend.name, predicted_ms=trial.values[column],
-            measured_ms=m.median_ms if m.ok else None, p10_ms=m.p10_ms, p90_ms=m.p90_ms,
-            budget_ms=objective.budget, noise_band=noise_band, disturbed=m.disturbed,
-            error_msg=m.error_msg))
-    (out_dir / f"verify-{device.name}.json").write_text(
-        json.dumps([r.to_dict() for r in results], indent=1))
+        results.append(
+            Verification(
+                number=trial.number,
+                rank=rank,
+                arch=list(trial.arch),
+                onnx_path=str(path),
+                device=device.name,
+                backend=campaign.backend.name,
+                predicted_ms=trial.values[column],
+                measured_ms=m.median_ms if m.ok else None,
+                p10_ms=m.p10_ms,
+                p90_ms=m.p90_ms,
+                budget_ms=objective.budget,
+                noise_band=noise_band,
+                disturbed=m.disturbed,
+                error_msg=m.error_msg,
+            )
+        )
+    (out_dir / f"verify-{device.name}.json").write_text(json.dumps([r.to_dict() for r in results], indent=1))
     return results
 
 
 def format_verification(results: list[Verification]) -> str:
     """A table: predicted vs measured latency and the budget verdict per winner."""
-    lines = [f"{'rank':>4} {'trial':>6} {'predicted ms':>12} {'measured ms':>11} {'error %':>8} "
-             f"{'budget ms':>9}  verdict"]
+    lines = [
+        f"{'rank':>4} {'trial':>6} {'predicted ms':>12} {'measured ms':>11} {'error %':>8} "
+        f"{'budget ms':>9}  verdict"
+    ]
     for r in results:
         if r.measured_ms is None:
-            lines.append(f"{r.rank:4d} {r.number:6d} {r.predicted_ms:12.3f} {'-':>11} {'-':>8} "
-                         f"{r.budget_ms or 0:9.3f}  MEASUREMENT FAILED: {r.error_msg[:60]}")
+            lines.append(
+                f"{r.rank:4d} {r.number:6d} {r.predicted_ms:12.3f} {'-':>11} {'-':>8} "
+                f"{r.budget_ms or 0:9.3f}  MEASUREMENT FAILED: {r.error_msg[:60]}"
+            )
             continue
-        verdict = ("within budget" if r.meets_budget else
-                   f"within budget +{r.noise_band:.0%} noise band" if r.meets_budget_within_noise
-                   else "OVER BUDGET")
+        verdict = (
+            "within budget"
+            if r.meets_budget
+            else f"within budget +{r.noise_band:.0%} noise band"
+            if r.meets_budget_within_noise
+            else "OVER BUDGET"
+        )
         if r.disturbed:
             verdict += " (measurement flagged disturbed)"
-        lines.append(f"{r.rank:4d} {r.number:6d} {r.predicted_ms:12.3f} {r.measured_ms:11.3f} "
-                     f"{r.error_pct:+8.1f} {r.budget_ms or 0:9.3f}  {verdict}")
+        lines.append(
+            f"{r.rank:4d} {r.number:6d} {r.predicted_ms:12.3f} {r.measured_ms:11.3f} "
+            f"{r.error_pct:+8.1f} {r.budget_ms or 0:9.3f}  {verdict}"
+        )
     return "\n".join(lines)

@@ -62,10 +62,19 @@ def onnx_kernels(model: onnx.ModelProto) -> list[OpSpec]:
             if nxt is not None and _activation(nxt, constants) is not None:
                 act = _activation(nxt, constants)
                 done.add(id(nxt))
-            kernels.append(OpSpec("conv", in_shape, out_channels=weight.shape[0],
-                                  kernel=weight.shape[2], stride=attrs["strides"][0], padding=pads[0],
-                                  groups=attrs.get("group", 1), bias=len(node.input) == 3,
-                                  activation=act))
+            kernels.append(
+                OpSpec(
+                    "conv",
+                    in_shape,
+                    out_channels=weight.shape[0],
+                    kernel=weight.shape[2],
+                    stride=attrs["strides"][0],
+                    padding=pads[0],
+                    groups=attrs.get("group", 1),
+                    bias=len(node.input) == 3,
+                    activation=act,
+                )
+            )
         elif _activation(node, constants) is not None:
             kernels.append(OpSpec("act", in_shape, activation=_activation(node, constants)))
         elif op in ("Add", "Mul"):
@@ -76,14 +85,27 @@ def onnx_kernels(model: onnx.ModelProto) -> list[OpSpec]:
         elif op == "AveragePool":
             pads = attrs.get("pads", [0, 0, 0, 0])
             assert attrs.get("count_include_pad", 0) == 0 and len(set(pads)) == 1, attrs
-            kernels.append(OpSpec("avgpool", in_shape, kernel=attrs["kernel_shape"][0],
-                                  stride=attrs["strides"][0], padding=pads[0]))
+            kernels.append(
+                OpSpec(
+                    "avgpool",
+                    in_shape,
+                    kernel=attrs["kernel_shape"][0],
+                    stride=attrs["strides"][0],
+                    padding=pads[0],
+                )
+            )
         elif op == "GlobalAveragePool":
             kernels.append(OpSpec("globalavgpool", in_shape))
         elif op == "Gemm":
             assert attrs.get("transB") == 1, attrs
-            kernels.append(OpSpec("gemm", in_shape, out_channels=constants[node.input[1]].shape[0],
-                                  bias=len(node.input) == 3))
+            kernels.append(
+                OpSpec(
+                    "gemm",
+                    in_shape,
+                    out_channels=constants[node.input[1]].shape[0],
+                    bias=len(node.input) == 3,
+                )
+            )
         elif op == "Reshape":
             transpose = only_consumer(node.output[0])
             back = transpose and only_consumer(transpose.output[0])

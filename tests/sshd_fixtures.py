@@ -51,8 +51,11 @@ def sshd_available() -> bool:
 
 
 def _keygen(path: Path) -> None:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)],
+        check=True,
+        capture_output=True,
+    )
 
 
 def _free_port() -> int:
@@ -89,8 +92,9 @@ class PrivateSshd:
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
         offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)],
-                                         stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                [SSHD, "-D", "-e", "-f", str(self.config)], stdout=log, stderr=log, stdin=subprocess.DEVNULL
+            )
         deadline = time.monotonic() + timeout_s
         while "Server listening" not in self.log.read_bytes()[offset:].decode(errors="replace"):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -135,20 +139,35 @@ class PrivateSshd:
         self.kill()
 
     def device(self, name: str = "sshdev", **overrides) -> Device:
-        fields = dict(host="127.0.0.1", port=self.port, user=getpass.getuser(),
-                      identity_file=str(self.user_key), python=sys.executable,
-                      workdir=str(self.root / "work"), known_hosts=str(self.known_hosts),
-                      backends=("ort",), connect_timeout_s=10.0)
+        fields = dict(
+            host="127.0.0.1",
+            port=self.port,
+            user=getpass.getuser(),
+            identity_file=str(self.user_key),
+            python=sys.executable,
+            workdir=str(self.root / "work"),
+            known_hosts=str(self.known_hosts),
+            backends=("ort",),
+            connect_timeout_s=10.0,
+        )
         return Device(name=name, **{**fields, **overrides})
 
     def inventory(self, name: str = "sshdev", **overrides) -> str:
         """A [devices.NAME] table for this server, as a user would write it."""
         d = self.device(name, **overrides)
-        lines = [f"[devices.{name}]", f'host = "{d.host}"', f"port = {d.port}", f'user = "{d.user}"',
-                 f'identity_file = "{d.identity_file}"', f'python = "{d.python}"',
-                 f'workdir = "{d.workdir}"', f'known_hosts = "{d.known_hosts}"',
-                 f"backends = {list(d.backends)!r}".replace("'", '"'), f"threads = {d.threads}",
-                 f"connect_timeout_s = {d.connect_timeout_s}"]
+        lines = [
+            f"[devices.{name}]",
+            f'host = "{d.host}"',
+            f"port = {d.port}",
+            f'user = "{d.user}"',
+            f'identity_file = "{d.identity_file}"',
+            f'python = "{d.python}"',
+            f'workdir = "{d.workdir}"',
+            f'known_hosts = "{d.known_hosts}"',
+            f"backends = {list(d.backends)!r}".replace("'", '"'),
+            f"threads = {d.threads}",
+            f"connect_timeout_s = {d.connect_timeout_s}",
+        ]
         if d.cpu_affinity:
             lines.append(f"cpu_affinity = {list(d.cpu_affinity)}")
         if d.labels:

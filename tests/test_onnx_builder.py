@@ -14,8 +14,15 @@ from profiler.onnx_builder import OPSET, build_model, model_path, random_inputs
 from profiler.opspec import OpSpec
 from tests.test_opspec import all_kinds
 
-ACT = {"none": lambda x: x, "relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish,
-       "hardsigmoid": F.hardsigmoid, "swish": F.silu, "sigmoid": torch.sigmoid}
+ACT = {
+    "none": lambda x: x,
+    "relu": F.relu,
+    "relu6": F.relu6,
+    "hardswish": F.hardswish,
+    "hardsigmoid": F.hardsigmoid,
+    "swish": F.silu,
+    "sigmoid": torch.sigmoid,
+}
 
 
 def reference(spec: OpSpec, model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

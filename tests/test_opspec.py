@@ -12,10 +12,22 @@ from profiler.opspec import InvalidOpSpecError, OpSpec, read_jsonl, write_jsonl
 
 def all_kinds() -> list[OpSpec]:
     acts = ("none", "relu", "relu6", "hardswish", "hardsigmoid", "swish", "sigmoid")
-    specs = [OpSpec("conv", (1, 16, 28, 28), out_channels=c, kernel=k, stride=s, padding=k // 2,
-                    groups=g, bias=b, activation=a)
-             for (k, s, g, b), a, c in itertools.product(
-                 [(1, 1, 1, True), (3, 2, 1, False), (5, 1, 16, True), (7, 2, 16, False)], acts, (16, 32))]
+    specs = [
+        OpSpec(
+            "conv",
+            (1, 16, 28, 28),
+            out_channels=c,
+            kernel=k,
+            stride=s,
+            padding=k // 2,
+            groups=g,
+            bias=b,
+            activation=a,
+        )
+        for (k, s, g, b), a, c in itertools.product(
+            [(1, 1, 1, True), (3, 2, 1, False), (5, 1, 16, True), (7, 2, 16, False)], acts, (16, 32)
+        )
+    ]
     specs += [
         OpSpec("conv", (1, 8, 20, 20), out_channels=8, kernel=3, padding=2, dilation=2),
         OpSpec("gemm", (1, 1280), out_channels=1000),
@@ -45,8 +57,9 @@ def test_key_round_trips(spec: OpSpec) -> None:
 
 
 def test_key_is_human_readable() -> None:
-    spec = OpSpec("conv", (1, 16, 112, 112), out_channels=24, kernel=3, stride=2, padding=1,
-                  activation="relu6")
+    spec = OpSpec(
+        "conv", (1, 16, 112, 112), out_channels=24, kernel=3, stride=2, padding=1, activation="relu6"
+    )
     assert spec.key == "conv-in:1x16x112x112-out:24-k:3-s:2-p:1-d:1-g:1-bias:1-act:relu6-dtype:float32"
 
 
@@ -83,33 +96,39 @@ def test_costs_of_a_depthwise_conv_and_gemm() -> None:
     assert OpSpec("mul", (1, 8, 4, 4), broadcast="channel").input_shapes[1] == (1, 8, 1, 1)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(op="conv", input_shape=(1, 6, 8, 8), out_channels=4, groups=4), "groups=4 must divide"),
-    (dict(op="conv", input_shape=(1, 6, 3, 3), out_channels=4, kernel=7), "larger than the padded input"),
-    (dict(op="conv", input_shape=(1, -3, 8, 8), out_channels=4), "size <= 0"),
-    (dict(op="conv", input_shape=(1, 3, 8, 8), out_channels=0), "out_channels=0"),
-    (dict(op="conv", input_shape=(1, 3, 8, 8), out_channels=4, padding=-1), "padding=-1"),
-    (dict(op="conv", input_shape=(1, 3, 8), out_channels=4), "4 dimensions"),
-    (dict(op="deconv", input_shape=(1, 3, 8, 8)), "unknown op type 'deconv'"),
-    (dict(op="act", input_shape=(1, 3, 8, 8), activation="gelu"), "unknown activation 'gelu'"),
-    (dict(op="act", input_shape=(1, 3, 8, 8)), "needs act other than 'none'"),
-    (dict(op="concat", input_shape=(1, 8, 4, 4), parts=(3, 4)), "sum to 7"),
-    (dict(op="shuffle", input_shape=(1, 9, 4, 4), groups=2), "groups=2 must be >= 2 and divide"),
-    (dict(op="maxpool", input_shape=(1, 4, 8, 8), kernel=3, padding=2), "at most half the kernel"),
-    (dict(op="gemm", input_shape=(1, 4), out_channels=3, dtype="int8"), "dtype 'int8'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(op="conv", input_shape=(1, 6, 8, 8), out_channels=4, groups=4), "groups=4 must divide"),
+        (dict(op="conv", input_shape=(1, 6, 3, 3), out_channels=4, kernel=7), "larger than the padded input"),
+        (dict(op="conv", input_shape=(1, -3, 8, 8), out_channels=4), "size <= 0"),
+        (dict(op="conv", input_shape=(1, 3, 8, 8), out_channels=0), "out_channels=0"),
+        (dict(op="conv", input_shape=(1, 3, 8, 8), out_channels=4, padding=-1), "padding=-1"),
+        (dict(op="conv", input_shape=(1, 3, 8), out_channels=4), "4 dimensions"),
+        (dict(op="deconv", input_shape=(1, 3, 8, 8)), "unknown op type 'deconv'"),
+        (dict(op="act", input_shape=(1, 3, 8, 8), activation="gelu"), "unknown activation 'gelu'"),
+        (dict(op="act", input_shape=(1, 3, 8, 8)), "needs act other than 'none'"),
+        (dict(op="concat", input_shape=(1, 8, 4, 4), parts=(3, 4)), "sum to 7"),
+        (dict(op="shuffle", input_shape=(1, 9, 4, 4), groups=2), "groups=2 must be >= 2 and divide"),
+        (dict(op="maxpool", input_shape=(1, 4, 8, 8), kernel=3, padding=2), "at most half the kernel"),
+        (dict(op="gemm", input_shape=(1, 4), out_channels=3, dtype="int8"), "dtype 'int8'"),
+    ],
+)
 def test_invalid_specs_say_what_is_wrong(kwargs: dict, message: str) -> None:
     with pytest.raises(InvalidOpSpecError, match=message):
         OpSpec(**kwargs)
 
 
-@pytest.mark.parametrize("key, message", [
-    ("conv-in:1x3x8x8-out:4", "missing fields"),
-    ("pool-in:1x3x8x8", "unknown op type 'pool'"),
-    ("add-in:1x3x8x8-bcast:none-dtype:float32-k:3", "unexpected fields"),
-    ("add-in:1xAx8x8-bcast:none-dtype:float32", "bad value '1xAx8x8'"),
-    ("add-in:1x3x8x8-bcast-dtype:float32", "expected NAME:VALUE"),
-])
+@pytest.mark.parametrize(
+    "key, message",
+    [
+        ("conv-in:1x3x8x8-out:4", "missing fields"),
+        ("pool-in:1x3x8x8", "unknown op type 'pool'"),
+        ("add-in:1x3x8x8-bcast:none-dtype:float32-k:3", "unexpected fields"),
+        ("add-in:1xAx8x8-bcast:none-dtype:float32", "bad value '1xAx8x8'"),
+        ("add-in:1x3x8x8-bcast-dtype:float32", "expected NAME:VALUE"),
+    ],
+)
 def test_bad_keys(key: str, message: str) -> None:
     with pytest.raises(InvalidOpSpecError, match=message):
         OpSpec.from_key(key)

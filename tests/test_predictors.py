@@ -39,9 +39,19 @@ from profiler.opspec import OpSpec
 from profiler.store import Store
 
 # The rules ONNX Runtime's probe finds on x86 (tests must not depend on a measurement).
-RULES = FusionRules("ort", {"conv>add": True, "conv_act>add": False, "conv|add>act": True,
-                            "add>act": False, "conv>mul": False, "concat>shuffle": True,
-                            "shuffle>split": True, "concat|shuffle>split": True})
+RULES = FusionRules(
+    "ort",
+    {
+        "conv>add": True,
+        "conv_act>add": False,
+        "conv|add>act": True,
+        "add>act": False,
+        "conv>mul": False,
+        "concat>shuffle": True,
+        "shuffle>split": True,
+        "concat|shuffle>split": True,
+    },
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +75,15 @@ def synthetic_regressor() -> KernelRegressor:
 
 # ----- splitter --------------------------------------------------------------------------------
 EXPECTED = {  # (convs incl. depthwise, fused conv|add, SE kernels, concat kernels)
-    "mobilenet_v2": (52, 10, 0, 0), "mobilenet_v2_0.5": (52, 10, 0, 0),
-    "mobilenet_v3_large": (46, 10, 8, 0), "mnasnet_a1": (49, 9, 8, 0),
-    "efficientnet_b0": (49, 9, 16, 0), "resnet18": (20, 8, 0, 0), "resnet34": (36, 16, 0, 0),
-    "shufflenet_v2": (56, 0, 0, 16), "squeezenet_1_1": (26, 0, 0, 8),
+    "mobilenet_v2": (52, 10, 0, 0),
+    "mobilenet_v2_0.5": (52, 10, 0, 0),
+    "mobilenet_v3_large": (46, 10, 8, 0),
+    "mnasnet_a1": (49, 9, 8, 0),
+    "efficientnet_b0": (49, 9, 16, 0),
+    "resnet18": (20, 8, 0, 0),
+    "resnet34": (36, 16, 0, 0),
+    "shufflenet_v2": (56, 0, 0, 16),
+    "squeezenet_1_1": (26, 0, 0, 8),
 }
 
 
@@ -100,9 +115,15 @@ def test_splitter_folds_exporter_patterns(zoo_dir):
 def test_splitter_names_unknown_ops():
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])
-    graph = helper.make_graph([helper.make_node("Tanh", ["x"], ["t"], name="my_tanh"),
-                               helper.make_node("LRN", ["t"], ["y"], name="my_lrn", size=3)],
-                              "g", [x], [y])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Tanh", ["x"], ["t"], name="my_tanh"),
+            helper.make_node("LRN", ["t"], ["y"], name="my_lrn", size=3),
+        ],
+        "g",
+        [x],
+        [y],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(UnsupportedOpsError) as error:
         ModelSplitter(RULES).split(model)
@@ -114,10 +135,12 @@ def test_splitter_names_unknown_ops():
 # ----- harness and kernel profiling (real ORT, real SQLite) -----------------------------------
 def test_harness_and_profile_kernels(tmp_path, quick_protocol):
     x, y = (1, 32, 14, 14), (1, 116, 14, 14)
-    kernels = [Kernel((OpSpec("conv", x, out_channels=32, kernel=1), OpSpec("add", x))),
-               Kernel((OpSpec("concat", y, parts=(58, 58)), OpSpec("shuffle", y, groups=2))),
-               Kernel((OpSpec("split", y, parts=(58, 58)),)),
-               Kernel((OpSpec("gemm", (1, 64), out_channels=10),))]
+    kernels = [
+        Kernel((OpSpec("conv", x, out_channels=32, kernel=1), OpSpec("add", x))),
+        Kernel((OpSpec("concat", y, parts=(58, 58)), OpSpec("shuffle", y, groups=2))),
+        Kernel((OpSpec("split", y, parts=(58, 58)),)),
+        Kernel((OpSpec("gemm", (1, 64), out_channels=10),)),
+    ]
     model = build_harness(kernels[0])
     assert sum(n.name.startswith(HARNESS_PREFIX) for n in model.graph.node) >= 2
     with Store(tmp_path / "k.db") as store:
@@ -138,16 +161,23 @@ def test_harness_and_profile_kernels(tmp_path, quick_protocol):
 def test_fusion_decision_from_costs():
     def cost(kernel: Kernel) -> float:  # additive, except a conv followed by an add saves 0.35
         ops = kernel.ops
-        saving = sum(0.35 for a, b in zip(ops, ops[1:], strict=False)
-                     if a.op == "conv" and a.activation == "none" and b.op == "add")
+        saving = sum(
+            0.35
+            for a, b in zip(ops, ops[1:], strict=False)
+            if a.op == "conv" and a.activation == "none" and b.op == "add"
+        )
         return sum({"conv": 1.0, "add": 0.4}.get(o.op, 0.2) for o in ops) - saving
 
     rules = decide(default_probes(), "ort", cost)
     assert rules.fused["conv>add"] and not rules.fused["conv_act>add"] and not rules.fused["add>act"]
     assert rules.fuses("conv_act|conv", "add")  # not probed: falls back to the last op's rule
     assert not rules.fuses("conv", "concat")  # never probed: not fused
-    ops = [OpSpec("conv", (1, 16, 8, 8), out_channels=16), OpSpec("add", (1, 16, 8, 8)),
-           OpSpec("conv", (1, 16, 8, 8), out_channels=16, activation="relu"), OpSpec("add", (1, 16, 8, 8))]
+    ops = [
+        OpSpec("conv", (1, 16, 8, 8), out_channels=16),
+        OpSpec("add", (1, 16, 8, 8)),
+        OpSpec("conv", (1, 16, 8, 8), out_channels=16, activation="relu"),
+        OpSpec("add", (1, 16, 8, 8)),
+    ]
     assert [k.signature for k in rules.group(ops)] == ["conv|add", "conv_act", "add"]
 
 
@@ -196,10 +226,17 @@ def test_save_load_in_fresh_process_is_exact(predictor, zoo_dir, tmp_path):
     path = predictor.save(tmp_path / "p.json")
     models = [str(zoo_dir / f"{n}.onnx") for n in ("mobilenet_v3_large", "shufflenet_v2", "resnet18")]
     here = [repr(predictor.predict(m).latency_ms) for m in models]
-    code = ("import sys; from predictors import LatencyPredictor; p = LatencyPredictor.load(sys.argv[1]); "
-            "print([repr(p.predict(m).latency_ms) for m in sys.argv[2:]])")
-    out = subprocess.run([sys.executable, "-c", code, str(path), *models], capture_output=True, text=True,
-                         check=True, cwd=Path(__file__).parents[1]).stdout
+    code = (
+        "import sys; from predictors import LatencyPredictor; p = LatencyPredictor.load(sys.argv[1]); "
+        "print([repr(p.predict(m).latency_ms) for m in sys.argv[2:]])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path), *models],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parents[1],
+    ).stdout
     assert out.strip() == str(here)
     assert json.loads(path.read_text())["format"] == "hwlat-latency-predictor"
 
@@ -219,8 +256,10 @@ def test_predict_batch_matches_predict_on_a_space(predictor):
 
 def test_cli_predict_json(predictor, zoo_dir, tmp_path, capsys):
     path = predictor.save(tmp_path / "p.json")
-    assert hwlat_cli.main(["predict", str(zoo_dir / "squeezenet_1_1.onnx"), "--predictor", str(path),
-                           "--json"]) == 0
+    assert (
+        hwlat_cli.main(["predict", str(zoo_dir / "squeezenet_1_1.onnx"), "--predictor", str(path), "--json"])
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["latency_ms"] > 0 and out["device"] == "local"
     assert {"key", "op", "latency_ms", "source", "nodes"} <= set(out["kernels"][0])
@@ -247,8 +286,10 @@ def test_arch_regressor_uses_reference_devices():
     Xr = np.column_stack([X, reference])
     model = ArchLatencyRegressor(reference=1).fit(Xr[:12], 1.7 * y[:12])
     assert np.corrcoef(np.log(model.predict(Xr[12:])), np.log(y[12:]))[0, 1] > 0.95
-    dicts = [{"width": int(a), "kernel": f"k{int(b)}", "ref_ms": float(r)} for a, b, r in
-             zip(X[:, 0], X[:, 1], reference, strict=True)]
+    dicts = [
+        {"width": int(a), "kernel": f"k{int(b)}", "ref_ms": float(r)}
+        for a, b, r in zip(X[:, 0], X[:, 1], reference, strict=True)
+    ]
     model = ArchLatencyRegressor(reference=["ref_ms"]).fit(dicts[:12], 1.7 * y[:12])
     assert model.predict(dicts[12:]).shape == (48,)
 
@@ -264,9 +305,27 @@ def test_cli_validate_writes_report_and_plot(predictor, zoo_dir, tmp_path, capsy
     (models / "squeezenet_1_1.onnx").write_bytes((zoo_dir / "squeezenet_1_1.onnx").read_bytes())
     path = predictor.save(tmp_path / "p.json")
     plot_path = tmp_path / "v.png"
-    assert hwlat_cli.main(["validate", "--predictor", str(path), "--models", str(models), "--quick",
-                           "--db", str(tmp_path / "v.db"), "--plot", str(plot_path), "--json",
-                           "--include-disturbed", "--repeats", "1"]) == 0
+    assert (
+        hwlat_cli.main(
+            [
+                "validate",
+                "--predictor",
+                str(path),
+                "--models",
+                str(models),
+                "--quick",
+                "--db",
+                str(tmp_path / "v.db"),
+                "--plot",
+                str(plot_path),
+                "--json",
+                "--include-disturbed",
+                "--repeats",
+                "1",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["n"] == 1 and report["rows"][0]["measured_ms"] > 0
     assert {"rmse_ms", "rmspe", "within_5", "within_10", "spearman"} <= set(report)
@@ -286,8 +345,13 @@ def test_overhead_model_recovers_its_terms():
     compute, memory = rng.uniform(1, 30, 20), rng.uniform(0.2, 5, 20)
     weights, counts = rng.uniform(1, 50, 20), rng.integers(20, 120, 20)
     truth = OverheadModel(0.02, 0.001, 0.01, 1.05, 1.10)
-    measured = (truth.intercept_ms + truth.per_kernel_ms * counts + truth.weight_ms_per_mb * weights
-                + truth.compute_scale * compute + truth.memory_scale * memory)
+    measured = (
+        truth.intercept_ms
+        + truth.per_kernel_ms * counts
+        + truth.weight_ms_per_mb * weights
+        + truth.compute_scale * compute
+        + truth.memory_scale * memory
+    )
     fitted = OverheadModel().fit(compute, memory, weights, counts, measured)
     assert fitted.compute_scale == pytest.approx(1.05, abs=1e-3)
     assert fitted.memory_scale == pytest.approx(1.10, abs=1e-3)

@@ -29,44 +29,69 @@ HUGER = OpSpec("conv", (1, 256, 224, 224), out_channels=256, kernel=3, padding=1
 
 
 def twenty_ops() -> list[OpSpec]:
-    specs = [OpSpec("conv", (1, c, 28, 28), out_channels=c, kernel=k, padding=k // 2,
-                    groups=c if dw else 1, activation="relu6")
-             for c in (16, 32) for k in (1, 3, 5) for dw in (False, True) if not (dw and k == 1)]
+    specs = [
+        OpSpec(
+            "conv",
+            (1, c, 28, 28),
+            out_channels=c,
+            kernel=k,
+            padding=k // 2,
+            groups=c if dw else 1,
+            activation="relu6",
+        )
+        for c in (16, 32)
+        for k in (1, 3, 5)
+        for dw in (False, True)
+        if not (dw and k == 1)
+    ]
     specs += [OpSpec("add", (1, c, 28, 28)) for c in (16, 32)]
     specs += [OpSpec("mul", (1, c, 28, 28), broadcast="channel") for c in (16, 32)]
     specs += [OpSpec("globalavgpool", (1, c, 7, 7)) for c in (32, 64)]
     specs += [OpSpec("gemm", (1, c), out_channels=100) for c in (64, 256)]
-    specs += [OpSpec("shuffle", (1, 32, 14, 14), groups=2),
-              OpSpec("act", (1, 32, 14, 14), activation="hardswish")]
+    specs += [
+        OpSpec("shuffle", (1, 32, 14, 14), groups=2),
+        OpSpec("act", (1, 32, 14, 14), activation="hardswish"),
+    ]
     assert len(specs) == 20
     return specs
 
 
 def hwlat(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "hwlat_cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hwlat_cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
 
 
 def rows(db: Path) -> list[tuple]:
-    return sqlite3.connect(db).execute(
-        "SELECT key, status, disturbed, created_at FROM measurements WHERE kind='op'").fetchall()
+    return (
+        sqlite3.connect(db)
+        .execute("SELECT key, status, disturbed, created_at FROM measurements WHERE kind='op'")
+        .fetchall()
+    )
 
 
 def test_profile_fills_the_store_and_a_rerun_measures_only_what_is_not_clean(tmp_path) -> None:
     ops, db = tmp_path / "ops.jsonl", tmp_path / "m.db"
     write_jsonl(twenty_ops(), ops)
-    first = hwlat("profile", "--device", "local", "--backend", "ort", "--ops", str(ops), "--db", str(db),
-                  "--quick")
+    first = hwlat(
+        "profile", "--device", "local", "--backend", "ort", "--ops", str(ops), "--db", str(db), "--quick"
+    )
     assert "20 measured, 0 already stored, 0 failed" in first.stdout
     assert "[local/ort] 20/20 100%" in first.stderr  # progress with ETA goes to stderr
     stored = rows(db)
     assert len(stored) == 20 and {r[1] for r in stored} == {"ok"}
     disturbed = sum(r[2] for r in stored)
-    second = hwlat("profile", "--device", "local", "--backend", "ort", "--ops", str(ops), "--db", str(db),
-                   "--quick")
+    second = hwlat(
+        "profile", "--device", "local", "--backend", "ort", "--ops", str(ops), "--db", str(db), "--quick"
+    )
     assert f"{disturbed} measured, {20 - disturbed} already stored" in second.stdout
     after = {r[0]: r for r in rows(db)}
     assert len(after) == 20
@@ -76,9 +101,23 @@ def test_profile_fills_the_store_and_a_rerun_measures_only_what_is_not_clean(tmp
 def test_a_killed_campaign_resumes_without_duplicates(tmp_path) -> None:
     ops, db = tmp_path / "ops.jsonl", tmp_path / "m.db"
     write_jsonl(twenty_ops(), ops)
-    proc = subprocess.Popen([sys.executable, "-m", "hwlat_cli", "profile", "--ops", str(ops), "--db",
-                             str(db), "--quick", "--no-progress"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hwlat_cli",
+            "profile",
+            "--ops",
+            str(ops),
+            "--db",
+            str(db),
+            "--quick",
+            "--no-progress",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -106,7 +145,8 @@ def test_an_op_that_times_out_is_stored_as_failed_and_the_campaign_goes_on(tmp_p
     protocol = TimingProtocol(**{**TimingProtocol.quick().to_dict(), "op_timeout_s": 1.5})
     with Store(tmp_path / "m.db") as store:
         report = Campaign(local_device(), "ort", store, protocol, show_progress=False).run(
-            [small[0], HUGER, small[1]])
+            [small[0], HUGER, small[1]]
+        )
         assert (report.measured, report.failed) == (2, 1)
         failed = store.get("local", "ort", HUGER.key)
         assert failed.status == "failed" and "no answer" in failed.error_msg
@@ -147,8 +187,13 @@ class BrokenFileBackend(OrtBackend):
 def test_a_runtime_error_is_a_failed_row_not_a_dead_campaign(tmp_path) -> None:
     specs = [OpSpec("add", (1, 8, 8, 8)), OpSpec("gemm", (1, 8), out_channels=4), OpSpec("add", (1, 4, 8, 8))]
     with Store(tmp_path / "m.db") as store:
-        report = Campaign(local_device(), BrokenFileBackend(local_device()), store,
-                          TimingProtocol.quick(), show_progress=False).run(specs)
+        report = Campaign(
+            local_device(),
+            BrokenFileBackend(local_device()),
+            store,
+            TimingProtocol.quick(),
+            show_progress=False,
+        ).run(specs)
         assert (report.measured, report.failed) == (2, 1)
         assert "InvalidProtobuf" in store.get("local", "ort", specs[1].key).error_msg
 
@@ -170,8 +215,20 @@ def test_measure_reports_latency_size_and_memory(tmp_path) -> None:
     from predictors.zoo import build, export_onnx
 
     path = export_onnx(build("mobilenet_v2_0.5"), tmp_path / "mbv2.onnx", resolution=96)
-    out = json.loads(hwlat("measure", str(path), "--device", "local", "--backend", "ort", "--json",
-                           "--db", str(tmp_path / "m.db"), "--quick").stdout)
+    out = json.loads(
+        hwlat(
+            "measure",
+            str(path),
+            "--device",
+            "local",
+            "--backend",
+            "ort",
+            "--json",
+            "--db",
+            str(tmp_path / "m.db"),
+            "--quick",
+        ).stdout
+    )
     assert out["p10_ms"] <= out["latency_ms"] <= out["p90_ms"]
     assert out["model_bytes"] == path.stat().st_size
     assert out["params"] > 1_000_000
@@ -181,21 +238,33 @@ def test_measure_reports_latency_size_and_memory(tmp_path) -> None:
     assert "ms median" in text and "peak RSS" in text
 
 
-@pytest.mark.parametrize("args, message", [
-    (["profile", "--ops", "missing.jsonl"], "missing.jsonl"),
-    (["profile", "--ops", "{bad}", ], "not valid JSON"),
-    (["profile", "--ops", "{ops}", "--device", "nowhere"], "no device named 'nowhere'"),
-    (["profile", "--ops", "{ops}", "--backend", "tensorrt"], "unknown backend 'tensorrt'"),
-    (["profile", "--ops", "{ops}", "--db", "/nonexistent/dir/m.db"], "does not exist; create it"),
-    (["measure", "missing.onnx"], "model missing.onnx does not exist"),
-    (["profile", "--ops", "{ops}", "--inventory", "{inv}"], "unknown key 'hostname'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["profile", "--ops", "missing.jsonl"], "missing.jsonl"),
+        (
+            [
+                "profile",
+                "--ops",
+                "{bad}",
+            ],
+            "not valid JSON",
+        ),
+        (["profile", "--ops", "{ops}", "--device", "nowhere"], "no device named 'nowhere'"),
+        (["profile", "--ops", "{ops}", "--backend", "tensorrt"], "unknown backend 'tensorrt'"),
+        (["profile", "--ops", "{ops}", "--db", "/nonexistent/dir/m.db"], "does not exist; create it"),
+        (["measure", "missing.onnx"], "model missing.onnx does not exist"),
+        (["profile", "--ops", "{ops}", "--inventory", "{inv}"], "unknown key 'hostname'"),
+    ],
+)
 def test_bad_input_gives_a_clear_error(tmp_path, args: list[str], message: str) -> None:
     (tmp_path / "bad.jsonl").write_text('{"op": "conv"\n')
     write_jsonl([OpSpec("add", (1, 8, 8, 8))], tmp_path / "ops.jsonl")
     (tmp_path / "inv.toml").write_text('[devices.pi]\nhost = "pi.local"\nhostname = "x"\n')
-    args = [a.format(bad=tmp_path / "bad.jsonl", ops=tmp_path / "ops.jsonl", inv=tmp_path / "inv.toml")
-            for a in args]
+    args = [
+        a.format(bad=tmp_path / "bad.jsonl", ops=tmp_path / "ops.jsonl", inv=tmp_path / "inv.toml")
+        for a in args
+    ]
     proc = hwlat(*args, check=False)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr

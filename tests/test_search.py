@@ -45,8 +45,9 @@ def budget_at(problem: SyntheticProblem, fraction: float) -> float:
     return problem.min_latency_ms() + fraction * (problem.max_latency_ms() - problem.min_latency_ms())
 
 
-def run(problem: SyntheticProblem, strategy: Strategy, budget_ms: float | None,
-        trials: int = TRIALS) -> Study:
+def run(
+    problem: SyntheticProblem, strategy: Strategy, budget_ms: float | None, trials: int = TRIALS
+) -> Study:
     study = Study(problem.space, problem.objectives(budget_ms), strategy)
     study.optimize(trials)
     return study
@@ -71,19 +72,26 @@ def normalised_hv(problem: SyntheticProblem, study: Study) -> float:
 def test_single_objective_strategies_beat_random_search_under_a_budget(problem, name) -> None:
     budget = budget_at(problem, 0.4)
     optimum = problem.best_accuracy(budget)
-    random_gap = np.median([optimum - best_feasible_accuracy(run(problem, RandomSearch(random_state=s),
-                                                                  budget)) for s in SEEDS])
-    gap = np.median([optimum - best_feasible_accuracy(run(problem, get_strategy(name, random_state=s),
-                                                           budget)) for s in SEEDS])
+    random_gap = np.median(
+        [optimum - best_feasible_accuracy(run(problem, RandomSearch(random_state=s), budget)) for s in SEEDS]
+    )
+    gap = np.median(
+        [
+            optimum - best_feasible_accuracy(run(problem, get_strategy(name, random_state=s), budget))
+            for s in SEEDS
+        ]
+    )
     assert 0 <= gap < 0.75 * random_gap, (name, gap, random_gap)
 
 
 def test_nsga2_beats_random_search_in_hypervolume(problem) -> None:
     budget = budget_at(problem, 0.6)
-    random_hv = np.median([normalised_hv(problem, run(problem, RandomSearch(random_state=s), budget))
-                           for s in SEEDS])
-    nsga_hv = np.median([normalised_hv(problem, run(problem, get_strategy("nsga2", random_state=s),
-                                                     budget)) for s in SEEDS])
+    random_hv = np.median(
+        [normalised_hv(problem, run(problem, RandomSearch(random_state=s), budget)) for s in SEEDS]
+    )
+    nsga_hv = np.median(
+        [normalised_hv(problem, run(problem, get_strategy("nsga2", random_state=s), budget)) for s in SEEDS]
+    )
     assert random_hv < nsga_hv <= 1.0, (nsga_hv, random_hv)
 
 
@@ -137,8 +145,9 @@ def test_a_tight_budget_is_met_thanks_to_the_warm_start(problem, name) -> None:
     assert first.batch == -1 and first.feasible
     assert first.values[1] == pytest.approx(problem.min_latency_ms())
     assert study.pareto_front()
-    cold = Study(problem.space, problem.objectives(budget), get_strategy(name, random_state=0),
-                 warm_start=False)
+    cold = Study(
+        problem.space, problem.objectives(budget), get_strategy(name, random_state=0), warm_start=False
+    )
     cold.optimize(100)
     assert all(t.batch >= 0 for t in cold.trials)
 
@@ -173,15 +182,19 @@ def test_an_interrupted_search_resumes_to_the_same_result(problem, tmp_path, nam
     latency = LatencyObjective(problem, budget)
 
     def study(calls: int | None, strategy_seed: int = 0) -> Study:
-        return Study(problem.space, [accuracy_that_stops_after(problem, calls), latency],
-                     get_strategy(name, random_state=strategy_seed), storage=tmp_path / "s.db")
+        return Study(
+            problem.space,
+            [accuracy_that_stops_after(problem, calls), latency],
+            get_strategy(name, random_state=strategy_seed),
+            storage=tmp_path / "s.db",
+        )
 
     reference = Study(problem.space, problem.objectives(budget), get_strategy(name, random_state=0))
     reference.optimize(total)
 
-    study(None).optimize(61)                      # stops inside a batch
+    study(None).optimize(61)  # stops inside a batch
     with pytest.raises(Interrupt):
-        study(calls=3).optimize(total)            # Ctrl-C while evaluating
+        study(calls=3).optimize(total)  # Ctrl-C while evaluating
     with pytest.raises(StudyMismatchError, match="random_state"):
         study(None, strategy_seed=1)
     resumed = study(None)
@@ -198,8 +211,9 @@ def test_reopening_with_other_objectives_is_refused(problem, tmp_path) -> None:
     Study(problem.space, problem.objectives(5.0), RandomSearch(), storage=tmp_path / "s.db").optimize(10)
     with pytest.raises(StudyMismatchError, match="objectives"):
         Study(problem.space, problem.objectives(6.0), RandomSearch(), storage=tmp_path / "s.db")
-    other = Study(problem.space, problem.objectives(6.0), RandomSearch(), storage=tmp_path / "s.db",
-                  name="second")
+    other = Study(
+        problem.space, problem.objectives(6.0), RandomSearch(), storage=tmp_path / "s.db", name="second"
+    )
     assert other.trials == []
     assert SearchStorage(tmp_path / "s.db").study_names() == ["search", "second"]
 
@@ -229,7 +243,7 @@ def test_hypervolume_matches_counting_unit_cells(m) -> None:
 
 def test_pareto_front_sorting_and_crowding() -> None:
     losses = np.array([[1, 5], [2, 3], [3, 4], [4, 1], [2, 3], [5, 5.0]])
-    assert pareto_front(losses).tolist() == [0, 1, 3, 4]          # duplicates of a front point kept
+    assert pareto_front(losses).tolist() == [0, 1, 3, 4]  # duplicates of a front point kept
     assert pareto_front(losses, np.array([0, 0.5, 0, 0, 0, 0])).tolist() == [0, 3, 4]
     fronts = non_dominated_sort(losses)
     assert [f.tolist() for f in fronts] == [[0, 1, 3, 4], [2], [5]]
@@ -300,27 +314,42 @@ class TinyCnnSpace(SyntheticSpace):
         from profiler.opspec import OpSpec
 
         k, w1, w2 = (d.options[i] for d, i in zip(self.decisions, arch, strict=True))
-        return [OpSpec("conv", (1, 3, 16, 16), out_channels=w1, kernel=k, padding=k // 2,
-                       activation="relu"),
-                OpSpec("conv", (1, w1, 16, 16), out_channels=w2, kernel=3, stride=2, padding=1,
-                       activation="relu"),
-                OpSpec("globalavgpool", (1, w2, 8, 8)), OpSpec("gemm", (1, w2), out_channels=10)]
+        return [
+            OpSpec("conv", (1, 3, 16, 16), out_channels=w1, kernel=k, padding=k // 2, activation="relu"),
+            OpSpec(
+                "conv", (1, w1, 16, 16), out_channels=w2, kernel=3, stride=2, padding=1, activation="relu"
+            ),
+            OpSpec("globalavgpool", (1, w2, 8, 8)),
+            OpSpec("gemm", (1, w2), out_channels=10),
+        ]
 
     def to_torch(self, arch):
         from torch import nn
 
         k, w1, w2 = (d.options[i] for d, i in zip(self.decisions, arch, strict=True))
-        return nn.Sequential(nn.Conv2d(3, w1, k, padding=k // 2), nn.BatchNorm2d(w1), nn.ReLU(),
-                             nn.Conv2d(w1, w2, 3, stride=2, padding=1), nn.ReLU(),
-                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(w2, 10))
+        return nn.Sequential(
+            nn.Conv2d(3, w1, k, padding=k // 2),
+            nn.BatchNorm2d(w1),
+            nn.ReLU(),
+            nn.Conv2d(w1, w2, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(w2, 10),
+        )
 
     def to_onnx(self, arch):
         import onnx
         import torch
 
         buffer = io.BytesIO()
-        torch.onnx.export(self.to_torch(arch).eval(), torch.randn(self.input_shape(arch)), buffer,
-                          dynamo=False, input_names=["input"])
+        torch.onnx.export(
+            self.to_torch(arch).eval(),
+            torch.randn(self.input_shape(arch)),
+            buffer,
+            dynamo=False,
+            input_names=["input"],
+        )
         return onnx.load_from_string(buffer.getvalue())
 
 
@@ -342,15 +371,17 @@ def test_flops_and_params_proxies_agree_with_torch() -> None:
     params = ParamsObjective().evaluate(space, archs)
     for arch, p in zip(archs, params, strict=True):
         model = space.to_torch(arch)
-        conv_linear = sum(q.numel() for m in model if type(m).__name__ in ("Conv2d", "Linear")
-                          for q in m.parameters())
+        conv_linear = sum(
+            q.numel() for m in model if type(m).__name__ in ("Conv2d", "Linear") for q in m.parameters()
+        )
         assert p == conv_linear
     flops = FlopsObjective().evaluate(space, archs)
     assert flops[1] > flops[0] > 0
 
 
-@pytest.mark.parametrize("proxy", [NaswotObjective(batch_size=8), SynflowObjective()],
-                         ids=["naswot", "synflow"])
+@pytest.mark.parametrize(
+    "proxy", [NaswotObjective(batch_size=8), SynflowObjective()], ids=["naswot", "synflow"]
+)
 def test_zero_cost_proxies_are_finite_deterministic_and_tell_networks_apart(proxy) -> None:
     space = TinyCnnSpace()
     archs = [(0, 0, 0), (1, 1, 1), (1, 2, 2)]
@@ -366,13 +397,13 @@ def test_report_folder_has_front_plots_and_winner_onnx(tmp_path) -> None:
 
     space = TinyCnnSpace()
     objectives = [FlopsObjective(), LatencyObjective(FlopsLatency(1.0), budget_ms=1.0)]
-    study = Study(space, objectives, get_strategy("nsga2", population_size=4, random_state=0),
-                  batch_size=4)
+    study = Study(space, objectives, get_strategy("nsga2", population_size=4, random_state=0), batch_size=4)
     study.optimize(24)
     report = write_report(study, tmp_path, top_k=2)
     saved = json.loads((tmp_path / "pareto.json").read_text())
-    assert saved["front"] and all(f["feasible"] and f["values"]["latency_ms@local"] <= 1.0
-                                  for f in saved["front"])
+    assert saved["front"] and all(
+        f["feasible"] and f["values"]["latency_ms@local"] <= 1.0 for f in saved["front"]
+    )
     assert saved["front"][0]["config"] and saved["front"][0]["onnx"]
     for name in ("pareto.png", "hypervolume.png", "trials.csv"):
         assert (tmp_path / name).stat().st_size > 0
@@ -390,12 +421,12 @@ def test_verify_measures_winners_on_the_device_and_flags_budget_misses(tmp_path,
     space = TinyCnnSpace()
     # Predicts 1000x too fast: the winners look within a 0.01 ms budget but are not.
     latency = LatencyObjective(FlopsLatency(1e-5), budget_ms=0.01)
-    study = Study(space, [FlopsObjective(), latency], get_strategy("evolution", random_state=0),
-                  batch_size=6)
+    study = Study(space, [FlopsObjective(), latency], get_strategy("evolution", random_state=0), batch_size=6)
     study.optimize(12)
     with Store(tmp_path / "m.db") as store:
-        results = verify_winners(study, latency, local_device(), store, k=2, out_dir=tmp_path,
-                                 protocol=quick_protocol)
+        results = verify_winners(
+            study, latency, local_device(), store, k=2, out_dir=tmp_path, protocol=quick_protocol
+        )
         assert len(store.measurements(kind="model")) == 2
     assert [r.rank for r in results] == [1, 2]
     for r in results:
@@ -413,12 +444,23 @@ def predictor_file(tmp_path_factory):
     from predictors import FusionRules, KernelRegressor, LatencyPredictor, LatencyTable
     from predictors.sampling import KernelSampler
 
-    rules = FusionRules("ort", {"conv>add": True, "conv_act>add": False, "conv|add>act": True,
-                                "add>act": False, "conv>mul": False, "concat>shuffle": True,
-                                "shuffle>split": True, "concat|shuffle>split": True})
+    rules = FusionRules(
+        "ort",
+        {
+            "conv>add": True,
+            "conv_act>add": False,
+            "conv|add>act": True,
+            "add>act": False,
+            "conv>mul": False,
+            "concat>shuffle": True,
+            "shuffle>split": True,
+            "concat|shuffle>split": True,
+        },
+    )
     kernels = KernelSampler(rules, random_state=1).sample(200)
     regressor = KernelRegressor(max_iter=60).fit(
-        kernels, [(k.flops / 40e9 + k.bytes_moved / 8e9) * 1e3 + 0.002 for k in kernels])
+        kernels, [(k.flops / 40e9 + k.bytes_moved / 8e9) * 1e3 + 0.002 for k in kernels]
+    )
     predictor = LatencyPredictor(LatencyTable({}, regressor), rules, "local", "ort", "lut")
     return predictor.save(tmp_path_factory.mktemp("predictor") / "local.json")
 
@@ -429,15 +471,39 @@ def test_cli_search_verifies_winners_and_resumes(predictor_file, tmp_path, capsy
     from search.spaces import get_space
 
     fastest = minimise(get_space("proxyless"), LatencyObjective(LatencyPredictor.load(predictor_file))).value
-    args = ["search", "--space", "proxyless", "--predictor", str(predictor_file), "--strategy", "evolution",
-            "--out", str(tmp_path / "out"), "--no-progress", "--top", "2"]
+    args = [
+        "search",
+        "--space",
+        "proxyless",
+        "--predictor",
+        str(predictor_file),
+        "--strategy",
+        "evolution",
+        "--out",
+        str(tmp_path / "out"),
+        "--no-progress",
+        "--top",
+        "2",
+    ]
 
     assert hwlat_cli.main([*args, "--latency-ms", f"{0.9 * fastest}", "--budget", "40"]) == 2
     assert f"Raise the budget to at least {fastest:.4g}" in capsys.readouterr().err
 
     budget = 1.5 * fastest
-    status = hwlat_cli.main([*args, "--latency-ms", f"{budget}", "--budget", "40", "--verify", "1",
-                             "--quick", "--db", str(tmp_path / "m.db")])
+    status = hwlat_cli.main(
+        [
+            *args,
+            "--latency-ms",
+            f"{budget}",
+            "--budget",
+            "40",
+            "--verify",
+            "1",
+            "--quick",
+            "--db",
+            str(tmp_path / "m.db"),
+        ]
+    )
     out = capsys.readouterr().out
     assert "verified on local/ort" in out
     verified = json.loads((tmp_path / "out" / "verify-local.json").read_text())

@@ -49,8 +49,7 @@ def test_networks_export_run_and_match_ops(name):
     for arch in _export_cases(name):
         model = space.to_onnx(arch)
         assert Counter(onnx_kernels(model)) == Counter(space.ops(arch)), space.to_dict(arch)
-        session = ort.InferenceSession(model.SerializeToString(), options,
-                                       providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         x = np.random.default_rng(0).standard_normal(space.input_shape(arch)).astype(np.float32)
         (y,) = session.run(None, {"input": x})
         assert y.shape == (1, NUM_CLASSES[name])
@@ -131,8 +130,9 @@ def test_architecture_round_trips_and_operators(name):
 
 def test_to_dict_reads_as_the_papers_choices():
     proxyless = get_space("proxyless")
-    arch = proxyless.from_dict({d.name: d.options[-1] if d.name == "resolution" else d.options[1]
-                                for d in proxyless.decisions})
+    arch = proxyless.from_dict(
+        {d.name: d.options[-1] if d.name == "resolution" else d.options[1] for d in proxyless.decisions}
+    )
     names = proxyless.to_dict(arch)
     assert names["resolution"] == 224 and names["stage1.block0"] == "mb_k3_e6"
     ofa = get_space("ofa_mbv3")
@@ -181,7 +181,7 @@ def test_sizes_match_the_papers():
     assert get_space("proxyless").size() == 6 * (6 * (1 + 6 + 36 + 216)) ** 5
     assert get_space("fbnet").size() == 9 * (9 * (1 + 8 + 64 + 512)) ** 5 * 9
     # OFA: "more than 10^19 sub-networks" per resolution.
-    assert get_space("ofa_mbv3").size() == 5 * (9 ** 2 + 9 ** 3 + 9 ** 4) ** 5
+    assert get_space("ofa_mbv3").size() == 5 * (9**2 + 9**3 + 9**4) ** 5
 
 
 def test_ofa_keys_follow_the_ofa_and_proxylessnas_tables():
@@ -193,19 +193,30 @@ def test_ofa_keys_follow_the_ofa_and_proxylessnas_tables():
     assert "Conv_1-input:7x7x320-output:7x7x1280" in keys and "Logits-input:7x7x1280-output:1000" in keys
     ofa_keys = set(get_space("ofa_mbv3").cell_keys())
     # MobileNetV3 keys carry the middle channels, SE and hardswish flags.
-    assert ("expanded_conv-input:56x56x24-output:28x28x40-expand:144-kernel:5-stride:2-idskip:0-se:1-hs:0"
-            in ofa_keys)
-    assert "expanded_conv-input:88x88x16-output:44x44x24-expand:48-kernel:3-stride:2-idskip:0-se:0-hs:0" \
-        in ofa_keys  # resolution 176
-    assert {"Conv_2-input:1x1x960-output:1x1x1280", "AvgPool2D-input:7x7x960-output:1x1x960",
-            "Logits-input:1x1x1280-output:1000"} <= ofa_keys
+    assert (
+        "expanded_conv-input:56x56x24-output:28x28x40-expand:144-kernel:5-stride:2-idskip:0-se:1-hs:0"
+        in ofa_keys
+    )
+    assert (
+        "expanded_conv-input:88x88x16-output:44x44x24-expand:48-kernel:3-stride:2-idskip:0-se:0-hs:0"
+        in ofa_keys
+    )  # resolution 176
+    assert {
+        "Conv_2-input:1x1x960-output:1x1x1280",
+        "AvgPool2D-input:7x7x960-output:1x1x960",
+        "Logits-input:1x1x1280-output:1000",
+    } <= ofa_keys
 
 
 def test_unique_ops_narrow_to_a_resolution():
     ofa = get_space("ofa_mbv3")
     at_160 = set(ofa.unique_ops(resolutions=[160]))
-    stem = {r: OpSpec("conv", (1, 3, r, r), out_channels=16, kernel=3, stride=2, padding=1,
-                      activation="hardswish") for r in (160, 224)}
+    stem = {
+        r: OpSpec(
+            "conv", (1, 3, r, r), out_channels=16, kernel=3, stride=2, padding=1, activation="hardswish"
+        )
+        for r in (160, 224)
+    }
     assert at_160 < set(ofa.unique_ops())
     assert stem[160] in at_160 and stem[224] not in at_160
 
@@ -222,7 +233,12 @@ def test_resolution_is_configurable():
     space = get_space("proxyless", resolutions=(160, 224))
     assert space.size() == 2 * get_space("proxyless").size()
     assert {"Conv-input:160x160x3-output:80x80x32", "Logits-input:5x5x1280-output:1000"} <= set(
-        space.cell_keys())
-    arch = space.from_dict({**get_space("proxyless").to_dict(get_space("proxyless").sample(
-        np.random.default_rng(0))), "resolution": 160})
+        space.cell_keys()
+    )
+    arch = space.from_dict(
+        {
+            **get_space("proxyless").to_dict(get_space("proxyless").sample(np.random.default_rng(0))),
+            "resolution": 160,
+        }
+    )
     assert space.ops(arch)[0].input_shape == (1, 3, 160, 160)

@@ -89,9 +89,14 @@ def test_wrong_python_is_diagnosed(sshd_a) -> None:
 
 
 def test_a_python_without_numpy_is_runtime_missing(sshd_a) -> None:
-    bare = next((p for p in ("/usr/bin/python3", "/usr/local/bin/python3")
-                 if Path(p).exists() and subprocess.run([p, "-c", "import numpy"],
-                                                        capture_output=True).returncode), None)
+    bare = next(
+        (
+            p
+            for p in ("/usr/bin/python3", "/usr/local/bin/python3")
+            if Path(p).exists() and subprocess.run([p, "-c", "import numpy"], capture_output=True).returncode
+        ),
+        None,
+    )
     if bare is None:
         pytest.skip("no Python without numpy on this machine")
     report = check_device(sshd_a.device(python=bare))
@@ -173,8 +178,10 @@ def test_a_started_process_talks_lines_and_is_stopped(sshd_a) -> None:
 def test_an_ssh_config_alias_is_followed(sshd_a, tmp_path) -> None:
     config = tmp_path / "ssh_config"
     d = sshd_a.device()
-    config.write_text(f"Host board\n  HostName 127.0.0.1\n  Port {d.port}\n  User {d.user}\n"
-                      f"  IdentityFile {d.identity_file}\n  UserKnownHostsFile {d.known_hosts}\n")
+    config.write_text(
+        f"Host board\n  HostName 127.0.0.1\n  Port {d.port}\n  User {d.user}\n"
+        f"  IdentityFile {d.identity_file}\n  UserKnownHostsFile {d.known_hosts}\n"
+    )
     alias = Device(name="board", host="board", python=sys.executable)
     with SshConnection(alias, ssh_config=config) as conn:
         assert (conn.target.hostname, conn.target.port) == ("127.0.0.1", d.port)

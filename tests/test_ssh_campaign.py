@@ -38,15 +38,26 @@ def _no_ssh_agent(monkeypatch):
 
 
 def small_ops(n: int) -> list[OpSpec]:
-    return [OpSpec("conv", (1, 8 + 4 * (i // 3), 14, 14), out_channels=8, kernel=(1, 3, 5)[i % 3],
-                   padding=(0, 1, 2)[i % 3]) for i in range(n)]
+    return [
+        OpSpec(
+            "conv",
+            (1, 8 + 4 * (i // 3), 14, 14),
+            out_channels=8,
+            kernel=(1, 3, 5)[i % 3],
+            padding=(0, 1, 2)[i % 3],
+        )
+        for i in range(n)
+    ]
 
 
 def agents_on(server) -> list[psutil.Process]:
     """Agent processes started in this server's workdir (the "device" is this machine)."""
     workdir = str(server.root / "work")
-    return [p for p in psutil.process_iter(["cmdline"])
-            if any(workdir in arg and arg.endswith(".py") for arg in p.info["cmdline"] or [])]
+    return [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if any(workdir in arg and arg.endswith(".py") for arg in p.info["cmdline"] or [])
+    ]
 
 
 def wait_until(condition, timeout_s: float = 60.0) -> bool:
@@ -60,13 +71,27 @@ def wait_until(condition, timeout_s: float = 60.0) -> bool:
 
 def test_two_devices_in_parallel_while_a_third_is_unreachable(sshd_a, sshd_b, tmp_path, capsys) -> None:
     inventory = tmp_path / "devices.toml"
-    inventory.write_text(sshd_a.inventory("a", threads=1, cpu_affinity=(0,), labels=("lab",))
-                         + sshd_b.inventory("b", threads=2, labels=("lab",))
-                         + sshd_a.inventory("down", port=_closed_port(), labels=("lab",)))
+    inventory.write_text(
+        sshd_a.inventory("a", threads=1, cpu_affinity=(0,), labels=("lab",))
+        + sshd_b.inventory("b", threads=2, labels=("lab",))
+        + sshd_a.inventory("down", port=_closed_port(), labels=("lab",))
+    )
     ops, db = tmp_path / "ops.jsonl", tmp_path / "m.db"
     write_jsonl(small_ops(4), ops)
-    status = hwlat_cli.main(["profile", "--label", "lab", "--inventory", str(inventory), "--ops", str(ops),
-                             "--db", str(db), "--quick"])
+    status = hwlat_cli.main(
+        [
+            "profile",
+            "--label",
+            "lab",
+            "--inventory",
+            str(inventory),
+            "--ops",
+            str(ops),
+            "--db",
+            str(db),
+            "--quick",
+        ]
+    )
     out, err = capsys.readouterr()
     assert status == 1, err  # one device failed, the others finished
     assert "down: FAILED: device 'down': connection refused by 127.0.0.1" in err
@@ -83,8 +108,15 @@ def test_sshd_killed_mid_campaign_resumes_with_every_op_exactly_once(sshd_factor
     server = sshd_factory("sshd-kill")
     specs = small_ops(12)
     with Store(tmp_path / "m.db") as store:
-        campaign = Campaign(server.device(), "ort", store, TimingProtocol.quick(), show_progress=False,
-                            reconnect_timeout_s=60, batch_size=5)
+        campaign = Campaign(
+            server.device(),
+            "ort",
+            store,
+            TimingProtocol.quick(),
+            show_progress=False,
+            reconnect_timeout_s=60,
+            batch_size=5,
+        )
         result = {}
         worker = threading.Thread(target=lambda: result.update(report=campaign.run(specs)))
         worker.start()
@@ -106,6 +138,7 @@ def test_an_op_that_kills_the_agent_is_stored_as_failed_and_the_campaign_goes_on
     killed: list[int] = []
     assert wait_until(lambda: not agents_on(sshd_a), 15)  # only this test's agent will be there
     with Store(tmp_path / "m.db") as store:
+
         def killer() -> None:
             assert wait_until(lambda: store.count() >= 2)
             time.sleep(0.1)  # into the third op
@@ -122,7 +155,7 @@ def test_an_op_that_kills_the_agent_is_stored_as_failed_and_the_campaign_goes_on
     failed = [m for m in stored.values() if not m.ok]
     assert len(stored) == 6 and len(failed) == 1 and report.failed == 1 and report.reconnects == 0
     assert "agent process died" in failed[0].error_msg
-    later = [s.key for s in specs][[s.key for s in specs].index(failed[0].key) + 1:]
+    later = [s.key for s in specs][[s.key for s in specs].index(failed[0].key) + 1 :]
     assert later and all(stored[k].ok for k in later)  # a fresh agent took over
 
 
@@ -132,12 +165,30 @@ def test_ctrl_c_keeps_what_was_measured_and_stops_the_remote_agent(sshd_a, tmp_p
     write_jsonl(small_ops(10), ops)
     # About a second per op, so that the eight ops left after the second one outlast the
     # checks below and the signal (at 0.4 s per op a fresh-clone run once finished all ten before the signal).
-    argv = [sys.executable, "-m", "hwlat_cli", "profile", "--device", "pi", "--inventory", str(inventory),
-            "--ops", str(ops), "--db", str(db), "--quick", "--min-repeat-ms", "300", "--repeat", "3",
-            "--no-progress"]
+    argv = [
+        sys.executable,
+        "-m",
+        "hwlat_cli",
+        "profile",
+        "--device",
+        "pi",
+        "--inventory",
+        str(inventory),
+        "--ops",
+        str(ops),
+        "--db",
+        str(db),
+        "--quick",
+        "--min-repeat-ms",
+        "300",
+        "--repeat",
+        "3",
+        "--no-progress",
+    ]
     env = {**os.environ, "SSH_AUTH_SOCK": ""}
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     assert wait_until(lambda: _count(db) >= 2)
     assert agents_on(sshd_a)
     proc.send_signal(signal.SIGINT)

@@ -42,13 +42,16 @@ def test_an_unknown_key_names_the_line_and_the_known_keys(tmp_path) -> None:
     assert "known_hosts" in str(err.value)
 
 
-@pytest.mark.parametrize("line, expected", [
-    ("port = \"22\"", "devices.pi.port = '22' has the wrong type; it must be an integer port"),
-    ("trust_on_first_use = \"yes\"", "it must be true or false"),
-    ("connect_timeout_s = true", "it must be a number of seconds"),
-    ("connect_timeout_s = 0", "devices.pi.connect_timeout_s: must be > 0"),
-    ("known_hosts = 1", "it must be a path to a known_hosts file"),
-])
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ('port = "22"', "devices.pi.port = '22' has the wrong type; it must be an integer port"),
+        ('trust_on_first_use = "yes"', "it must be true or false"),
+        ("connect_timeout_s = true", "it must be a number of seconds"),
+        ("connect_timeout_s = 0", "devices.pi.connect_timeout_s: must be > 0"),
+        ("known_hosts = 1", "it must be a path to a known_hosts file"),
+    ],
+)
 def test_a_wrong_value_names_the_line_and_the_fix(tmp_path, line, expected) -> None:
     path = write(tmp_path, f'[devices.pi]\nhost = "pi"\n\n{line}\n')
     with pytest.raises(InventoryError, match=re.escape(f"{path}:4: ") + ".*" + re.escape(expected)):
@@ -57,10 +60,13 @@ def test_a_wrong_value_names_the_line_and_the_fix(tmp_path, line, expected) -> N
 
 def test_ssh_config_fills_what_the_inventory_leaves_out(tmp_path) -> None:
     config = tmp_path / "config"
-    config.write_text("Host pi\n  HostName 10.1.2.3\n  Port 2200\n  User alarm\n"
-                      "  IdentityFile ~/keys/pi\n  ProxyCommand ssh -W %h:%p jump\n")
-    devices = load_inventory(write(tmp_path, '[devices.pi]\nhost = "pi"\n\n'
-                                             '[devices.pi2]\nhost = "pi"\nport = 22\nuser = "me"\n'))
+    config.write_text(
+        "Host pi\n  HostName 10.1.2.3\n  Port 2200\n  User alarm\n"
+        "  IdentityFile ~/keys/pi\n  ProxyCommand ssh -W %h:%p jump\n"
+    )
+    devices = load_inventory(
+        write(tmp_path, '[devices.pi]\nhost = "pi"\n\n[devices.pi2]\nhost = "pi"\nport = 22\nuser = "me"\n')
+    )
     target = resolve_target(devices["pi"], config)
     assert (target.hostname, target.port, target.user) == ("10.1.2.3", 2200, "alarm")
     assert target.identity_files == [str(Path("~/keys/pi").expanduser())]

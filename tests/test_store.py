@@ -13,8 +13,16 @@ from profiler.store import Store, StoreError
 
 
 def make(key: str, samples=(1.0, 2.0, 3.0), **kw) -> Measurement:
-    return Measurement(device="local", backend="ort", key=key, samples_ms=list(samples),
-                       number=10, settings={"threads": 1}, host={"cpu_model": "x"}, **kw)
+    return Measurement(
+        device="local",
+        backend="ort",
+        key=key,
+        samples_ms=list(samples),
+        number=10,
+        settings={"threads": 1},
+        host={"cpu_model": "x"},
+        **kw,
+    )
 
 
 def test_round_trip_and_stats(tmp_path) -> None:

@@ -52,8 +52,12 @@ def _store_all_ops(store: Store, space, device: str) -> dict[str, Measurement]:
     rows = {}
     for i, op in enumerate(space.unique_ops()):
         base = 0.01 * (1 + i % 17)
-        m = Measurement(device=device, backend="ort", key=op.key,
-                        samples_ms=[base, base * 1.02, base * 0.99, base * 1.01, base * 1.03])
+        m = Measurement(
+            device=device,
+            backend="ort",
+            key=op.key,
+            samples_ms=[base, base * 1.02, base * 0.99, base * 1.01, base * 1.03],
+        )
         store.save(m)
         rows[op.key] = m
     return rows
@@ -63,11 +67,30 @@ def test_hand_written_ofa_yaml_imports_and_exports_back_identically(tmp_path):
     yaml = pytest.importorskip("yaml")
     source, out, db = tmp_path / "mobile_trim.yaml", tmp_path / "out.yaml", tmp_path / "m.db"
     source.write_text(HAND_WRITTEN)
-    assert main(["table", "import", str(source), "--device", "pixel1", "--db", str(db),
-                 "--space", "proxyless"]) == 0
+    assert (
+        main(["table", "import", str(source), "--device", "pixel1", "--db", str(db), "--space", "proxyless"])
+        == 0
+    )
     # Only the imported blocks exist for pixel1, so the other cells are reported missing (exit 1).
-    assert main(["table", "export", "--space", "proxyless", "--device", "pixel1", "--format",
-                 "ofa-yaml", "-o", str(out), "--db", str(db)]) == 1
+    assert (
+        main(
+            [
+                "table",
+                "export",
+                "--space",
+                "proxyless",
+                "--device",
+                "pixel1",
+                "--format",
+                "ofa-yaml",
+                "-o",
+                str(out),
+                "--db",
+                str(db),
+            ]
+        )
+        == 1
+    )
     text = out.read_text()
     assert [line for line in text.splitlines() if not line.startswith("#")] == HAND_WRITTEN.splitlines()
     assert yaml.safe_load(text) == yaml.safe_load(HAND_WRITTEN)
@@ -86,7 +109,8 @@ def test_export_sums_the_ops_of_every_cell(tmp_path):
         members = [rows[op.key] for op in cell]
         assert entries[key].mean_ms == pytest.approx(sum(m.median_ms for m in members))
         assert entries[key].std_ms == pytest.approx(
-            math.sqrt(sum(statistics.pvariance(m.samples_ms) for m in members)))
+            math.sqrt(sum(statistics.pvariance(m.samples_ms) for m in members))
+        )
         assert entries[key].count == 5
     # Every sampled architecture finds each of its blocks in the table.
     rng = np.random.default_rng(0)
@@ -102,8 +126,10 @@ def test_export_sums_the_ops_of_every_cell(tmp_path):
 
 @pytest.mark.parametrize("fmt,suffix", [("csv", ".csv"), ("json", ".json"), ("ofa-yaml", ".yml")])
 def test_every_format_round_trips(tmp_path, fmt, suffix):
-    entries = [TableEntry("Conv-input:224x224x3-output:112x112x32", 1.25, 0.01, 9),
-               TableEntry('odd key, with "quotes": and spaces', 0.1 + 0.2, 0.0, 1)]
+    entries = [
+        TableEntry("Conv-input:224x224x3-output:112x112x32", 1.25, 0.01, 9),
+        TableEntry('odd key, with "quotes": and spaces', 0.1 + 0.2, 0.0, 1),
+    ]
     path = tmp_path / f"table{suffix}"
     write_table(entries, path, fmt, {"device": "local"})
     assert read_table(path) == entries
@@ -116,19 +142,24 @@ def test_yaml_variants_the_ofa_loader_accepts_are_read():
 plain-input:7x7x3-output:1000:   # trailing comment
   mean: 1e-3
 """
-    assert parse_ofa_yaml(text) == [TableEntry("quoted-key:1", 2.5, 0.5, 3),
-                                    TableEntry("plain-input:7x7x3-output:1000", 0.001, 0.0, 1)]
+    assert parse_ofa_yaml(text) == [
+        TableEntry("quoted-key:1", 2.5, 0.5, 3),
+        TableEntry("plain-input:7x7x3-output:1000", 0.001, 0.0, 1),
+    ]
     assert parse_ofa_yaml(format_ofa_yaml(parse_ofa_yaml(text))) == parse_ofa_yaml(text)
 
 
-@pytest.mark.parametrize("text,message", [
-    ("key-a:\n  std: 0.1\n", "t.yaml:1: 'key-a' has no 'mean'"),
-    ("key-a:\n  mean: fast\n", "must be numbers"),
-    ("key-a:\n  mean: 1.0\n  median: 1.0\n", "unknown fields"),
-    ("  mean: 1.0\n", "t.yaml:1: indented line before any key"),
-    ("key-a: 1.0\n", "must map to count/mean/std"),
-    ("key-a:\n  mean: -1\n", "finite and >= 0"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("key-a:\n  std: 0.1\n", "t.yaml:1: 'key-a' has no 'mean'"),
+        ("key-a:\n  mean: fast\n", "must be numbers"),
+        ("key-a:\n  mean: 1.0\n  median: 1.0\n", "unknown fields"),
+        ("  mean: 1.0\n", "t.yaml:1: indented line before any key"),
+        ("key-a: 1.0\n", "must map to count/mean/std"),
+        ("key-a:\n  mean: -1\n", "finite and >= 0"),
+    ],
+)
 def test_bad_yaml_is_refused_with_file_and_line(tmp_path, text, message):
     path = tmp_path / "t.yaml"
     path.write_text(text)

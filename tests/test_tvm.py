@@ -36,8 +36,17 @@ UNCOMPILABLE = OpSpec("add", (1, 2**20, 2**22, 2**22))
 OPS = [
     OpSpec("conv", (1, 16, 14, 14), out_channels=24, kernel=3, stride=2, padding=1, activation="relu6"),
     OpSpec("conv", (1, 16, 14, 14), out_channels=16, kernel=5, padding=2, groups=16, activation="hardswish"),
-    OpSpec("conv", (2, 8, 9, 9), out_channels=12, kernel=3, padding=1, dilation=2, groups=4,
-           bias=False, activation="swish"),
+    OpSpec(
+        "conv",
+        (2, 8, 9, 9),
+        out_channels=12,
+        kernel=3,
+        padding=1,
+        dilation=2,
+        groups=4,
+        bias=False,
+        activation="swish",
+    ),
     OpSpec("gemm", (1, 64), out_channels=10, activation="sigmoid"),
     OpSpec("maxpool", (1, 8, 15, 15), kernel=3, stride=2, padding=1),
     OpSpec("avgpool", (1, 8, 15, 15), kernel=3, stride=2, padding=1),
@@ -62,8 +71,9 @@ def run_library(path: Path, feeds: list[np.ndarray]) -> list[np.ndarray]:
 
 def assert_matches_onnxruntime(library: Path, model: onnx.ModelProto) -> None:
     feeds = random_inputs(model)
-    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]
-                                    ).run(None, feeds)
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, feeds
+    )
     got = run_library(library, [feeds[i.name] for i in model.graph.input if i.name in feeds])
     assert len(got) == len(expected)
     for g, e in zip(got, expected, strict=True):
@@ -102,8 +112,13 @@ def small_cnn_onnx(path: Path) -> Path:
         def __init__(self) -> None:
             super().__init__()
             self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU6())
-            self.block = nn.Sequential(nn.Conv2d(8, 8, 3, 1, 1, groups=8, bias=False), nn.BatchNorm2d(8),
-                                       nn.ReLU6(), nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8))
+            self.block = nn.Sequential(
+                nn.Conv2d(8, 8, 3, 1, 1, groups=8, bias=False),
+                nn.BatchNorm2d(8),
+                nn.ReLU6(),
+                nn.Conv2d(8, 8, 1, bias=False),
+                nn.BatchNorm2d(8),
+            )
             self.head = nn.Linear(8, 10)
 
         def forward(self, x):
@@ -150,8 +165,9 @@ def test_tuning_fills_a_database_that_later_builds_reuse(tmp_path) -> None:
 def test_an_uncompilable_op_is_stored_as_failed_and_the_campaign_goes_on(tmp_path, quick_protocol) -> None:
     specs = [OpSpec("add", (1, 8, 14, 14)), UNCOMPILABLE, OpSpec("globalavgpool", (1, 8, 14, 14))]
     with Store(tmp_path / "m.db") as store:
-        report = Campaign(local_device(), "tvm-untuned", store, quick_protocol, show_progress=False
-                          ).run(specs)
+        report = Campaign(local_device(), "tvm-untuned", store, quick_protocol, show_progress=False).run(
+            specs
+        )
         assert (report.measured, report.failed) == (2, 1)
         failed = store.get("local", "tvm-untuned", UNCOMPILABLE.key)
         ok = store.get("local", "tvm-untuned", specs[0].key)
@@ -164,9 +180,22 @@ def test_hwlat_measure_tvm_prints_json_latency(tmp_path) -> None:
     model = tiny_cnn_onnx(tmp_path / "tiny.onnx")
     out = io.StringIO()
     with redirect_stdout(out):
-        status = hwlat_cli.main(["measure", str(model), "--device", "local", "--backend", "tvm",
-                                 "--tune-trials", str(TRIALS), "--json", "--quick",
-                                 "--db", str(tmp_path / "m.db")])
+        status = hwlat_cli.main(
+            [
+                "measure",
+                str(model),
+                "--device",
+                "local",
+                "--backend",
+                "tvm",
+                "--tune-trials",
+                str(TRIALS),
+                "--json",
+                "--quick",
+                "--db",
+                str(tmp_path / "m.db"),
+            ]
+        )
     assert status == 0
     result = json.loads(out.getvalue())  # stdout holds nothing but the JSON object
     assert result["backend"] == "tvm" and result["backend_version"] == load_tvm().__version__
@@ -176,11 +205,16 @@ def test_hwlat_measure_tvm_prints_json_latency(tmp_path) -> None:
 def test_an_aarch64_library_is_cross_compiled() -> None:
     if shutil.which("aarch64-linux-gnu-g++") is None:
         pytest.skip("no aarch64 cross compiler: apt-get install -y g++-aarch64-linux-gnu")
-    board = Device("board", host="board.invalid", tvm_target="llvm -mtriple=aarch64-linux-gnu -mattr=+neon",
-                   threads=4)
+    board = Device(
+        "board", host="board.invalid", tvm_target="llvm -mtriple=aarch64-linux-gnu -mattr=+neon", threads=4
+    )
     backend = TvmUntunedBackend(board)
-    assert backend.target == {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"],
-                              "num-cores": 4}
+    assert backend.target == {
+        "kind": "llvm",
+        "mtriple": "aarch64-linux-gnu",
+        "mattr": ["+neon"],
+        "num-cores": 4,
+    }
     library = backend.artifact(OpSpec("conv", (1, 16, 14, 14), out_channels=16, kernel=3, padding=1))
     header = library.read_bytes()[:20]
     assert header[:4] == b"\x7fELF" and header[4] == 2  # 64-bit ELF
@@ -189,8 +223,12 @@ def test_an_aarch64_library_is_cross_compiled() -> None:
 
 def test_targets_are_read_from_strings_and_checked() -> None:
     assert parse_target("llvm -mcpu=cortex-a72 -mattr=+neon,+dotprod -num-cores=4 -fast-math") == {
-        "kind": "llvm", "mcpu": "cortex-a72", "mattr": ["+neon", "+dotprod"], "num-cores": 4,
-        "fast-math": True}
+        "kind": "llvm",
+        "mcpu": "cortex-a72",
+        "mattr": ["+neon", "+dotprod"],
+        "num-cores": 4,
+        "fast-math": True,
+    }
     local = device_target(local_device(threads=2))
     assert local["mcpu"] == load_tvm().target.codegen.llvm_get_system_cpu() and local["num-cores"] == 2
     assert cross_compiler(local) is None
@@ -208,8 +246,10 @@ def test_a_tvm_campaign_over_ssh_tunes_on_the_device(sshd_factory, tmp_path, mon
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     server = sshd_factory("sshd-tvm")
     device = server.device("sshtvm", backends=("ort", "tvm"), tvm_target=host_cpu_target())
-    specs = [OpSpec("conv", (1, 8, 12, 12), out_channels=8, kernel=3, padding=1, activation="relu6"),
-             OpSpec("add", (1, 8, 12, 12))]
+    specs = [
+        OpSpec("conv", (1, 8, 12, 12), out_channels=8, kernel=3, padding=1, activation="relu6"),
+        OpSpec("add", (1, 8, 12, 12)),
+    ]
     backend = TvmBackend(device, tune_trials=TRIALS)
     with Store(tmp_path / "m.db") as store:
         report = Campaign(device, backend, store, TimingProtocol.quick(), show_progress=False).run(specs)

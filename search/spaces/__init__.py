@@ -19,8 +19,16 @@ SPACES: dict[str, type[SearchSpace]] = {
     "fbnet": FbnetSpace,
 }
 
-__all__ = ["Arch", "Decision", "InvalidArchError", "SearchSpace", "Slot", "SPACES",
-           "UnknownSpaceError", "get_space"]
+__all__ = [
+    "Arch",
+    "Decision",
+    "InvalidArchError",
+    "SearchSpace",
+    "Slot",
+    "SPACES",
+    "UnknownSpaceError",
+    "get_space",
+]
 
 _instances: dict[tuple, SearchSpace] = {}
 

@@ -46,8 +46,9 @@ class Decision:
         for i, option in enumerate(self.options):
             if value == option or str(value) == str(option):
                 return i
-        raise InvalidArchError(f"{value!r} is not an option of {self.name!r}; options: "
-                               f"{', '.join(map(str, self.options))}")
+        raise InvalidArchError(
+            f"{value!r} is not an option of {self.name!r}; options: {', '.join(map(str, self.options))}"
+        )
 
 
 @dataclass(frozen=True)
@@ -112,16 +113,22 @@ class SearchSpace:
 
     def validate(self, arch: Sequence[int]) -> None:
         if not isinstance(arch, (tuple, list, np.ndarray)) or len(arch) != len(self.decisions):
-            raise InvalidArchError(f"{self.name}: an architecture is a tuple of {len(self.decisions)} "
-                                   f"option indices, got {arch!r}")
+            raise InvalidArchError(
+                f"{self.name}: an architecture is a tuple of {len(self.decisions)} "
+                f"option indices, got {arch!r}"
+            )
         for value, decision in zip(arch, self.decisions, strict=True):
             if not isinstance(value, (int, np.integer)) or not 0 <= value < len(decision.options):
-                raise InvalidArchError(f"{self.name}: {decision.name!r} has {len(decision.options)} "
-                                       f"options (0..{len(decision.options) - 1}), got {value!r}")
+                raise InvalidArchError(
+                    f"{self.name}: {decision.name!r} has {len(decision.options)} "
+                    f"options (0..{len(decision.options) - 1}), got {value!r}"
+                )
         canonical = self.canonicalize(arch)
         if canonical != tuple(int(v) for v in arch):
-            raise InvalidArchError(f"{self.name}: {tuple(arch)} is not canonical (same network as "
-                                   f"{canonical}); pass it through space.canonicalize()")
+            raise InvalidArchError(
+                f"{self.name}: {tuple(arch)} is not canonical (same network as "
+                f"{canonical}); pass it through space.canonicalize()"
+            )
 
     def sample(self, rng: np.random.Generator) -> Arch:
         return self.canonicalize([rng.integers(len(d.options)) for d in self.decisions])
@@ -163,10 +170,12 @@ class SearchSpace:
         """The highest entry of each decision's segment wins; the result is canonical."""
         vec = np.asarray(vec, dtype=float)
         if vec.shape != (self.encoding_length,):
-            raise InvalidArchError(f"{self.name}: an encoding has {self.encoding_length} values, "
-                                   f"got shape {vec.shape}")
-        return self.canonicalize([int(np.argmax(vec[lo:hi]))
-                                  for lo, hi in zip(self._offsets[:-1], self._offsets[1:], strict=True)])
+            raise InvalidArchError(
+                f"{self.name}: an encoding has {self.encoding_length} values, got shape {vec.shape}"
+            )
+        return self.canonicalize(
+            [int(np.argmax(vec[lo:hi])) for lo, hi in zip(self._offsets[:-1], self._offsets[1:], strict=True)]
+        )
 
     def to_dict(self, arch: Sequence[int]) -> dict:
         """The chosen option of every decision that matters, by decision name."""
@@ -178,14 +187,16 @@ class SearchSpace:
         by_name = {d.name: i for i, d in enumerate(self.decisions)}
         unknown = sorted(set(choices) - set(by_name))
         if unknown:
-            raise InvalidArchError(f"{self.name}: unknown decisions {unknown}; known: "
-                                   f"{', '.join(by_name)}")
+            raise InvalidArchError(f"{self.name}: unknown decisions {unknown}; known: {', '.join(by_name)}")
         arch = [0] * len(self.decisions)
         for name, value in choices.items():
             arch[by_name[name]] = self.decisions[by_name[name]].index_of(value)
         canonical = self.canonicalize(arch)
-        missing = [d.name for d, on in zip(self.decisions, self.active(canonical), strict=True)
-                   if on and d.name not in choices]
+        missing = [
+            d.name
+            for d, on in zip(self.decisions, self.active(canonical), strict=True)
+            if on and d.name not in choices
+        ]
         if missing:
             raise InvalidArchError(f"{self.name}: missing decisions {missing}")
         return canonical
@@ -225,9 +236,16 @@ class SearchSpace:
         buffer = io.BytesIO()
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
-            torch.onnx.export(module, torch.zeros(self.input_shape(arch)), buffer, dynamo=False,
-                              do_constant_folding=True, opset_version=ONNX_OPSET,
-                              input_names=["input"], output_names=["output"])
+            torch.onnx.export(
+                module,
+                torch.zeros(self.input_shape(arch)),
+                buffer,
+                dynamo=False,
+                do_constant_folding=True,
+                opset_version=ONNX_OPSET,
+                input_names=["input"],
+                output_names=["output"],
+            )
         model = onnx.load_from_string(buffer.getvalue())
         model.doc_string = f"hwlat {self.name} {tuple(int(v) for v in arch)}"
         return model
@@ -251,19 +269,23 @@ class SearchSpace:
     def cell_sum(self, cell_values: np.ndarray) -> CellSum:
         """A compiled sum of ``cell_values`` (one per cell) over architectures' cells: what a
         latency predictor answers a search with."""
-        return CellSum(self._get_layout().tables, [slot.deps for slot in self.slots], len(self.decisions),
-                       cell_values)
+        return CellSum(
+            self._get_layout().tables, [slot.deps for slot in self.slots], len(self.decisions), cell_values
+        )
 
     def cell_indices(self, arch: Sequence[int]) -> np.ndarray:
         """One cell index per slot (length ``len(self.slots)`` for every architecture)."""
         tables = self._get_layout().tables
-        return np.array([tables[s][tuple(arch[d] for d in slot.deps)]
-                         for s, slot in enumerate(self.slots)], dtype=np.int64)
+        return np.array(
+            [tables[s][tuple(arch[d] for d in slot.deps)] for s, slot in enumerate(self.slots)],
+            dtype=np.int64,
+        )
 
     def cell_indices_batch(self, archs: Iterable[Sequence[int]]) -> np.ndarray:
         """``cell_indices`` for many architectures at once: shape (n, len(self.slots))."""
-        a = np.asarray(archs if isinstance(archs, np.ndarray) else list(archs),
-                       dtype=np.int64).reshape(-1, len(self.decisions))
+        a = np.asarray(archs if isinstance(archs, np.ndarray) else list(archs), dtype=np.int64).reshape(
+            -1, len(self.decisions)
+        )
         tables = self._get_layout().tables
         out = np.empty((a.shape[0], len(self.slots)), dtype=np.int64)
         for s, slot in enumerate(self.slots):
@@ -275,11 +297,17 @@ class SearchSpace:
         wanted = set(self.resolutions if resolutions is None else resolutions)
         unknown = sorted(wanted - set(self.resolutions))
         if unknown:
-            raise ValueError(f"{self.name} has no resolution {unknown}; its resolutions: "
-                             f"{', '.join(map(str, self.resolutions))}")
+            raise ValueError(
+                f"{self.name} has no resolution {unknown}; its resolutions: "
+                f"{', '.join(map(str, self.resolutions))}"
+            )
         layout = self._get_layout()
-        return unique(op for cell, res in zip(layout.cells, layout.resolutions, strict=True) if res & wanted
-                      for op in cell)
+        return unique(
+            op
+            for cell, res in zip(layout.cells, layout.resolutions, strict=True)
+            if res & wanted
+            for op in cell
+        )
 
     def _get_layout(self) -> _Layout:
         if self._layout is None:

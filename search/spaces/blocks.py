@@ -11,8 +11,18 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     return rounded + divisor if rounded < 0.9 * value else rounded
 
 
-def inverted_residual(net: Net, x: Tensor, out: int, kernel: int, stride: int, mid: int, act: str,
-                      expand: bool = True, groups: int = 1, se_mid: int = 0) -> Tensor:
+def inverted_residual(
+    net: Net,
+    x: Tensor,
+    out: int,
+    kernel: int,
+    stride: int,
+    mid: int,
+    act: str,
+    expand: bool = True,
+    groups: int = 1,
+    se_mid: int = 0,
+) -> Tensor:
     """Mobile inverted bottleneck: [1x1 expand] -> kxk depthwise -> [SE] -> 1x1 linear [+ x].
 
     ``groups`` > 1 makes both 1x1 convs group convs with a channel shuffle after the

@@ -21,17 +21,22 @@ SMALL_BATCH = 32
 
 
 class CellSum:
-    def __init__(self, tables: Sequence[np.ndarray], deps: Sequence[Sequence[int]], n_decisions: int,
-                 cell_values: np.ndarray) -> None:
+    def __init__(
+        self,
+        tables: Sequence[np.ndarray],
+        deps: Sequence[Sequence[int]],
+        n_decisions: int,
+        cell_values: np.ndarray,
+    ) -> None:
         """``tables[s]`` maps slot s's decision options (``deps[s]``) to a cell index;
         ``cell_values[i]`` is what cell i adds."""
         values = np.asarray(cell_values, dtype=np.float64)
         self.n_decisions = n_decisions
         self._nested = []  # per slot: (deps, nested lists of floats) for one architecture
-        self._flat = []    # per slot: (deps, strides in elements, flat float table) for batches
+        self._flat = []  # per slot: (deps, strides in elements, flat float table) for batches
         for table, slot_deps in zip(tables, deps, strict=True):
             slot_values = np.ascontiguousarray(values[table])
-            strides = tuple(int(np.prod(slot_values.shape[k + 1:])) for k in range(slot_values.ndim))
+            strides = tuple(int(np.prod(slot_values.shape[k + 1 :])) for k in range(slot_values.ndim))
             self._nested.append((tuple(slot_deps), slot_values.tolist()))
             self._flat.append((tuple(slot_deps), strides, slot_values.ravel()))
 
@@ -48,8 +53,10 @@ class CellSum:
         if a.size == 0:
             return np.zeros(0)
         if a.ndim != 2 or a.shape[1] != self.n_decisions:
-            raise ValueError(f"expected architectures as an (n, {self.n_decisions}) array of option "
-                             f"indices, got shape {a.shape}")
+            raise ValueError(
+                f"expected architectures as an (n, {self.n_decisions}) array of option "
+                f"indices, got shape {a.shape}"
+            )
         if a.shape[0] <= SMALL_BATCH:  # per-slot vector operations do not pay off yet
             return np.array([self.one(arch) for arch in a.tolist()], dtype=np.float64)
         if not a.flags.f_contiguous:

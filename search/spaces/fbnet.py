@@ -49,9 +49,15 @@ class FbnetSpace(SearchSpace):
                 slots.append(Slot(name, (0, len(decisions) - 1), layer.build, layer.key))
                 in_channels = width
             self.identity_runs.append(run)
-        slots += [Slot("head_conv", (0,), _head_conv, lambda i, o, v: ofa_key("Conv_1", i, o)),
-                  Slot("classifier", (0,), lambda net, x, v: net.linear(net.gap(x), NUM_CLASSES),
-                       lambda i, o, v: ofa_key("Logits", i, o[1]))]
+        slots += [
+            Slot("head_conv", (0,), _head_conv, lambda i, o, v: ofa_key("Conv_1", i, o)),
+            Slot(
+                "classifier",
+                (0,),
+                lambda net, x, v: net.linear(net.gap(x), NUM_CLASSES),
+                lambda i, o, v: ofa_key("Logits", i, o[1]),
+            ),
+        ]
         super().__init__(decisions, slots)
 
     def _canonical(self, arch: list[int]) -> list[int]:
@@ -68,7 +74,7 @@ class FbnetSpace(SearchSpace):
         non_skip = len(BLOCKS) - 1
         total = len(self.resolutions)
         for run in self.identity_runs:
-            total *= sum(non_skip ** d for d in range(len(run) + 1))
+            total *= sum(non_skip**d for d in range(len(run) + 1))
         other_layers = len(self.decisions) - 1 - sum(len(run) for run in self.identity_runs)
         return total * len(BLOCKS) ** other_layers
 
@@ -93,16 +99,26 @@ class _Layer:
                 return x
             return net.conv(x, self.width, 1, stride=self.stride, act="relu")
         kernel, expand, groups = parse_block(values[1])
-        return inverted_residual(net, x, self.width, kernel, self.stride, mid=x.shape[1] * expand,
-                                 act="relu", groups=groups)
+        return inverted_residual(
+            net, x, self.width, kernel, self.stride, mid=x.shape[1] * expand, act="relu", groups=groups
+        )
 
     def key(self, in_shape, out_shape, values):
         if values[1] == SKIP:
-            return None if self._identity(in_shape) else ofa_key("Skip", in_shape, out_shape,
-                                                                 stride=self.stride)
+            return (
+                None if self._identity(in_shape) else ofa_key("Skip", in_shape, out_shape, stride=self.stride)
+            )
         kernel, expand, groups = parse_block(values[1])
-        return ofa_key("expanded_conv", in_shape, out_shape, expand=expand, kernel=kernel,
-                       stride=self.stride, idskip=int(self._identity(in_shape)), group=groups)
+        return ofa_key(
+            "expanded_conv",
+            in_shape,
+            out_shape,
+            expand=expand,
+            kernel=kernel,
+            stride=self.stride,
+            idskip=int(self._identity(in_shape)),
+            group=groups,
+        )
 
 
 def _stem(net, x, values):

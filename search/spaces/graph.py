@@ -58,14 +58,33 @@ class Net:
         self._seen: dict[tuple, int] = {}  # weight-free (kind, inputs, params) -> output id
 
     # ----- layers -----------------------------------------------------------
-    def conv(self, x: Tensor, out: int, kernel: int = 1, stride: int = 1, groups: int = 1,
-             act: str = "none", bn: bool = True, bias: bool = False) -> Tensor:
+    def conv(
+        self,
+        x: Tensor,
+        out: int,
+        kernel: int = 1,
+        stride: int = 1,
+        groups: int = 1,
+        act: str = "none",
+        bn: bool = True,
+        bias: bool = False,
+    ) -> Tensor:
         """Conv (padding kernel//2), then BatchNorm when ``bn``, then ``act``."""
         n, _, h, w = x.shape
         pad = kernel // 2
         shape = (n, out, (h + 2 * pad - kernel) // stride + 1, (w + 2 * pad - kernel) // stride + 1)
-        return self._add("conv", (x,), shape, out=out, kernel=kernel, stride=stride, groups=groups,
-                         act=act, bn=bn, bias=bias)
+        return self._add(
+            "conv",
+            (x,),
+            shape,
+            out=out,
+            kernel=kernel,
+            stride=stride,
+            groups=groups,
+            act=act,
+            bn=bn,
+            bias=bias,
+        )
 
     def act(self, x: Tensor, act: str) -> Tensor:
         return self._add("act", (x,), x.shape, act=act)
@@ -149,8 +168,13 @@ class Net:
                 continue
             (src,) = layer.inputs
             conv = producer.get(src)
-            if (conv is not None and conv.kind == "conv" and conv.param("act") == "none"
-                    and uses[src] == 1 and src != self.output.id):
+            if (
+                conv is not None
+                and conv.kind == "conv"
+                and conv.param("act") == "none"
+                and uses[src] == 1
+                and src != self.output.id
+            ):
                 fused_act[src] = layer.param("act")
         out = []
         for layer in layers:
@@ -181,9 +205,19 @@ def _specs(kind: str, shape: tuple[int, ...], params: tuple, fused_act: str | No
     each OpSpec once keeps ``ops()`` and the table layout fast."""
     p = dict(params)
     if kind == "conv":
-        return (OpSpec("conv", shape, out_channels=p["out"], kernel=p["kernel"], stride=p["stride"],
-                       padding=p["kernel"] // 2, groups=p["groups"], bias=p["bn"] or p["bias"],
-                       activation=fused_act or p["act"]),)
+        return (
+            OpSpec(
+                "conv",
+                shape,
+                out_channels=p["out"],
+                kernel=p["kernel"],
+                stride=p["stride"],
+                padding=p["kernel"] // 2,
+                groups=p["groups"],
+                bias=p["bn"] or p["bias"],
+                activation=fused_act or p["act"],
+            ),
+        )
     if kind == "act":
         return (OpSpec("act", shape, activation=p["act"]),)
     if kind in ("add", "mul"):

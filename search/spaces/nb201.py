@@ -65,8 +65,10 @@ class Nb201Space(SearchSpace):
         edges = [item.split("~") for node in nodes for item in node.split("|")]
         expected = [str(frm) for _, frm in EDGES]
         if len(nodes) != 3 or [frm for _, frm in edges] != expected:
-            raise InvalidArchError(f"{genotype!r} is not a NAS-Bench-201 genotype; expected the form "
-                                   "|op~0|+|op~0|op~1|+|op~0|op~1|op~2|")
+            raise InvalidArchError(
+                f"{genotype!r} is not a NAS-Bench-201 genotype; expected the form "
+                "|op~0|+|op~0|op~1|+|op~0|op~1|op~2|"
+            )
         r = self.decisions[0].index_of(resolution if resolution is not None else self.resolutions[0])
         return (r, *(d.index_of(op) for d, (op, _) in zip(self.decisions[1:], edges, strict=True)))
 
@@ -109,13 +111,17 @@ def _stage(channels: int, stem: bool):
         for _ in range(CELLS_PER_STAGE):
             x = cell(net, x, values[1:])
         return x
+
     return build
 
 
 def _stage_key(stem: bool):
     def key(in_shape, out_shape, values):
-        return (f"Cells-input:{hwc(in_shape)}-output:{hwc(out_shape)}-stem:{int(stem)}"
-                f"-cells:{CELLS_PER_STAGE}-genotype:{genotype_string(values[1:])}")
+        return (
+            f"Cells-input:{hwc(in_shape)}-output:{hwc(out_shape)}-stem:{int(stem)}"
+            f"-cells:{CELLS_PER_STAGE}-genotype:{genotype_string(values[1:])}"
+        )
+
     return key
 
 
@@ -125,6 +131,7 @@ def _reduction(channels: int):
         a = net.conv(net.act(a, "relu"), channels, 3)
         shortcut = net.conv(net.avgpool(x, 2, 2, 0), channels, 1, bn=False)
         return net.add(shortcut, a)
+
     return build
 
 
@@ -135,4 +142,5 @@ def _reduction_key(in_shape, out_shape, values):
 def _head(num_classes: int):
     def build(net, x, values):
         return net.linear(net.gap(net.act(net.affine(x), "relu")), num_classes)
+
     return build

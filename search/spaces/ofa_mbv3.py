@@ -24,8 +24,12 @@ from .blocks import inverted_residual, make_divisible
 STEM_CHANNELS = 16
 FIRST_BLOCK_CHANNELS = 16
 STAGES = (  # width, first stride, activation, squeeze-and-excite
-    (24, 2, "relu", False), (40, 2, "relu", True), (80, 2, "hardswish", False),
-    (112, 1, "hardswish", True), (160, 2, "hardswish", True))
+    (24, 2, "relu", False),
+    (40, 2, "relu", True),
+    (80, 2, "hardswish", False),
+    (112, 1, "hardswish", True),
+    (160, 2, "hardswish", True),
+)
 FINAL_EXPAND_CHANNELS = 960
 LAST_CHANNELS = 1280
 NUM_CLASSES = 1000
@@ -40,8 +44,10 @@ class OfaMbv3Space(SearchSpace):
 
     def __init__(self, resolutions: Sequence[int] = RESOLUTIONS) -> None:
         decisions = [Decision("resolution", tuple(int(r) for r in resolutions))]
-        slots = [Slot("stem", (0,), _stem, lambda i, o, v: ofa_key("Conv", i, o)),
-                 Slot("first_block", (0,), _first_block, _first_block_key)]
+        slots = [
+            Slot("stem", (0,), _stem, lambda i, o, v: ofa_key("Conv", i, o)),
+            Slot("first_block", (0,), _first_block, _first_block_key),
+        ]
         self.depth_decisions: list[int] = []
         self.block_decisions: list[list[tuple[int, int]]] = []  # per stage: (kernel, expand) indices
         for s, (width, stride, act, se) in enumerate(STAGES, 1):
@@ -51,8 +57,10 @@ class OfaMbv3Space(SearchSpace):
             stage = []
             for b in range(max(DEPTHS)):
                 k, e = len(decisions), len(decisions) + 1
-                decisions += [Decision(f"stage{s}.block{b}.kernel", KERNELS),
-                              Decision(f"stage{s}.block{b}.expand", EXPANDS)]
+                decisions += [
+                    Decision(f"stage{s}.block{b}.kernel", KERNELS),
+                    Decision(f"stage{s}.block{b}.expand", EXPANDS),
+                ]
                 stage.append((k, e))
                 # Blocks every depth keeps do not depend on the depth decision.
                 deps = (0, k, e) if b < min(DEPTHS) else (0, depth, k, e)
@@ -63,8 +71,12 @@ class OfaMbv3Space(SearchSpace):
             Slot("final_expand", (0,), _final_expand, lambda i, o, v: ofa_key("Conv_1", i, o)),
             Slot("pool", (0,), lambda net, x, v: net.gap(x), lambda i, o, v: ofa_key("AvgPool2D", i, o)),
             Slot("feature_mix", (0,), _feature_mix, lambda i, o, v: ofa_key("Conv_2", i, o)),
-            Slot("classifier", (0,), lambda net, x, v: net.linear(x, NUM_CLASSES),
-                 lambda i, o, v: ofa_key("Logits", i, o[1])),
+            Slot(
+                "classifier",
+                (0,),
+                lambda net, x, v: net.linear(x, NUM_CLASSES),
+                lambda i, o, v: ofa_key("Logits", i, o[1]),
+            ),
         ]
         super().__init__(decisions, slots)
 
@@ -98,17 +110,32 @@ class _Block:
             return x
         kernel, expand = values[-2:]
         mid = self._mid(x.shape[1], expand)
-        return inverted_residual(net, x, self.width, kernel, self.stride, mid, self.act,
-                                 se_mid=make_divisible(mid // 4, 8) if self.se else 0)
+        return inverted_residual(
+            net,
+            x,
+            self.width,
+            kernel,
+            self.stride,
+            mid,
+            self.act,
+            se_mid=make_divisible(mid // 4, 8) if self.se else 0,
+        )
 
     def key(self, in_shape, out_shape, values):
         if not self._runs(values):
             return None
         kernel, expand = values[-2:]
-        return ofa_key("expanded_conv", in_shape, out_shape, expand=self._mid(in_shape[1], expand),
-                       kernel=kernel, stride=self.stride,
-                       idskip=int(self.stride == 1 and in_shape[1] == self.width),
-                       se=int(self.se), hs=int(self.act == "hardswish"))
+        return ofa_key(
+            "expanded_conv",
+            in_shape,
+            out_shape,
+            expand=self._mid(in_shape[1], expand),
+            kernel=kernel,
+            stride=self.stride,
+            idskip=int(self.stride == 1 and in_shape[1] == self.width),
+            se=int(self.se),
+            hs=int(self.act == "hardswish"),
+        )
 
 
 def _stem(net, x, values):
@@ -120,8 +147,9 @@ def _first_block(net, x, values):
 
 
 def _first_block_key(in_shape, out_shape, values):
-    return ofa_key("expanded_conv", in_shape, out_shape, expand=in_shape[1], kernel=3, stride=1,
-                   idskip=1, se=0, hs=0)
+    return ofa_key(
+        "expanded_conv", in_shape, out_shape, expand=in_shape[1], kernel=3, stride=1, idskip=1, se=0, hs=0
+    )
 
 
 def _final_expand(net, x, values):

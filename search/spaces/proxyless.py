@@ -33,8 +33,10 @@ class ProxylessSpace(SearchSpace):
 
     def __init__(self, resolutions: Sequence[int] = (224,)) -> None:
         decisions = [Decision("resolution", tuple(int(r) for r in resolutions))]
-        slots = [Slot("stem", (0,), _stem, lambda i, o, v: ofa_key("Conv", i, o)),
-                 Slot("first_block", (0,), _first_block, _first_block_key)]
+        slots = [
+            Slot("stem", (0,), _stem, lambda i, o, v: ofa_key("Conv", i, o)),
+            Slot("first_block", (0,), _first_block, _first_block_key),
+        ]
         self.stage_decisions: list[list[int]] = []
         for s, (width, blocks, stride) in enumerate(STAGES, 1):
             indices = []
@@ -43,11 +45,19 @@ class ProxylessSpace(SearchSpace):
                 indices.append(len(decisions))
                 decisions.append(Decision(name, BLOCKS if b == 0 else (*BLOCKS, ZERO)))
                 block_stride = stride if b == 0 else 1
-                slots.append(Slot(name, (0, indices[-1]), _block_builder(width, block_stride),
-                                  _block_key(width, block_stride)))
+                slots.append(
+                    Slot(
+                        name,
+                        (0, indices[-1]),
+                        _block_builder(width, block_stride),
+                        _block_key(width, block_stride),
+                    )
+                )
             self.stage_decisions.append(indices)
-        slots += [Slot("feature_mix", (0,), _feature_mix, lambda i, o, v: ofa_key("Conv_1", i, o)),
-                  Slot("classifier", (0,), _classifier, lambda i, o, v: ofa_key("Logits", i, o[1]))]
+        slots += [
+            Slot("feature_mix", (0,), _feature_mix, lambda i, o, v: ofa_key("Conv_1", i, o)),
+            Slot("classifier", (0,), _classifier, lambda i, o, v: ofa_key("Logits", i, o[1])),
+        ]
         super().__init__(decisions, slots)
 
     def _canonical(self, arch: list[int]) -> list[int]:
@@ -89,6 +99,7 @@ def _block_builder(width: int, stride: int):
             return x
         kernel, expand = parse_block(values[1])
         return inverted_residual(net, x, width, kernel, stride, mid=round(x.shape[1] * expand), act=ACT)
+
     return build
 
 
@@ -98,8 +109,10 @@ def _block_key(width: int, stride: int):
             return None
         kernel, expand = parse_block(values[1])
         idskip = int(stride == 1 and in_shape[1] == width)
-        return ofa_key("expanded_conv", in_shape, out_shape, expand=expand, kernel=kernel,
-                       stride=stride, idskip=idskip)
+        return ofa_key(
+            "expanded_conv", in_shape, out_shape, expand=expand, kernel=kernel, stride=stride, idskip=idskip
+        )
+
     return key
 
 

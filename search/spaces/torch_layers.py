@@ -12,8 +12,7 @@ from torch import nn
 
 from .graph import Layer, Net
 
-_ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish,
-                "hardsigmoid": nn.Hardsigmoid}
+_ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid}
 
 
 class GraphModule(nn.Module):
@@ -100,9 +99,17 @@ def _module(layer: Layer) -> nn.Module:
     p = dict(layer.params)
     channels = layer.in_shape[1]
     if layer.kind == "conv":
-        parts: list[nn.Module] = [nn.Conv2d(channels, p["out"], p["kernel"], p["stride"],
-                                            p["kernel"] // 2, groups=p["groups"],
-                                            bias=p["bias"] and not p["bn"])]
+        parts: list[nn.Module] = [
+            nn.Conv2d(
+                channels,
+                p["out"],
+                p["kernel"],
+                p["stride"],
+                p["kernel"] // 2,
+                groups=p["groups"],
+                bias=p["bias"] and not p["bn"],
+            )
+        ]
         if p["bn"]:
             parts.append(_batchnorm(p["out"]))
         if p["act"] != "none":

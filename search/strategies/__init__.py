@@ -13,5 +13,16 @@ from .nsga2 import NSGA2
 from .random_search import RandomSearch
 from .reinforce import Reinforce, RewardError
 
-__all__ = ["STRATEGIES", "Arch", "NSGA2", "RandomSearch", "RegularizedEvolution", "Reinforce",
-           "RewardError", "Strategy", "UnknownStrategyError", "get_strategy", "register_strategy"]
+__all__ = [
+    "STRATEGIES",
+    "Arch",
+    "NSGA2",
+    "RandomSearch",
+    "RegularizedEvolution",
+    "Reinforce",
+    "RewardError",
+    "Strategy",
+    "UnknownStrategyError",
+    "get_strategy",
+    "register_strategy",
+]

@@ -125,7 +125,9 @@ def register_strategy(cls: type[Strategy]) -> type[Strategy]:
 def get_strategy(name: str, **options: Any) -> Strategy:
     """A new strategy by registered name, e.g. ``get_strategy("nsga2", random_state=1)``."""
     if name not in STRATEGIES:
-        raise UnknownStrategyError(f"unknown search strategy {name!r}; use one of "
-                                   f"{', '.join(sorted(STRATEGIES))} or register your own "
-                                   "with search.strategies.register_strategy")
+        raise UnknownStrategyError(
+            f"unknown search strategy {name!r}; use one of "
+            f"{', '.join(sorted(STRATEGIES))} or register your own "
+            "with search.strategies.register_strategy"
+        )
     return STRATEGIES[name](**options)

@@ -27,12 +27,15 @@ class RegularizedEvolution(Strategy):
     name = "evolution"
     default_batch_size = 8
 
-    def __init__(self, population_size: int = 50, sample_size: int = 10,
-                 random_state: int | None = 0) -> None:
+    def __init__(
+        self, population_size: int = 50, sample_size: int = 10, random_state: int | None = 0
+    ) -> None:
         super().__init__(random_state)
         if population_size < 2 or not 1 <= sample_size <= population_size:
-            raise ValueError(f"evolution needs population_size >= 2 and 1 <= sample_size <= "
-                             f"population_size; got {population_size} and {sample_size}")
+            raise ValueError(
+                f"evolution needs population_size >= 2 and 1 <= sample_size <= "
+                f"population_size; got {population_size} and {sample_size}"
+            )
         self.population_size = population_size
         self.sample_size = sample_size
         self._population: deque[tuple[Arch, tuple[float, float]]] = deque()

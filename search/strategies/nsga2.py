@@ -32,8 +32,13 @@ class NSGA2(Strategy):
     name = "nsga2"
     default_batch_size = 50
 
-    def __init__(self, population_size: int = 50, crossover_prob: float = 0.9,
-                 mutation_prob: float = 0.5, random_state: int | None = 0) -> None:
+    def __init__(
+        self,
+        population_size: int = 50,
+        crossover_prob: float = 0.9,
+        mutation_prob: float = 0.5,
+        random_state: int | None = 0,
+    ) -> None:
         super().__init__(random_state)
         if population_size < 4:
             raise ValueError(f"nsga2 needs population_size >= 4, got {population_size}")
@@ -91,8 +96,10 @@ class NSGA2(Strategy):
 
     def _next_generation(self) -> None:
         archs = self._parents + [c[0] for c in self._children]
-        losses = np.vstack([self._parent_losses.reshape(-1, self._children[0][1].size)]
-                           + [c[1][None, :] for c in self._children])
+        losses = np.vstack(
+            [self._parent_losses.reshape(-1, self._children[0][1].size)]
+            + [c[1][None, :] for c in self._children]
+        )
         violations = np.concatenate([self._parent_violations, [c[2] for c in self._children]])
         self._children = []
         chosen, rank, crowding = [], [], []

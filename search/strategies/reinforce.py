@@ -46,9 +46,14 @@ class Reinforce(Strategy):
     name = "rl"
     default_batch_size = 8
 
-    def __init__(self, learning_rate: float = 1.0, baseline_decay: float = 0.5,
-                 reward: str = "hard", exponent: float = -0.07,
-                 random_state: int | None = 0) -> None:
+    def __init__(
+        self,
+        learning_rate: float = 1.0,
+        baseline_decay: float = 0.5,
+        reward: str = "hard",
+        exponent: float = -0.07,
+        random_state: int | None = 0,
+    ) -> None:
         super().__init__(random_state)
         if reward not in REWARDS:
             raise ValueError(f"unknown reward {reward!r}; use one of {', '.join(REWARDS)}")
@@ -67,15 +72,19 @@ class Reinforce(Strategy):
     def bind(self, space: SpaceLike, directions: Sequence[str], n_constraints: int) -> None:
         super().bind(space, directions, n_constraints)
         if self.directions[0] != "maximize":
-            raise RewardError("the rl strategy maximises its MnasNet reward accuracy x "
-                              "(latency/target)^w: the first objective must be maximised (an "
-                              "accuracy or a proxy score), not minimised")
+            raise RewardError(
+                "the rl strategy maximises its MnasNet reward accuracy x "
+                "(latency/target)^w: the first objective must be maximised (an "
+                "accuracy or a proxy score), not minimised"
+            )
         self._logits = [np.zeros(len(d.options)) for d in space.decisions]
 
     def ask(self, n: int) -> list[Arch]:
         uniform = self.rng.random((n, len(self._logits)))
-        columns = [np.minimum(np.searchsorted(np.cumsum(_softmax(z)), uniform[:, d], side="right"),
-                              z.size - 1) for d, z in enumerate(self._logits)]
+        columns = [
+            np.minimum(np.searchsorted(np.cumsum(_softmax(z)), uniform[:, d], side="right"), z.size - 1)
+            for d, z in enumerate(self._logits)
+        ]
         archs = []
         for row in np.column_stack(columns):
             drawn = tuple(int(v) for v in row)
@@ -117,14 +126,16 @@ class Reinforce(Strategy):
         if ratios.shape[1] == 0:
             return accuracy
         if np.any(accuracy[np.isfinite(accuracy)] <= 0):
-            raise RewardError("the MnasNet reward accuracy x (latency/target)^w needs a positive "
-                              f"first objective, got {accuracy.min():.4g}; use a positive "
-                              "accuracy or proxy, or another strategy")
+            raise RewardError(
+                "the MnasNet reward accuracy x (latency/target)^w needs a positive "
+                f"first objective, got {accuracy.min():.4g}; use a positive "
+                "accuracy or proxy, or another strategy"
+            )
         if self.reward == "soft":
             weights = np.full_like(ratios, self.exponent)
         else:
             weights = np.where(ratios <= 1.0, 0.0, -1.0)
-        return accuracy * np.prod(ratios ** weights, axis=1)
+        return accuracy * np.prod(ratios**weights, axis=1)
 
     def policy(self) -> list[np.ndarray]:
         """Current probabilities per decision (for inspection and plots)."""
