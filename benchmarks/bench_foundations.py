@@ -6,7 +6,7 @@
    for a small multi-op model built from the same OpSpecs.
 4. ``hwlat measure`` vs a plain onnxruntime timing loop on exported CNNs.
 
-Usage: python benchmarks/bench_foundations.py [--out benchmarks/RESULTS-foundations.md]
+Usage: python -m benchmarks.bench_foundations [--out benchmarks/RESULTS-foundations.md]
 """
 
 from __future__ import annotations
@@ -28,15 +28,14 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from hwlat.devices.device import local_device
+from hwlat.profiler.campaign import Campaign
+from hwlat.profiler.onnx_builder import OPSET, build_model, random_inputs
+from hwlat.profiler.opspec import OpSpec
+from hwlat.profiler.protocol import TimingProtocol
+from hwlat.profiler.store import Store
 
-from devices.device import local_device  # noqa: E402
-from profiler.campaign import Campaign  # noqa: E402
-from profiler.onnx_builder import OPSET, build_model, random_inputs  # noqa: E402
-from profiler.opspec import OpSpec  # noqa: E402
-from profiler.protocol import TimingProtocol  # noqa: E402
-from profiler.store import Store  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def op_set() -> list[OpSpec]:
@@ -208,13 +207,13 @@ def profiler_vs_ours(store: Store, name: str) -> list[tuple]:
 
 
 def measure_vs_plain_loop(tmpdir: Path) -> list[tuple]:
-    from predictors.zoo import build, export_onnx
+    from hwlat.predictors.zoo import build, export_onnx
 
     rows = []
     for name in ("mobilenet_v2", "resnet18", "shufflenet_v2"):
         path = export_onnx(build(name), tmpdir / f"{name}.onnx")
         out = subprocess.run(
-            [sys.executable, "-m", "hwlat_cli", "measure", str(path), "--json", "--db", str(tmpdir / "m.db")],
+            [sys.executable, "-m", "hwlat.cli", "measure", str(path), "--json", "--db", str(tmpdir / "m.db")],
             cwd=ROOT,
             capture_output=True,
             text=True,

@@ -12,7 +12,7 @@ resumes and only new stages measure):
   fewshot   ArchLatencyRegressor with 10 and 20 target-device samples, the other local
             configurations as reference devices (threads 1/2, ORT optimisation levels)
 
-    nice -n 10 python benchmarks/bench_predictors.py --work /tmp/bench-pred --stages train,zoo
+    nice -n 10 python -m benchmarks.bench_predictors --work /tmp/bench-pred --stages train,zoo
 
 The machine is shared: every table states the load average, and measurements the canary
 flags as disturbed are left out and counted. Networks are measured end to end several times
@@ -31,11 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from devices.device import local_device
-from predictors import ArchLatencyRegressor, KernelRegressor, LatencyPredictor, LatencyTable, zoo
-from predictors.metrics import accuracy, plot
-from predictors.profiling import KernelProfiler, device_seconds
-from predictors.training import (
+from hwlat.devices.device import local_device
+from hwlat.predictors import ArchLatencyRegressor, KernelRegressor, LatencyPredictor, LatencyTable, zoo
+from hwlat.predictors.metrics import accuracy, plot
+from hwlat.predictors.profiling import KernelProfiler, device_seconds
+from hwlat.predictors.training import (
     TrainingConfig,
     fit_overhead,
     measured_kernels,
@@ -44,8 +44,8 @@ from predictors.training import (
     space_networks,
     train_predictor,
 )
-from profiler.protocol import TimingProtocol
-from profiler.store import Store
+from hwlat.profiler.protocol import TimingProtocol
+from hwlat.profiler.store import Store
 
 SPACES = ("proxyless", "ofa_mbv3", "fbnet", "nb201")
 
@@ -136,7 +136,7 @@ def stage_curve(ctx: dict) -> dict:
 
 
 def stage_spaces(ctx: dict) -> dict:
-    from search.spaces import get_space
+    from hwlat.search.spaces import get_space
 
     results = {}
     for name in ctx["spaces"]:
@@ -185,7 +185,7 @@ def stage_spaces(ctx: dict) -> dict:
 
 
 def stage_query(ctx: dict) -> dict:
-    from search.spaces import get_space
+    from hwlat.search.spaces import get_space
 
     predictor = LatencyPredictor.load(ctx["work"] / "general-gbdt.json")
     out = {}
@@ -238,7 +238,7 @@ def stage_query(ctx: dict) -> dict:
 
 def stage_fewshot(ctx: dict) -> dict:
     """Latency of the same architectures under several local configurations ("devices")."""
-    from search.spaces import get_space
+    from hwlat.search.spaces import get_space
 
     space = get_space("proxyless")
     paths = space_networks(space, 60, seed=3)

@@ -26,7 +26,7 @@ With ``--predictor P --latency-ms X``, a last section searches the proxyless spa
 that latency predictor (evolution, FLOPs proxy), measures the top ``--verify`` winners on
 the local device and reports the share that violate the budget when measured.
 
-Usage: python benchmarks/bench_search.py [--evaluations 1000] [--seeds 5] [--problems synthetic proxyless]
+Usage: python -m benchmarks.bench_search [--evaluations 1000] [--seeds 5] [--problems synthetic proxyless]
                                          [--predictor P --latency-ms X [--verify 5]]
 """
 
@@ -42,18 +42,17 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from hwlat.search.feasibility import minimise
+from hwlat.search.hypervolume import hypervolume
+from hwlat.search.objectives import CallableObjective, Objective
+from hwlat.search.pareto import pareto_front
+from hwlat.search.proxies import FlopsObjective, ParamsObjective
+from hwlat.search.strategies import get_strategy
+from hwlat.search.strategies.base import canonical
+from hwlat.search.study import Study
+from hwlat.search.synthetic import SyntheticProblem
 
-from search.feasibility import minimise  # noqa: E402
-from search.hypervolume import hypervolume  # noqa: E402
-from search.objectives import CallableObjective, Objective  # noqa: E402
-from search.pareto import pareto_front  # noqa: E402
-from search.proxies import FlopsObjective, ParamsObjective  # noqa: E402
-from search.strategies import get_strategy  # noqa: E402
-from search.strategies.base import canonical  # noqa: E402
-from search.study import Study  # noqa: E402
-from search.synthetic import SyntheticProblem  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # "-warm": with the warm start hwlat search uses (the fastest network first); the others
 # start cold, as Optuna does.
@@ -93,7 +92,7 @@ def synthetic_problem() -> Problem:
 
 
 def proxyless_problem() -> Problem:
-    from search.spaces import get_space
+    from hwlat.search.spaces import get_space
 
     space = get_space("proxyless")
     rng = np.random.default_rng(12345)
@@ -221,12 +220,12 @@ def verification_section(
     (over the budget, beyond the noise band, winners measured)."""
     import tempfile
 
-    from devices.device import local_device
-    from profiler.store import Store
-    from search.objectives import LatencyObjective
-    from search.runner import run_search
-    from search.spaces import get_space
-    from search.verify import format_verification, verify_winners
+    from hwlat.devices.device import local_device
+    from hwlat.profiler.store import Store
+    from hwlat.search.objectives import LatencyObjective
+    from hwlat.search.runner import run_search
+    from hwlat.search.spaces import get_space
+    from hwlat.search.verify import format_verification, verify_winners
 
     space = get_space("proxyless")
     latency = LatencyObjective(predictor, budget_ms)
@@ -293,7 +292,7 @@ def main() -> None:
             print(f"  {name} {method} done", file=sys.stderr, flush=True)
         print(table(problem, summarise(problem, runs), args.evaluations, args.seeds), "\n", flush=True)
     if args.predictor:
-        from predictors import LatencyPredictor
+        from hwlat.predictors import LatencyPredictor
 
         predictor = LatencyPredictor.load(args.predictor)
         over = over_band = total = 0

@@ -8,7 +8,7 @@ For each space:
    to end (``Campaign.measure_model``), against the sum of their ops' stored medians.
    gap = table sum / measured - 1 (positive: the table overestimates).
 
-Usage: nice -n 10 python benchmarks/bench_spaces.py [--spaces proxyless nb201] [--archs 100]
+Usage: nice -n 10 python -m benchmarks.bench_spaces [--spaces proxyless nb201] [--archs 100]
        [--db PATH (reuse measured ops)] [--json OUT]
 """
 
@@ -26,14 +26,13 @@ import numpy as np
 import onnx
 from scipy.stats import kendalltau, spearmanr
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from hwlat.devices.device import local_device
+from hwlat.profiler.campaign import Campaign
+from hwlat.profiler.protocol import TimingProtocol
+from hwlat.profiler.store import Store
+from hwlat.search.spaces import get_space
 
-from devices.device import local_device  # noqa: E402
-from profiler.campaign import Campaign  # noqa: E402
-from profiler.protocol import TimingProtocol  # noqa: E402
-from profiler.store import Store  # noqa: E402
-from search.spaces import get_space  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MEASURED_RESOLUTION = {"proxyless": 224, "ofa_mbv3": 224, "nb201": 32, "fbnet": 224}
 

@@ -9,7 +9,7 @@
 2. Resume: a 100-op campaign over SSH whose sshd is SIGKILLed half-way and restarted
    3 s later; it must end with exactly 100 measurements and no key twice.
 
-Usage: python benchmarks/bench_ssh.py [--ops 100] [--skip-agreement] [--skip-resume]
+Usage: python -m benchmarks.bench_ssh [--ops 100] [--skip-agreement] [--skip-resume]
 """
 
 from __future__ import annotations
@@ -25,16 +25,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from hwlat.devices.device import local_device
+from hwlat.profiler.backends import OrtBackend
+from hwlat.profiler.campaign import Campaign
+from hwlat.profiler.opspec import OpSpec
+from hwlat.profiler.protocol import TimingProtocol
+from hwlat.profiler.store import Store
+from tests.sshd_fixtures import PrivateSshd, sshd_available
 
-from devices.device import local_device  # noqa: E402
-from profiler.backends import OrtBackend  # noqa: E402
-from profiler.campaign import Campaign  # noqa: E402
-from profiler.opspec import OpSpec  # noqa: E402
-from profiler.protocol import TimingProtocol  # noqa: E402
-from profiler.store import Store  # noqa: E402
-from tests.sshd_fixtures import PrivateSshd, sshd_available  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def op_set(n: int) -> list[OpSpec]:

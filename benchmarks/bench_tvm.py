@@ -14,7 +14,7 @@
              20 ops timed locally and over SSH, interleaved, with the libraries tuned there:
              the medians must agree within the local-vs-local noise.
 
-Usage: nice -n 10 python benchmarks/bench_tvm.py [--sections ops,model,aarch64,ssh] [--trials 64]
+Usage: nice -n 10 python -m benchmarks.bench_tvm [--sections ops,model,aarch64,ssh] [--trials 64]
            [--model-trials 8] [--ssh-trials 16] [--out DIR] [--plot benchmarks/RESULTS-tvm.png]
 """
 
@@ -32,15 +32,14 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from hwlat.devices.device import local_device
+from hwlat.profiler.backends import get_backend
+from hwlat.profiler.campaign import Campaign
+from hwlat.profiler.opspec import OpSpec
+from hwlat.profiler.protocol import TimingProtocol
+from hwlat.profiler.store import Store
 
-from devices.device import local_device  # noqa: E402
-from profiler.backends import get_backend  # noqa: E402
-from profiler.campaign import Campaign  # noqa: E402
-from profiler.opspec import OpSpec  # noqa: E402
-from profiler.protocol import TimingProtocol  # noqa: E402
-from profiler.store import Store  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 STANDARD_OPS = [
     OpSpec("conv", (1, 3, 224, 224), out_channels=32, kernel=3, stride=2, padding=1, activation="relu6"),
@@ -244,7 +243,7 @@ def bench_model(args, out: Path) -> dict:
         ]
         started = time.monotonic()
         proc = subprocess.run(
-            [sys.executable, "-m", "hwlat_cli", *command[1:]], cwd=ROOT, capture_output=True, text=True
+            [sys.executable, "-m", "hwlat.cli", *command[1:]], cwd=ROOT, capture_output=True, text=True
         )
         wall = time.monotonic() - started
         print("$ " + " ".join(command) + f"   ({wall:.0f} s)\n{proc.stdout.strip()}", flush=True)
@@ -257,7 +256,7 @@ def bench_model(args, out: Path) -> dict:
 
 
 def bench_aarch64(out: Path) -> dict:
-    from devices.device import Device
+    from hwlat.devices.device import Device
 
     board = Device(
         "board",
@@ -293,7 +292,7 @@ def bench_ssh(args, out: Path, protocol: TimingProtocol) -> dict:
     time them in rounds of 5 ops: local, SSH, local again, each pass a new campaign on the
     libraries tuned there, so that all three passes of a round see the same background load;
     local vs local is the noise band the SSH-vs-local difference is judged against."""
-    from profiler.tvm_tune import load_tvm
+    from hwlat.profiler.tvm_tune import load_tvm
     from tests.sshd_fixtures import PrivateSshd, sshd_available
 
     if not sshd_available():

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from profiler.opspec import ACTIVATIONS
+from hwlat.profiler.opspec import ACTIVATIONS
 
 from .kernel import Kernel
 

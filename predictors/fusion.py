@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from profiler.opspec import OpSpec
+from hwlat.profiler.opspec import OpSpec
 
 from .kernel import SEPARATOR, InvalidKernelError, Kernel, op_class
 

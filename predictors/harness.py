@@ -27,9 +27,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from profiler.backends import OrtBackend, cache_dir
-from profiler.onnx_builder import build_model, make_model, save_once
-from profiler.opspec import OpSpec
+from hwlat.profiler.backends import OrtBackend, cache_dir
+from hwlat.profiler.onnx_builder import build_model, make_model, save_once
+from hwlat.profiler.opspec import OpSpec
 
 from .kernel import Kernel
 

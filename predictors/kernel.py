@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from profiler.opspec import InvalidOpSpecError, OpSpec
+from hwlat.profiler.opspec import InvalidOpSpecError, OpSpec
 
 SEPARATOR = "|"
 

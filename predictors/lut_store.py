@@ -19,8 +19,8 @@ import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from profiler.measurement import Measurement
-from profiler.store import Store
+from hwlat.profiler.measurement import Measurement
+from hwlat.profiler.store import Store
 
 from .lut_format import TableEntry
 

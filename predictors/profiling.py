@@ -20,12 +20,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from devices.device import Device
-from profiler.backends import cache_dir
-from profiler.campaign import Campaign, CampaignReport, model_key
-from profiler.measurement import Measurement
-from profiler.protocol import TimingProtocol
-from profiler.store import Store
+from hwlat.devices.device import Device
+from hwlat.profiler.backends import cache_dir
+from hwlat.profiler.campaign import Campaign, CampaignReport, model_key
+from hwlat.profiler.measurement import Measurement
+from hwlat.profiler.protocol import TimingProtocol
+from hwlat.profiler.store import Store
 
 from .fusion import FusionProbe, FusionRules, decide, default_probes, probe_kernels
 from .harness import HarnessBackend, ProbeModel, relu_chain

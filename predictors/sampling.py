@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from profiler.opspec import InvalidOpSpecError, OpSpec
+from hwlat.profiler.opspec import InvalidOpSpecError, OpSpec
 
 from .fusion import FusionRules
 from .kernel import Kernel

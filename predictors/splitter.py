@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from profiler.opspec import InvalidOpSpecError, OpSpec
+from hwlat.profiler.opspec import InvalidOpSpecError, OpSpec
 
 from .fusion import FusionRules
 from .kernel import InvalidKernelError, Kernel, op_class

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from devices.device import Device
-from profiler.backends import cache_dir
-from profiler.protocol import TimingProtocol
-from profiler.store import Store
+from hwlat.devices.device import Device
+from hwlat.profiler.backends import cache_dir
+from hwlat.profiler.protocol import TimingProtocol
+from hwlat.profiler.store import Store
 
 from . import zoo
 from .fusion import FusionRules, decide, default_probes, probe_kernels

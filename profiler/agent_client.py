@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from devices.connection import Connection, ConnectionLost, DeviceError, RemoteProcess, RuntimeMissing
-from devices.device import Device
+from hwlat.devices.connection import Connection, ConnectionLost, DeviceError, RemoteProcess, RuntimeMissing
+from hwlat.devices.device import Device
 
 AGENT_FILE = Path(__file__).with_name("agent.py")
 _PIP_NAMES = {"tvm": "apache-tvm"}  # import name -> what to pip install

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from devices.device import Device
+from hwlat.devices.device import Device
 
 from .onnx_builder import model_path
 from .opspec import OpSpec

@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devices.connection import Connection, ConnectionLost, DeviceError, connect
-from devices.device import Device
+from hwlat.devices.connection import Connection, ConnectionLost, DeviceError, connect
+from hwlat.devices.device import Device
 
 from .agent_client import AgentCrashed, AgentSession, AgentTimeout, agent_start_error
 from .backends import ArtifactError, HostBackend, get_backend

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import subprocess
 
-from devices.connection import DeviceError, PythonMissing, connect
-from devices.device import Device
+from hwlat.devices.connection import DeviceError, PythonMissing, connect
+from hwlat.devices.device import Device
 
 from .agent_client import AgentCrashed, AgentSession, AgentTimeout, agent_start_error
 from .backends import cache_dir

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import onnx
 
-from devices.connection import DeviceError
-from devices.device import Device
+from hwlat.devices.connection import DeviceError
+from hwlat.devices.device import Device
 
 from .backends import ArtifactError, HostBackend, cache_dir, register_backend
 from .onnx_builder import build_model

@@ -14,8 +14,8 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
-from devices.connection import ConnectionLost, DeviceError, RuntimeMissing, connect
-from devices.device import Device
+from hwlat.devices.connection import ConnectionLost, DeviceError, RuntimeMissing, connect
+from hwlat.devices.device import Device
 
 from .tvm_tune import RUNNER_TIMEOUT_S, evaluator_config
 

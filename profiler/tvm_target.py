@@ -15,7 +15,7 @@ import platform
 import shlex
 import shutil
 
-from devices.device import Device
+from hwlat.devices.device import Device
 
 HWLAT_KEYS = ("cc",)
 # Debian's cross toolchains, by the architecture that starts an LLVM triple.

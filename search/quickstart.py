@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from devices.device import Device
-from predictors.training import TrainingConfig, train_predictor
-from profiler.protocol import TimingProtocol
-from profiler.store import Store
+from hwlat.devices.device import Device
+from hwlat.predictors.training import TrainingConfig, train_predictor
+from hwlat.profiler.protocol import TimingProtocol
+from hwlat.profiler.store import Store
 
 from .objectives import LatencyObjective
 from .proxies import get_proxy

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from profiler.store import StoreError
+from hwlat.profiler.store import StoreError
 
 from .trial import Trial
 

@@ -125,7 +125,7 @@ class Study:
         """Run until the study holds ``budget`` trials (a total, so re-running resumes)."""
         progress = None
         if show_progress and budget > len(self._trials):
-            from profiler.progress import Progress
+            from hwlat.profiler.progress import Progress
 
             progress = Progress(budget - len(self._trials), f"search {self.strategy.name}")
         while len(self._trials) < budget:

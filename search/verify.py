@@ -17,10 +17,10 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from devices.device import Device
-from profiler.campaign import Campaign
-from profiler.protocol import TimingProtocol
-from profiler.store import Store
+from hwlat.devices.device import Device
+from hwlat.profiler.campaign import Campaign
+from hwlat.profiler.protocol import TimingProtocol
+from hwlat.profiler.store import Store
 
 from .objectives import LatencyObjective
 from .study import Study

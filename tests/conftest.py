@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from profiler.protocol import TimingProtocol
+from hwlat.profiler.protocol import TimingProtocol
 
 pytest_plugins = ["tests.sshd_fixtures"]
 

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from profiler.opspec import OpSpec
+from hwlat.profiler.opspec import OpSpec
 
 _FREE = {"Constant", "Identity", "Flatten"}
 

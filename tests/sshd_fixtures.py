@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from devices.device import Device
+from hwlat.devices.device import Device
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
-from profiler.onnx_builder import OPSET, build_model, model_path, random_inputs
-from profiler.opspec import OpSpec
+from hwlat.profiler.onnx_builder import OPSET, build_model, model_path, random_inputs
+from hwlat.profiler.opspec import OpSpec
 from tests.test_opspec import all_kinds
 
 ACT = {

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from profiler.opspec import InvalidOpSpecError, OpSpec, read_jsonl, write_jsonl
+from hwlat.profiler.opspec import InvalidOpSpecError, OpSpec, read_jsonl, write_jsonl
 
 
 def all_kinds() -> list[OpSpec]:

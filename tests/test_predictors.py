@@ -16,9 +16,9 @@ import pytest
 from onnx import TensorProto, helper
 from sklearn.model_selection import cross_val_score
 
-import hwlat_cli
-from devices.device import local_device
-from predictors import (
+from hwlat import cli as hwlat_cli
+from hwlat.devices.device import local_device
+from hwlat.predictors import (
     ArchLatencyRegressor,
     FusionRules,
     Kernel,
@@ -30,13 +30,13 @@ from predictors import (
     UnsupportedOpsError,
     zoo,
 )
-from predictors.fusion import decide, default_probes
-from predictors.harness import HARNESS_PREFIX, HarnessBackend, ProbeModel, build_harness, relu_chain
-from predictors.overhead import OverheadModel
-from predictors.profiling import KernelProfiler
-from predictors.sampling import KernelSampler
-from profiler.opspec import OpSpec
-from profiler.store import Store
+from hwlat.predictors.fusion import decide, default_probes
+from hwlat.predictors.harness import HARNESS_PREFIX, HarnessBackend, ProbeModel, build_harness, relu_chain
+from hwlat.predictors.overhead import OverheadModel
+from hwlat.predictors.profiling import KernelProfiler
+from hwlat.predictors.sampling import KernelSampler
+from hwlat.profiler.opspec import OpSpec
+from hwlat.profiler.store import Store
 
 # The rules ONNX Runtime's probe finds on x86 (tests must not depend on a measurement).
 RULES = FusionRules(
@@ -242,7 +242,7 @@ def test_save_load_in_fresh_process_is_exact(predictor, zoo_dir, tmp_path):
 
 
 def test_predict_batch_matches_predict_on_a_space(predictor):
-    spaces = pytest.importorskip("search.spaces")
+    spaces = pytest.importorskip("hwlat.search.spaces")
     space = spaces.get_space("proxyless")
     rng = np.random.default_rng(0)
     archs = [space.sample(rng) for _ in range(20)]

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from devices.device import local_device
-from profiler.backends import OrtBackend
-from profiler.campaign import Campaign
-from profiler.opspec import OpSpec, write_jsonl
-from profiler.protocol import TimingProtocol
-from profiler.store import Store
+from hwlat.devices.device import local_device
+from hwlat.profiler.backends import OrtBackend
+from hwlat.profiler.campaign import Campaign
+from hwlat.profiler.opspec import OpSpec, write_jsonl
+from hwlat.profiler.protocol import TimingProtocol
+from hwlat.profiler.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 # ~1 s per run on these machines: long enough to interrupt, small enough to fit memory.
@@ -58,7 +58,7 @@ def twenty_ops() -> list[OpSpec]:
 
 def hwlat(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [sys.executable, "-m", "hwlat_cli", *args],
+        [sys.executable, "-m", "hwlat.cli", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -105,7 +105,7 @@ def test_a_killed_campaign_resumes_without_duplicates(tmp_path) -> None:
         [
             sys.executable,
             "-m",
-            "hwlat_cli",
+            "hwlat.cli",
             "profile",
             "--ops",
             str(ops),
@@ -212,7 +212,7 @@ def test_disturbed_measurements_are_flagged_and_remeasured(tmp_path) -> None:
 
 
 def test_measure_reports_latency_size_and_memory(tmp_path) -> None:
-    from predictors.zoo import build, export_onnx
+    from hwlat.predictors.zoo import build, export_onnx
 
     path = export_onnx(build("mobilenet_v2_0.5"), tmp_path / "mbv2.onnx", resolution=96)
     out = json.loads(

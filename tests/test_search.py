@@ -11,15 +11,15 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from search.feasibility import InfeasibleBudgetError, minimise
-from search.hypervolume import hypervolume
-from search.objectives import CallableObjective, LatencyObjective
-from search.pareto import crowding_distance, non_dominated_sort, pareto_front
-from search.proxies import FlopsObjective, NaswotObjective, ParamsObjective, SynflowObjective
-from search.report import hypervolume_history, reference_point, write_report
-from search.spaces import Decision
-from search.storage import SearchStorage
-from search.strategies import (
+from hwlat.search.feasibility import InfeasibleBudgetError, minimise
+from hwlat.search.hypervolume import hypervolume
+from hwlat.search.objectives import CallableObjective, LatencyObjective
+from hwlat.search.pareto import crowding_distance, non_dominated_sort, pareto_front
+from hwlat.search.proxies import FlopsObjective, NaswotObjective, ParamsObjective, SynflowObjective
+from hwlat.search.report import hypervolume_history, reference_point, write_report
+from hwlat.search.spaces import Decision
+from hwlat.search.storage import SearchStorage
+from hwlat.search.strategies import (
     STRATEGIES,
     RandomSearch,
     Reinforce,
@@ -28,8 +28,8 @@ from search.strategies import (
     get_strategy,
     register_strategy,
 )
-from search.study import Study, StudyMismatchError
-from search.synthetic import SyntheticProblem, SyntheticSpace
+from hwlat.search.study import Study, StudyMismatchError
+from hwlat.search.synthetic import SyntheticProblem, SyntheticSpace
 
 SEEDS = range(5)
 TRIALS = 300
@@ -311,7 +311,7 @@ class TinyCnnSpace(SyntheticSpace):
         return (1, 3, 16, 16)
 
     def ops(self, arch):
-        from profiler.opspec import OpSpec
+        from hwlat.profiler.opspec import OpSpec
 
         k, w1, w2 = (d.options[i] for d, i in zip(self.decisions, arch, strict=True))
         return [
@@ -414,9 +414,9 @@ def test_report_folder_has_front_plots_and_winner_onnx(tmp_path) -> None:
 
 
 def test_verify_measures_winners_on_the_device_and_flags_budget_misses(tmp_path, quick_protocol) -> None:
-    from devices.device import local_device
-    from profiler.store import Store
-    from search.verify import format_verification, verify_winners
+    from hwlat.devices.device import local_device
+    from hwlat.profiler.store import Store
+    from hwlat.search.verify import format_verification, verify_winners
 
     space = TinyCnnSpace()
     # Predicts 1000x too fast: the winners look within a 0.01 ms budget but are not.
@@ -441,8 +441,8 @@ def test_verify_measures_winners_on_the_device_and_flags_budget_misses(tmp_path,
 @pytest.fixture(scope="module")
 def predictor_file(tmp_path_factory):
     """A LatencyPredictor whose kernel regressor learnt a made-up compute+memory latency."""
-    from predictors import FusionRules, KernelRegressor, LatencyPredictor, LatencyTable
-    from predictors.sampling import KernelSampler
+    from hwlat.predictors import FusionRules, KernelRegressor, LatencyPredictor, LatencyTable
+    from hwlat.predictors.sampling import KernelSampler
 
     rules = FusionRules(
         "ort",
@@ -466,9 +466,9 @@ def predictor_file(tmp_path_factory):
 
 
 def test_cli_search_verifies_winners_and_resumes(predictor_file, tmp_path, capsys) -> None:
-    import hwlat_cli
-    from predictors import LatencyPredictor
-    from search.spaces import get_space
+    from hwlat import cli as hwlat_cli
+    from hwlat.predictors import LatencyPredictor
+    from hwlat.search.spaces import get_space
 
     fastest = minimise(get_space("proxyless"), LatencyObjective(LatencyPredictor.load(predictor_file))).value
     args = [

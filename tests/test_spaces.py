@@ -9,9 +9,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from profiler.opspec import OpSpec
-from search.spaces import SPACES, InvalidArchError, UnknownSpaceError, get_space
-from search.spaces.nb201 import Nb201Space
+from hwlat.profiler.opspec import OpSpec
+from hwlat.search.spaces import SPACES, InvalidArchError, UnknownSpaceError, get_space
+from hwlat.search.spaces.nb201 import Nb201Space
 from tests.onnx_kernels import onnx_kernels
 
 NAMES = list(SPACES)

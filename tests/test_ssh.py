@@ -15,12 +15,18 @@ import onnxruntime
 import psutil
 import pytest
 
-import hwlat_cli
-from devices.connection import ConnectionLost, PythonMissing
-from devices.device import Device
-from devices.known_hosts import HostKeyChanged, HostKeyUnknown
-from devices.ssh import AuthenticationFailed, ConnectionRefused, ConnectTimeout, HostUnresolved, SshConnection
-from profiler.check import check_device
+from hwlat import cli as hwlat_cli
+from hwlat.devices.connection import ConnectionLost, PythonMissing
+from hwlat.devices.device import Device
+from hwlat.devices.known_hosts import HostKeyChanged, HostKeyUnknown
+from hwlat.devices.ssh import (
+    AuthenticationFailed,
+    ConnectionRefused,
+    ConnectTimeout,
+    HostUnresolved,
+    SshConnection,
+)
+from hwlat.profiler.check import check_device
 
 
 @pytest.fixture(autouse=True)

@@ -21,11 +21,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-import hwlat_cli
-from profiler.campaign import Campaign
-from profiler.opspec import OpSpec, write_jsonl
-from profiler.protocol import TimingProtocol
-from profiler.store import Store
+from hwlat import cli as hwlat_cli
+from hwlat.profiler.campaign import Campaign
+from hwlat.profiler.opspec import OpSpec, write_jsonl
+from hwlat.profiler.protocol import TimingProtocol
+from hwlat.profiler.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 # Each op takes ~0.3 s: long enough that a kill lands while the agent measures.
@@ -168,7 +168,7 @@ def test_ctrl_c_keeps_what_was_measured_and_stops_the_remote_agent(sshd_a, tmp_p
     argv = [
         sys.executable,
         "-m",
-        "hwlat_cli",
+        "hwlat.cli",
         "profile",
         "--device",
         "pi",

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from devices.inventory import _KEYS, InventoryError, load_inventory
-from devices.ssh import resolve_target
-from profiler.progress import Progress, ProgressLogHandler
+from hwlat.devices.inventory import _KEYS, InventoryError, load_inventory
+from hwlat.devices.ssh import resolve_target
+from hwlat.profiler.progress import Progress, ProgressLogHandler
 
 ROOT = Path(__file__).resolve().parents[1]
 

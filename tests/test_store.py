@@ -8,8 +8,8 @@ import sqlite3
 
 import pytest
 
-from profiler.measurement import Measurement
-from profiler.store import Store, StoreError
+from hwlat.profiler.measurement import Measurement
+from hwlat.profiler.store import Store, StoreError
 
 
 def make(key: str, samples=(1.0, 2.0, 3.0), **kw) -> Measurement:

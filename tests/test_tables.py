@@ -8,8 +8,8 @@ import statistics
 import numpy as np
 import pytest
 
-from hwlat_cli import main
-from predictors.lut_format import (
+from hwlat.cli import main
+from hwlat.predictors.lut_format import (
     TableEntry,
     TableFormatError,
     format_ofa_yaml,
@@ -17,10 +17,10 @@ from predictors.lut_format import (
     read_table,
     write_table,
 )
-from predictors.lut_store import import_table, table_from_store
-from profiler.measurement import Measurement
-from profiler.store import Store
-from search.spaces import get_space
+from hwlat.predictors.lut_store import import_table, table_from_store
+from hwlat.profiler.measurement import Measurement
+from hwlat.profiler.store import Store
+from hwlat.search.spaces import get_space
 
 # Written by hand in the format of ProxylessNAS's mobile_trim.yaml (keys in the space's order).
 HAND_WRITTEN = """\

@@ -19,16 +19,16 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-import hwlat_cli
-from devices.device import Device, local_device
-from profiler.campaign import Campaign
-from profiler.onnx_builder import build_model, random_inputs
-from profiler.opspec import OpSpec
-from profiler.protocol import TimingProtocol
-from profiler.store import Store
-from profiler.tvm_backend import TvmBackend, TvmUntunedBackend
-from profiler.tvm_target import TvmTargetError, cross_compiler, device_target, parse_target
-from profiler.tvm_tune import load_tvm
+from hwlat import cli as hwlat_cli
+from hwlat.devices.device import Device, local_device
+from hwlat.profiler.campaign import Campaign
+from hwlat.profiler.onnx_builder import build_model, random_inputs
+from hwlat.profiler.opspec import OpSpec
+from hwlat.profiler.protocol import TimingProtocol
+from hwlat.profiler.store import Store
+from hwlat.profiler.tvm_backend import TvmBackend, TvmUntunedBackend
+from hwlat.profiler.tvm_target import TvmTargetError, cross_compiler, device_target, parse_target
+from hwlat.profiler.tvm_tune import load_tvm
 
 TRIALS = 2
 # Its element count overflows int64: TVM refuses to compile it (ONNX Runtime cannot run it either).

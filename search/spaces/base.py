@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from profiler.opspec import OpSpec, unique
+from hwlat.profiler.opspec import OpSpec, unique
 
 from .cell_sum import CellSum
 from .graph import Net, Tensor

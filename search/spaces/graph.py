@@ -20,7 +20,7 @@ from __future__ import annotations
 from functools import cache
 from typing import NamedTuple
 
-from profiler.opspec import OpSpec
+from hwlat.profiler.opspec import OpSpec
 
 
 class Tensor(NamedTuple):

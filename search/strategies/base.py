@@ -12,7 +12,7 @@ sampler). Contract, relied on by resume (see search/study.py):
 
 Plugging in your own strategy::
 
-    from search.strategies import Strategy, register_strategy
+    from hwlat.search.strategies import Strategy, register_strategy
 
     @register_strategy
     class Greedy(Strategy):

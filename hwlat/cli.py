@@ -9,16 +9,16 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from devices.connection import DeviceError
-from devices.device import Device
-from devices.inventory import InventoryError, devices_with_label, load_inventory, resolve_device
-from profiler.backends import ArtifactError, HostBackend, UnknownBackendError, get_backend
-from profiler.campaign import Campaign, CampaignReport
-from profiler.opspec import InvalidOpSpecError, OpSpec, read_jsonl
-from profiler.progress import ProgressLogHandler
-from profiler.protocol import TimingProtocol
-from profiler.store import Store, StoreError, default_db_path
-from profiler.tvm_backend import DEFAULT_TUNE_TRIALS
+from hwlat.devices.connection import DeviceError
+from hwlat.devices.device import Device
+from hwlat.devices.inventory import InventoryError, devices_with_label, load_inventory, resolve_device
+from hwlat.profiler.backends import ArtifactError, HostBackend, UnknownBackendError, get_backend
+from hwlat.profiler.campaign import Campaign, CampaignReport
+from hwlat.profiler.opspec import InvalidOpSpecError, OpSpec, read_jsonl
+from hwlat.profiler.progress import ProgressLogHandler
+from hwlat.profiler.protocol import TimingProtocol
+from hwlat.profiler.store import Store, StoreError, default_db_path
+from hwlat.profiler.tvm_backend import DEFAULT_TUNE_TRIALS
 
 USER_ERRORS = (
     InvalidOpSpecError,
@@ -196,7 +196,7 @@ def _space_ops(name: str, resolutions: list[int] | None) -> list[OpSpec]:
 
 def _space(name: str, resolutions: list[int] | None):
     """The space, built for the given input resolutions (default: the space's own set)."""
-    from search.spaces import get_space
+    from hwlat.search.spaces import get_space
 
     return get_space(name, resolutions=tuple(resolutions)) if resolutions else get_space(name)
 
@@ -300,7 +300,7 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
 
 
 def cmd_devices_check(args: argparse.Namespace) -> int:
-    from profiler.check import check_device
+    from hwlat.profiler.check import check_device
 
     device = resolve_device(args.name, args.inventory)
     report = check_device(device)
@@ -315,7 +315,7 @@ def cmd_devices_check(args: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    from search.quickstart import QuickstartConfig, run_quickstart
+    from hwlat.search.quickstart import QuickstartConfig, run_quickstart
 
     config = QuickstartConfig(
         space=args.space,
@@ -407,18 +407,18 @@ def _add_search_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _load_predictor(path: Path):
-    from predictors import LatencyPredictor
+    from hwlat.predictors import LatencyPredictor
 
     return LatencyPredictor.load(path)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from search.objectives import LatencyObjective
-    from search.proxies import get_proxy
-    from search.runner import run_search
-    from search.spaces import get_space
-    from search.strategies import get_strategy
-    from search.verify import format_verification, verify_winners
+    from hwlat.search.objectives import LatencyObjective
+    from hwlat.search.proxies import get_proxy
+    from hwlat.search.runner import run_search
+    from hwlat.search.spaces import get_space
+    from hwlat.search.strategies import get_strategy
+    from hwlat.search.verify import format_verification, verify_winners
 
     if len(args.latency_ms) != len(args.predictor):
         raise ValueError(
@@ -482,7 +482,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _add_table_parser(sub: argparse._SubParsersAction) -> None:
-    from predictors.lut_format import FORMATS
+    from hwlat.predictors.lut_format import FORMATS
 
     p = sub.add_parser("table", help="export a search space's latency lookup table, or import one")
     tsub = p.add_subparsers(dest="table_command", required=True)
@@ -516,8 +516,8 @@ def _add_table_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_table_export(args: argparse.Namespace) -> int:
-    from predictors.lut_format import write_table
-    from predictors.lut_store import table_from_store
+    from hwlat.predictors.lut_format import write_table
+    from hwlat.predictors.lut_store import table_from_store
 
     space = _space(args.space, args.resolution)
     with Store(args.db) as store:
@@ -547,15 +547,15 @@ def cmd_table_export(args: argparse.Namespace) -> int:
 
 
 def cmd_table_import(args: argparse.Namespace) -> int:
-    from predictors.lut_format import read_table
-    from predictors.lut_store import import_table
+    from hwlat.predictors.lut_format import read_table
+    from hwlat.predictors.lut_store import import_table
 
     entries = read_table(args.file, args.format)
     with Store(args.db) as store:
         n = import_table(entries, store, args.device, args.backend, source=str(args.file))
     print(f"imported {n} blocks from {args.file} for {args.device}/{args.backend}")
     if args.space:
-        from search.spaces import get_space
+        from hwlat.search.spaces import get_space
 
         known = set(get_space(args.space).cell_keys())
         unknown = [e.key for e in entries if e.key not in known]
@@ -654,12 +654,12 @@ def _add_predictor_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from predictors.training import NotEnoughDataError, TrainingConfig, train_predictor
+    from hwlat.predictors.training import NotEnoughDataError, TrainingConfig, train_predictor
 
     device = resolve_device(args.device, args.inventory)
     space = None
     if args.space:
-        from search.spaces import get_space
+        from hwlat.search.spaces import get_space
 
         space = get_space(args.space)
     config = TrainingConfig(
@@ -689,7 +689,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from predictors import LatencyPredictor, MissingKernelError
+    from hwlat.predictors import LatencyPredictor, MissingKernelError
 
     if not args.model.exists():
         raise FileNotFoundError(f"model {args.model} does not exist")
@@ -726,9 +726,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from predictors import LatencyPredictor
-    from predictors.metrics import accuracy, plot
-    from predictors.profiling import KernelProfiler
+    from hwlat.predictors import LatencyPredictor
+    from hwlat.predictors.metrics import accuracy, plot
+    from hwlat.predictors.profiling import KernelProfiler
 
     predictor = LatencyPredictor.load(args.predictor)
     paths = sorted(args.models.glob("*.onnx"))
@@ -771,8 +771,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_profile_adaptive(args: argparse.Namespace) -> int:
-    from predictors.profiling import KernelProfiler
-    from predictors.training import NotEnoughDataError, adaptive_profile, fusion_rules
+    from hwlat.predictors.profiling import KernelProfiler
+    from hwlat.predictors.training import NotEnoughDataError, adaptive_profile, fusion_rules
 
     devices = _devices(args)
     if len(devices) != 1:
