@@ -30,7 +30,7 @@ from onnx import helper
 
 from hwlat.devices.device import local_device
 from hwlat.profiler.campaign import Campaign
-from hwlat.profiler.onnx_builder import OPSET, build_model, random_inputs
+from hwlat.profiler.onnx_models import OPSET, build_model, random_inputs
 from hwlat.profiler.opspec import OpSpec
 from hwlat.profiler.protocol import TimingProtocol
 from hwlat.profiler.store import Store

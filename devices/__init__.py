@@ -1,6 +1,6 @@
 """Devices: where ops are measured and how to reach them (local or SSH)."""
 
-from .connection import (
+from hwlat.devices.connection import (
     Connection,
     ConnectionLost,
     DeviceError,
@@ -9,8 +9,8 @@ from .connection import (
     RuntimeMissing,
     connect,
 )
-from .device import LOCAL, Device, local_device
-from .inventory import InventoryError, load_inventory, resolve_device
+from hwlat.devices.device import LOCAL, Device, local_device
+from hwlat.devices.inventory import InventoryError, load_inventory, resolve_device
 
 __all__ = [
     "Connection",

@@ -15,7 +15,7 @@ from collections import deque
 from pathlib import Path
 from typing import IO
 
-from .device import Device
+from hwlat.devices.device import Device
 
 
 class DeviceError(RuntimeError):
@@ -158,6 +158,6 @@ def connect(device: Device) -> Connection:
     """Open the right kind of connection for a device."""
     if device.is_local:
         return LocalConnection(device)
-    from .ssh import SshConnection
+    from hwlat.devices.ssh import SshConnection
 
     return SshConnection(device)

@@ -13,7 +13,7 @@ import tomllib
 from dataclasses import replace
 from pathlib import Path
 
-from .device import BACKENDS, LOCAL, Device, local_device
+from hwlat.devices.device import BACKENDS, LOCAL, Device, local_device
 
 DEFAULT_INVENTORY = "devices.toml"
 INVENTORY_ENV = "HWLAT_INVENTORY"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import paramiko
 
-from .connection import DeviceError
+from hwlat.devices.connection import DeviceError
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"

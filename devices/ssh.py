@@ -26,10 +26,10 @@ from pathlib import Path, PurePosixPath
 
 import paramiko
 
-from .connection import Connection, ConnectionLost, DeviceError, PythonMissing, RemoteProcess
-from .device import Device
-from .known_hosts import DEFAULT_KNOWN_HOSTS, VerifyPolicy, changed, load_known_hosts
-from .port_forward import PortForward
+from hwlat.devices.connection import Connection, ConnectionLost, DeviceError, PythonMissing, RemoteProcess
+from hwlat.devices.device import Device
+from hwlat.devices.known_hosts import DEFAULT_KNOWN_HOSTS, VerifyPolicy, changed, load_known_hosts
+from hwlat.devices.port_forward import PortForward
 
 SSH_CONFIG = "~/.ssh/config"
 PROBE_TIMEOUT_S = 10.0

@@ -7,13 +7,13 @@ backend's measured ``FusionRules``. ``ArchLatencyRegressor`` learns latency from
 (architecture, latency) pairs instead. Heavy dependencies (torch) load only when used.
 """
 
-from .arch_regressor import ArchLatencyRegressor
-from .fusion import FusionRules
-from .kernel import Kernel
-from .kernel_regressor import KernelRegressor
-from .predictor import KernelCost, LatencyPredictor, Prediction, PredictorFormatError
-from .splitter import ModelSplitter, SplitResult, UnsupportedOpsError
-from .table import LatencyTable, MissingKernelError
+from hwlat.predictors.arch_regressor import ArchLatencyRegressor
+from hwlat.predictors.fusion import FusionRules
+from hwlat.predictors.kernel import Kernel
+from hwlat.predictors.kernel_regressor import KernelRegressor
+from hwlat.predictors.predictor import KernelCost, LatencyPredictor, Prediction, PredictorFormatError
+from hwlat.predictors.splitter import ModelSplitter, SplitResult, UnsupportedOpsError
+from hwlat.predictors.table import LatencyTable, MissingKernelError
 
 __all__ = [
     "ArchLatencyRegressor",

@@ -12,9 +12,8 @@ import math
 
 import numpy as np
 
+from hwlat.predictors.kernel import Kernel
 from hwlat.profiler.opspec import ACTIVATIONS
-
-from .kernel import Kernel
 
 FAMILIES = {
     "conv": "conv",

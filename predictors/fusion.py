@@ -20,9 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from hwlat.predictors.kernel import SEPARATOR, InvalidKernelError, Kernel, op_class
 from hwlat.profiler.opspec import OpSpec
-
-from .kernel import SEPARATOR, InvalidKernelError, Kernel, op_class
 
 FUSED_SAVING = 0.5
 RULES_VERSION = 1

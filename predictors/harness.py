@@ -27,11 +27,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from hwlat.predictors.kernel import Kernel
 from hwlat.profiler.backends import OrtBackend, cache_dir
-from hwlat.profiler.onnx_builder import build_model, make_model, save_once
+from hwlat.profiler.onnx_models import build_model, make_model, save_once
 from hwlat.profiler.opspec import OpSpec
-
-from .kernel import Kernel
 
 HARNESS_PREFIX = "hwlat_ctx"  # must match profiler/agent.py
 MIN_PRODUCED_CHANNELS = 8
@@ -161,7 +160,7 @@ def _depthwise(
 
 
 def _inline(spec: OpSpec, prefix: str, sources: list[str], seed: int, nodes: list, inits: list) -> list[str]:
-    """Copy the op's one-op model (profiler/onnx_builder.py) into the graph with its inputs
+    """Copy the op's one-op model (profiler/onnx_models/op_models.py) into the graph with its inputs
     wired to ``sources``; return the names of its outputs."""
     model = build_model(spec, seed=seed)
     graph = model.graph

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingRegressor
 
-from .features import FEATURES, family, feature_matrix
-from .kernel import Kernel
-from .trees import TreeEnsemble
+from hwlat.predictors.features import FEATURES, family, feature_matrix
+from hwlat.predictors.kernel import Kernel
+from hwlat.predictors.trees import TreeEnsemble
 
 FORMAT_VERSION = 1
 LINEAR_FEATURES = ("log_flops", "log_bytes", "log_out_elems", "log_in_elems")

@@ -19,10 +19,9 @@ import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from hwlat.predictors.lut_format import TableEntry
 from hwlat.profiler.measurement import Measurement
 from hwlat.profiler.store import Store
-
-from .lut_format import TableEntry
 
 BLOCK_KIND = "block"
 IMPORTED_VERSION = "imported"

@@ -27,7 +27,6 @@ as in predictors/trees.py; a loaded predictor gives bit-identical predictions.
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from collections.abc import Sequence
@@ -38,12 +37,13 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .fusion import FusionRules
-from .kernel import Kernel
-from .kernel_regressor import KernelRegressor
-from .overhead import OverheadModel
-from .splitter import ModelSplitter
-from .table import LatencyTable
+from hwlat.predictors.fusion import FusionRules
+from hwlat.predictors.kernel import Kernel
+from hwlat.predictors.kernel_regressor import KernelRegressor
+from hwlat.predictors.overhead import OverheadModel
+from hwlat.predictors.splitter import ModelSplitter
+from hwlat.predictors.table import LatencyTable
+from hwlat.profiler.onnx_models import is_torch_module, torch_to_onnx
 
 FORMAT = "hwlat-latency-predictor"
 FORMAT_VERSION = 1
@@ -111,10 +111,10 @@ class LatencyPredictor:
         """Latency of one network: ONNX path/ModelProto, torch module (+ input_shape), or (space, arch)."""
         if isinstance(model, tuple) and len(model) == 2 and hasattr(model[0], "ops"):
             return self._predict_arch(*model)
-        if _is_torch_module(model):
+        if is_torch_module(model):
             if input_shape is None:
                 raise ValueError("a torch.nn.Module needs input_shape=(N, C, H, W) to be traced")
-            model = _torch_to_onnx(model, tuple(input_shape))
+            model = torch_to_onnx(model, tuple(input_shape))
         elif not isinstance(model, (onnx.ModelProto, str, Path)):
             raise TypeError(
                 f"cannot predict a {type(model).__name__}: pass an ONNX path or ModelProto, "
@@ -281,31 +281,3 @@ class LatencyPredictor:
             data["kind"],
             meta,
         )
-
-
-def _is_torch_module(obj: Any) -> bool:
-    return any(c.__module__.startswith("torch.nn") and c.__name__ == "Module" for c in type(obj).__mro__)
-
-
-def _torch_to_onnx(module: Any, input_shape: tuple[int, ...]) -> onnx.ModelProto:
-    """Trace with the legacy exporter (what the splitter is tested on), in memory."""
-    import torch
-
-    buffer = io.BytesIO()
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            torch.onnx.export(
-                module,
-                (torch.randn(*input_shape),),
-                buffer,
-                input_names=["input"],
-                output_names=["output"],
-                opset_version=17,
-                do_constant_folding=True,
-                dynamo=False,
-            )
-    finally:
-        module.train(was_training)
-    return onnx.load_from_string(buffer.getvalue())

@@ -21,15 +21,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from hwlat.devices.device import Device
+from hwlat.predictors.fusion import FusionProbe, FusionRules, decide, default_probes, probe_kernels
+from hwlat.predictors.harness import HarnessBackend, ProbeModel, relu_chain
+from hwlat.predictors.kernel import Kernel
 from hwlat.profiler.backends import cache_dir
 from hwlat.profiler.campaign import Campaign, CampaignReport, model_key
 from hwlat.profiler.measurement import Measurement
 from hwlat.profiler.protocol import TimingProtocol
 from hwlat.profiler.store import Store
-
-from .fusion import FusionProbe, FusionRules, decide, default_probes, probe_kernels
-from .harness import HarnessBackend, ProbeModel, relu_chain
-from .kernel import Kernel
 
 KERNEL_BACKENDS = ("ort",)
 CONFIRM_MS = 1.0

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hwlat.predictors.fusion import FusionRules
+from hwlat.predictors.kernel import Kernel
 from hwlat.profiler.opspec import InvalidOpSpecError, OpSpec
-
-from .fusion import FusionRules
-from .kernel import Kernel
 
 MAX_FLOPS = 2e9  # keeps one measurement under a few hundred ms on a small CPU
 ACTIVATIONS = ("none", "relu", "relu6", "hardswish", "swish", "hardsigmoid", "sigmoid")

@@ -1,7 +1,7 @@
 """ModelSplitter: an ONNX CNN graph -> the kernels the backend really executes.
 
 Three passes:
-  1. *Fold static subgraphs* (predictors/onnx_graph.py): constants, and everything computed
+  1. *Fold static subgraphs* (profiler/onnx_models/graph.py): constants, and everything computed
      only from constants and tensor shapes (the legacy torch exporter's ``Shape -> Gather ->
      Div -> Slice`` for ``chunk``, Clip bounds, Reshape targets), are evaluated with numpy,
      as the runtime folds them at load time; they cost nothing.
@@ -29,11 +29,20 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from hwlat.predictors.fusion import FusionRules
+from hwlat.predictors.kernel import InvalidKernelError, Kernel, op_class
+from hwlat.profiler.onnx_models import load_model
+from hwlat.profiler.onnx_models.graph import (
+    ACTIVATION_OPS,
+    BINARY_OPS,
+    FREE_OPS,
+    GraphError,
+    OnnxGraph,
+    attrs,
+    axes_of,
+    conv_out,
+)
 from hwlat.profiler.opspec import InvalidOpSpecError, OpSpec
-
-from .fusion import FusionRules
-from .kernel import InvalidKernelError, Kernel, op_class
-from .onnx_graph import ACTIVATION_OPS, BINARY_OPS, FREE_OPS, GraphError, OnnxGraph, attrs, axes_of, conv_out
 
 GLUE_OPS = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Softmax", "LogSoftmax")
 
@@ -80,11 +89,7 @@ class ModelSplitter:
         self.strict = strict
 
     def split(self, model: onnx.ModelProto | str | Path) -> SplitResult:
-        if not isinstance(model, onnx.ModelProto):
-            path = Path(model)
-            if not path.exists():
-                raise FileNotFoundError(f"ONNX model {path} does not exist")
-            model = onnx.load(str(path))
+        model = load_model(model)
         try:
             graph = OnnxGraph(model)
         except GraphError as exc:

@@ -25,20 +25,19 @@ from typing import Any
 import numpy as np
 
 from hwlat.devices.device import Device
+from hwlat.predictors import zoo
+from hwlat.predictors.fusion import FusionRules, decide, default_probes, probe_kernels
+from hwlat.predictors.kernel import InvalidKernelError, Kernel
+from hwlat.predictors.kernel_regressor import KernelRegressor
+from hwlat.predictors.metrics import accuracy
+from hwlat.predictors.predictor import LatencyPredictor
+from hwlat.predictors.profiling import KernelProfiler, device_seconds
+from hwlat.predictors.sampling import KernelSampler
+from hwlat.predictors.splitter import ModelSplitter
+from hwlat.predictors.table import LatencyTable
 from hwlat.profiler.backends import cache_dir
 from hwlat.profiler.protocol import TimingProtocol
 from hwlat.profiler.store import Store
-
-from . import zoo
-from .fusion import FusionRules, decide, default_probes, probe_kernels
-from .kernel import InvalidKernelError, Kernel
-from .kernel_regressor import KernelRegressor
-from .metrics import accuracy
-from .predictor import LatencyPredictor
-from .profiling import KernelProfiler, device_seconds
-from .sampling import KernelSampler
-from .splitter import ModelSplitter
-from .table import LatencyTable
 
 Log = Callable[[str], None]
 

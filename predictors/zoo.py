@@ -10,8 +10,11 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
+import onnx
 import torch
 from torch import nn
+
+from hwlat.profiler.onnx_models import torch_to_onnx
 
 
 def _make_divisible(v: float, divisor: int = 8) -> int:
@@ -557,15 +560,5 @@ def export_all(directory: str | Path, names: list[str] | None = None) -> list[Pa
 def export_onnx(model: nn.Module, path: str | Path, resolution: int = 224) -> Path:
     """Export with the legacy exporter (offline, fast, folds batch-norm into convs), opset 17."""
     path = Path(path)
-    with torch.no_grad():
-        torch.onnx.export(
-            model,
-            (torch.randn(1, 3, resolution, resolution),),
-            str(path),
-            input_names=["input"],
-            output_names=["logits"],
-            opset_version=17,
-            do_constant_folding=True,
-            dynamo=False,
-        )
+    onnx.save(torch_to_onnx(model, (1, 3, resolution, resolution)), path)
     return path

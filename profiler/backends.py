@@ -10,9 +10,8 @@ import os
 from pathlib import Path
 
 from hwlat.devices.device import Device
-
-from .onnx_builder import model_path
-from .opspec import OpSpec
+from hwlat.profiler.onnx_models import model_path
+from hwlat.profiler.opspec import OpSpec
 
 CACHE_ENV = "HWLAT_CACHE"
 
@@ -81,7 +80,7 @@ def register_backend(cls: type[HostBackend]) -> type[HostBackend]:
 def get_backend(name: str, device: Device, **options) -> HostBackend:
     """The backend ``name`` for ``device``; ``options`` go to its constructor (e.g. tune_trials)."""
     if name == "tvm" or name.startswith("tvm-"):
-        from . import tvm_backend  # noqa: F401  (registers the TVM backends; imports TVM lazily)
+        from hwlat.profiler import tvm_backend  # noqa: F401  (registers the TVM backends; imports TVM lazily)
     if name not in BACKENDS:
         raise UnknownBackendError(f"unknown backend {name!r}; use one of {', '.join(sorted(BACKENDS))}")
     if device.backends and name.split("-")[0] not in device.backends:

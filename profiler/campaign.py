@@ -30,14 +30,14 @@ from pathlib import Path
 
 from hwlat.devices.connection import Connection, ConnectionLost, DeviceError, connect
 from hwlat.devices.device import Device
-
-from .agent_client import AgentCrashed, AgentSession, AgentTimeout, agent_start_error
-from .backends import ArtifactError, HostBackend, get_backend
-from .measurement import Measurement
-from .opspec import OpSpec, unique
-from .progress import Progress
-from .protocol import TimingProtocol
-from .store import Store
+from hwlat.profiler.agent_client import AgentCrashed, AgentSession, AgentTimeout, agent_start_error
+from hwlat.profiler.backends import ArtifactError, HostBackend, get_backend
+from hwlat.profiler.measurement import Measurement
+from hwlat.profiler.onnx_models import model_facts
+from hwlat.profiler.opspec import OpSpec, unique
+from hwlat.profiler.progress import Progress
+from hwlat.profiler.protocol import TimingProtocol
+from hwlat.profiler.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -385,17 +385,3 @@ def model_key(onnx_path: Path) -> str:
     """``model-<file stem>-<first 12 hex of the file's sha256>``: same file, same key."""
     digest = hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest()[:12]
     return f"model-{Path(onnx_path).stem}-{digest}"
-
-
-def model_facts(onnx_path: Path) -> dict:
-    import numpy as np
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    params = int(sum(np.prod(t.dims) for t in model.graph.initializer))
-    return {
-        "model_path": str(onnx_path),
-        "model_bytes": Path(onnx_path).stat().st_size,
-        "params": params,
-        "nodes": len(model.graph.node),
-    }

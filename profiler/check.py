@@ -12,9 +12,8 @@ import subprocess
 
 from hwlat.devices.connection import DeviceError, PythonMissing, connect
 from hwlat.devices.device import Device
-
-from .agent_client import AgentCrashed, AgentSession, AgentTimeout, agent_start_error
-from .backends import cache_dir
+from hwlat.profiler.agent_client import AgentCrashed, AgentSession, AgentTimeout, agent_start_error
+from hwlat.profiler.backends import cache_dir
 
 RUNTIME_OF = {"ort": "onnxruntime", "tvm": "tvm"}
 _FREE_DISK = (

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .measurement import Measurement
+from hwlat.profiler.measurement import Measurement
 
 DEFAULT_DB_ENV = "HWLAT_DB"
 DEFAULT_DB = "hwlat.db"

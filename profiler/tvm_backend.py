@@ -7,7 +7,7 @@
                    tuned code, useful only to see what tuning buys. Stored under its own name
                    so that untuned numbers never pass for TVM's.
 
-OpSpec -> ONNX (onnx_builder) -> Relax ONNX frontend -> zero pipeline (legalize, fuse) ->
+OpSpec -> ONNX (profiler/onnx_models) -> Relax ONNX frontend -> zero pipeline (legalize, fuse) ->
 [tune] -> compile for the target -> ``export_library`` (cross-linked for a foreign triple).
 Libraries are cached under ``cache_dir()/tvm``, keyed by TVM version, target, trial budget
 and op key; ``prefetch`` tunes a campaign's ops first (the device is busy tuning anyway),
@@ -36,13 +36,12 @@ import onnx
 
 from hwlat.devices.connection import DeviceError
 from hwlat.devices.device import Device
-
-from .backends import ArtifactError, HostBackend, cache_dir, register_backend
-from .onnx_builder import build_model
-from .opspec import OpSpec
-from .progress import Progress
-from .tvm_target import cross_compiler, device_target, target_id, tvm_target
-from .tvm_tune import Tuner, TuningError, load_tvm, local_runner
+from hwlat.profiler.backends import ArtifactError, HostBackend, cache_dir, register_backend
+from hwlat.profiler.onnx_models import build_model, load_model
+from hwlat.profiler.opspec import OpSpec
+from hwlat.profiler.progress import Progress
+from hwlat.profiler.tvm_target import cross_compiler, device_target, target_id, tvm_target
+from hwlat.profiler.tvm_tune import Tuner, TuningError, load_tvm, local_runner
 
 DEFAULT_TUNE_TRIALS = 64
 INPUTS_FUNCTION = "hwlat_example_inputs"  # the agent calls it by this name
@@ -101,7 +100,7 @@ class TvmBackend(HostBackend):
         onnx_path = Path(onnx_path)
         digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:16]
         path = self.lib_dir / f"model-{onnx_path.stem}-{digest}.so"
-        return self._artifact(f"model:{onnx_path}", path, partial(onnx.load, str(onnx_path)))
+        return self._artifact(f"model:{onnx_path}", path, partial(load_model, onnx_path))
 
     def prefetch(self, specs: list[OpSpec], progress: bool = False) -> None:
         """Tune every op not built yet (the device is busy while it does), then compile ahead.
@@ -208,7 +207,7 @@ class TvmBackend(HostBackend):
                 )
             yield self._local_tuner
             return
-        from .tvm_rpc import device_rpc_runner
+        from hwlat.profiler.tvm_rpc import device_rpc_runner
 
         with ExitStack() as stack:
             make_runner = partial(stack.enter_context, device_rpc_runner(self.device))

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from .objectives import Objective
-from .strategies.base import Arch, canonical
+from hwlat.search.objectives import Objective
+from hwlat.search.strategies.base import Arch, canonical
 
 _RANDOM_STARTS = 2
 _MAX_SWEEPS = 10

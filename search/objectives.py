@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .strategies.base import DIRECTIONS, Arch
+from hwlat.search.strategies.base import DIRECTIONS, Arch
 
 
 class Objective(ABC):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .study import Study
-from .trial import Trial
+from hwlat.search.study import Study
+from hwlat.search.trial import Trial
 
 
 def _pyplot():

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .objectives import Objective
-from .strategies.base import Arch
+from hwlat.search.objectives import Objective
+from hwlat.search.strategies.base import Arch
 
 
 class FlopsObjective(Objective):

@@ -18,13 +18,12 @@ from hwlat.devices.device import Device
 from hwlat.predictors.training import TrainingConfig, train_predictor
 from hwlat.profiler.protocol import TimingProtocol
 from hwlat.profiler.store import Store
-
-from .objectives import LatencyObjective
-from .proxies import get_proxy
-from .runner import run_search
-from .spaces import get_space
-from .strategies import get_strategy
-from .verify import DEFAULT_NOISE_BAND, format_verification, verify_winners
+from hwlat.search.objectives import LatencyObjective
+from hwlat.search.proxies import get_proxy
+from hwlat.search.runner import run_search
+from hwlat.search.spaces import get_space
+from hwlat.search.strategies import get_strategy
+from hwlat.search.verify import DEFAULT_NOISE_BAND, format_verification, verify_winners
 
 Log = Callable[[str], None]
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .hypervolume import hypervolume
-from .study import Study
-from .trial import Trial
+from hwlat.search.hypervolume import hypervolume
+from hwlat.search.study import Study
+from hwlat.search.trial import Trial
 
 _HISTORY_POINTS = 100
 
@@ -106,7 +106,7 @@ def write_report(
     report.files["pareto_json"] = out_dir / "pareto.json"
     report.files["pareto_json"].write_text(json.dumps(_front_json(study, report), indent=1))
     if plot:
-        from .plots import plot_hypervolume, plot_pareto
+        from hwlat.search.plots import plot_hypervolume, plot_pareto
 
         report.files["pareto_png"] = plot_pareto(study, front[:top_k], out_dir / "pareto.png")
         if report.history:

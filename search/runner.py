@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .objectives import Objective
-from .report import SearchReport, write_report
-from .storage import SearchStorage
-from .strategies.base import Strategy
-from .study import Study
+from hwlat.search.objectives import Objective
+from hwlat.search.report import SearchReport, write_report
+from hwlat.search.storage import SearchStorage
+from hwlat.search.strategies.base import Strategy
+from hwlat.search.study import Study
 
 STUDY_FILE = "study.db"
 

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hwlat.profiler.store import StoreError
-
-from .trial import Trial
+from hwlat.search.trial import Trial
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (

@@ -46,12 +46,12 @@ from typing import Any
 
 import numpy as np
 
-from .feasibility import Minimum, check_budgets
-from .objectives import Objective
-from .pareto import pareto_front
-from .storage import SearchStorage
-from .strategies.base import Arch, Strategy, canonical
-from .trial import Trial
+from hwlat.search.feasibility import Minimum, check_budgets
+from hwlat.search.objectives import Objective
+from hwlat.search.pareto import pareto_front
+from hwlat.search.storage import SearchStorage
+from hwlat.search.strategies.base import Arch, Strategy, canonical
+from hwlat.search.trial import Trial
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .objectives import CallableObjective, LatencyObjective, Objective
-from .spaces.base import Decision
-from .strategies.base import Arch
+from hwlat.search.objectives import CallableObjective, LatencyObjective, Objective
+from hwlat.search.spaces.base import Decision
+from hwlat.search.strategies.base import Arch
 
 _COST_UNIT_MS = 0.01
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .strategies.base import Arch
+from hwlat.search.strategies.base import Arch
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,8 @@ from hwlat.devices.device import Device
 from hwlat.profiler.campaign import Campaign
 from hwlat.profiler.protocol import TimingProtocol
 from hwlat.profiler.store import Store
-
-from .objectives import LatencyObjective
-from .study import Study
+from hwlat.search.objectives import LatencyObjective
+from hwlat.search.study import Study
 
 DEFAULT_NOISE_BAND = 0.05
 

@@ -22,7 +22,7 @@ import pytest
 from hwlat import cli as hwlat_cli
 from hwlat.devices.device import Device, local_device
 from hwlat.profiler.campaign import Campaign
-from hwlat.profiler.onnx_builder import build_model, random_inputs
+from hwlat.profiler.onnx_models import build_model, random_inputs
 from hwlat.profiler.opspec import OpSpec
 from hwlat.profiler.protocol import TimingProtocol
 from hwlat.profiler.store import Store

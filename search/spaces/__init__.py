@@ -6,11 +6,11 @@ configuration; its lookup-table layout (``cells()``) is then built once per proc
 
 from __future__ import annotations
 
-from .base import Arch, Decision, InvalidArchError, SearchSpace, Slot
-from .fbnet import FbnetSpace
-from .nb201 import Nb201Space
-from .ofa_mbv3 import OfaMbv3Space
-from .proxyless import ProxylessSpace
+from hwlat.search.spaces.base import Arch, Decision, InvalidArchError, SearchSpace, Slot
+from hwlat.search.spaces.fbnet import FbnetSpace
+from hwlat.search.spaces.nb201 import Nb201Space
+from hwlat.search.spaces.ofa_mbv3 import OfaMbv3Space
+from hwlat.search.spaces.proxyless import ProxylessSpace
 
 SPACES: dict[str, type[SearchSpace]] = {
     "proxyless": ProxylessSpace,

@@ -14,22 +14,19 @@ picked cells, as the same multiset).
 
 from __future__ import annotations
 
-import io
 import itertools
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from hwlat.profiler.onnx_models import torch_to_onnx
 from hwlat.profiler.opspec import OpSpec, unique
-
-from .cell_sum import CellSum
-from .graph import Net, Tensor
+from hwlat.search.spaces.cell_sum import CellSum
+from hwlat.search.spaces.graph import Net, Tensor
 
 Arch = tuple[int, ...]
-ONNX_OPSET = 17
 
 
 class InvalidArchError(ValueError):
@@ -228,25 +225,8 @@ class SearchSpace:
             return self.build_net(arch).to_torch()
 
     def to_onnx(self, arch: Sequence[int], seed: int = 0):
-        """The network as ONNX (legacy exporter, constant folding, opset 17): BN is folded."""
-        import onnx
-        import torch
-
-        module = self.to_torch(arch, seed)
-        buffer = io.BytesIO()
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
-            torch.onnx.export(
-                module,
-                torch.zeros(self.input_shape(arch)),
-                buffer,
-                dynamo=False,
-                do_constant_folding=True,
-                opset_version=ONNX_OPSET,
-                input_names=["input"],
-                output_names=["output"],
-            )
-        model = onnx.load_from_string(buffer.getvalue())
+        """The network as ONNX (hwlat's one exporter, profiler/onnx_models): batch-norm is folded."""
+        model = torch_to_onnx(self.to_torch(arch, seed), self.input_shape(arch))
         model.doc_string = f"hwlat {self.name} {tuple(int(v) for v in arch)}"
         return model
 

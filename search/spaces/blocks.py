@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .graph import Net, Tensor
+from hwlat.search.spaces.graph import Net, Tensor
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:

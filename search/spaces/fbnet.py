@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .base import Decision, SearchSpace, Slot, ofa_key
-from .blocks import inverted_residual
+from hwlat.search.spaces.base import Decision, SearchSpace, Slot, ofa_key
+from hwlat.search.spaces.blocks import inverted_residual
 
 STEM_CHANNELS = 16
 STAGES = ((16, 1, 1), (24, 4, 2), (32, 4, 2), (64, 4, 2), (112, 4, 1), (184, 4, 2), (352, 1, 1))

@@ -186,7 +186,7 @@ class Net:
     # ----- torch ------------------------------------------------------------
     def to_torch(self):
         """An eval-mode ``nn.Module`` running this net (see search/spaces/torch_layers.py)."""
-        from .torch_layers import GraphModule
+        from hwlat.search.spaces.torch_layers import GraphModule
 
         return GraphModule(self).eval()
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import reduce
 
-from .base import Arch, Decision, InvalidArchError, SearchSpace, Slot, hwc, ofa_key
+from hwlat.search.spaces.base import Arch, Decision, InvalidArchError, SearchSpace, Slot, hwc, ofa_key
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))  # (to, from) in genotype-string order

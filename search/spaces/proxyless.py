@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .base import Decision, SearchSpace, Slot, ofa_key
-from .blocks import inverted_residual
+from hwlat.search.spaces.base import Decision, SearchSpace, Slot, ofa_key
+from hwlat.search.spaces.blocks import inverted_residual
 
 STEM_CHANNELS = 32
 FIRST_BLOCK_CHANNELS = 16

@@ -1,6 +1,6 @@
 """Search strategies behind one ask/tell interface; see base.py for how to add your own."""
 
-from .base import (
+from hwlat.search.strategies.base import (
     STRATEGIES,
     Arch,
     Strategy,
@@ -8,10 +8,10 @@ from .base import (
     get_strategy,
     register_strategy,
 )
-from .evolution import RegularizedEvolution
-from .nsga2 import NSGA2
-from .random_search import RandomSearch
-from .reinforce import Reinforce, RewardError
+from hwlat.search.strategies.evolution import RegularizedEvolution
+from hwlat.search.strategies.nsga2 import NSGA2
+from hwlat.search.strategies.random_search import RandomSearch
+from hwlat.search.strategies.reinforce import Reinforce, RewardError
 
 __all__ = [
     "STRATEGIES",

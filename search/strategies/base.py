@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from ..pareto import violation
+from hwlat.search.pareto import violation
 
 Arch = tuple[int, ...]
 DIRECTIONS = ("minimize", "maximize")

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .base import Arch, Strategy, rank_keys, register_strategy
+from hwlat.search.strategies.base import Arch, Strategy, rank_keys, register_strategy
 
 
 @register_strategy

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..pareto import crowding_distance, non_dominated_sort, violation
-from .base import Arch, Strategy, register_strategy
+from hwlat.search.pareto import crowding_distance, non_dominated_sort, violation
+from hwlat.search.strategies.base import Arch, Strategy, register_strategy
 
 _RETRIES = 5
 

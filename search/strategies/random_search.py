@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .base import Arch, Strategy, register_strategy
+from hwlat.search.strategies.base import Arch, Strategy, register_strategy
 
 
 @register_strategy

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .base import Arch, SpaceLike, Strategy, canonical, register_strategy
+from hwlat.search.strategies.base import Arch, SpaceLike, Strategy, canonical, register_strategy
 
 REWARDS = ("soft", "hard")
 

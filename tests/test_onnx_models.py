@@ -10,7 +10,14 @@ import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
-from hwlat.profiler.onnx_builder import OPSET, build_model, model_path, random_inputs
+from hwlat.profiler.onnx_models import (
+    OPSET,
+    ModelFileError,
+    build_model,
+    load_model,
+    model_path,
+    random_inputs,
+)
 from hwlat.profiler.opspec import OpSpec
 from tests.test_opspec import all_kinds
 
@@ -88,3 +95,32 @@ def test_model_path_is_cached_by_key(tmp_path) -> None:
     again = model_path(spec, tmp_path)
     assert again == first and again.stat().st_mtime_ns == mtime
     onnx.checker.check_model(onnx.load(str(first)))
+
+
+def _bad_model_files(tmp_path):
+    good = tmp_path / "good.onnx"
+    onnx.save(build_model(OpSpec("conv", (1, 8, 8, 8), out_channels=8, kernel=3, padding=1)), good)
+    data = good.read_bytes()
+    files = {
+        "empty": b"",
+        "truncated": data[: len(data) // 2],
+        "text": b"this is not a model\n",
+        "random": np.random.default_rng(0).bytes(300),
+    }
+    paths = {}
+    for name, content in files.items():
+        paths[name] = tmp_path / f"{name}.onnx"
+        paths[name].write_bytes(content)
+    paths["folder"] = tmp_path / "folder.onnx"
+    paths["folder"].mkdir()
+    paths["missing"] = tmp_path / "missing.onnx"
+    return good, paths
+
+
+def test_load_model_names_the_file_for_every_kind_of_bad_file(tmp_path) -> None:
+    good, paths = _bad_model_files(tmp_path)
+    assert load_model(good).graph.node
+    for name, path in paths.items():
+        with pytest.raises(ModelFileError) as info:
+            load_model(path)
+        assert str(path) in str(info.value), name

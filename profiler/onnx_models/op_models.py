@@ -9,19 +9,14 @@ Sigmoid+Mul for swish), so ONNX Runtime fuses it exactly as it would in a model.
 from __future__ import annotations
 
 import hashlib
-import os
-import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .opspec import OpSpec
-
-OPSET = 17
-IR_VERSION = 8
+from hwlat.profiler.onnx_models.files import make_model, save_once
+from hwlat.profiler.opspec import OpSpec
 
 
 def build_model(spec: OpSpec, seed: int = 0) -> onnx.ModelProto:
@@ -49,36 +44,6 @@ def model_path(spec: OpSpec, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{spec.op}-{hashlib.sha256(spec.key.encode()).hexdigest()[:16]}.onnx"
     return save_once(path, lambda: build_model(spec))
-
-
-def make_model(graph: onnx.GraphProto) -> onnx.ModelProto:
-    """A model around ``graph`` with the opset and IR version every hwlat-built model records."""
-    return helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="hwlat", ir_version=IR_VERSION
-    )
-
-
-def save_once(path: Path, build: Callable[[], onnx.ModelProto]) -> Path:
-    """Save ``build()`` at ``path`` unless a file is there already (models are named by what
-    they contain). One temp name per writer: parallel campaigns build the same models at once."""
-    if not path.exists():
-        tmp = path.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")
-        onnx.save(build(), tmp)
-        tmp.replace(path)
-    return path
-
-
-def random_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random float32 feeds for a model's graph inputs (symbolic dims become 1)."""
-    rng = np.random.default_rng(seed)
-    init_names = {i.name for i in model.graph.initializer}
-    feeds = {}
-    for inp in model.graph.input:
-        if inp.name in init_names:
-            continue
-        dims = [d.dim_value if d.dim_value > 0 else 1 for d in inp.type.tensor_type.shape.dim]
-        feeds[inp.name] = rng.standard_normal(dims).astype(np.float32)
-    return feeds
 
 
 def _value_info(name: str, shape: tuple[int, ...]) -> onnx.ValueInfoProto:

@@ -1,0 +1,92 @@
+"""ONNX model files: the one opset hwlat writes, reading and checking files, saving, facts.
+
+Every model hwlat builds or exports records ``OPSET`` and ``IR_VERSION``; every file a user
+hands in is read by ``load_model``, which turns an empty, truncated or non-ONNX file into a
+``ModelFileError`` naming the file instead of a protobuf traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import helper
+
+OPSET = 17
+IR_VERSION = 8
+
+
+class ModelFileError(ValueError):
+    """A path that does not hold a readable ONNX model."""
+
+
+def make_model(graph: onnx.GraphProto) -> onnx.ModelProto:
+    """A model around ``graph`` with the opset and IR version every hwlat-built model records."""
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="hwlat", ir_version=IR_VERSION
+    )
+
+
+def save_once(path: Path, build: Callable[[], onnx.ModelProto]) -> Path:
+    """Save ``build()`` at ``path`` unless a file is there already (models are named by what
+    they contain). One temp name per writer: parallel campaigns build the same models at once."""
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")
+        onnx.save(build(), tmp)
+        tmp.replace(path)
+    return path
+
+
+def load_model(model: onnx.ModelProto | str | Path, load_weights: bool = True) -> onnx.ModelProto:
+    """The model itself, or the file at a path read and checked to be an ONNX graph."""
+    if isinstance(model, onnx.ModelProto):
+        return model
+    path = Path(model)
+    if not path.exists():
+        raise ModelFileError(f"model file {path} does not exist; check the path")
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a folder, not an ONNX model file; pass a .onnx file")
+    if path.stat().st_size == 0:
+        raise ModelFileError(f"model file {path} is empty; export the model again")
+    try:
+        loaded = onnx.load(str(path), load_external_data=load_weights)
+    except (DecodeError, RuntimeWarning, UnicodeDecodeError, ValueError) as exc:
+        raise ModelFileError(
+            f"{path} is not a readable ONNX model ({type(exc).__name__}: {str(exc)[:120]}); "
+            "export it again or pass another file"
+        ) from None
+    except OSError as exc:
+        raise ModelFileError(f"cannot read {path} ({exc.strerror or exc}); check the file") from None
+    if not loaded.graph.node or not loaded.graph.output:
+        raise ModelFileError(f"{path} holds no ONNX graph (no nodes or no outputs); pass an exported model")
+    return loaded
+
+
+def random_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random float32 feeds for a model's graph inputs (symbolic dims become 1)."""
+    rng = np.random.default_rng(seed)
+    init_names = {i.name for i in model.graph.initializer}
+    feeds = {}
+    for inp in model.graph.input:
+        if inp.name in init_names:
+            continue
+        dims = [d.dim_value if d.dim_value > 0 else 1 for d in inp.type.tensor_type.shape.dim]
+        feeds[inp.name] = rng.standard_normal(dims).astype(np.float32)
+    return feeds
+
+
+def model_facts(path: Path) -> dict:
+    """Size on disk, parameter count and node count of a model file."""
+    model = load_model(path, load_weights=False)
+    params = int(sum(np.prod(t.dims) for t in model.graph.initializer))
+    return {
+        "model_path": str(path),
+        "model_bytes": Path(path).stat().st_size,
+        "params": params,
+        "nodes": len(model.graph.node),
+    }
