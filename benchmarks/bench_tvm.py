@@ -292,7 +292,7 @@ def bench_ssh(args, out: Path, protocol: TimingProtocol) -> dict:
     time them in rounds of 5 ops: local, SSH, local again, each pass a new campaign on the
     libraries tuned there, so that all three passes of a round see the same background load;
     local vs local is the noise band the SSH-vs-local difference is judged against."""
-    from hwlat.profiler.tvm_tune import load_tvm
+    from hwlat.profiler.backends.tvm.tune import load_tvm
     from tests.sshd_fixtures import PrivateSshd, sshd_available
 
     if not sshd_available():

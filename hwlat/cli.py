@@ -13,12 +13,12 @@ from hwlat.devices.connection import DeviceError
 from hwlat.devices.device import Device
 from hwlat.devices.inventory import InventoryError, devices_with_label, load_inventory, resolve_device
 from hwlat.profiler.backends import ArtifactError, HostBackend, UnknownBackendError, get_backend
+from hwlat.profiler.backends.tvm import DEFAULT_TUNE_TRIALS
 from hwlat.profiler.campaign import Campaign, CampaignReport
 from hwlat.profiler.opspec import InvalidOpSpecError, OpSpec, read_jsonl
 from hwlat.profiler.progress import ProgressLogHandler
 from hwlat.profiler.protocol import TimingProtocol
 from hwlat.profiler.store import Store, StoreError, default_db_path
-from hwlat.profiler.tvm_backend import DEFAULT_TUNE_TRIALS
 
 USER_ERRORS = (
     InvalidOpSpecError,

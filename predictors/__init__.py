@@ -9,11 +9,11 @@ backend's measured ``FusionRules``. ``ArchLatencyRegressor`` learns latency from
 
 from hwlat.predictors.arch_regressor import ArchLatencyRegressor
 from hwlat.predictors.fusion import FusionRules
-from hwlat.predictors.kernel import Kernel
 from hwlat.predictors.kernel_regressor import KernelRegressor
 from hwlat.predictors.predictor import KernelCost, LatencyPredictor, Prediction, PredictorFormatError
 from hwlat.predictors.splitter import ModelSplitter, SplitResult, UnsupportedOpsError
 from hwlat.predictors.table import LatencyTable, MissingKernelError
+from hwlat.profiler.kernel import Kernel
 
 __all__ = [
     "ArchLatencyRegressor",

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from hwlat.predictors.kernel import Kernel
+from hwlat.profiler.kernel import Kernel
 from hwlat.profiler.opspec import ACTIVATIONS
 
 FAMILIES = {

@@ -1,7 +1,7 @@
 """Fusion rules: which producer -> consumer pairs a backend runs as one kernel, found by measurement.
 
 For each candidate pair the probe measures A, B and A->B as harness kernels
-(predictors/harness.py) and calls the pair *fused* when A->B costs clearly less than A and B
+(profiler/backends/ort/harness.py) and calls the pair *fused* when A->B costs clearly less than A and B
 apart, ``t(A) + t(B) - t(A->B) > FUSED_SAVING * t(B)``, on any probed shape: grouping a pair
 that does not fuse costs no accuracy (the group is measured as a whole), while missing a
 saving adds it to every prediction as error (concat -> shuffle saves 40% at 58 channels, where
@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from hwlat.predictors.kernel import SEPARATOR, InvalidKernelError, Kernel, op_class
+from hwlat.profiler.kernel import SEPARATOR, InvalidKernelError, Kernel, op_class
 from hwlat.profiler.opspec import OpSpec
 
 FUSED_SAVING = 0.5

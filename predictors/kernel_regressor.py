@@ -17,8 +17,8 @@ import numpy as np
 from sklearn.ensemble import HistGradientBoostingRegressor
 
 from hwlat.predictors.features import FEATURES, family, feature_matrix
-from hwlat.predictors.kernel import Kernel
 from hwlat.predictors.trees import TreeEnsemble
+from hwlat.profiler.kernel import Kernel
 
 FORMAT_VERSION = 1
 LINEAR_FEATURES = ("log_flops", "log_bytes", "log_out_elems", "log_in_elems")

@@ -21,7 +21,7 @@ scikit-learn or numpy::
                               "trees": [{"feature", "threshold", "left", "right",
                                          "missing_left", "value"}]}}}} | null}
 
-Kernel keys are OpSpec keys joined by ``|`` (predictors/kernel.py). Trees are evaluated
+Kernel keys are OpSpec keys joined by ``|`` (profiler/kernel.py). Trees are evaluated
 as in predictors/trees.py; a loaded predictor gives bit-identical predictions.
 """
 
@@ -38,11 +38,11 @@ import numpy as np
 import onnx
 
 from hwlat.predictors.fusion import FusionRules
-from hwlat.predictors.kernel import Kernel
 from hwlat.predictors.kernel_regressor import KernelRegressor
 from hwlat.predictors.overhead import OverheadModel
 from hwlat.predictors.splitter import ModelSplitter
 from hwlat.predictors.table import LatencyTable
+from hwlat.profiler.kernel import Kernel
 from hwlat.profiler.onnx_models import is_torch_module, torch_to_onnx
 
 FORMAT = "hwlat-latency-predictor"

@@ -1,6 +1,6 @@
 """KernelProfiler: the measurements predictors are built from, on one device, into the store.
 
-Kernels are timed as harness models (predictors/harness.py) with the agent's
+Kernels are timed as harness models (profiler/backends/ort/harness.py) with the agent's
 ``profile_kernels`` and stored as ``kind="kernel"`` rows keyed by the kernel key; whole
 networks are timed end to end as ``kind="model"`` rows (Campaign.measure_model). Only clean
 rows (not flagged disturbed) are read back, so a re-run re-measures what noise spoiled.
@@ -22,10 +22,10 @@ from pathlib import Path
 
 from hwlat.devices.device import Device
 from hwlat.predictors.fusion import FusionProbe, FusionRules, decide, default_probes, probe_kernels
-from hwlat.predictors.harness import HarnessBackend, ProbeModel, relu_chain
-from hwlat.predictors.kernel import Kernel
 from hwlat.profiler.backends import cache_dir
+from hwlat.profiler.backends.ort.harness import HarnessBackend, ProbeModel, relu_chain
 from hwlat.profiler.campaign import Campaign, CampaignReport, model_key
+from hwlat.profiler.kernel import Kernel
 from hwlat.profiler.measurement import Measurement
 from hwlat.profiler.protocol import TimingProtocol
 from hwlat.profiler.store import Store

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hwlat.predictors.fusion import FusionRules
-from hwlat.predictors.kernel import Kernel
+from hwlat.profiler.kernel import Kernel
 from hwlat.profiler.opspec import InvalidOpSpecError, OpSpec
 
 MAX_FLOPS = 2e9  # keeps one measurement under a few hundred ms on a small CPU

@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 
 from hwlat.predictors.fusion import FusionRules
-from hwlat.predictors.kernel import InvalidKernelError, Kernel, op_class
+from hwlat.profiler.kernel import InvalidKernelError, Kernel, op_class
 from hwlat.profiler.onnx_models import load_model
 from hwlat.profiler.onnx_models.graph import (
     ACTIVATION_OPS,

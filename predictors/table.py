@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hwlat.predictors.kernel import Kernel
 from hwlat.predictors.kernel_regressor import KernelRegressor
 from hwlat.predictors.overhead import COMPUTE_OPS, OverheadModel
+from hwlat.profiler.kernel import Kernel
 
 
 class MissingKernelError(KeyError):

@@ -27,7 +27,6 @@ import numpy as np
 from hwlat.devices.device import Device
 from hwlat.predictors import zoo
 from hwlat.predictors.fusion import FusionRules, decide, default_probes, probe_kernels
-from hwlat.predictors.kernel import InvalidKernelError, Kernel
 from hwlat.predictors.kernel_regressor import KernelRegressor
 from hwlat.predictors.metrics import accuracy
 from hwlat.predictors.predictor import LatencyPredictor
@@ -36,6 +35,7 @@ from hwlat.predictors.sampling import KernelSampler
 from hwlat.predictors.splitter import ModelSplitter
 from hwlat.predictors.table import LatencyTable
 from hwlat.profiler.backends import cache_dir
+from hwlat.profiler.kernel import InvalidKernelError, Kernel
 from hwlat.profiler.protocol import TimingProtocol
 from hwlat.profiler.store import Store
 

@@ -124,7 +124,7 @@ class OrtRunner:
 
 
 class TvmRunner:
-    """Runs a library built by profiler/tvm_backend.py with TVM's Relax VM on the CPU.
+    """Runs a library built by profiler/backends/tvm/backend.py with TVM's Relax VM on the CPU.
 
     The library's ``hwlat_example_inputs()`` gives the inputs' shapes and dtypes. The random
     inputs are bound once with ``save_function``, so a call is the VM running ``main``, as a
@@ -428,6 +428,8 @@ def _interquartile_mean(values):
     return statistics.fmean(ordered[cut : len(ordered) - cut] or ordered)
 
 
+# The contract with the harness models (profiler/backends/ort/harness.py, which imports it):
+# nodes whose names start with this are the harness around a kernel, not the kernel.
 HARNESS_PREFIX = "hwlat_ctx"
 _REORDERS = ("ReorderInput", "ReorderOutput")
 

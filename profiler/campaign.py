@@ -42,7 +42,8 @@ from hwlat.profiler.store import Store
 log = logging.getLogger(__name__)
 
 # What the agent is asked for each kind of row: "op" times the artifact end to end; "kernel"
-# (ONNX Runtime only) profiles it and keeps the kernel time of the unit it holds (predictors/harness.py).
+# (ONNX Runtime only) profiles it and keeps the kernel time of the unit it holds
+# (profiler/backends/ort/harness.py).
 AGENT_COMMANDS = {"op": "measure", "kernel": "profile_kernels"}
 
 # The fixed op re-timed around every measurement to detect a disturbed machine.

@@ -31,10 +31,16 @@ from hwlat.predictors import (
     zoo,
 )
 from hwlat.predictors.fusion import decide, default_probes
-from hwlat.predictors.harness import HARNESS_PREFIX, HarnessBackend, ProbeModel, build_harness, relu_chain
 from hwlat.predictors.overhead import OverheadModel
 from hwlat.predictors.profiling import KernelProfiler
 from hwlat.predictors.sampling import KernelSampler
+from hwlat.profiler.backends.ort.harness import (
+    HARNESS_PREFIX,
+    HarnessBackend,
+    ProbeModel,
+    build_harness,
+    relu_chain,
+)
 from hwlat.profiler.opspec import OpSpec
 from hwlat.profiler.store import Store
 
@@ -133,6 +139,34 @@ def test_splitter_names_unknown_ops():
 
 
 # ----- harness and kernel profiling (real ORT, real SQLite) -----------------------------------
+def test_harness_and_agent_share_one_prefix_constant() -> None:
+    """The contract between harness models and the agent: a value both sides read from one place."""
+    from hwlat.profiler import agent
+    from hwlat.profiler.backends.ort import harness
+
+    assert harness.HARNESS_PREFIX is agent.HARNESS_PREFIX == "hwlat_ctx"
+    events = [
+        {"name": "model_run", "ts": 0, "dur": 100},
+        {
+            "cat": "Node",
+            "name": "hwlat_ctx_pre0_kernel_time",
+            "ts": 1,
+            "dur": 10,
+            "args": {"op_name": "Conv"},
+        },
+        {"cat": "Node", "name": "u0_Conv_0_kernel_time", "ts": 20, "dur": 30, "args": {"op_name": "Conv"}},
+        {
+            "cat": "Node",
+            "name": "hwlat_ctx_post0_kernel_time",
+            "ts": 60,
+            "dur": 10,
+            "args": {"op_name": "Conv"},
+        },
+    ]
+    unit_ms, _, nodes = agent.unit_kernel_times(events, [], [])
+    assert unit_ms == [0.03] and [n["name"] for n in nodes] == ["u0_Conv_0"]
+
+
 def test_harness_and_profile_kernels(tmp_path, quick_protocol):
     x, y = (1, 32, 14, 14), (1, 116, 14, 14)
     kernels = [

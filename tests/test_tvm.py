@@ -21,14 +21,14 @@ import pytest
 
 from hwlat import cli as hwlat_cli
 from hwlat.devices.device import Device, local_device
+from hwlat.profiler.backends.tvm.backend import TvmBackend, TvmUntunedBackend
+from hwlat.profiler.backends.tvm.target import TvmTargetError, cross_compiler, device_target, parse_target
+from hwlat.profiler.backends.tvm.tune import load_tvm
 from hwlat.profiler.campaign import Campaign
 from hwlat.profiler.onnx_models import build_model, random_inputs
 from hwlat.profiler.opspec import OpSpec
 from hwlat.profiler.protocol import TimingProtocol
 from hwlat.profiler.store import Store
-from hwlat.profiler.tvm_backend import TvmBackend, TvmUntunedBackend
-from hwlat.profiler.tvm_target import TvmTargetError, cross_compiler, device_target, parse_target
-from hwlat.profiler.tvm_tune import load_tvm
 
 TRIALS = 2
 # Its element count overflows int64: TVM refuses to compile it (ONNX Runtime cannot run it either).

@@ -1,16 +1,17 @@
 """Host-side backends: what the agent runs for an op, and how it is configured.
 
-The agent times an *artifact*: for ONNX Runtime the op's ONNX file; for TVM a
-library compiled for the device's target (profiler/tvm_backend.py).
+The agent times an *artifact*: for ONNX Runtime the op's ONNX file (backends/ort); for TVM a
+library compiled for the device's target (backends/tvm). Each backend registers itself under
+its name; ``get_backend`` imports it on first use.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
 from hwlat.devices.device import Device
-from hwlat.profiler.onnx_models import model_path
 from hwlat.profiler.opspec import OpSpec
 
 CACHE_ENV = "HWLAT_CACHE"
@@ -58,18 +59,13 @@ class HostBackend:
         """Release host-side resources (compiler workers)."""
 
 
-class OrtBackend(HostBackend):
-    name = "ort"
-    version_key = "onnxruntime"
-
-    def artifact(self, spec: OpSpec) -> Path:
-        return model_path(spec, cache_dir() / "models")
-
-    def model_artifact(self, onnx_path: Path) -> Path:
-        return Path(onnx_path)
-
-
-BACKENDS: dict[str, type[HostBackend]] = {"ort": OrtBackend}
+# Where each backend lives: its module registers it when imported (TVM is imported only when asked for).
+BACKEND_MODULES = {
+    "ort": "hwlat.profiler.backends.ort",
+    "tvm": "hwlat.profiler.backends.tvm",
+    "tvm-untuned": "hwlat.profiler.backends.tvm",
+}
+BACKENDS: dict[str, type[HostBackend]] = {}
 
 
 def register_backend(cls: type[HostBackend]) -> type[HostBackend]:
@@ -79,10 +75,9 @@ def register_backend(cls: type[HostBackend]) -> type[HostBackend]:
 
 def get_backend(name: str, device: Device, **options) -> HostBackend:
     """The backend ``name`` for ``device``; ``options`` go to its constructor (e.g. tune_trials)."""
-    if name == "tvm" or name.startswith("tvm-"):
-        from hwlat.profiler import tvm_backend  # noqa: F401  (registers the TVM backends; imports TVM lazily)
-    if name not in BACKENDS:
-        raise UnknownBackendError(f"unknown backend {name!r}; use one of {', '.join(sorted(BACKENDS))}")
+    if name not in BACKEND_MODULES:
+        raise UnknownBackendError(f"unknown backend {name!r}; use one of {', '.join(BACKEND_MODULES)}")
+    importlib.import_module(BACKEND_MODULES[name])
     if device.backends and name.split("-")[0] not in device.backends:
         raise UnknownBackendError(
             f"device {device.name!r} does not list backend {name!r} "

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from hwlat.profiler.tvm_target import tvm_target
+from hwlat.profiler.backends.tvm.target import tvm_target
 
 # How each candidate is timed while tuning (per candidate: >= repeat * min_repeat_ms).
 TUNE_NUMBER, TUNE_REPEAT, TUNE_MIN_REPEAT_MS = 1, 3, 10

@@ -16,7 +16,7 @@ from contextlib import ExitStack, contextmanager
 
 from hwlat.devices.connection import ConnectionLost, DeviceError, RuntimeMissing, connect
 from hwlat.devices.device import Device
-from hwlat.profiler.tvm_tune import RUNNER_TIMEOUT_S, evaluator_config
+from hwlat.profiler.backends.tvm.tune import RUNNER_TIMEOUT_S, evaluator_config
 
 SERVER_START_TIMEOUT_S = 120.0
 SERVER_STOP_TIMEOUT_S = 10.0

@@ -27,12 +27,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from hwlat.predictors.kernel import Kernel
-from hwlat.profiler.backends import OrtBackend, cache_dir
+from hwlat.profiler.agent import HARNESS_PREFIX
+from hwlat.profiler.backends.base import cache_dir
+from hwlat.profiler.backends.ort.backend import OrtBackend
+from hwlat.profiler.kernel import Kernel
 from hwlat.profiler.onnx_models import build_model, make_model, save_once
 from hwlat.profiler.opspec import OpSpec
 
-HARNESS_PREFIX = "hwlat_ctx"  # must match profiler/agent.py
 MIN_PRODUCED_CHANNELS = 8
 HARNESS_VERSION = 2  # part of the cached file's name: a changed harness is rebuilt, not reused
 

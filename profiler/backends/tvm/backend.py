@@ -36,12 +36,12 @@ import onnx
 
 from hwlat.devices.connection import DeviceError
 from hwlat.devices.device import Device
-from hwlat.profiler.backends import ArtifactError, HostBackend, cache_dir, register_backend
+from hwlat.profiler.backends.base import ArtifactError, HostBackend, cache_dir, register_backend
+from hwlat.profiler.backends.tvm.target import cross_compiler, device_target, target_id, tvm_target
+from hwlat.profiler.backends.tvm.tune import Tuner, TuningError, load_tvm, local_runner
 from hwlat.profiler.onnx_models import build_model, load_model
 from hwlat.profiler.opspec import OpSpec
 from hwlat.profiler.progress import Progress
-from hwlat.profiler.tvm_target import cross_compiler, device_target, target_id, tvm_target
-from hwlat.profiler.tvm_tune import Tuner, TuningError, load_tvm, local_runner
 
 DEFAULT_TUNE_TRIALS = 64
 INPUTS_FUNCTION = "hwlat_example_inputs"  # the agent calls it by this name
@@ -207,7 +207,7 @@ class TvmBackend(HostBackend):
                 )
             yield self._local_tuner
             return
-        from hwlat.profiler.tvm_rpc import device_rpc_runner
+        from hwlat.profiler.backends.tvm.rpc import device_rpc_runner
 
         with ExitStack() as stack:
             make_runner = partial(stack.enter_context, device_rpc_runner(self.device))
