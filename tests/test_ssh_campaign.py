@@ -186,8 +186,16 @@ def test_ctrl_c_keeps_what_was_measured_and_stops_the_remote_agent(sshd_a, tmp_p
         "--no-progress",
     ]
     env = {**os.environ, "SSH_AUTH_SOCK": ""}
+    # A shell's background job starts with SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt: give the child the default disposition whatever ran the tests.
     proc = subprocess.Popen(
-        argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        argv,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert wait_until(lambda: _count(db) >= 2)
     assert agents_on(sshd_a)
