@@ -207,7 +207,7 @@ def profiler_vs_ours(store: Store, name: str) -> list[tuple]:
 
 
 def measure_vs_plain_loop(tmpdir: Path) -> list[tuple]:
-    from hwlat.predictors.zoo import build, export_onnx
+    from hwlat.zoo import build, export_onnx
 
     rows = []
     for name in ("mobilenet_v2", "resnet18", "shufflenet_v2"):

@@ -31,11 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
+from hwlat import zoo
 from hwlat.devices.device import local_device
-from hwlat.predictors import ArchLatencyRegressor, KernelRegressor, LatencyPredictor, LatencyTable, zoo
-from hwlat.predictors.metrics import accuracy, plot
-from hwlat.predictors.profiling import KernelProfiler, device_seconds
-from hwlat.predictors.training import (
+from hwlat.predictors import ArchLatencyRegressor, KernelRegressor, LatencyPredictor, LatencyTable
+from hwlat.predictors.building.profiling import KernelProfiler, device_seconds
+from hwlat.predictors.building.training import (
     TrainingConfig,
     fit_overhead,
     measured_kernels,
@@ -44,6 +44,7 @@ from hwlat.predictors.training import (
     space_networks,
     train_predictor,
 )
+from hwlat.predictors.metrics import accuracy, plot
 from hwlat.profiler.protocol import TimingProtocol
 from hwlat.profiler.store import Store
 

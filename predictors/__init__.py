@@ -7,12 +7,12 @@ backend's measured ``FusionRules``. ``ArchLatencyRegressor`` learns latency from
 (architecture, latency) pairs instead. Heavy dependencies (torch) load only when used.
 """
 
-from hwlat.predictors.arch_regressor import ArchLatencyRegressor
-from hwlat.predictors.fusion import FusionRules
-from hwlat.predictors.kernel_regressor import KernelRegressor
+from hwlat.predictors.kernels.fusion import FusionRules
+from hwlat.predictors.kernels.splitter import ModelSplitter, SplitResult, UnsupportedOpsError
+from hwlat.predictors.models.arch_regressor import ArchLatencyRegressor
+from hwlat.predictors.models.kernel_regressor import KernelRegressor
+from hwlat.predictors.models.table import LatencyTable, MissingKernelError
 from hwlat.predictors.predictor import KernelCost, LatencyPredictor, Prediction, PredictorFormatError
-from hwlat.predictors.splitter import ModelSplitter, SplitResult, UnsupportedOpsError
-from hwlat.predictors.table import LatencyTable, MissingKernelError
 from hwlat.profiler.kernel import Kernel
 
 __all__ = [

@@ -22,7 +22,7 @@ scikit-learn or numpy::
                                          "missing_left", "value"}]}}}} | null}
 
 Kernel keys are OpSpec keys joined by ``|`` (profiler/kernel.py). Trees are evaluated
-as in predictors/trees.py; a loaded predictor gives bit-identical predictions.
+as in predictors/models/trees.py; a loaded predictor gives bit-identical predictions.
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ from typing import Any
 import numpy as np
 import onnx
 
-from hwlat.predictors.fusion import FusionRules
-from hwlat.predictors.kernel_regressor import KernelRegressor
-from hwlat.predictors.overhead import OverheadModel
-from hwlat.predictors.splitter import ModelSplitter
-from hwlat.predictors.table import LatencyTable
+from hwlat.predictors.kernels.fusion import FusionRules
+from hwlat.predictors.kernels.splitter import ModelSplitter
+from hwlat.predictors.models.kernel_regressor import KernelRegressor
+from hwlat.predictors.models.overhead import OverheadModel
+from hwlat.predictors.models.table import LatencyTable
 from hwlat.profiler.kernel import Kernel
 from hwlat.profiler.onnx_models import is_torch_module, torch_to_onnx
 

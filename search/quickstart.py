@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from hwlat.devices.device import Device
-from hwlat.predictors.training import TrainingConfig, train_predictor
+from hwlat.predictors.building.training import TrainingConfig, train_predictor
 from hwlat.profiler.protocol import TimingProtocol
 from hwlat.profiler.store import Store
 from hwlat.search.objectives import LatencyObjective

@@ -17,6 +17,7 @@ from onnx import TensorProto, helper
 from sklearn.model_selection import cross_val_score
 
 from hwlat import cli as hwlat_cli
+from hwlat import zoo
 from hwlat.devices.device import local_device
 from hwlat.predictors import (
     ArchLatencyRegressor,
@@ -28,12 +29,11 @@ from hwlat.predictors import (
     MissingKernelError,
     ModelSplitter,
     UnsupportedOpsError,
-    zoo,
 )
-from hwlat.predictors.fusion import decide, default_probes
-from hwlat.predictors.overhead import OverheadModel
-from hwlat.predictors.profiling import KernelProfiler
-from hwlat.predictors.sampling import KernelSampler
+from hwlat.predictors.building.profiling import KernelProfiler
+from hwlat.predictors.building.sampling import KernelSampler
+from hwlat.predictors.kernels.fusion import decide, default_probes
+from hwlat.predictors.models.overhead import OverheadModel
 from hwlat.profiler.backends.ort.harness import (
     HARNESS_PREFIX,
     HarnessBackend,

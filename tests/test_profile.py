@@ -212,7 +212,7 @@ def test_disturbed_measurements_are_flagged_and_remeasured(tmp_path) -> None:
 
 
 def test_measure_reports_latency_size_and_memory(tmp_path) -> None:
-    from hwlat.predictors.zoo import build, export_onnx
+    from hwlat.zoo import build, export_onnx
 
     path = export_onnx(build("mobilenet_v2_0.5"), tmp_path / "mbv2.onnx", resolution=96)
     out = json.loads(

@@ -442,7 +442,7 @@ def test_verify_measures_winners_on_the_device_and_flags_budget_misses(tmp_path,
 def predictor_file(tmp_path_factory):
     """A LatencyPredictor whose kernel regressor learnt a made-up compute+memory latency."""
     from hwlat.predictors import FusionRules, KernelRegressor, LatencyPredictor, LatencyTable
-    from hwlat.predictors.sampling import KernelSampler
+    from hwlat.predictors.building.sampling import KernelSampler
 
     rules = FusionRules(
         "ort",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hwlat.cli import main
-from hwlat.predictors.lut_format import (
+from hwlat.predictors.formats.lut_files import (
     TableEntry,
     TableFormatError,
     format_ofa_yaml,
@@ -17,7 +17,7 @@ from hwlat.predictors.lut_format import (
     read_table,
     write_table,
 )
-from hwlat.predictors.lut_store import import_table, table_from_store
+from hwlat.predictors.formats.lut_store import import_table, table_from_store
 from hwlat.profiler.measurement import Measurement
 from hwlat.profiler.store import Store
 from hwlat.search.spaces import get_space

@@ -12,7 +12,7 @@ Three passes:
      Squeeze, Unsqueeze and Softmax are *glue* nodes (executed, but no compute: they cost
      the per-node overhead); Identity and Dropout vanish.
   3. *Group ops into kernels* with the backend's measured fusion rules
-     (predictors/fusion.py), and squeeze-and-excitation blocks (globalavgpool -> conv ->
+     (predictors/kernels/fusion.py), and squeeze-and-excitation blocks (globalavgpool -> conv ->
      conv -> mul of the pooled tensor) into one kernel.
 
 Ops it does not know are listed by type and node name in ``UnsupportedOpsError`` (or in
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from hwlat.predictors.fusion import FusionRules
+from hwlat.predictors.kernels.fusion import FusionRules
 from hwlat.profiler.kernel import InvalidKernelError, Kernel, op_class
 from hwlat.profiler.onnx_models import load_model
 from hwlat.profiler.onnx_models.graph import (

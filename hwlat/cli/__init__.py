@@ -482,7 +482,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _add_table_parser(sub: argparse._SubParsersAction) -> None:
-    from hwlat.predictors.lut_format import FORMATS
+    from hwlat.predictors.formats.lut_files import FORMATS
 
     p = sub.add_parser("table", help="export a search space's latency lookup table, or import one")
     tsub = p.add_subparsers(dest="table_command", required=True)
@@ -516,8 +516,8 @@ def _add_table_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_table_export(args: argparse.Namespace) -> int:
-    from hwlat.predictors.lut_format import write_table
-    from hwlat.predictors.lut_store import table_from_store
+    from hwlat.predictors.formats.lut_files import write_table
+    from hwlat.predictors.formats.lut_store import table_from_store
 
     space = _space(args.space, args.resolution)
     with Store(args.db) as store:
@@ -547,8 +547,8 @@ def cmd_table_export(args: argparse.Namespace) -> int:
 
 
 def cmd_table_import(args: argparse.Namespace) -> int:
-    from hwlat.predictors.lut_format import read_table
-    from hwlat.predictors.lut_store import import_table
+    from hwlat.predictors.formats.lut_files import read_table
+    from hwlat.predictors.formats.lut_store import import_table
 
     entries = read_table(args.file, args.format)
     with Store(args.db) as store:
@@ -654,7 +654,7 @@ def _add_predictor_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from hwlat.predictors.training import NotEnoughDataError, TrainingConfig, train_predictor
+    from hwlat.predictors.building.training import NotEnoughDataError, TrainingConfig, train_predictor
 
     device = resolve_device(args.device, args.inventory)
     space = None
@@ -727,8 +727,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from hwlat.predictors import LatencyPredictor
+    from hwlat.predictors.building.profiling import KernelProfiler
     from hwlat.predictors.metrics import accuracy, plot
-    from hwlat.predictors.profiling import KernelProfiler
 
     predictor = LatencyPredictor.load(args.predictor)
     paths = sorted(args.models.glob("*.onnx"))
@@ -771,8 +771,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_profile_adaptive(args: argparse.Namespace) -> int:
-    from hwlat.predictors.profiling import KernelProfiler
-    from hwlat.predictors.training import NotEnoughDataError, adaptive_profile, fusion_rules
+    from hwlat.predictors.building.profiling import KernelProfiler
+    from hwlat.predictors.building.training import NotEnoughDataError, adaptive_profile, fusion_rules
 
     devices = _devices(args)
     if len(devices) != 1:

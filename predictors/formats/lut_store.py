@@ -19,7 +19,7 @@ import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from hwlat.predictors.lut_format import TableEntry
+from hwlat.predictors.formats.lut_files import TableEntry
 from hwlat.profiler.measurement import Measurement
 from hwlat.profiler.store import Store
 

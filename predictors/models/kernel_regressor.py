@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingRegressor
 
-from hwlat.predictors.features import FEATURES, family, feature_matrix
-from hwlat.predictors.trees import TreeEnsemble
+from hwlat.predictors.models.features import FEATURES, family, feature_matrix
+from hwlat.predictors.models.trees import TreeEnsemble
 from hwlat.profiler.kernel import Kernel
 
 FORMAT_VERSION = 1

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hwlat.predictors.fusion import FusionRules
+from hwlat.predictors.kernels.fusion import FusionRules
 from hwlat.profiler.kernel import Kernel
 from hwlat.profiler.opspec import InvalidOpSpecError, OpSpec
 

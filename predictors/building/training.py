@@ -1,10 +1,10 @@
 """Building a predictor for one device: what to measure, in which order, and the fits.
 
 ``train_predictor``:
-  1. probe which op pairs the backend fuses (predictors/fusion.py);
+  1. probe which op pairs the backend fuses (predictors/kernels/fusion.py);
   2. measure kernels in context: the cells of a search space (for a table) and a training
      set for the kernel regressor (random kernel configurations and the kernels of random
-     networks built from published CNN blocks, predictors/zoo.py);
+     networks built from published CNN blocks, hwlat/zoo/published.py);
   3. fit the KernelRegressor on every clean kernel row of the device;
   4. measure a few calibration networks end to end (random architectures of the space, or
      random networks) and fit the overhead model.
@@ -24,16 +24,16 @@ from typing import Any
 
 import numpy as np
 
+from hwlat import zoo
 from hwlat.devices.device import Device
-from hwlat.predictors import zoo
-from hwlat.predictors.fusion import FusionRules, decide, default_probes, probe_kernels
-from hwlat.predictors.kernel_regressor import KernelRegressor
+from hwlat.predictors.building.profiling import KernelProfiler, device_seconds
+from hwlat.predictors.building.sampling import KernelSampler
+from hwlat.predictors.kernels.fusion import FusionRules, decide, default_probes, probe_kernels
+from hwlat.predictors.kernels.splitter import ModelSplitter
 from hwlat.predictors.metrics import accuracy
+from hwlat.predictors.models.kernel_regressor import KernelRegressor
+from hwlat.predictors.models.table import LatencyTable
 from hwlat.predictors.predictor import LatencyPredictor
-from hwlat.predictors.profiling import KernelProfiler, device_seconds
-from hwlat.predictors.sampling import KernelSampler
-from hwlat.predictors.splitter import ModelSplitter
-from hwlat.predictors.table import LatencyTable
 from hwlat.profiler.backends import cache_dir
 from hwlat.profiler.kernel import InvalidKernelError, Kernel
 from hwlat.profiler.protocol import TimingProtocol
@@ -76,7 +76,7 @@ def fusion_rules(profiler: KernelProfiler, passes: int = 3, log: Log = print) ->
 
 
 def random_networks(count: int, start: int = 0) -> list[Path]:
-    """Random networks (predictors/zoo.py) exported once into the cache."""
+    """Random networks (hwlat/zoo/published.py) exported once into the cache."""
     directory = cache_dir() / "networks"
     directory.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hwlat.predictors.kernel_regressor import KernelRegressor
-from hwlat.predictors.overhead import COMPUTE_OPS, OverheadModel
+from hwlat.predictors.models.kernel_regressor import KernelRegressor
+from hwlat.predictors.models.overhead import COMPUTE_OPS, OverheadModel
 from hwlat.profiler.kernel import Kernel
 
 

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from hwlat.devices.device import Device
-from hwlat.predictors.fusion import FusionProbe, FusionRules, decide, default_probes, probe_kernels
+from hwlat.predictors.kernels.fusion import FusionProbe, FusionRules, decide, default_probes, probe_kernels
 from hwlat.profiler.backends import cache_dir
 from hwlat.profiler.backends.ort.harness import HarnessBackend, ProbeModel, relu_chain
 from hwlat.profiler.campaign import Campaign, CampaignReport, model_key
