@@ -1,0 +1,111 @@
+"""Options shared by several commands, each written once: store, inventory, devices, backend,
+timing protocol, output path. Commands call ``add_*`` on their parser and the matching
+reader on the parsed arguments."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from hwlat.devices.device import Device
+from hwlat.devices.inventory import devices_with_label, resolve_device
+from hwlat.profiler.backends import HostBackend, get_backend
+from hwlat.profiler.backends.tvm import DEFAULT_TUNE_TRIALS
+from hwlat.profiler.protocol import TimingProtocol
+from hwlat.profiler.store import default_db_path
+
+
+def add_db(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument("--db", type=Path, help=f"measurement database (default $HWLAT_DB or {default_db_path()})")
+
+
+def add_inventory(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument(
+        "--inventory", type=Path, help="device inventory (default $HWLAT_INVENTORY or ./devices.toml)"
+    )
+
+
+def add_out(
+    p: argparse.ArgumentParser, help: str, required: bool = True, default: Path | None = None
+) -> None:
+    """``-o/--out`` for every command that writes a file or folder (``--output`` is an alias)."""
+    p.add_argument(
+        "-o", "--out", "--output", dest="out", type=Path, required=required, default=default, help=help
+    )
+
+
+def add_device(p: argparse.ArgumentParser, many: bool = False, help: str | None = None) -> None:
+    if many:
+        p.add_argument("--device", action="append", help=help or "device name (repeatable; default local)")
+        p.add_argument("--label", help="every device carrying this inventory label")
+    else:
+        p.add_argument("--device", default="local", help=help or "device name (default local)")
+    add_inventory(p)
+
+
+def add_backend(
+    p: argparse.ArgumentParser | argparse._ArgumentGroup,
+    tune_trials: bool = True,
+    default: str | None = "ort",
+) -> None:
+    p.add_argument(
+        "--backend",
+        default=default,
+        help="ort (ONNX Runtime), tvm (TVM, tuned) or tvm-untuned"
+        + (f" (default {default})" if default else ""),
+    )
+    if tune_trials:
+        p.add_argument(
+            "--tune-trials",
+            type=int,
+            metavar="N",
+            help="with --backend tvm: MetaSchedule candidates per kernel, timed on the device "
+            f"(default {DEFAULT_TUNE_TRIALS})",
+        )
+
+
+def add_protocol(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("timing protocol")
+    g.add_argument("--repeat", type=int, help="repeats per op (default 9)")
+    g.add_argument("--min-repeat-ms", type=float, help="minimum length of one repeat (default 20)")
+    g.add_argument("--cooldown-ms", type=float, help="pause after each op (default 0)")
+    g.add_argument("--quick", action="store_true", help="a short, less precise protocol for smoke runs")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def protocol(args: argparse.Namespace) -> TimingProtocol:
+    base = TimingProtocol.quick() if args.quick else TimingProtocol()
+    overrides = {
+        k: v
+        for k, v in (
+            ("repeat", args.repeat),
+            ("min_repeat_ms", args.min_repeat_ms),
+            ("cooldown_ms", args.cooldown_ms),
+        )
+        if v is not None
+    }
+    return TimingProtocol(**{**base.to_dict(), **overrides})
+
+
+def backend(args: argparse.Namespace, device: Device) -> HostBackend:
+    options = {"tune_trials": args.tune_trials} if getattr(args, "tune_trials", None) is not None else {}
+    if options and args.backend != "tvm":
+        raise ValueError(f"--tune-trials applies to --backend tvm, not {args.backend!r}")
+    return get_backend(args.backend, device, **options)
+
+
+def devices(args: argparse.Namespace) -> list[Device]:
+    """The devices named by ``--device`` (repeatable) and ``--label``; ``local`` if neither."""
+    if args.label:
+        found = devices_with_label(args.label, args.inventory)
+        return found + [
+            resolve_device(n, args.inventory) for n in args.device or [] if n not in {d.name for d in found}
+        ]
+    return [resolve_device(n, args.inventory) for n in dict.fromkeys(args.device or ["local"])]
+
+
+def space(name: str, resolutions: list[int] | None = None):
+    """The search space, built for the given input resolutions (default: the space's own set)."""
+    from hwlat.search.spaces import get_space
+
+    return get_space(name, resolutions=tuple(resolutions)) if resolutions else get_space(name)

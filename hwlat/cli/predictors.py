@@ -1,0 +1,214 @@
+"""``hwlat train``, ``hwlat predict`` and ``hwlat validate``: build, use and check a latency predictor."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from hwlat.cli import options
+from hwlat.devices.inventory import resolve_device
+from hwlat.profiler.protocol import TimingProtocol
+from hwlat.profiler.store import Store
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="profile kernels in context and build a latency predictor",
+        description="Probe fusions, measure kernels (a space's cells and a training "
+        "set for the kernel regressor), calibrate on networks measured end to end, and "
+        "save the predictor (JSON). Re-running resumes from the store.",
+    )
+    options.add_device(p)
+    p.add_argument("--backend", default="ort", help="ort (default; kernels are read from its profiler)")
+    p.add_argument("--space", help="search space whose cells go into the table exactly")
+    p.add_argument(
+        "--kind",
+        choices=("lut", "gbdt"),
+        default="lut",
+        help="lut: measured kernels looked up, regressor for the rest (default); "
+        "gbdt: the kernel regressor predicts every kernel",
+    )
+    options.add_out(p, "predictor file to write")
+    p.add_argument(
+        "--sampled-kernels",
+        type=int,
+        default=600,
+        help="random kernel configurations measured for the regressor (default 600)",
+    )
+    p.add_argument(
+        "--random-networks",
+        type=int,
+        default=30,
+        help="random networks whose kernels are measured for the regressor (default 30)",
+    )
+    p.add_argument(
+        "--calibration-networks",
+        type=int,
+        default=16,
+        help="networks measured end to end to fit the overhead (default 16)",
+    )
+    p.add_argument(
+        "--passes", type=int, default=3, help="re-measure disturbed rows up to N times (default 3)"
+    )
+    options.add_db(p)
+    options.add_protocol(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "predict",
+        help="predict the latency of an ONNX model with a trained predictor",
+        description="Split the model into the kernels the runtime runs and sum their predicted cost.",
+    )
+    p.add_argument("model", type=Path, help="the .onnx file")
+    p.add_argument("--predictor", type=Path, required=True, help="predictor file (hwlat train -o)")
+    p.add_argument(
+        "--lenient",
+        action="store_true",
+        help="leave ops the splitter does not know out (listed as warnings) instead of failing",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object (latency_ms, kernels, ...)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "validate",
+        help="measure ONNX models end to end and compare with a predictor",
+        description="Measure every model of a folder on the device and report the predictor's "
+        "accuracy (RMSE, RMSPE, share within 5%%/10%%, Spearman) with a plot.",
+    )
+    p.add_argument("--predictor", type=Path, required=True, help="predictor file (hwlat train -o)")
+    p.add_argument("--models", type=Path, required=True, help="folder of .onnx files")
+    p.add_argument("--device", help="device to measure on (default: the predictor's device)")
+    p.add_argument("--backend", help="backend (default: the predictor's backend)")
+    p.add_argument(
+        "--plot",
+        type=Path,
+        default=Path("hwlat-validate.png"),
+        help="predicted-vs-measured PNG (default hwlat-validate.png)",
+    )
+    p.add_argument("--force", action="store_true", help="re-measure models already in the store")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="measure each model N times, minutes apart, and keep the fastest clean time "
+        "(contention only adds time; default 3)",
+    )
+    p.add_argument(
+        "--include-disturbed",
+        action="store_true",
+        help="count measurements flagged as disturbed (default: listed, left out)",
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    options.add_inventory(p)
+    options.add_db(p)
+    options.add_protocol(p)
+    p.set_defaults(func=cmd_validate)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from hwlat.predictors.building import NotEnoughDataError, TrainingConfig, train_predictor
+
+    device = resolve_device(args.device, args.inventory)
+    space = options.space(args.space) if args.space else None
+    config = TrainingConfig(
+        kind=args.kind,
+        sampled_kernels=args.sampled_kernels,
+        random_networks=args.random_networks,
+        calibration_networks=args.calibration_networks,
+        passes=args.passes,
+        kernel_protocol=TimingProtocol.quick() if args.quick else None,
+        model_protocol=options.protocol(args),
+    )
+    with Store(args.db) as store:
+        try:
+            predictor = train_predictor(device, store, config, space, args.backend)
+        except NotEnoughDataError as exc:
+            print(f"hwlat: error: {exc}", file=sys.stderr)
+            return 1
+    predictor.save(args.out)
+    t = predictor.meta["training"]
+    print(
+        f"wrote {args.out}: {predictor.kind} predictor for {device.name}/{args.backend}, "
+        f"{len(predictor.table)} table entries, regressor on {t['kernels']} kernels, overhead fitted on "
+        f"{predictor.table.overhead.fitted_on} networks, {t['kernel_device_seconds'] / 60:.1f} "
+        f"device-minutes of kernel profiling"
+    )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from hwlat.predictors import LatencyPredictor, MissingKernelError
+
+    if not args.model.exists():
+        raise FileNotFoundError(f"model {args.model} does not exist")
+    predictor = LatencyPredictor.load(args.predictor)
+    try:
+        pred = predictor.predict(args.model, strict=not args.lenient)
+    except MissingKernelError as exc:
+        print(f"hwlat: error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        meta = {"model": str(args.model), "device": predictor.device, "backend": predictor.backend}
+        print(json.dumps({**meta, "kind": predictor.kind, **pred.to_dict()}))
+        return 0
+    print(
+        f"{args.model}: {pred.latency_ms:.3f} ms predicted on {predictor.device}/{predictor.backend} "
+        f"({len(pred.kernels)} kernels, {pred.overhead_ms:.3f} ms fixed overhead)"
+    )
+    for k in sorted(pred.kernels, key=lambda k: -k.latency_ms)[:10]:
+        print(f"  {k.latency_ms:8.3f} ms  {k.source:9s} {k.key[:90]}")
+    if pred.fallbacks:
+        print(f"  {len(pred.fallbacks)} kernels are not in the table: predicted by the kernel regressor")
+    for w in pred.warnings:
+        print(f"  warning: {w}", file=sys.stderr)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from hwlat.predictors import LatencyPredictor
+    from hwlat.predictors.building import KernelProfiler
+    from hwlat.predictors.metrics import accuracy, plot
+
+    predictor = LatencyPredictor.load(args.predictor)
+    paths = sorted(args.models.glob("*.onnx"))
+    if not paths:
+        raise FileNotFoundError(f"no .onnx files in {args.models}")
+    device = resolve_device(args.device or predictor.device, args.inventory)
+    backend = args.backend or predictor.backend
+    if device.name != predictor.device or backend != predictor.backend:
+        print(
+            f"hwlat: warning: the predictor was trained for {predictor.device}/{predictor.backend}, "
+            f"measuring on {device.name}/{backend}",
+            file=sys.stderr,
+        )
+    with Store(args.db) as store:
+        profiler = KernelProfiler(device, store, backend=backend)
+        measured = profiler.measure_models(
+            paths, options.protocol(args), force=args.force, repeats=args.repeats
+        )
+    names, pred_ms, meas_ms, skipped = [], [], [], []
+    for path, m in zip(paths, measured, strict=True):
+        if not m.ok or (m.disturbed and not args.include_disturbed):
+            skipped.append(f"{path.name}: {m.error_msg or m.disturbance}")
+            continue
+        names.append(path.stem)
+        pred_ms.append(predictor.predict(path).latency_ms)
+        meas_ms.append(m.median_ms)
+    if not names:
+        print("hwlat: error: no model was measured cleanly:\n  " + "\n  ".join(skipped), file=sys.stderr)
+        return 1
+    report = accuracy(pred_ms, meas_ms, names)
+    plot(report, args.plot, f"{predictor.device}/{predictor.backend}: {report.summary()}")
+    if args.json:
+        print(json.dumps({**report.to_dict(), "skipped": skipped, "plot": str(args.plot)}))
+        return 0
+    for n, p, m in zip(names, pred_ms, meas_ms, strict=True):
+        print(f"  {n:32s} predicted {p:9.3f} ms  measured {m:9.3f} ms  {100 * (p / m - 1):+6.1f}%")
+    for line in skipped:
+        print(f"  left out {line}")
+    print(report.summary())
+    print(f"plot: {args.plot}")
+    return 0

@@ -1,0 +1,177 @@
+"""``hwlat profile`` (ops, a space's ops, or adaptive kernel sampling) and ``hwlat measure``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from hwlat.cli import options
+from hwlat.devices.connection import DeviceError
+from hwlat.devices.inventory import resolve_device
+from hwlat.profiler.backends import ArtifactError
+from hwlat.profiler.campaign import Campaign, CampaignReport
+from hwlat.profiler.opspec import read_jsonl
+from hwlat.profiler.protocol import TimingProtocol
+from hwlat.profiler.store import Store
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "profile",
+        help="measure single ops on one or more devices into the store",
+        description="Measure ops (a JSONL file, or every unique op of a search space) on one or more "
+        "devices in parallel, or sample kernels adaptively for a kernel regressor. Every measurement "
+        "is stored as it arrives; re-running the command skips what is stored.",
+    )
+    options.add_device(p, many=True)
+    options.add_backend(p)
+    options.add_db(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ops", type=Path, help="JSONL file, one OpSpec per line")
+    src.add_argument("--space", help="measure every unique op of a search space")
+    src.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="sample kernel configurations for a kernel regressor, measuring more where "
+        "it is least sure, until it predicts held-out kernels well or the budget ends",
+    )
+    p.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=10.0,
+        help="with --adaptive: wall-clock budget in minutes (default 10)",
+    )
+    p.add_argument(
+        "--resolution",
+        type=int,
+        action="append",
+        help="with --space: input resolutions (repeatable; default the space's own)",
+    )
+    p.add_argument("--force", action="store_true", help="re-measure ops already stored")
+    options.add_protocol(p)
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser(
+        "measure",
+        help="measure a whole ONNX model end to end",
+        description="Time a whole ONNX model on a device under the timing protocol, with its peak memory.",
+    )
+    p.add_argument("model", type=Path, help="the .onnx file")
+    options.add_device(p)
+    options.add_backend(p)
+    options.add_db(p)
+    options.add_protocol(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_measure)
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    if args.adaptive:
+        return cmd_profile_adaptive(args)
+    specs = (
+        read_jsonl(args.ops) if args.ops else list(options.space(args.space, args.resolution).unique_ops())
+    )
+    devices = options.devices(args)
+    protocol = options.protocol(args)
+    with Store(args.db) as store:
+        campaigns = [
+            Campaign(d, options.backend(args, d), store, protocol, show_progress=not args.no_progress)
+            for d in devices
+        ]
+
+        def run(campaign: Campaign) -> CampaignReport | Exception:
+            try:
+                return campaign.run(specs, force=args.force)
+            except (DeviceError, ArtifactError) as exc:
+                return exc
+
+        with ThreadPoolExecutor(max_workers=len(campaigns)) as pool:
+            futures = [pool.submit(run, c) for c in campaigns]
+            try:
+                results = [f.result() for f in futures]
+            except KeyboardInterrupt:  # only this thread sees Ctrl-C: stop every campaign's agent
+                for campaign in campaigns:
+                    campaign.stop()
+                raise
+    status = 0
+    for campaign, result in zip(campaigns, results, strict=True):
+        if isinstance(result, Exception):
+            print(f"{campaign.device.name}: FAILED: {result}", file=sys.stderr)
+            status = 1
+            continue
+        print(result.summary())
+        for line in result.failures[:10]:
+            print(f"  failed {line}")
+    print(f"database: {store.path}")
+    return status
+
+
+def cmd_profile_adaptive(args: argparse.Namespace) -> int:
+    from hwlat.predictors.building import KernelProfiler, NotEnoughDataError, adaptive_profile, fusion_rules
+
+    devices = options.devices(args)
+    if len(devices) != 1:
+        raise ValueError("--adaptive profiles one device at a time; give one --device")
+    with Store(args.db) as store:
+        profiler = KernelProfiler(
+            devices[0],
+            store,
+            TimingProtocol.quick() if args.quick else None,
+            args.backend,
+            show_progress=not args.no_progress,
+        )
+        try:
+            report = adaptive_profile(profiler, fusion_rules(profiler), args.budget_minutes)
+        except NotEnoughDataError as exc:
+            print(f"hwlat: error: {exc}", file=sys.stderr)
+            return 1
+    print(report.summary())
+    print(f"database: {store.path}")
+    return 0
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    if not args.model.exists():
+        raise FileNotFoundError(f"model {args.model} does not exist")
+    device = resolve_device(args.device, args.inventory)
+    with Store(args.db) as store:
+        m = Campaign(
+            device, options.backend(args, device), store, options.protocol(args), show_progress=False
+        ).measure_model(args.model)
+    if not m.ok:
+        print(f"hwlat: error: measuring {args.model} failed: {m.error_msg}", file=sys.stderr)
+        return 1
+    out = {
+        "model": str(args.model),
+        "device": m.device,
+        "backend": m.backend,
+        "backend_version": m.backend_version,
+        "latency_ms": m.median_ms,
+        "p10_ms": m.p10_ms,
+        "p90_ms": m.p90_ms,
+        "cv": m.cv,
+        "samples_ms": m.samples_ms,
+        "disturbed": m.disturbed,
+        "disturbance": m.disturbance,
+        "threads": m.settings.get("threads"),
+        "cpu_affinity": m.settings.get("cpu_affinity"),
+        "model_bytes": m.extra["model_bytes"],
+        "params": m.extra["params"],
+        "peak_rss_mb": m.extra.get("peak_rss_mb"),
+        "baseline_rss_mb": m.extra.get("baseline_rss_mb"),
+    }
+    if out["peak_rss_mb"] is not None:
+        out["model_rss_mb"] = out["peak_rss_mb"] - out["baseline_rss_mb"]
+    if args.json:
+        print(json.dumps(out))
+    else:
+        flag = f"  (DISTURBED: {m.disturbance})" if m.disturbed else ""
+        print(
+            f"{args.model}: {m.median_ms:.3f} ms median (p10 {m.p10_ms:.3f}, p90 {m.p90_ms:.3f}) "
+            f"on {m.device}/{m.backend} {m.backend_version}, {out['params']:,} params, "
+            f"peak RSS {out['peak_rss_mb']:.0f} MB{flag}"
+        )
+    return 0

@@ -1,0 +1,183 @@
+"""``hwlat search`` (search a space under latency budgets, verify the winners) and ``hwlat quickstart``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from hwlat.cli import options
+from hwlat.devices.inventory import resolve_device
+from hwlat.profiler.store import Store
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "search",
+        help="find the best networks of a space under latency budgets",
+        description="Search a space with a latency predictor per device; writes the "
+        "Pareto front (JSON, PNG), hypervolume, all trials and the winners' ONNX to "
+        "--out. Re-running the same command resumes an interrupted search.",
+    )
+    p.add_argument("--space", required=True, help="search space: proxyless, ofa_mbv3, nb201 or fbnet")
+    p.add_argument(
+        "--predictor",
+        type=Path,
+        action="append",
+        required=True,
+        help="trained latency predictor (repeatable: one per device)",
+    )
+    p.add_argument(
+        "--latency-ms",
+        type=float,
+        action="append",
+        required=True,
+        help="latency budget, one per --predictor in the same order",
+    )
+    p.add_argument(
+        "--strategy", default="evolution", help="evolution, nsga2, rl or random (default evolution)"
+    )
+    p.add_argument("--budget", type=int, default=1000, help="architectures to evaluate (default 1000)")
+    p.add_argument(
+        "--objective",
+        default="flops",
+        help="accuracy proxy to maximise: flops, params, naswot or synflow (default flops)",
+    )
+    options.add_out(p, "output folder (holds the resumable study)")
+    p.add_argument("--seed", type=int, default=0, help="strategy seed (default 0)")
+    p.add_argument("--batch-size", type=int, help="architectures per step (default: the strategy's)")
+    p.add_argument("--top", type=int, default=5, help="winners exported as ONNX (default 5)")
+    g = p.add_argument_group("verification on the device")
+    g.add_argument(
+        "--verify",
+        type=int,
+        default=0,
+        metavar="K",
+        help="measure the top K winners on the device and compare with the prediction",
+    )
+    g.add_argument(
+        "--device",
+        action="append",
+        help="device to verify on, one per --predictor (default: the predictor's device)",
+    )
+    g.add_argument(
+        "--noise-band",
+        type=float,
+        default=0.05,
+        help="measured latency up to budget x (1 + band) still passes (default 0.05)",
+    )
+    g.add_argument(
+        "--verify-repeats",
+        type=int,
+        default=3,
+        help="times each winner is measured; the fastest clean time is kept (default 3)",
+    )
+    options.add_backend(g, tune_trials=False)
+    options.add_inventory(g)
+    options.add_db(g)
+    options.add_protocol(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser(
+        "quickstart",
+        help="profile, train, search and verify on one device (~10 min)",
+        description="The whole toolkit once: profile the space's kernels, train a "
+        "predictor, search under a latency budget, measure the winners, write a report.",
+    )
+    options.add_device(p)
+    p.add_argument("--backend", default="ort", help="ort (default; kernels are read from its profiler)")
+    p.add_argument("--space", default="proxyless", help="search space (default proxyless)")
+    p.add_argument("--resolution", type=int, default=224, help="input resolution (default 224)")
+    p.add_argument("--latency-ms", type=float, help="latency budget (default: chosen from the space)")
+    p.add_argument("--evaluations", type=int, default=2000, help="architectures searched (default 2000)")
+    p.add_argument("--verify", type=int, default=5, help="winners measured on the device (default 5)")
+    options.add_out(p, "report folder (default hwlat-report)", required=False, default=Path("hwlat-report"))
+    options.add_db(p)
+    p.set_defaults(func=cmd_quickstart)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from hwlat.predictors import LatencyPredictor
+    from hwlat.search.objectives import LatencyObjective
+    from hwlat.search.proxies import get_proxy
+    from hwlat.search.runner import run_search
+    from hwlat.search.spaces import get_space
+    from hwlat.search.strategies import get_strategy
+    from hwlat.search.verify import format_verification, verify_winners
+
+    if len(args.latency_ms) != len(args.predictor):
+        raise ValueError(
+            f"{len(args.predictor)} --predictor but {len(args.latency_ms)} --latency-ms; "
+            "give one latency budget per predictor, in the same order"
+        )
+    if args.device and len(args.device) != len(args.predictor):
+        raise ValueError("give one --device per --predictor, or none to verify on each predictor's device")
+    space = get_space(args.space)
+    predictors = [LatencyPredictor.load(path) for path in args.predictor]
+    latencies = [LatencyObjective(p, budget) for p, budget in zip(predictors, args.latency_ms, strict=True)]
+    strategy = get_strategy(args.strategy, random_state=args.seed)
+    print(
+        f"searching {space.name} ({space.size():.3g} networks) with {strategy.name}, {args.budget} "
+        f"evaluations, maximising {args.objective} under "
+        + ", ".join(f"{o.name} <= {o.budget:g}" for o in latencies)
+    )
+    study, report = run_search(
+        space,
+        [get_proxy(args.objective), *latencies],
+        strategy,
+        args.budget,
+        args.out,
+        batch_size=args.batch_size,
+        top_k=max(args.top, args.verify),
+        show_progress=not args.no_progress,
+    )
+    for name, minimum in study.minima.items():
+        print(f"fastest network found for {name}: {minimum.value:.3f} ms")
+    print(report.summary())
+    if not report.front:
+        print(
+            "hwlat: no evaluated network met every budget; raise --budget or the latency budgets",
+            file=sys.stderr,
+        )
+        return 1
+    if not args.verify:
+        return 0
+    status = 0
+    names = args.device or [o.device for o in latencies]
+    with Store(args.db) as store:
+        for objective, name in zip(latencies, names, strict=True):
+            device = resolve_device(name, args.inventory)
+            results = verify_winners(
+                study,
+                objective,
+                device,
+                store,
+                args.verify,
+                args.out,
+                backend=args.backend,
+                protocol=options.protocol(args),
+                noise_band=args.noise_band,
+                repeats=args.verify_repeats,
+            )
+            print(f"verified on {device.name}/{args.backend} (predicted vs measured):")
+            print(format_verification(results))
+            if not all(r.meets_budget_within_noise for r in results):
+                status = 1
+    return status
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from hwlat.cli.quickstart import QuickstartConfig, run_quickstart
+
+    config = QuickstartConfig(
+        space=args.space,
+        resolution=args.resolution,
+        backend=args.backend,
+        evaluations=args.evaluations,
+        verify=args.verify,
+        latency_ms=args.latency_ms,
+    )
+    device = resolve_device(args.device, args.inventory)
+    with Store(args.db) as store:
+        summary = run_quickstart(device, store, args.out, config)
+    return 0 if summary["winners_measured"] else 1

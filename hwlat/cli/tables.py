@@ -1,0 +1,95 @@
+"""``hwlat table export`` and ``hwlat table import``: latency lookup tables of search spaces."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from hwlat.cli import options
+from hwlat.predictors.formats import FORMATS
+from hwlat.profiler.store import Store
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("table", help="export a search space's latency lookup table, or import one")
+    tsub = p.add_subparsers(dest="table_command", required=True)
+    q = tsub.add_parser(
+        "export",
+        help="write the table of a space from the store (ofa-yaml is what ProxylessNAS/OFA code loads)",
+        description="One entry per cell of the space, from imported blocks or summed from measured ops.",
+    )
+    q.add_argument("--space", required=True, help="search space (proxyless, ofa_mbv3, nb201, fbnet)")
+    q.add_argument("--device", default="local", help="device name in the store (default local)")
+    q.add_argument("--backend", default="ort", help="backend in the store (default ort)")
+    q.add_argument("--format", choices=FORMATS, default="ofa-yaml", help="file format (default ofa-yaml)")
+    q.add_argument(
+        "--resolution",
+        type=int,
+        action="append",
+        help="input resolutions (repeatable; default the space's own, e.g. 224 for proxyless)",
+    )
+    options.add_out(q, "table file to write")
+    options.add_db(q)
+    q.set_defaults(func=cmd_table_export)
+    q = tsub.add_parser(
+        "import",
+        help="store a table file's blocks for a device (any name, reachable or not)",
+        description="Store the entries of a lookup-table file as block rows of a device, so that "
+        "tables measured elsewhere can be exported, compared and used by predictors.",
+    )
+    q.add_argument("file", type=Path, help=".yaml (ofa-yaml), .csv or .json")
+    q.add_argument("--device", required=True, help="device name to store the blocks under")
+    q.add_argument("--backend", default="ort", help="backend name to store them under (default ort)")
+    q.add_argument("--format", choices=FORMATS, help="default: from the file extension")
+    q.add_argument("--space", help="also report keys that this space has no cell for")
+    options.add_db(q)
+    q.set_defaults(func=cmd_table_import)
+
+
+def cmd_table_export(args: argparse.Namespace) -> int:
+    from hwlat.predictors.formats import table_from_store, write_table
+
+    space = options.space(args.space, args.resolution)
+    with Store(args.db) as store:
+        build = table_from_store(space, store, args.device, args.backend)
+    header = {"space": space.name, "device": args.device, "backend": args.backend}
+    n = write_table(build.entries, args.out, args.format, header)
+    print(
+        f"wrote {n} entries to {args.out} ({build.from_blocks} from imported blocks, "
+        f"{n - build.from_blocks} summed from measured ops)"
+    )
+    if build.with_disturbed_ops:
+        print(
+            f"hwlat: {build.with_disturbed_ops} entries include an op measured only under "
+            f"disturbance; re-run hwlat profile --space {space.name} to re-measure those ops",
+            file=sys.stderr,
+        )
+    if build.missing:
+        narrowed = "".join(f" --resolution {r}" for r in args.resolution or [])
+        print(
+            f"hwlat: {len(build.missing)} cells have no measurements and are not in the table "
+            f"(first: {build.missing[0]}); run hwlat profile --space {space.name}{narrowed} "
+            f"--device {args.device} --backend {args.backend}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def cmd_table_import(args: argparse.Namespace) -> int:
+    from hwlat.predictors.formats import import_table, read_table
+
+    entries = read_table(args.file, args.format)
+    with Store(args.db) as store:
+        n = import_table(entries, store, args.device, args.backend, source=str(args.file))
+    print(f"imported {n} blocks from {args.file} for {args.device}/{args.backend}")
+    if args.space:
+        known = set(options.space(args.space).cell_keys())
+        unknown = [e.key for e in entries if e.key not in known]
+        if unknown:
+            print(
+                f"hwlat: {len(unknown)} keys are not cells of {args.space} (first: {unknown[0]})",
+                file=sys.stderr,
+            )
+    return 0
