@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import IO
 
 from hwlat.devices.device import Device
+from hwlat.errors import HwlatError
 
 
-class DeviceError(RuntimeError):
+class DeviceError(HwlatError):
     """A device cannot be used; the message names the cause and the command that diagnoses it."""
 
 

@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from hwlat.devices.device import BACKENDS, LOCAL, Device, local_device
+from hwlat.errors import HwlatError
 
 DEFAULT_INVENTORY = "devices.toml"
 INVENTORY_ENV = "HWLAT_INVENTORY"
@@ -39,7 +40,7 @@ _KEYS: dict[str, tuple[tuple[type, ...], str]] = {
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
-class InventoryError(ValueError):
+class InventoryError(HwlatError):
     """The inventory file is missing, malformed, or names a device it does not define."""
 
 
@@ -59,9 +60,11 @@ def load_inventory(path: str | Path | None = None) -> dict[str, Device]:
                 "there and edit it, or drop --inventory"
             )
         return devices
-    text = path.read_text(encoding="utf-8")
     try:
+        text = path.read_text(encoding="utf-8")
         data = tomllib.loads(text)
+    except UnicodeDecodeError:
+        raise InventoryError(f"{path} is not a text file", "pass a TOML inventory") from None
     except tomllib.TOMLDecodeError as exc:
         raise InventoryError(f"{path}: not valid TOML: {exc}") from None
     unknown_top = set(data) - {"devices"}
@@ -70,7 +73,14 @@ def load_inventory(path: str | Path | None = None) -> dict[str, Device]:
             f"{path}: unknown top-level table(s) {sorted(unknown_top)}; "
             "every device goes under [devices.NAME]"
         )
-    for name, table in data.get("devices", {}).items():
+    tables = data.get("devices", {})
+    if not isinstance(tables, dict):
+        line = next((i for i, t in enumerate(text.splitlines(), 1) if t.lstrip().startswith("devices")), 1)
+        raise InventoryError(
+            f"{path}:{line}: 'devices' must hold one table per device, got {tables!r}",
+            "write [devices.NAME] tables, as in devices.example.toml",
+        )
+    for name, table in tables.items():
         devices[name] = _device(path, text, name, table, devices[LOCAL])
     return devices
 

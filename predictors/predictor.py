@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from hwlat.errors import PredictorFormatError
 from hwlat.predictors.kernels.fusion import FusionRules
 from hwlat.predictors.kernels.splitter import ModelSplitter
 from hwlat.predictors.models.kernel_regressor import KernelRegressor
@@ -48,10 +49,6 @@ from hwlat.profiler.onnx_models import is_torch_module, torch_to_onnx
 FORMAT = "hwlat-latency-predictor"
 FORMAT_VERSION = 1
 KINDS = ("lut", "gbdt")
-
-
-class PredictorFormatError(ValueError):
-    """A predictor file that is not a (compatible) hwlat predictor."""
 
 
 @dataclass
@@ -88,9 +85,11 @@ class LatencyPredictor:
         meta: dict | None = None,
     ) -> None:
         if kind not in KINDS:
-            raise ValueError(f"unknown predictor kind {kind!r}; use one of {', '.join(KINDS)}")
+            raise PredictorFormatError(f"unknown predictor kind {kind!r}; use one of {', '.join(KINDS)}")
         if kind == "gbdt" and table.fallback is None:
-            raise ValueError("a gbdt predictor needs a fitted KernelRegressor as the table's fallback")
+            raise PredictorFormatError(
+                "a gbdt predictor needs a fitted KernelRegressor as the table's fallback"
+            )
         self.table = table
         self.fusion_rules = fusion_rules
         self.device = device

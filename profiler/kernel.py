@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hwlat.errors import HwlatError
 from hwlat.profiler.opspec import InvalidOpSpecError, OpSpec
 
 SEPARATOR = "|"
 
 
-class InvalidKernelError(ValueError):
+class InvalidKernelError(HwlatError):
     """A sequence of OpSpecs that cannot form one kernel."""
 
 

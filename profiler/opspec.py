@@ -12,6 +12,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
+from hwlat.errors import HwlatError
+
 OP_TYPES = (
     "conv",
     "gemm",
@@ -61,7 +63,7 @@ _KEY_TO_ATTR = {
 }
 
 
-class InvalidOpSpecError(ValueError):
+class InvalidOpSpecError(HwlatError):
     """An OpSpec (or its key or JSON) does not describe a valid kernel."""
 
 

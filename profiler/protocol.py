@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from hwlat.errors import ConfigError
+
 DISTURBANCE_RULE = """\
 A measurement is disturbed when either
   (a) the canary op, timed right before and right after it, ran more than
@@ -41,9 +43,9 @@ class TimingProtocol:
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
             if value < 0:
-                raise ValueError(f"TimingProtocol.{name}={value} must be >= 0")
+                raise ConfigError(f"TimingProtocol.{name}={value} must be >= 0")
         if self.repeat < 1:
-            raise ValueError(f"TimingProtocol.repeat={self.repeat} must be >= 1")
+            raise ConfigError(f"TimingProtocol.repeat={self.repeat} must be >= 1")
 
     def to_dict(self) -> dict:
         return asdict(self)

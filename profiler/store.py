@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from hwlat.errors import ConfigError, HwlatError
 from hwlat.profiler.measurement import Measurement
 
 DEFAULT_DB_ENV = "HWLAT_DB"
@@ -81,7 +82,7 @@ _COLUMNS = (
 _JSON_COLUMNS = ("samples_ms", "settings", "protocol", "host", "extra")
 
 
-class StoreError(RuntimeError):
+class StoreError(HwlatError):
     """The database cannot be opened or read."""
 
 
@@ -231,7 +232,7 @@ class Store:
                 for row in rows:
                     writer.writerow({k: json.dumps(v) if k in _JSON_COLUMNS else v for k, v in row.items()})
         else:
-            raise ValueError(f"unknown export format {fmt!r}; use csv or json")
+            raise ConfigError(f"unknown export format {fmt!r}; use csv or json")
         return len(rows)
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from hwlat.errors import HwlatError
 from hwlat.search.objectives import Objective
 from hwlat.search.strategies.base import Arch, canonical
 
@@ -33,7 +34,7 @@ _RANDOM_STARTS = 2
 _MAX_SWEEPS = 10
 
 
-class InfeasibleBudgetError(ValueError):
+class InfeasibleBudgetError(HwlatError):
     """No architecture of the space can meet a budget."""
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from hwlat.errors import ConfigError
 from hwlat.search.strategies.base import DIRECTIONS, Arch
 
 
@@ -33,8 +34,8 @@ class Objective(ABC):
                 raise ValueError(
                     f"objective {name!r}: a budget is an upper limit and needs a minimised objective"
                 )
-            if not budget > 0:
-                raise ValueError(f"objective {name!r}: budget must be > 0, got {budget}")
+            if not 0 < budget < float("inf"):
+                raise ConfigError(f"objective {name!r}: budget must be a positive number, got {budget}")
         self.name = name
         self.direction = direction
         self.budget = budget

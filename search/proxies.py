@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from hwlat.errors import ConfigError
 from hwlat.search.objectives import Objective
 from hwlat.search.strategies.base import Arch
 
@@ -157,7 +158,7 @@ PROXIES = {
 def get_proxy(name: str) -> Objective:
     """A built-in accuracy proxy by name (CLI ``--objective``)."""
     if name not in PROXIES:
-        raise ValueError(
+        raise ConfigError(
             f"unknown proxy objective {name!r}; use one of {', '.join(PROXIES)}, "
             "or pass your own accuracy function through the Python API "
             "(search.objectives.CallableObjective)"

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from hwlat.errors import ConfigError, HwlatError
 from hwlat.search.feasibility import Minimum, check_budgets
 from hwlat.search.objectives import Objective
 from hwlat.search.pareto import pareto_front
@@ -58,7 +59,7 @@ log = logging.getLogger(__name__)
 SEED_BATCH = -1  # the batch number of warm-start trials
 
 
-class StudyMismatchError(ValueError):
+class StudyMismatchError(HwlatError):
     """A stored study of that name was created with different settings."""
 
 
@@ -90,7 +91,7 @@ class Study:
         self.name = name
         self.batch_size = batch_size or strategy.default_batch_size
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         self.storage = storage if isinstance(storage, SearchStorage) else SearchStorage(storage)
         self._signs = np.array([-1.0 if o.direction == "maximize" else 1.0 for o in objectives])
         self._budget_cols = [i for i, o in enumerate(objectives) if o.budget is not None]

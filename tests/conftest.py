@@ -11,8 +11,10 @@ pytest_plugins = ["tests.sshd_fixtures"]
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Op models and compiled artifacts go to a per-session temp cache, not ~/.cache."""
+    """Op models and compiled artifacts go to a per-session temp cache, not ~/.cache, and a command
+    run without --db writes a temp database, not ./hwlat.db."""
     monkeypatch.setenv("HWLAT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("HWLAT_DB", str(tmp_path_factory.getbasetemp() / "default-hwlat.db"))
 
 
 @pytest.fixture

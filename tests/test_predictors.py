@@ -43,21 +43,8 @@ from hwlat.profiler.backends.ort.harness import (
 )
 from hwlat.profiler.opspec import OpSpec
 from hwlat.profiler.store import Store
-
-# The rules ONNX Runtime's probe finds on x86 (tests must not depend on a measurement).
-RULES = FusionRules(
-    "ort",
-    {
-        "conv>add": True,
-        "conv_act>add": False,
-        "conv|add>act": True,
-        "add>act": False,
-        "conv>mul": False,
-        "concat>shuffle": True,
-        "shuffle>split": True,
-        "concat|shuffle>split": True,
-    },
-)
+from tests.synthetic import RULES, synthetic_ms
+from tests.synthetic import synthetic_regressor as make_synthetic_regressor
 
 
 @pytest.fixture(scope="module")
@@ -67,16 +54,9 @@ def zoo_dir(tmp_path_factory) -> Path:
     return directory
 
 
-def _synthetic_ms(kernel: Kernel) -> float:
-    """A made-up but structured latency: compute and memory terms, a penalty off channel alignment."""
-    penalty = 1.0 if kernel.head.input_shape[1] % 4 == 0 else 1.6
-    return penalty * (kernel.flops / 40e9 + kernel.bytes_moved / 8e9) * 1e3 + 0.002
-
-
 @pytest.fixture(scope="module")
 def synthetic_regressor() -> KernelRegressor:
-    kernels = KernelSampler(RULES, random_state=1).sample(500)
-    return KernelRegressor(max_iter=120).fit(kernels, [_synthetic_ms(k) for k in kernels])
+    return make_synthetic_regressor()
 
 
 # ----- splitter --------------------------------------------------------------------------------
@@ -218,7 +198,7 @@ def test_fusion_decision_from_costs():
 # ----- tables, regressors, predictor --------------------------------------------------------------
 def test_kernel_regressor_generalises(synthetic_regressor):
     held_out = KernelSampler(RULES, random_state=2).sample(200)
-    truth = np.array([_synthetic_ms(k) for k in held_out])
+    truth = np.array([synthetic_ms(k) for k in held_out])
     rel = synthetic_regressor.predict(held_out) / truth - 1
     assert np.mean(np.abs(rel) <= 0.10) >= 0.8
     assert np.median(np.abs(rel)) < 0.05
@@ -237,7 +217,7 @@ def test_table_falls_back_and_reports(synthetic_regressor):
 @pytest.fixture(scope="module")
 def predictor(synthetic_regressor, zoo_dir) -> LatencyPredictor:
     split = ModelSplitter(RULES).split(zoo_dir / "mobilenet_v2.onnx")
-    entries = {s.kernel.key: _synthetic_ms(s.kernel) for s in split.kernels[:20]}
+    entries = {s.kernel.key: synthetic_ms(s.kernel) for s in split.kernels[:20]}
     table = LatencyTable(entries, synthetic_regressor)
     networks = []
     for name in ("resnet18", "squeezenet_1_1", "mobilenet_v2"):

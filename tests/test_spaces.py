@@ -9,6 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from hwlat.errors import ConfigError
 from hwlat.profiler.opspec import OpSpec
 from hwlat.search.spaces import SPACES, InvalidArchError, UnknownSpaceError, get_space
 from hwlat.search.spaces.nb201 import Nb201Space
@@ -171,7 +172,7 @@ def test_invalid_architectures_are_refused_clearly():
         space.from_dict({"resolution": 224})
     with pytest.raises(UnknownSpaceError, match="known spaces: proxyless, ofa_mbv3, nb201, fbnet"):
         get_space("darts")
-    with pytest.raises(ValueError, match="no resolution"):
+    with pytest.raises(ConfigError, match="no resolution"):
         list(get_space("ofa_mbv3").unique_ops(resolutions=[300]))
 
 

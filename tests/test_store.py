@@ -8,6 +8,7 @@ import sqlite3
 
 import pytest
 
+from hwlat.errors import ConfigError
 from hwlat.profiler.measurement import Measurement
 from hwlat.profiler.store import Store, StoreError
 
@@ -74,7 +75,7 @@ def test_export_csv_and_json(tmp_path) -> None:
         store.save(make("b", samples=(4.0,)))
         assert store.export(tmp_path / "m.csv", "csv") == 2
         assert store.export(tmp_path / "m.json", "json", device="local") == 2
-        with pytest.raises(ValueError, match="unknown export format 'xml'"):
+        with pytest.raises(ConfigError, match="unknown export format 'xml'"):
             store.export(tmp_path / "m.xml", "xml")
     rows = list(csv.DictReader(open(tmp_path / "m.csv")))
     assert [r["key"] for r in rows] == ["a", "b"]

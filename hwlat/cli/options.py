@@ -9,6 +9,7 @@ from pathlib import Path
 
 from hwlat.devices.device import Device
 from hwlat.devices.inventory import devices_with_label, resolve_device
+from hwlat.errors import ConfigError
 from hwlat.profiler.backends import HostBackend, get_backend
 from hwlat.profiler.backends.tvm import DEFAULT_TUNE_TRIALS
 from hwlat.profiler.protocol import TimingProtocol
@@ -90,7 +91,7 @@ def protocol(args: argparse.Namespace) -> TimingProtocol:
 def backend(args: argparse.Namespace, device: Device) -> HostBackend:
     options = {"tune_trials": args.tune_trials} if getattr(args, "tune_trials", None) is not None else {}
     if options and args.backend != "tvm":
-        raise ValueError(f"--tune-trials applies to --backend tvm, not {args.backend!r}")
+        raise ConfigError(f"--tune-trials applies to --backend tvm, not {args.backend!r}")
     return get_backend(args.backend, device, **options)
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from hwlat.cli import options
 from hwlat.devices.inventory import resolve_device
+from hwlat.errors import ConfigError
+from hwlat.profiler.onnx_models import load_model
 from hwlat.profiler.protocol import TimingProtocol
 from hwlat.profiler.store import Store
 
@@ -109,7 +111,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from hwlat.predictors.building import NotEnoughDataError, TrainingConfig, train_predictor
+    from hwlat.predictors.building import TrainingConfig, train_predictor
 
     device = resolve_device(args.device, args.inventory)
     space = options.space(args.space) if args.space else None
@@ -123,11 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         model_protocol=options.protocol(args),
     )
     with Store(args.db) as store:
-        try:
-            predictor = train_predictor(device, store, config, space, args.backend)
-        except NotEnoughDataError as exc:
-            print(f"hwlat: error: {exc}", file=sys.stderr)
-            return 1
+        predictor = train_predictor(device, store, config, space, args.backend)
     predictor.save(args.out)
     t = predictor.meta["training"]
     print(
@@ -140,16 +138,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from hwlat.predictors import LatencyPredictor, MissingKernelError
+    from hwlat.predictors import LatencyPredictor
 
-    if not args.model.exists():
-        raise FileNotFoundError(f"model {args.model} does not exist")
+    model = load_model(args.model)
     predictor = LatencyPredictor.load(args.predictor)
-    try:
-        pred = predictor.predict(args.model, strict=not args.lenient)
-    except MissingKernelError as exc:
-        print(f"hwlat: error: {exc}", file=sys.stderr)
-        return 1
+    pred = predictor.predict(model, strict=not args.lenient)
     if args.json:
         meta = {"model": str(args.model), "device": predictor.device, "backend": predictor.backend}
         print(json.dumps({**meta, "kind": predictor.kind, **pred.to_dict()}))
@@ -175,7 +168,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     predictor = LatencyPredictor.load(args.predictor)
     paths = sorted(args.models.glob("*.onnx"))
     if not paths:
-        raise FileNotFoundError(f"no .onnx files in {args.models}")
+        raise ConfigError(f"no .onnx files in {args.models}", "pass a folder of exported models")
     device = resolve_device(args.device or predictor.device, args.inventory)
     backend = args.backend or predictor.backend
     if device.name != predictor.device or backend != predictor.backend:

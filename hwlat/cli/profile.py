@@ -11,8 +11,10 @@ from pathlib import Path
 from hwlat.cli import options
 from hwlat.devices.connection import DeviceError
 from hwlat.devices.inventory import resolve_device
+from hwlat.errors import ConfigError
 from hwlat.profiler.backends import ArtifactError
 from hwlat.profiler.campaign import Campaign, CampaignReport
+from hwlat.profiler.onnx_models import load_model
 from hwlat.profiler.opspec import read_jsonl
 from hwlat.profiler.protocol import TimingProtocol
 from hwlat.profiler.store import Store
@@ -110,11 +112,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_profile_adaptive(args: argparse.Namespace) -> int:
-    from hwlat.predictors.building import KernelProfiler, NotEnoughDataError, adaptive_profile, fusion_rules
+    from hwlat.predictors.building import KernelProfiler, adaptive_profile, fusion_rules
 
     devices = options.devices(args)
     if len(devices) != 1:
-        raise ValueError("--adaptive profiles one device at a time; give one --device")
+        raise ConfigError("--adaptive profiles one device at a time; give one --device")
     with Store(args.db) as store:
         profiler = KernelProfiler(
             devices[0],
@@ -123,19 +125,14 @@ def cmd_profile_adaptive(args: argparse.Namespace) -> int:
             args.backend,
             show_progress=not args.no_progress,
         )
-        try:
-            report = adaptive_profile(profiler, fusion_rules(profiler), args.budget_minutes)
-        except NotEnoughDataError as exc:
-            print(f"hwlat: error: {exc}", file=sys.stderr)
-            return 1
+        report = adaptive_profile(profiler, fusion_rules(profiler), args.budget_minutes)
     print(report.summary())
     print(f"database: {store.path}")
     return 0
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    if not args.model.exists():
-        raise FileNotFoundError(f"model {args.model} does not exist")
+    load_model(args.model)  # a clear error for a missing, empty or broken file, before any device time
     device = resolve_device(args.device, args.inventory)
     with Store(args.db) as store:
         m = Campaign(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from hwlat.cli import options
 from hwlat.devices.inventory import resolve_device
+from hwlat.errors import ConfigError
 from hwlat.profiler.store import Store
 
 
@@ -106,12 +107,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     from hwlat.search.verify import format_verification, verify_winners
 
     if len(args.latency_ms) != len(args.predictor):
-        raise ValueError(
+        raise ConfigError(
             f"{len(args.predictor)} --predictor but {len(args.latency_ms)} --latency-ms; "
             "give one latency budget per predictor, in the same order"
         )
     if args.device and len(args.device) != len(args.predictor):
-        raise ValueError("give one --device per --predictor, or none to verify on each predictor's device")
+        raise ConfigError("give one --device per --predictor, or none to verify on each predictor's device")
     space = get_space(args.space)
     predictors = [LatencyPredictor.load(path) for path in args.predictor]
     latencies = [LatencyObjective(p, budget) for p, budget in zip(predictors, args.latency_ms, strict=True)]

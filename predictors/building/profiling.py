@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from hwlat.devices.device import Device
+from hwlat.errors import ConfigError, HwlatError
 from hwlat.predictors.kernels.fusion import FusionProbe, FusionRules, decide, default_probes, probe_kernels
 from hwlat.profiler.backends import cache_dir
 from hwlat.profiler.backends.ort.harness import HarnessBackend, ProbeModel, relu_chain
@@ -35,7 +36,7 @@ CONFIRM_MS = 1.0
 PROBE_NODES = 101
 
 
-class ProbeFailed(RuntimeError):
+class ProbeFailed(HwlatError):
     """The profiler-overhead probe could not be measured cleanly."""
 
 
@@ -50,7 +51,7 @@ class KernelProfiler:
         confirm_ms: float = CONFIRM_MS,
     ) -> None:
         if backend not in KERNEL_BACKENDS:
-            raise ValueError(
+            raise ConfigError(
                 f"kernel profiling reads ONNX Runtime's profiler; backend {backend!r} is "
                 f"not supported (use one of {', '.join(KERNEL_BACKENDS)})"
             )

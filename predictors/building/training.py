@@ -26,6 +26,7 @@ import numpy as np
 
 from hwlat import zoo
 from hwlat.devices.device import Device
+from hwlat.errors import HwlatError
 from hwlat.predictors.building.profiling import KernelProfiler, device_seconds
 from hwlat.predictors.building.sampling import KernelSampler
 from hwlat.predictors.kernels.fusion import FusionRules, decide, default_probes, probe_kernels
@@ -42,7 +43,7 @@ from hwlat.profiler.store import Store
 Log = Callable[[str], None]
 
 
-class NotEnoughDataError(RuntimeError):
+class NotEnoughDataError(HwlatError):
     """Too few clean measurements to fit a model (the machine was too busy, or the run was cut)."""
 
 

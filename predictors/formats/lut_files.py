@@ -20,12 +20,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from hwlat.errors import HwlatError
+
 FORMATS = ("ofa-yaml", "csv", "json")
 _EXTENSIONS = {".yaml": "ofa-yaml", ".yml": "ofa-yaml", ".csv": "csv", ".json": "json"}
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:x+~|\-]*$")
 
 
-class TableFormatError(ValueError):
+class TableFormatError(HwlatError):
     """A lookup-table file that cannot be read (the message names the file and line)."""
 
 

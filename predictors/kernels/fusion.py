@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from hwlat.errors import PredictorFormatError
 from hwlat.profiler.kernel import SEPARATOR, InvalidKernelError, Kernel, op_class
 from hwlat.profiler.opspec import OpSpec
 
@@ -85,7 +86,7 @@ class FusionRules:
     @classmethod
     def from_dict(cls, data: dict) -> FusionRules:
         if data.get("version") != RULES_VERSION:
-            raise ValueError(
+            raise PredictorFormatError(
                 f"fusion rules version {data.get('version')!r} is not {RULES_VERSION}; "
                 "probe the fusions again (hwlat train)"
             )

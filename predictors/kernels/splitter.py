@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from hwlat.errors import HwlatError
 from hwlat.predictors.kernels.fusion import FusionRules
 from hwlat.profiler.kernel import InvalidKernelError, Kernel, op_class
 from hwlat.profiler.onnx_models import load_model
@@ -47,8 +48,12 @@ from hwlat.profiler.opspec import InvalidOpSpecError, OpSpec
 GLUE_OPS = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Softmax", "LogSoftmax")
 
 
-class UnsupportedOpsError(ValueError):
+class UnsupportedOpsError(HwlatError):
     """The graph holds ops the splitter cannot map to kernels."""
+
+
+class _Unmappable(Exception):
+    """A node (or a pattern around it) that no kernel describes; recorded as unsupported."""
 
 
 @dataclass
@@ -102,7 +107,8 @@ class ModelSplitter:
                 f"the model has ops hwlat cannot map to kernels: {'; '.join(unsupported)}. "
                 "Supported: Conv, Gemm/MatMul, pooling, Add/Mul, Concat, Split/Slice, channel "
                 "shuffle, activations (Relu, Clip, HardSwish, HardSigmoid, Sigmoid, swish), "
-                "BatchNormalization and reshape-like nodes; pass strict=False to predict without them"
+                "BatchNormalization and reshape-like nodes; pass --lenient (strict=False) to predict "
+                "without them"
             )
         result = SplitResult(kernels=[], warnings=graph.warnings + mapper.warnings, unsupported=unsupported)
         if unsupported:
@@ -137,9 +143,7 @@ class _Mapper:
                 continue
             try:
                 self._map(node)
-            except (InvalidOpSpecError, KeyError, ValueError, TypeError, IndexError) as exc:
-                if isinstance(exc, UnsupportedOpsError):
-                    raise
+            except (_Unmappable, InvalidOpSpecError) as exc:
                 self.unsupported.append(f"{node.op_type} ({node.name or 'unnamed'}: {exc})")
         if self.ceil_mode_nodes:
             self.warnings.append(
@@ -172,7 +176,13 @@ class _Mapper:
         return None
 
     def _shape(self, name: str) -> tuple[int, ...]:
-        return self.g.shapes[self._root(name)] if self._root(name) in self.g.shapes else self.g.shapes[name]
+        return self._known(self._root(name)) if self._root(name) in self.g.shapes else self._known(name)
+
+    def _known(self, name: str) -> tuple[int, ...]:
+        """The tensor's inferred shape; unknown when its producer is not supported."""
+        if name not in self.g.shapes:
+            raise _Unmappable(f"the shape of tensor {name!r} is unknown (its producer is not supported)")
+        return self.g.shapes[name]
 
     def _add(
         self, spec: OpSpec | None, inputs: list[str], outputs: list[str], nodes: list[onnx.NodeProto]
@@ -227,14 +237,14 @@ class _Mapper:
 
     def _map_Conv(self, node: onnx.NodeProto) -> None:
         x = self._shape(node.input[0])
-        w = self.g.shapes[node.input[1]]
+        w = self._known(node.input[1])
         a = attrs(node)
         if len(x) != 4:
-            raise ValueError(f"only 2-D convolutions (4-D tensors) are supported, input is {x}")
+            raise _Unmappable(f"only 2-D convolutions (4-D tensors) are supported, input is {x}")
         if w[2] != w[3]:
-            raise ValueError(f"non-square kernel {w[2]}x{w[3]}")
+            raise _Unmappable(f"non-square kernel {w[2]}x{w[3]}")
         strides = a.get("strides", [1, 1])
-        out = self.g.shapes[node.output[0]]
+        out = self._known(node.output[0])
         pad = _symmetric_pad(a, x, w[2], strides[0], a.get("dilations", [1, 1])[0], out)
         spec = OpSpec(
             "conv",
@@ -307,19 +317,19 @@ class _Mapper:
 
     def _map_Gemm(self, node: onnx.NodeProto) -> None:
         x = self._shape(node.input[0])
-        w = self.g.shapes[node.input[1]]
+        w = self._known(node.input[1])
         a = attrs(node)
         if len(x) != 2 or a.get("transA"):
-            raise ValueError(f"Gemm needs a 2-D (N, C) input without transA, got {x}")
+            raise _Unmappable(f"Gemm needs a 2-D (N, C) input without transA, got {x}")
         out = w[0] if a.get("transB") else w[1]
         spec = OpSpec("gemm", x, out_channels=out, bias=len(node.input) > 2 and bool(node.input[2]))
         self._add(spec, [node.input[0]], [node.output[0]], [node])
 
     def _map_MatMul(self, node: onnx.NodeProto) -> None:
         x = self._shape(node.input[0])
-        if not self.g.is_static(node.input[1]) or len(x) != 2 or len(self.g.shapes[node.input[1]]) != 2:
-            raise ValueError("only MatMul of a 2-D activation by a 2-D weight is supported")
-        spec = OpSpec("gemm", x, out_channels=self.g.shapes[node.input[1]][1], bias=False)
+        if not self.g.is_static(node.input[1]) or len(x) != 2 or len(self._known(node.input[1])) != 2:
+            raise _Unmappable("only MatMul of a 2-D activation by a 2-D weight is supported")
+        spec = OpSpec("gemm", x, out_channels=self._known(node.input[1])[1], bias=False)
         self._add(spec, [node.input[0]], [node.output[0]], [node])
 
     def _map_pool(self, node: onnx.NodeProto, op: str) -> None:
@@ -327,9 +337,9 @@ class _Mapper:
         a = attrs(node)
         k = a["kernel_shape"]
         if len(x) != 4 or k[0] != k[1]:
-            raise ValueError(f"only square 2-D pooling is supported (kernel {k}, input {x})")
+            raise _Unmappable(f"only square 2-D pooling is supported (kernel {k}, input {x})")
         s = a.get("strides", [1, 1])[0]
-        pad = _symmetric_pad(a, x, k[0], s, 1, self.g.shapes[node.output[0]])
+        pad = _symmetric_pad(a, x, k[0], s, 1, self._known(node.output[0]))
         pad = min(pad, k[0] // 2)
         if a.get("ceil_mode"):
             self.ceil_mode_nodes.append(node.name or node.op_type)
@@ -358,7 +368,7 @@ class _Mapper:
             ax % len(x) for ax in axes_of([None, *(self.g.value(i) for i in node.input[1:])], attrs(node))
         )
         if len(x) != 4 or axes != [2, 3]:
-            raise ValueError(f"only a mean over H and W is supported (axes {axes})")
+            raise _Unmappable(f"only a mean over H and W is supported (axes {axes})")
         self._map_GlobalAveragePool(node)
 
     def _map_binary(self, node: onnx.NodeProto) -> None:
@@ -366,7 +376,7 @@ class _Mapper:
         ins = [i for i in node.input]
         static = [self.g.is_static(i) for i in ins]
         if all(static):
-            raise ValueError("both inputs are constant")
+            raise _Unmappable("both inputs are constant")
         if any(static):
             data = ins[static.index(False)]
             item = self._foldable(data, ("conv",))
@@ -395,16 +405,16 @@ class _Mapper:
         elif len(a) == 4 and b in ((a[0], a[1], 1, 1), (a[1], 1, 1)):
             bcast = "channel"
         else:
-            raise ValueError(f"broadcast of {b} onto {a} (only same shape or per-channel)")
+            raise _Unmappable(f"broadcast of {b} onto {a} (only same shape or per-channel)")
         if len(a) != 4:
-            raise ValueError(f"element-wise ops are supported on 4-D tensors, got {a}")
+            raise _Unmappable(f"element-wise ops are supported on 4-D tensors, got {a}")
         self._add(OpSpec(kind, a, broadcast=bcast), ins, [node.output[0]], [node])
 
     def _map_Concat(self, node: onnx.NodeProto) -> None:
         shapes = [self._shape(i) for i in node.input]
         axis = attrs(node)["axis"] % len(shapes[0])
         if len(shapes[0]) != 4 or axis != 1:
-            raise ValueError(f"only channel concat of 4-D tensors is supported (axis {axis})")
+            raise _Unmappable(f"only channel concat of 4-D tensors is supported (axis {axis})")
         if len(shapes) == 1:
             self.alias[node.output[0]] = self._root(node.input[0])
             self.done.add(id(node))
@@ -417,9 +427,9 @@ class _Mapper:
 
     def _map_Split(self, node: onnx.NodeProto) -> None:
         x = self._shape(node.input[0])
-        outs = [self.g.shapes[o] for o in node.output]
+        outs = [self._known(o) for o in node.output]
         if len(x) != 4 or any(o[2:] != x[2:] for o in outs):
-            raise ValueError(f"only channel split of 4-D tensors is supported ({x} -> {outs})")
+            raise _Unmappable(f"only channel split of 4-D tensors is supported ({x} -> {outs})")
         self._add(
             OpSpec("split", x, parts=tuple(o[1] for o in outs)), [node.input[0]], list(node.output), [node]
         )
@@ -432,16 +442,16 @@ class _Mapper:
             n
             for n in slices
             if len(self.g.shapes.get(n.output[0], ())) == 4
-            and self.g.shapes[n.output[0]][2:] == x[2:]
-            and self.g.shapes[n.output[0]][0] == x[0]
+            and self._known(n.output[0])[2:] == x[2:]
+            and self._known(n.output[0])[0] == x[0]
         ]
         if node not in slices or len(x) != 4:
-            raise ValueError(f"only channel slices of 4-D tensors are supported (input {x})")
-        parts = [self.g.shapes[n.output[0]][1] for n in slices]
+            raise _Unmappable(f"only channel slices of 4-D tensors are supported (input {x})")
+        parts = [self._known(n.output[0])[1] for n in slices]
         if sum(parts) < x[1]:
             parts.append(x[1] - sum(parts))
         if len(parts) < 2 or sum(parts) != x[1]:
-            raise ValueError(f"channel slices {parts} of {x[1]} channels are not a split")
+            raise _Unmappable(f"channel slices {parts} of {x[1]} channels are not a split")
         self._add(OpSpec("split", x, parts=tuple(parts)), [src], [n.output[0] for n in slices], slices)
 
     def _map_Reshape(self, node: onnx.NodeProto) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingRegressor
 
+from hwlat.errors import PredictorFormatError
 from hwlat.predictors.models.features import FEATURES, family, feature_matrix
 from hwlat.predictors.models.trees import TreeEnsemble
 from hwlat.profiler.kernel import Kernel
@@ -133,9 +134,11 @@ class KernelRegressor:
     @classmethod
     def from_dict(cls, data: dict) -> KernelRegressor:
         if data.get("version") != FORMAT_VERSION:
-            raise ValueError(f"kernel regressor format {data.get('version')!r} is not {FORMAT_VERSION}")
+            raise PredictorFormatError(
+                f"kernel regressor format {data.get('version')!r} is not {FORMAT_VERSION}"
+            )
         if list(data["features"]) != list(FEATURES):
-            raise ValueError(
+            raise PredictorFormatError(
                 "the saved kernel regressor uses other features than this hwlat version; train it again"
             )
         reg = cls(**data["params"])

@@ -13,16 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hwlat.errors import HwlatError, PredictorFormatError
 from hwlat.predictors.models.kernel_regressor import KernelRegressor
 from hwlat.predictors.models.overhead import COMPUTE_OPS, OverheadModel
 from hwlat.profiler.kernel import Kernel
 
 
-class MissingKernelError(KeyError):
+class MissingKernelError(HwlatError):
     """Kernels without a table entry and no regressor to predict them."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 @dataclass
@@ -53,7 +51,7 @@ class LatencyTable:
         """Entries from measured kernels (a kernel measured twice keeps its last value)."""
         for kernel, ms in zip(kernels, latency_ms, strict=True):
             if not ms > 0:
-                raise ValueError(f"kernel {kernel.key} has latency {ms}; entries must be positive")
+                raise PredictorFormatError(f"kernel {kernel.key} has latency {ms}; entries must be positive")
             self.entries[kernel.key] = float(ms)
         return self
 

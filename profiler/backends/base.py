@@ -12,16 +12,17 @@ import os
 from pathlib import Path
 
 from hwlat.devices.device import Device
+from hwlat.errors import HwlatError
 from hwlat.profiler.opspec import OpSpec
 
 CACHE_ENV = "HWLAT_CACHE"
 
 
-class ArtifactError(RuntimeError):
+class ArtifactError(HwlatError):
     """The op could not be turned into something the device can run (e.g. a compile error)."""
 
 
-class UnknownBackendError(ValueError):
+class UnknownBackendError(HwlatError):
     """A backend name that hwlat does not know."""
 
 

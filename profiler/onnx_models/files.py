@@ -17,12 +17,10 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import helper
 
+from hwlat.errors import ModelFileError
+
 OPSET = 17
 IR_VERSION = 8
-
-
-class ModelFileError(ValueError):
-    """A path that does not hold a readable ONNX model."""
 
 
 def make_model(graph: onnx.GraphProto) -> onnx.ModelProto:

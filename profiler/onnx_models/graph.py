@@ -16,12 +16,14 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from hwlat.errors import HwlatError
+
 ACTIVATION_OPS = ("Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid")
 FREE_OPS = ("Identity", "Dropout")
 BINARY_OPS = {"Add": "add", "Sub": "add", "Mul": "mul", "Div": "mul"}
 
 
-class GraphError(ValueError):
+class GraphError(HwlatError):
     """A graph hwlat cannot read (a cycle, a missing input, an unreadable constant)."""
 
 

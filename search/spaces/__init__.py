@@ -6,6 +6,7 @@ configuration; its lookup-table layout (``cells()``) is then built once per proc
 
 from __future__ import annotations
 
+from hwlat.errors import HwlatError
 from hwlat.search.spaces.base import Arch, Decision, InvalidArchError, SearchSpace, Slot
 from hwlat.search.spaces.fbnet import FbnetSpace
 from hwlat.search.spaces.nb201 import Nb201Space
@@ -33,7 +34,7 @@ __all__ = [
 _instances: dict[tuple, SearchSpace] = {}
 
 
-class UnknownSpaceError(ValueError):
+class UnknownSpaceError(HwlatError):
     """A search-space name that hwlat does not know."""
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from hwlat.errors import ConfigError, HwlatError
 from hwlat.profiler.onnx_models import torch_to_onnx
 from hwlat.profiler.opspec import OpSpec, unique
 from hwlat.search.spaces.cell_sum import CellSum
@@ -29,7 +30,7 @@ from hwlat.search.spaces.graph import Net, Tensor
 Arch = tuple[int, ...]
 
 
-class InvalidArchError(ValueError):
+class InvalidArchError(HwlatError):
     """An architecture (tuple, vector or dict) that is not one of the space's networks."""
 
 
@@ -277,7 +278,7 @@ class SearchSpace:
         wanted = set(self.resolutions if resolutions is None else resolutions)
         unknown = sorted(wanted - set(self.resolutions))
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"{self.name} has no resolution {unknown}; its resolutions: "
                 f"{', '.join(map(str, self.resolutions))}"
             )

@@ -35,6 +35,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
+from hwlat.errors import HwlatError
 from hwlat.search.pareto import violation
 
 Arch = tuple[int, ...]
@@ -51,7 +52,7 @@ class SpaceLike(Protocol):
     def crossover(self, a: Arch, b: Arch, rng: np.random.Generator) -> Arch: ...
 
 
-class UnknownStrategyError(ValueError):
+class UnknownStrategyError(HwlatError):
     """A strategy name that is not registered."""
 
 

@@ -32,12 +32,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from hwlat.errors import HwlatError
 from hwlat.search.strategies.base import Arch, SpaceLike, Strategy, canonical, register_strategy
 
 REWARDS = ("soft", "hard")
 
 
-class RewardError(ValueError):
+class RewardError(HwlatError):
     """The objectives do not fit the MnasNet reward."""
 
 

@@ -16,6 +16,7 @@ import shlex
 import shutil
 
 from hwlat.devices.device import Device
+from hwlat.errors import HwlatError
 
 HWLAT_KEYS = ("cc",)
 # Debian's cross toolchains, by the architecture that starts an LLVM triple.
@@ -30,7 +31,7 @@ _DEBIAN_CROSS = {
 _MACHINE_ALIASES = {"arm64": "aarch64", "amd64": "x86_64"}
 
 
-class TvmTargetError(ValueError):
+class TvmTargetError(HwlatError):
     """A device's tvm_target is unusable, or its cross compiler is missing."""
 
 

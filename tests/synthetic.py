@@ -1,0 +1,38 @@
+"""Made-up but structured kernel latencies, so tests of predictor plumbing need no device time."""
+
+from __future__ import annotations
+
+from hwlat.predictors import FusionRules, Kernel, KernelRegressor, LatencyPredictor, LatencyTable
+from hwlat.predictors.building import KernelSampler
+
+# The rules ONNX Runtime's probe finds on x86 (tests must not depend on a measurement).
+RULES = FusionRules(
+    "ort",
+    {
+        "conv>add": True,
+        "conv_act>add": False,
+        "conv|add>act": True,
+        "add>act": False,
+        "conv>mul": False,
+        "concat>shuffle": True,
+        "shuffle>split": True,
+        "concat|shuffle>split": True,
+    },
+)
+
+
+def synthetic_ms(kernel: Kernel) -> float:
+    """A made-up but structured latency: compute and memory terms, a penalty off channel alignment."""
+    penalty = 1.0 if kernel.head.input_shape[1] % 4 == 0 else 1.6
+    return penalty * (kernel.flops / 40e9 + kernel.bytes_moved / 8e9) * 1e3 + 0.002
+
+
+def synthetic_regressor(n: int = 500) -> KernelRegressor:
+    kernels = KernelSampler(RULES, random_state=1).sample(n)
+    return KernelRegressor(max_iter=120).fit(kernels, [synthetic_ms(k) for k in kernels])
+
+
+def synthetic_predictor(n: int = 300) -> LatencyPredictor:
+    """A gbdt predictor on synthetic kernel times (no overhead terms)."""
+    table = LatencyTable({}, synthetic_regressor(n))
+    return LatencyPredictor(table, RULES, "local", "ort", "gbdt", {"note": "synthetic"})
