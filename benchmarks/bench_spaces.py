@@ -47,7 +47,7 @@ def table_minutes(store: Store, name: str, resolution: int) -> dict:
     stored = {m.key: m for m in store.measurements(device="local", backend="ort", kind="op")}
     # Device time: the agent's time per op, whether measured now or by an earlier space that
     # shares the op (a campaign's wall time would count only the ops it measured itself).
-    minutes = sum(stored[op.key].extra.get("wall_s", 0.0) for op in ops) / 60
+    minutes = sum(stored[op.key].wall_s for op in ops) / 60
     return {
         "unique_ops_all": len(all_ops),
         "unique_ops_measured": len(ops),

@@ -75,7 +75,7 @@ def timed_campaign(store: Store, device, specs: list[OpSpec], protocol: TimingPr
     report = Campaign(device, "ort", store, protocol, show_progress=False).run(specs, force=True)
     rows = sorted((store.get(device.name, "ort", s.key) for s in specs), key=lambda m: m.created_at)
     # Steady state: between two stored ops, the time the agent was not timing the second one.
-    gaps = [b.created_at - a.created_at - b.extra.get("wall_s", 0.0) for a, b in itertools.pairwise(rows)]
+    gaps = [b.created_at - a.created_at - b.wall_s for a, b in itertools.pairwise(rows)]
     return {
         "wall_s": report.wall_s,
         "timing_s": report.timing_s,

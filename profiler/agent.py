@@ -29,19 +29,6 @@ import traceback
 
 import numpy as np
 
-PROTOCOL_DEFAULTS = {
-    "warmup_ms": 30.0,
-    "warmup_runs": 3,
-    "min_repeat_ms": 20.0,
-    "repeat": 9,
-    "cooldown_ms": 0.0,
-    "max_cv": 0.10,
-    "canary_tolerance": 0.10,
-    "canary_repeat": 3,
-    "canary_min_repeat_ms": 10.0,
-    "max_retries": 3,
-    "retry_backoff_s": 0.5,
-}
 ORT_OPT_LEVELS = {
     "disable": "ORT_DISABLE_ALL",
     "basic": "ORT_ENABLE_BASIC",
@@ -186,7 +173,7 @@ def _cv(samples):
 class Agent:
     def __init__(self):
         self.settings = None
-        self.protocol = dict(PROTOCOL_DEFAULTS)
+        self.protocol = None  # the host's TimingProtocol, sent with configure
         self.canary = None
         self.canary_reference_ms = None
         self.last_canary_ratio = None
@@ -203,11 +190,12 @@ class Agent:
         return {"type": "hello", "pid": os.getpid(), "versions": versions, "host": host_facts()}
 
     def configure(self, msg):
+        # Everything comes from the host (Device.settings() and TimingProtocol): no defaults here.
         settings = {
-            "backend": msg.get("backend", "ort"),
-            "threads": int(msg.get("threads", 1)),
-            "cpu_affinity": msg.get("cpu_affinity"),
-            "graph_optimization": msg.get("graph_optimization", "all"),
+            "backend": msg["backend"],
+            "threads": int(msg["threads"]),
+            "cpu_affinity": msg["cpu_affinity"],
+            "graph_optimization": msg["graph_optimization"],
         }
         if settings["backend"] not in RUNNERS:
             raise ValueError(f"backend {settings['backend']!r} is not available in this agent")
@@ -215,7 +203,7 @@ class Agent:
             os.sched_setaffinity(0, set(settings["cpu_affinity"]))
         settings["cpu_affinity"] = sorted(os.sched_getaffinity(0))
         self.settings = settings
-        self.protocol.update(msg.get("protocol", {}))
+        self.protocol = dict(msg["protocol"])
         self.canary = None
         canary_ms = []
         if msg.get("canary_model"):

@@ -140,7 +140,7 @@ class Campaign:
                 report.measured += m.ok
                 report.failed += not m.ok
                 report.disturbed += m.disturbed
-                report.timing_s += m.extra.get("wall_s", 0.0)
+                report.timing_s += m.wall_s
                 if not m.ok:
                     report.failures.append(f"{m.key}: {m.error_msg}")
                 if progress:
@@ -236,18 +236,7 @@ class Campaign:
             return self._failed(key, result.get("error_msg", "unknown agent error"), kind)
         assert self._session is not None
         hello, configured = self._session.hello, self._session.configured
-        extra = {
-            k: result[k]
-            for k in (
-                "wall_s",
-                "baseline_rss_mb",
-                "peak_rss_mb",
-                "e2e_samples_ms",
-                "kernel_nodes",
-                "profiled_runs",
-            )
-            if k in result
-        }
+        extra = {k: result[k] for k in ("e2e_samples_ms", "kernel_nodes", "profiled_runs") if k in result}
         return Measurement(
             device=self.device.name,
             backend=self.backend.name,
@@ -259,6 +248,9 @@ class Campaign:
             disturbance="; ".join(result["reasons"]),
             canary_ratio=result["canary_ratio"],
             attempts=result["attempts"],
+            wall_s=result["wall_s"],
+            peak_rss_mb=result.get("peak_rss_mb"),
+            baseline_rss_mb=result.get("baseline_rss_mb"),
             backend_version=str(hello["versions"].get(self.backend.version_key)),
             settings=configured["settings"],
             protocol=self.protocol.to_dict(),
@@ -353,7 +345,7 @@ class Campaign:
                 if old is None or (m.clean and (not old.clean or m.median_ms < old.median_ms)):
                     best[path] = m
         for m in best.values():
-            m.extra["repeats"] = repeats
+            m.repeats = repeats
             if save:
                 self.store.save(m)
         return [best[p] for p in paths]

@@ -27,11 +27,15 @@ class Measurement:
     disturbance: str = ""
     canary_ratio: float | None = None
     attempts: int = 1
+    repeats: int = 1  # times the whole measurement was taken; the fastest clean one is kept
+    wall_s: float = 0.0  # time the agent spent on it: timing, retries, canaries, profiling
+    peak_rss_mb: float | None = None  # whole models: the agent's peak resident memory ...
+    baseline_rss_mb: float | None = None  # ... and its resident memory before loading the model
     backend_version: str = ""
     settings: dict = field(default_factory=dict)
     protocol: dict = field(default_factory=dict)
     host: dict = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # what only some kinds have (kernel nodes, model facts)
     created_at: float = field(default_factory=time.time)
 
     @property

@@ -12,6 +12,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
 from hwlat.errors import ConfigError, HwlatError
@@ -20,34 +21,36 @@ from hwlat.profiler.measurement import Measurement
 DEFAULT_DB_ENV = "HWLAT_DB"
 DEFAULT_DB = "hwlat.db"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS measurements (
-    id INTEGER PRIMARY KEY,
-    device TEXT NOT NULL,
-    backend TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    key TEXT NOT NULL,
-    status TEXT NOT NULL,
-    error_msg TEXT NOT NULL DEFAULT '',
-    median_ms REAL,
-    p10_ms REAL,
-    p90_ms REAL,
-    cv REAL,
-    samples_ms TEXT NOT NULL,
-    number INTEGER NOT NULL,
-    disturbed INTEGER NOT NULL,
-    disturbance TEXT NOT NULL DEFAULT '',
-    canary_ratio REAL,
-    attempts INTEGER NOT NULL,
-    backend_version TEXT NOT NULL,
-    settings TEXT NOT NULL,
-    protocol TEXT NOT NULL,
-    host TEXT NOT NULL,
-    extra TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    UNIQUE (device, backend, kind, key)
-);
-CREATE TABLE IF NOT EXISTS canary_reference (
+SCHEMA_VERSION = 2  # PRAGMA user_version; 1 (or 0) is the store before wall_s..baseline_rss_mb were columns
+STATS = ("median_ms", "p10_ms", "p90_ms", "cv")  # derived from samples_ms, stored for queries and exports
+_SQL_TYPES = {"str": "TEXT", "int": "INTEGER", "float": "REAL", "bool": "INTEGER"}
+
+
+def _column_specs() -> list[tuple[str, str]]:
+    """(name, SQL definition) of every column, derived from the Measurement dataclass."""
+    specs = []
+    for f in fields(Measurement):
+        base, _, none = str(f.type).partition(" | ")
+        if base.startswith(("list", "dict")):
+            sql = "TEXT NOT NULL"  # JSON
+        else:
+            sql = _SQL_TYPES[base] + ("" if none else " NOT NULL")
+            if f.default not in (MISSING, None):
+                sql += f" DEFAULT {int(f.default) if isinstance(f.default, bool) else repr(f.default)}"
+        specs.append((f.name, sql))
+        if f.name == "error_msg":
+            specs += [(name, "REAL") for name in STATS]
+    return specs
+
+
+COLUMN_SPECS = _column_specs()
+_COLUMNS = tuple(name for name, _ in COLUMN_SPECS)
+_JSON_COLUMNS = tuple(f.name for f in fields(Measurement) if str(f.type).startswith(("list", "dict")))
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS measurements (\n    id INTEGER PRIMARY KEY,\n"
+    + "".join(f"    {name} {sql},\n" for name, sql in COLUMN_SPECS)
+    + "    UNIQUE (device, backend, kind, key)\n);\n"
+    + """CREATE TABLE IF NOT EXISTS canary_reference (
     device TEXT NOT NULL,
     backend TEXT NOT NULL,
     settings TEXT NOT NULL,
@@ -55,31 +58,9 @@ CREATE TABLE IF NOT EXISTS canary_reference (
     PRIMARY KEY (device, backend, settings)
 );
 """
-_COLUMNS = (
-    "device",
-    "backend",
-    "kind",
-    "key",
-    "status",
-    "error_msg",
-    "median_ms",
-    "p10_ms",
-    "p90_ms",
-    "cv",
-    "samples_ms",
-    "number",
-    "disturbed",
-    "disturbance",
-    "canary_ratio",
-    "attempts",
-    "backend_version",
-    "settings",
-    "protocol",
-    "host",
-    "extra",
-    "created_at",
 )
-_JSON_COLUMNS = ("samples_ms", "settings", "protocol", "host", "extra")
+# Version 1 kept these in the extra JSON column; migrating moves them into their own columns.
+_MOVED_FROM_EXTRA = ("repeats", "wall_s", "peak_rss_mb", "baseline_rss_mb")
 
 
 class StoreError(HwlatError):
@@ -104,12 +85,30 @@ class Store:
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
+            self._migrate()
             self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"{self.path} is not a usable hwlat database ({exc}); pass --db with another path"
             ) from None
         self._lock = threading.Lock()
+
+    def _migrate(self) -> None:
+        """Bring a version-1 store (the same table, fewer columns) to this schema."""
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(measurements)")}
+        if not present:
+            return  # a new file: the schema is created as it is
+        with self._db:
+            for name, sql in COLUMN_SPECS:
+                if name not in present:
+                    self._db.execute(f"ALTER TABLE measurements ADD COLUMN {name} {sql}")
+            for name in _MOVED_FROM_EXTRA:
+                if name not in present:
+                    moved = f"coalesce(json_extract(extra, '$.{name}'), {name})"
+                    self._db.execute(
+                        f"UPDATE measurements SET {name} = {moved}, extra = json_remove(extra, '$.{name}')"
+                    )
 
     def close(self) -> None:
         with self._lock:
@@ -124,29 +123,10 @@ class Store:
     # ----- writing ----------------------------------------------------------
     def save(self, m: Measurement) -> None:
         """Insert or replace the row for (device, backend, kind, key) and commit at once."""
-        row = (
-            m.device,
-            m.backend,
-            m.kind,
-            m.key,
-            m.status,
-            m.error_msg,
-            m.median_ms,
-            m.p10_ms,
-            m.p90_ms,
-            m.cv,
-            json.dumps(m.samples_ms),
-            m.number,
-            int(m.disturbed),
-            m.disturbance,
-            m.canary_ratio,
-            m.attempts,
-            m.backend_version,
-            json.dumps(m.settings),
-            json.dumps(m.protocol),
-            json.dumps(m.host),
-            json.dumps(m.extra),
-            m.created_at,
+        values = {**asdict(m), **{name: getattr(m, name) for name in STATS}}
+        row = tuple(
+            json.dumps(values[c]) if c in _JSON_COLUMNS else int(values[c]) if c == "disturbed" else values[c]
+            for c in _COLUMNS
         )
         placeholders = ", ".join("?" * len(_COLUMNS))
         with self._lock, self._db:
@@ -238,36 +218,14 @@ class Store:
 
 def _export_rows(items: Iterable[Measurement]) -> Iterator[dict]:
     for m in items:
-        yield {
-            "device": m.device,
-            "backend": m.backend,
-            "kind": m.kind,
-            "key": m.key,
-            "status": m.status,
-            "error_msg": m.error_msg,
-            "median_ms": m.median_ms,
-            "p10_ms": m.p10_ms,
-            "p90_ms": m.p90_ms,
-            "cv": m.cv,
-            "samples_ms": m.samples_ms,
-            "number": m.number,
-            "disturbed": m.disturbed,
-            "disturbance": m.disturbance,
-            "canary_ratio": m.canary_ratio,
-            "attempts": m.attempts,
-            "backend_version": m.backend_version,
-            "settings": m.settings,
-            "protocol": m.protocol,
-            "host": m.host,
-            "extra": m.extra,
-            "created_at": m.created_at,
-        }
+        values = {**asdict(m), **{name: getattr(m, name) for name in STATS}}
+        yield {c: values[c] for c in _COLUMNS}
 
 
 def _to_measurement(row: dict) -> Measurement:
     for column in _JSON_COLUMNS:
         row[column] = json.loads(row[column])
-    for derived in ("median_ms", "p10_ms", "p90_ms", "cv"):
+    for derived in STATS:
         row.pop(derived)
     row["disturbed"] = bool(row["disturbed"])
     return Measurement(**row)

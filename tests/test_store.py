@@ -91,3 +91,44 @@ def test_bad_paths_say_what_to_do(tmp_path) -> None:
     junk.write_text("this is not sqlite " * 100)
     with pytest.raises(StoreError, match="not a usable hwlat database"):
         Store(junk)
+
+
+# The version-1 schema (hwlat 0.1): the same table without repeats, wall_s, peak_rss_mb and
+# baseline_rss_mb, which lived in the extra JSON.
+V1_SCHEMA = """
+CREATE TABLE measurements (id INTEGER PRIMARY KEY, device TEXT NOT NULL, backend TEXT NOT NULL,
+    kind TEXT NOT NULL, key TEXT NOT NULL, status TEXT NOT NULL, error_msg TEXT NOT NULL DEFAULT '',
+    median_ms REAL, p10_ms REAL, p90_ms REAL, cv REAL, samples_ms TEXT NOT NULL, number INTEGER NOT NULL,
+    disturbed INTEGER NOT NULL, disturbance TEXT NOT NULL DEFAULT '', canary_ratio REAL,
+    attempts INTEGER NOT NULL, backend_version TEXT NOT NULL, settings TEXT NOT NULL, protocol TEXT NOT NULL,
+    host TEXT NOT NULL, extra TEXT NOT NULL, created_at REAL NOT NULL, UNIQUE (device, backend, kind, key));
+"""
+
+
+def test_a_version_1_store_is_migrated_with_its_extra_keys_moved_to_columns(tmp_path) -> None:
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(V1_SCHEMA)
+        extra = {"wall_s": 1.5, "repeats": 3, "peak_rss_mb": 80.0, "baseline_rss_mb": 60.0, "params": 7}
+        db.execute(
+            "INSERT INTO measurements (device, backend, kind, key, status, samples_ms, number, disturbed, "
+            "attempts, backend_version, settings, protocol, host, extra, created_at) "
+            "VALUES ('local', 'ort', 'model', 'model-a', 'ok', '[1.0, 2.0]', 4, 0, 1, '1.0', "
+            "'{}', '{}', '{}', ?, 0)",
+            (json.dumps(extra),),
+        )
+    with Store(path) as store:
+        (m,) = store.measurements()
+    assert (m.wall_s, m.repeats, m.peak_rss_mb, m.baseline_rss_mb) == (1.5, 3, 80.0, 60.0)
+    assert m.extra == {"params": 7} and m.median_ms == 1.5
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+def test_columns_follow_the_measurement_dataclass() -> None:
+    from dataclasses import fields
+
+    from hwlat.profiler.store import COLUMN_SPECS, STATS
+
+    names = [name for name, _ in COLUMN_SPECS]
+    assert set(names) == {f.name for f in fields(Measurement)} | set(STATS)

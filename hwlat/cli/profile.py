@@ -157,8 +157,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
         "cpu_affinity": m.settings.get("cpu_affinity"),
         "model_bytes": m.extra["model_bytes"],
         "params": m.extra["params"],
-        "peak_rss_mb": m.extra.get("peak_rss_mb"),
-        "baseline_rss_mb": m.extra.get("baseline_rss_mb"),
+        "peak_rss_mb": m.peak_rss_mb,
+        "baseline_rss_mb": m.baseline_rss_mb,
     }
     if out["peak_rss_mb"] is not None:
         out["model_rss_mb"] = out["peak_rss_mb"] - out["baseline_rss_mb"]

@@ -174,7 +174,7 @@ class KernelProfiler:
             stored = (
                 None if force else self.store.get(self.device.name, self.backend, model_key(path), "model")
             )
-            if stored is not None and stored.clean and stored.extra.get("repeats", 1) >= repeats:
+            if stored is not None and stored.clean and stored.repeats >= repeats:
                 best[path] = stored
         todo = [p for p in paths if p not in best]
         best.update(zip(todo, campaign.measure_models(todo, repeats), strict=True))
@@ -183,4 +183,4 @@ class KernelProfiler:
 
 def device_seconds(rows: Iterable[Measurement]) -> float:
     """Time the agent spent on these rows (timing, retries, canaries, profiling passes)."""
-    return sum(m.extra.get("wall_s", 0.0) for m in rows)
+    return sum(m.wall_s for m in rows)
