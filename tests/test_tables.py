@@ -155,7 +155,7 @@ plain-input:7x7x3-output:1000:   # trailing comment
         ("key-a:\n  std: 0.1\n", "t.yaml:1: 'key-a' has no 'mean'"),
         ("key-a:\n  mean: fast\n", "must be numbers"),
         ("key-a:\n  mean: 1.0\n  median: 1.0\n", "unknown fields"),
-        ("  mean: 1.0\n", "t.yaml:1: indented line before any key"),
+        ("  mean: 1.0\n", "t.yaml:1: 'mean' must map to count/mean/std"),
         ("key-a: 1.0\n", "must map to count/mean/std"),
         ("key-a:\n  mean: -1\n", "finite and >= 0"),
     ],
@@ -202,3 +202,9 @@ def test_profile_then_export_end_to_end(tmp_path, capsys):
     entries = read_table(out)
     assert len(entries) == len(get_space("nb201").cells()) - 1
     assert all(e.mean_ms > 0 for e in entries)
+
+
+def test_a_key_given_twice_is_reported_with_both_lines(tmp_path):
+    doubled = HAND_WRITTEN + "Conv-input:224x224x3-output:112x112x32:\n  count: 1\n  mean: 9.0\n  std: 0.0\n"
+    with pytest.raises(TableFormatError, match=r"line 21: key .* given twice \(first on line 1\)"):
+        parse_ofa_yaml(doubled, "t.yaml")

@@ -3,10 +3,8 @@
 The ``ofa-yaml`` format is what ProxylessNAS's ``LatencyEstimator`` and OFA's
 ``LatencyTable`` load with ``yaml.load``: one top-level key per block, like
 ``expanded_conv-input:112x112x16-output:56x56x24-expand:3-kernel:3-stride:2-idskip:0``,
-mapping to ``count``, ``mean`` and ``std`` (milliseconds; they read ``mean``). hwlat writes
-and reads that small subset of YAML itself (no PyYAML dependency): block mappings of
-scalars, optional quotes around keys, ``#`` comments, and one-line ``{mean: .., std: ..}``
-mappings on import.
+mapping to ``count``, ``mean`` and ``std`` (milliseconds; they read ``mean``). PyYAML reads
+and writes it; a key given twice is an error naming both lines (YAML itself keeps the last).
 """
 
 from __future__ import annotations
@@ -15,16 +13,16 @@ import csv
 import io
 import json
 import math
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from hwlat.errors import HwlatError
 
 FORMATS = ("ofa-yaml", "csv", "json")
 _EXTENSIONS = {".yaml": "ofa-yaml", ".yml": "ofa-yaml", ".csv": "csv", ".json": "json"}
-_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:x+~|\-]*$")
 
 
 class TableFormatError(HwlatError):
@@ -68,17 +66,11 @@ def write_table(entries: Iterable[TableEntry], path: str | Path, fmt: str, heade
 
 
 def format_ofa_yaml(entries: Iterable[TableEntry], header: dict | None = None) -> str:
-    lines = ["# latency lookup table, milliseconds (hwlat)"]
-    lines += [f"# {name}: {value}" for name, value in (header or {}).items()]
-    for e in entries:
-        key = e.key if _PLAIN_KEY.match(e.key) else json.dumps(e.key)
-        lines += [
-            f"{key}:",
-            f"  count: {e.count}",
-            f"  mean: {_number(e.mean_ms)}",
-            f"  std: {_number(e.std_ms)}",
-        ]
-    return "\n".join(lines) + "\n"
+    comments = ["# latency lookup table, milliseconds (hwlat)"]
+    comments += [f"# {name}: {value}" for name, value in (header or {}).items()]
+    body = {e.key: {"count": e.count, "mean": float(e.mean_ms), "std": float(e.std_ms)} for e in entries}
+    text = yaml.safe_dump(body, sort_keys=False, default_flow_style=False, width=1 << 20) if body else ""
+    return "\n".join(comments) + "\n" + text
 
 
 def _format_csv(entries: list[TableEntry], header: dict) -> str:
@@ -113,86 +105,41 @@ def read_table(path: str | Path, fmt: str | None = None) -> list[TableEntry]:
     return _parse_json(text, str(path))
 
 
+class _TableLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice instead of keeping the last."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise TableFormatError(
+                    f"line {key_node.start_mark.line + 1}: key {key!r} is given twice "
+                    f"(first on line {seen[key] + 1})",
+                    "keep one of them",
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_ofa_yaml(text: str, source: str = "<table>") -> list[TableEntry]:
-    entries: list[TableEntry] = []
-    key: str | None = None
-    fields: dict[str, str] = {}
-    key_line = 0
-
-    def close() -> None:
-        if key is not None:
-            entries.append(_entry(key, fields, f"{source}:{key_line}"))
-
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = _strip_comment(raw).rstrip()
-        if not line.strip() or line.strip() == "---":
-            continue
-        if not line[0].isspace():
-            close()
-            key_text, value = _split_mapping(line, f"{source}:{lineno}")
-            key, fields, key_line = key_text, {}, lineno
-            if value:
-                if not (value.startswith("{") and value.endswith("}")):
-                    raise TableFormatError(
-                        f"{source}:{lineno}: {key!r} must map to count/mean/std, got {value!r}"
-                    )
-                for item in value[1:-1].split(","):
-                    name, item_value = _split_mapping(item.strip(), f"{source}:{lineno}")
-                    fields[name] = item_value
-        else:
-            if key is None:
-                raise TableFormatError(f"{source}:{lineno}: indented line before any key")
-            name, value = _split_mapping(line.strip(), f"{source}:{lineno}")
-            fields[name] = value
-    close()
+    try:
+        root = yaml.compose(text, Loader=_TableLoader)
+        data = _TableLoader(text).get_single_data() if root is not None else {}
+    except TableFormatError as exc:
+        raise TableFormatError(f"{source}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise TableFormatError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise TableFormatError(f"{source}: a table maps each block key to count/mean/std")
+    lines = {n.value: n.start_mark.line + 1 for n, _ in root.value} if root is not None else {}
+    entries = []
+    for key, fields in data.items():
+        where = f"{source}:{lines.get(key, 0)}"
+        if not isinstance(fields, dict):
+            raise TableFormatError(f"{where}: {key!r} must map to count/mean/std, got {fields!r}")
+        entries.append(_entry(str(key), fields, where))
     return entries
-
-
-def _strip_comment(line: str) -> str:
-    """Drop a ``#`` comment (at the line start or after a space, as YAML does) outside quotes."""
-    quote = None
-    for i, ch in enumerate(line):
-        if quote:
-            quote = None if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch == "#" and (i == 0 or line[i - 1].isspace()):
-            return line[:i]
-    return line
-
-
-def _split_mapping(text: str, where: str) -> tuple[str, str]:
-    """``name: value`` or ``name:`` -> (name, value). Plain keys hold ``:`` but never ``": "``;
-    a quoted key may hold anything."""
-    if text[:1] in "'\"":
-        name, end = _quoted(text, where)
-        rest = text[end:].lstrip()
-        if not rest.startswith(":"):
-            raise TableFormatError(f"{where}: expected ':' after the quoted key {name!r}")
-        return name, rest[1:].strip()
-    if text.endswith(":") and ": " not in text:
-        return text[:-1].strip(), ""
-    name, sep, value = text.partition(": ")
-    if not sep:
-        raise TableFormatError(f"{where}: expected 'name: value' or 'key:', got {text!r}")
-    return name.strip(), value.strip()
-
-
-def _quoted(text: str, where: str) -> tuple[str, int]:
-    """Decode a leading YAML-quoted scalar; returns it and the index after its closing quote."""
-    if text[0] == '"':
-        try:
-            return json.JSONDecoder().raw_decode(text)
-        except json.JSONDecodeError:
-            raise TableFormatError(f"{where}: unterminated double-quoted key in {text!r}") from None
-    i = 1
-    while True:
-        i = text.find("'", i)
-        if i < 0:
-            raise TableFormatError(f"{where}: unterminated single-quoted key in {text!r}")
-        if text[i + 1 : i + 2] != "'":
-            return text[1:i].replace("''", "'"), i + 1
-        i += 2
 
 
 def _entry(key: str, fields: dict, where: str) -> TableEntry:
