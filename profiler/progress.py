@@ -1,66 +1,79 @@
-"""Dependency-free progress lines with rate and ETA, on stderr, one line per campaign.
+"""Progress bars with rates and ETAs, one per campaign, drawn by ``rich``.
 
-Campaigns on several devices run in parallel threads; their bars share one ``_Board``
-per stream. On a terminal the board redraws its block of lines in place (log messages
-go above it through ``ProgressLogHandler``); otherwise every update is one plain line.
+Campaigns on several devices run in parallel threads; their bars share one live display
+per stream, and log records go above it (``ProgressLogHandler``). When the stream is not a
+terminal (CI logs, a pipe), each bar writes plain lines instead, at most one every
+``PLAIN_INTERVAL_S`` and always the last one, so that a log file shows progress too.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
 import threading
 import time
 import weakref
 from typing import TextIO
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
+from rich.text import Text
+
+PLAIN_INTERVAL_S = 2.0
+
+
+class _RateColumn(ProgressColumn):
+    """Items per second."""
+
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:5.1f}/s" if task.speed else "    ?/s")
+
 
 class _Board:
-    """The progress lines of every campaign writing to one stream."""
+    """The bars of every campaign writing to one stream; live only while one is open."""
 
     def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.rows: list[Progress] = []
-        self.drawn = 0  # lines of the block currently on screen (terminal only)
+        self.console = Console(file=stream, highlight=False)
+        self.live = self.console.is_terminal
+        self.rich = RichProgress(
+            TextColumn("[{task.description}]", markup=False),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            _RateColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[note]}", markup=False),
+            console=self.console,
+            transient=False,
+        )
+        self.open = 0
         self.lock = threading.RLock()
 
-    def add(self, row: Progress) -> None:
+    def add(self, name: str, total: int) -> int:
         with self.lock:
-            self.rows.append(row)
+            if self.open == 0:
+                self.rich.start()
+            self.open += 1
+            return self.rich.add_task(name, total=total, note="")
 
-    def show(self, row: Progress) -> None:
+    def close(self, task: int) -> None:
         with self.lock:
-            if self.tty:
-                self._redraw()
-            else:
-                self.stream.write(row.line + "\n")
-            self.stream.flush()
-
-    def close(self, row: Progress) -> None:
-        """Once every row is closed the block is left on screen as it is and forgotten."""
-        with self.lock:
-            row.closed = True
-            if all(r.closed for r in self.rows):
-                self.rows.clear()
-                self.drawn = 0
+            self.rich.refresh()
+            self.open -= 1
+            if self.open == 0:
+                self.rich.stop()
+                for old in list(self.rich.task_ids):
+                    self.rich.remove_task(old)
 
     def write_above(self, text: str) -> None:
         with self.lock:
-            if self.tty and self.drawn:
-                self.stream.write(f"\x1b[{self.drawn}F\x1b[J")  # to the block's top, clear below
-                self.drawn = 0
-            self.stream.write(text + "\n")
-            if self.tty and self.rows:
-                self._redraw()
-            self.stream.flush()
-
-    def _redraw(self) -> None:
-        width = max(shutil.get_terminal_size().columns - 1, 20)  # a wrapped line breaks the block
-        up = f"\x1b[{self.drawn}F" if self.drawn else ""
-        self.stream.write(up + "".join(r.line[:width] + "\x1b[K\n" for r in self.rows))
-        self.drawn = len(self.rows)
+            if self.live and self.open:
+                self.console.print(text, markup=False, highlight=False)
+            else:
+                self.console.file.write(text + "\n")
+                self.console.file.flush()
 
 
 _BOARDS: weakref.WeakKeyDictionary[TextIO, _Board] = weakref.WeakKeyDictionary()
@@ -75,43 +88,42 @@ def _board(stream: TextIO) -> _Board:
 
 
 class Progress:
-    """``[name] 12/100 12% 3.1/s ETA 28s  last-item``; one line per update when not a terminal."""
+    """``[name] 12/100 12% 3.1/s ETA 0:00:28  last-item``: a live bar on a terminal, plain lines otherwise."""
 
-    def __init__(
-        self, total: int, name: str = "", stream: TextIO | None = None, min_interval_s: float = 0.2
-    ) -> None:
+    def __init__(self, total: int, name: str = "", stream: TextIO | None = None) -> None:
         self.total = total
         self.name = name
         self.done = 0
-        self.closed = False
         self.board = _board(stream if stream is not None else sys.stderr)
         self.start = time.monotonic()
-        self.min_interval_s = min_interval_s if self.board.tty else 2.0
-        self._last = 0.0
-        self.line = f"[{name}] 0/{total}"
-        self.board.add(self)
+        self._last_line = 0.0
+        self._task = self.board.add(name, total) if self.board.live else None
 
     def update(self, step: int = 1, note: str = "") -> None:
         self.done += step
-        now = time.monotonic()
-        if now - self._last < self.min_interval_s and self.done < self.total:
+        if self._task is not None:
+            self.board.rich.update(self._task, advance=step, note=note[:60])
             return
-        self._last = now
+        now = time.monotonic()
+        if now - self._last_line < PLAIN_INTERVAL_S and self.done < self.total:
+            return
+        self._last_line = now
         elapsed = now - self.start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
+        rate = self.done / elapsed if elapsed > 0.5 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
         pct = 100 * self.done / self.total if self.total else 100
-        self.line = (
+        self.board.write_above(
             f"[{self.name}] {self.done}/{self.total} {pct:3.0f}% {rate:5.1f}/s ETA {_fmt_s(eta)} {note[:60]}"
         )
-        self.board.show(self)
 
     def close(self) -> None:
-        self.board.close(self)
+        if self._task is not None:
+            self.board.close(self._task)
+            self._task = None
 
 
 class ProgressLogHandler(logging.StreamHandler):
-    """Writes log records above the progress block instead of through it."""
+    """Writes log records above the live bars instead of through them."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

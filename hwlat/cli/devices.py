@@ -7,6 +7,7 @@ import json
 import sys
 
 from hwlat.cli import options
+from hwlat.cli.output import print_table
 from hwlat.devices.inventory import load_inventory, resolve_device
 
 
@@ -33,17 +34,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_devices_list(args: argparse.Namespace) -> int:
+    rows = []
     for d in load_inventory(args.inventory).values():
-        where = (
-            "this machine"
-            if d.is_local
-            else (f"{d.user + '@' if d.user else ''}{d.host}{f':{d.port}' if d.port else ''}")
-        )
-        print(
-            f"{d.name:16s} {where:32s} backends={','.join(d.backends)} threads={d.threads} "
-            f"affinity={list(d.cpu_affinity) if d.cpu_affinity else 'any'} "
-            f"labels={','.join(d.labels) or '-'}"
-        )
+        where = "this machine" if d.is_local else f"{d.user + '@' if d.user else ''}{d.host}"
+        where += f":{d.port}" if d.port and not d.is_local else ""
+        affinity = ",".join(map(str, d.cpu_affinity)) if d.cpu_affinity else "any"
+        rows.append((d.name, where, ",".join(d.backends), d.threads, affinity, ",".join(d.labels) or None))
+    print_table(("device", "where", "backends", "threads", "cpus", "labels"), rows)
     return 0
 
 
