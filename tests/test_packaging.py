@@ -77,3 +77,16 @@ def test_public_imports_work_from_outside_the_repository(tmp_path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_ci_runs_the_readme_test_command_and_the_layout_table_matches_the_folders() -> None:
+    readme = (ROOT / "README.md").read_text()
+    command = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert f"```\n{command}\n```" in readme
+    assert "ruff check" in command and "ruff format --check" in command
+    for folder in PYPROJECT["tool"]["setuptools"]["package-dir"].values():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT).as_posix()
+            depth = len(init.parent.relative_to(ROOT).parts)
+            if depth <= 2 and rel != "search/spaces" and rel != "search/strategies":
+                assert f"`{rel}/`" in readme, f"the README's layout table lacks {rel}/"
