@@ -9,7 +9,7 @@ subclasses it raises (``DeviceError``, ``InvalidOpSpecError``, ``StoreError``,
 
 from __future__ import annotations
 
-EXIT_OK = 0
+# Exit codes of the hwlat command besides 0 (done).
 EXIT_FAILED = 1  # the command ran, and its result is a failure (ops failed, a winner over budget, ...)
 EXIT_ERROR = 2  # the command could not run: bad input, an unreachable device, a bad file
 EXIT_INTERRUPTED = 130  # Ctrl-C; what was measured is stored

@@ -96,7 +96,6 @@ class LatencyPredictor:
         self.backend = backend
         self.kind = kind
         self.meta = dict(meta or {})
-        self._splitter = ModelSplitter(fusion_rules)
         self._space_cache: dict[int, tuple[Any, np.ndarray, Any]] = {}
 
     @property

@@ -441,28 +441,9 @@ def test_verify_measures_winners_on_the_device_and_flags_budget_misses(tmp_path,
 @pytest.fixture(scope="module")
 def predictor_file(tmp_path_factory):
     """A LatencyPredictor whose kernel regressor learnt a made-up compute+memory latency."""
-    from hwlat.predictors import FusionRules, KernelRegressor, LatencyPredictor, LatencyTable
-    from hwlat.predictors.building.sampling import KernelSampler
+    from tests.synthetic import synthetic_predictor
 
-    rules = FusionRules(
-        "ort",
-        {
-            "conv>add": True,
-            "conv_act>add": False,
-            "conv|add>act": True,
-            "add>act": False,
-            "conv>mul": False,
-            "concat>shuffle": True,
-            "shuffle>split": True,
-            "concat|shuffle>split": True,
-        },
-    )
-    kernels = KernelSampler(rules, random_state=1).sample(200)
-    regressor = KernelRegressor(max_iter=60).fit(
-        kernels, [(k.flops / 40e9 + k.bytes_moved / 8e9) * 1e3 + 0.002 for k in kernels]
-    )
-    predictor = LatencyPredictor(LatencyTable({}, regressor), rules, "local", "ort", "lut")
-    return predictor.save(tmp_path_factory.mktemp("predictor") / "local.json")
+    return synthetic_predictor(200).save(tmp_path_factory.mktemp("predictor") / "local.json")
 
 
 def test_cli_search_verifies_winners_and_resumes(predictor_file, tmp_path, capsys) -> None:

@@ -9,6 +9,7 @@ import sys
 from hwlat.cli import options
 from hwlat.cli.output import print_table
 from hwlat.devices.inventory import load_inventory, resolve_device
+from hwlat.errors import EXIT_FAILED
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -56,4 +57,4 @@ def cmd_devices_check(args: argparse.Namespace) -> int:
             print(f"{key:16s} {value}")
     else:
         print(f"hwlat: {args.name}: {report['diagnosis']}", file=sys.stderr)
-    return 0 if report["ok"] else 1
+    return 0 if report["ok"] else EXIT_FAILED

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from hwlat.cli import options
 from hwlat.devices.inventory import resolve_device
-from hwlat.errors import ConfigError
+from hwlat.errors import EXIT_FAILED, ConfigError
 from hwlat.profiler.onnx_models import load_model
 from hwlat.profiler.protocol import TimingProtocol
 from hwlat.profiler.store import Store
@@ -192,7 +192,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         meas_ms.append(m.median_ms)
     if not names:
         print("hwlat: error: no model was measured cleanly:\n  " + "\n  ".join(skipped), file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     report = accuracy(pred_ms, meas_ms, names)
     plot(report, args.plot, f"{predictor.device}/{predictor.backend}: {report.summary()}")
     if args.json:

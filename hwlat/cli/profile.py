@@ -11,7 +11,7 @@ from pathlib import Path
 from hwlat.cli import options
 from hwlat.devices.connection import DeviceError
 from hwlat.devices.inventory import resolve_device
-from hwlat.errors import ConfigError
+from hwlat.errors import EXIT_FAILED, ConfigError
 from hwlat.profiler.backends import ArtifactError
 from hwlat.profiler.campaign import Campaign, CampaignReport
 from hwlat.profiler.onnx_models import load_model
@@ -102,7 +102,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     for campaign, result in zip(campaigns, results, strict=True):
         if isinstance(result, Exception):
             print(f"{campaign.device.name}: FAILED: {result}", file=sys.stderr)
-            status = 1
+            status = EXIT_FAILED
             continue
         print(result.summary())
         for line in result.failures[:10]:
@@ -140,7 +140,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
         ).measure_model(args.model)
     if not m.ok:
         print(f"hwlat: error: measuring {args.model} failed: {m.error_msg}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     out = {
         "model": str(args.model),
         "device": m.device,

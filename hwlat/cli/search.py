@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hwlat.cli import options
 from hwlat.devices.inventory import resolve_device
-from hwlat.errors import ConfigError
+from hwlat.errors import EXIT_FAILED, ConfigError
 from hwlat.profiler.store import Store
 
 
@@ -140,7 +140,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             "hwlat: no evaluated network met every budget; raise --budget or the latency budgets",
             file=sys.stderr,
         )
-        return 1
+        return EXIT_FAILED
     if not args.verify:
         return 0
     status = 0
@@ -163,7 +163,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             print(f"verified on {device.name}/{args.backend} (predicted vs measured):")
             print(format_verification(results))
             if not all(r.meets_budget_within_noise for r in results):
-                status = 1
+                status = EXIT_FAILED
     return status
 
 
@@ -181,4 +181,4 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     device = resolve_device(args.device, args.inventory)
     with Store(args.db) as store:
         summary = run_quickstart(device, store, args.out, config)
-    return 0 if summary["winners_measured"] else 1
+    return 0 if summary["winners_measured"] else EXIT_FAILED

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from hwlat.cli import options
+from hwlat.errors import EXIT_FAILED
 from hwlat.predictors.formats import FORMATS
 from hwlat.profiler.store import Store
 
@@ -73,7 +74,7 @@ def cmd_table_export(args: argparse.Namespace) -> int:
             f"--device {args.device} --backend {args.backend}",
             file=sys.stderr,
         )
-        return 1
+        return EXIT_FAILED
     return 0
 
 

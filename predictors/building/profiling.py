@@ -22,7 +22,6 @@ from pathlib import Path
 
 from hwlat.devices.device import Device
 from hwlat.errors import ConfigError, HwlatError
-from hwlat.predictors.kernels.fusion import FusionProbe, FusionRules, decide, default_probes, probe_kernels
 from hwlat.profiler.backends import cache_dir
 from hwlat.profiler.backends.ort.harness import HarnessBackend, ProbeModel, relu_chain
 from hwlat.profiler.campaign import Campaign, CampaignReport, model_key
@@ -145,13 +144,6 @@ class KernelProfiler:
         real = (e2e[1].median_ms - e2e[0].median_ms) / (PROBE_NODES - 1)
         self._node_overhead_ms = max(0.0, recorded - real)
         return self._node_overhead_ms
-
-    def probe_fusions(self, probes: list[FusionProbe] | None = None) -> FusionRules:
-        """Measure A, B and A->B for each candidate pair and decide which pairs fuse."""
-        probes = probes or default_probes()
-        self.measure(probe_kernels(probes))
-        costs = self.costs()
-        return decide(probes, self.backend, lambda k: costs.get(k.key))
 
     def measure_models(
         self,

@@ -31,10 +31,6 @@ class Costs:
     latency_ms: np.ndarray
     fallback: np.ndarray  # bool: predicted by the regressor, not looked up
 
-    @property
-    def fallback_count(self) -> int:
-        return int(self.fallback.sum())
-
 
 class LatencyTable:
     def __init__(
