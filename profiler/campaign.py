@@ -38,6 +38,7 @@ from hwlat.profiler.opspec import OpSpec, unique
 from hwlat.profiler.progress import Progress
 from hwlat.profiler.protocol import TimingProtocol
 from hwlat.profiler.store import Store
+from hwlat.profiler.store.leases import DeviceLease
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class Campaign:
         batch_size: int = 32,
         batch_timeout_s: float = 600.0,
         kind: str = "op",
+        wait_for_device: bool | None = None,
     ) -> None:
         if kind not in AGENT_COMMANDS:
             raise ValueError(f"unknown measurement kind {kind!r}; use one of {', '.join(AGENT_COMMANDS)}")
@@ -105,6 +107,7 @@ class Campaign:
         self.connect_fn = connect_fn
         self.batch_size = batch_size
         self.batch_timeout_s = batch_timeout_s
+        self.wait_for_device = store.wait_for_devices if wait_for_device is None else wait_for_device
         self._connection: Connection | None = None
         self._session: AgentSession | None = None
         self._ever_connected = False
@@ -127,24 +130,8 @@ class Campaign:
             else None
         )
         try:
-            if todo:  # e.g. TVM tunes and compiles ahead; the canary is needed first
-                self.backend.prefetch([CANARY, *todo], progress=self.show_progress)
-            index = 0
-            while index < len(todo) and not self._stop.is_set():
-                spec = todo[index]
-                m = self._measure_one(spec, report, todo[index : index + self.batch_size])
-                if m is None or self._stop.is_set():  # connection lost: same op again; or stopped
-                    continue
-                self.store.save(m)
-                index += 1
-                report.measured += m.ok
-                report.failed += not m.ok
-                report.disturbed += m.disturbed
-                report.timing_s += m.wall_s
-                if not m.ok:
-                    report.failures.append(f"{m.key}: {m.error_msg}")
-                if progress:
-                    progress.update(note=f"{spec.op} {m.median_ms or 0:.3f} ms" if m.ok else "failed")
+            with self._lease() as lease:
+                self._run(todo, report, progress, lease)
         finally:
             self._close()
             self.backend.close()
@@ -153,6 +140,33 @@ class Campaign:
             report.wall_s = time.monotonic() - started
             report.stopped = self._stop.is_set()
         return report
+
+    def _run(
+        self, todo: list[OpSpec], report: CampaignReport, progress: Progress | None, lease: DeviceLease
+    ) -> None:
+        if todo:  # e.g. TVM tunes and compiles ahead (timing candidates on the device); the canary first
+            self.backend.prefetch([CANARY, *todo], progress=self.show_progress)
+        index = 0
+        while index < len(todo) and not self._stop.is_set():
+            lease.check()
+            spec = todo[index]
+            m = self._measure_one(spec, report, todo[index : index + self.batch_size])
+            if m is None or self._stop.is_set():  # connection lost: same op again; or stopped
+                continue
+            self.store.save(m)
+            index += 1
+            report.measured += m.ok
+            report.failed += not m.ok
+            report.disturbed += m.disturbed
+            report.timing_s += m.wall_s
+            if not m.ok:
+                report.failures.append(f"{m.key}: {m.error_msg}")
+            if progress:
+                progress.update(note=f"{spec.op} {m.median_ms or 0:.3f} ms" if m.ok else "failed")
+
+    def _lease(self) -> DeviceLease:
+        """Nothing else times on the device while this campaign does (profiler/store/leases.py)."""
+        return DeviceLease(self.store, self.device.name, wait=self.wait_for_device)
 
     def stop(self) -> None:
         """End a running ``run`` from another thread: the op in flight is dropped, not stored."""
@@ -173,6 +187,7 @@ class Campaign:
             session = self._ensure_session(report)
             if spec.key not in self._staged:
                 self._stage_batch(batch)
+            started_at = time.time()
             result = session.measure(
                 spec.key, artifact, self.protocol.op_timeout_s, cmd=AGENT_COMMANDS[self.kind]
             )
@@ -193,7 +208,7 @@ class Campaign:
                 return None
             self._close_session()  # the link is fine: a fresh agent on the same connection
             return None if self._stop.is_set() else self._failed(spec.key, str(exc))
-        return self._from_result(spec.key, result, self.kind)
+        return self._from_result(spec.key, result, self.kind, started_at)
 
     def _artifact(self, spec: OpSpec) -> Path:
         """Built once per campaign; a build error is remembered, not retried."""
@@ -219,7 +234,9 @@ class Campaign:
         self._connection.stage(paths, timeout_s=self.batch_timeout_s)
         self._staged.update(spec.key for spec in batch)
 
-    def _failed(self, key: str, error_msg: str, kind: str | None = None) -> Measurement:
+    def _failed(
+        self, key: str, error_msg: str, kind: str | None = None, started_at: float | None = None
+    ) -> Measurement:
         return Measurement(
             device=self.device.name,
             backend=self.backend.name,
@@ -229,11 +246,12 @@ class Campaign:
             error_msg=error_msg,
             settings=self.device.settings(),
             protocol=self.protocol.to_dict(),
+            started_at=started_at,
         )
 
-    def _from_result(self, key: str, result: dict, kind: str) -> Measurement:
+    def _from_result(self, key: str, result: dict, kind: str, started_at: float) -> Measurement:
         if result.get("status") != "ok":
-            return self._failed(key, result.get("error_msg", "unknown agent error"), kind)
+            return self._failed(key, result.get("error_msg", "unknown agent error"), kind, started_at)
         assert self._session is not None
         hello, configured = self._session.hello, self._session.configured
         extra = {k: result[k] for k in ("e2e_samples_ms", "kernel_nodes", "profiled_runs") if k in result}
@@ -256,6 +274,7 @@ class Campaign:
             protocol=self.protocol.to_dict(),
             host=hello["host"],
             extra=extra,
+            started_at=started_at,
         )
 
     # ----- connection management -------------------------------------------
@@ -338,12 +357,13 @@ class Campaign:
         paths = [Path(p) for p in onnx_paths]
         repeats = max(1, repeats)
         best: dict[Path, Measurement] = {}
-        for _ in range(repeats):
-            for path in paths:
-                m = self.measure_model(path, save=False)
-                old = best.get(path)
-                if old is None or (m.clean and (not old.clean or m.median_ms < old.median_ms)):
-                    best[path] = m
+        with self._lease():
+            for _ in range(repeats):
+                for path in paths:
+                    m = self.measure_model(path, save=False)
+                    old = best.get(path)
+                    if old is None or (m.clean and (not old.clean or m.median_ms < old.median_ms)):
+                        best[path] = m
         for m in best.values():
             m.repeats = repeats
             if save:
@@ -355,17 +375,21 @@ class Campaign:
         onnx_path = Path(onnx_path)
         key = model_key(onnx_path)
         report = CampaignReport(self.device.name, self.backend.name)
+        started_at = time.time()
         try:
-            try:
-                artifact = self.backend.model_artifact(onnx_path)
-            except ArtifactError as exc:
-                m = self._failed(key, f"could not build the model: {exc}", "model")
-            else:
-                session = self._ensure_session(report)
-                result = session.measure(key, artifact, self.protocol.op_timeout_s * 5, cmd="measure_model")
-                m = self._from_result(key, result, "model")
+            with self._lease():
+                try:
+                    artifact = self.backend.model_artifact(onnx_path)
+                except ArtifactError as exc:
+                    m = self._failed(key, f"could not build the model: {exc}", "model", started_at)
+                else:
+                    session = self._ensure_session(report)
+                    started_at = time.time()
+                    timeout_s = self.protocol.op_timeout_s * 5
+                    result = session.measure(key, artifact, timeout_s, cmd="measure_model")
+                    m = self._from_result(key, result, "model", started_at)
         except (AgentCrashed, AgentTimeout) as exc:
-            m = self._failed(key, str(exc), "model")
+            m = self._failed(key, str(exc), "model", started_at)
         finally:
             self._close()
         m.extra.update(model_facts(onnx_path))

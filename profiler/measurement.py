@@ -36,7 +36,8 @@ class Measurement:
     protocol: dict = field(default_factory=dict)
     host: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # what only some kinds have (kernel nodes, model facts)
-    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None  # when the host asked for it (unix time); None for imported rows
+    created_at: float = field(default_factory=time.time)  # when it was stored
 
     @property
     def ok(self) -> bool:

@@ -1,8 +1,10 @@
 """One call for a whole search into an output folder: the entry point of the CLI and quickstart.
 
-The study lives in ``<out_dir>/study.db``: running the same call again with the same
-settings resumes it (see search/study.py for what resume guarantees); other settings
-raise StudyMismatchError instead of mixing two searches.
+The study lives in ``store`` (the measurement database; the CLI passes its ``--db``) under
+``study_name`` (default: the output folder's name), or, without a store, in
+``<out_dir>/study.db``. Running the same call again with the same settings resumes it (see
+search/study.py for what resume guarantees); other settings raise StudyMismatchError instead
+of mixing two searches.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hwlat.profiler.store import Store
 from hwlat.search.objectives import Objective
 from hwlat.search.report import SearchReport, write_report
 from hwlat.search.storage import SearchStorage
@@ -31,11 +34,14 @@ def run_search(
     top_k: int = 5,
     show_progress: bool = True,
     export_onnx: bool = True,
+    store: Store | None = None,
+    study_name: str | None = None,
 ) -> tuple[Study, SearchReport]:
     """Check budgets, search ``budget`` architectures (resuming a stored run), write the report."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    storage = SearchStorage(out_dir / STUDY_FILE)
-    study = Study(space, objectives, strategy, storage=storage, batch_size=batch_size)
+    storage = SearchStorage(store if store is not None else out_dir / STUDY_FILE)
+    name = study_name or out_dir.resolve().name
+    study = Study(space, objectives, strategy, storage=storage, name=name, batch_size=batch_size)
     study.optimize(budget, show_progress=show_progress)
     return study, write_report(study, out_dir, top_k=top_k, export_onnx=export_onnx)

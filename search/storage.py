@@ -1,42 +1,29 @@
-"""Search storage: studies and their trials in one SQLite file.
+"""Search storage: studies and their trials, in the same database as the measurements.
 
 A study row holds the configuration that must not change on resume (space, objectives,
 strategy and its options, batch size); a trial row is one evaluated architecture. A batch
 of trials is committed in one transaction as soon as it is evaluated, so an interruption
-loses at most the batch being evaluated. One file can hold many studies (by name).
+loses at most the batch being evaluated. One database holds many studies (by name), and any
+machine that reaches it (a PostgreSQL server) can resume or inspect a study.
+
+Several workers can share one study (search/workers.py): a worker *claims* the trial numbers
+it is about to evaluate (``trial_claims``, with a heartbeat), and a claim whose worker stopped
+beating is handed to another worker, so that no trial is evaluated twice and none is lost.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hwlat.profiler.store import StoreError
-from hwlat.search.trial import Trial
+import sqlalchemy as sa
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS studies (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    config TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS trials (
-    study_id INTEGER NOT NULL REFERENCES studies(id),
-    number INTEGER NOT NULL,
-    batch INTEGER NOT NULL,
-    arch TEXT NOT NULL,
-    "values" TEXT NOT NULL,
-    feasible INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (study_id, number)
-);
-"""
+from hwlat.profiler.store import Store, StoreError, schema
+from hwlat.search.trial import Trial
 
 
 class SearchStorageError(StoreError):
@@ -51,31 +38,30 @@ class StoredStudy:
     created_at: float
 
 
-class SearchStorage:
-    """SQLite storage of studies; ``path=None`` keeps everything in memory (tests, throwaway runs)."""
+@dataclass(frozen=True)
+class Claim:
+    """A trial number a worker has asked for and is evaluating."""
 
-    def __init__(self, path: str | Path | None = None) -> None:
-        self.path = Path(path) if path is not None else None
-        if self.path is not None and not self.path.parent.exists():
-            raise SearchStorageError(
-                f"cannot create search database {self.path}: folder {self.path.parent} does not exist"
-            )
-        try:
-            self._db = sqlite3.connect(
-                str(self.path) if self.path else ":memory:", check_same_thread=False, timeout=30
-            )
-            if self.path is not None:
-                self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise SearchStorageError(
-                f"{self.path} is not a usable hwlat search database ({exc}); use another output folder"
-            ) from None
-        self._lock = threading.Lock()
+    number: int
+    batch: int
+    arch: tuple[int, ...]
+    worker: str
+    heartbeat_at: float
+
+
+class SearchStorage:
+    """Studies in a Store; ``store=None`` keeps everything in memory (tests, throwaway runs)."""
+
+    def __init__(self, store: Store | str | Path | None = None) -> None:
+        if isinstance(store, Store):
+            self.store = store
+        else:
+            self.store = Store(":memory:" if store is None else store)
+        self.engine = self.store.engine
+        self._lock = threading.RLock()
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.store.close()
 
     def __enter__(self) -> SearchStorage:
         return self
@@ -83,55 +69,132 @@ class SearchStorage:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    # ----- studies ----------------------------------------------------------
     def get_study(self, name: str) -> StoredStudy | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT id, name, config, created_at FROM studies WHERE name = ?", (name,)
-            ).fetchone()
-        return StoredStudy(row[0], row[1], json.loads(row[2]), row[3]) if row else None
+        t = schema.studies
+        with self._lock, self.engine.connect() as conn:
+            row = conn.execute(sa.select(t).where(t.c.name == name)).first()
+        return StoredStudy(row.id, row.name, json.loads(row.config), row.created_at) if row else None
 
     def create_study(self, name: str, config: dict) -> StoredStudy:
+        """Create the study, or return the one another worker created a moment ago."""
         now = time.time()
-        with self._lock, self._db:
-            cursor = self._db.execute(
-                "INSERT INTO studies (name, config, created_at) VALUES (?, ?, ?)",
-                (name, json.dumps(config, sort_keys=True), now),
-            )
-        return StoredStudy(int(cursor.lastrowid), name, json.loads(json.dumps(config)), now)
+        try:
+            with self._lock, self.engine.begin() as conn:
+                conn.execute(
+                    sa.insert(schema.studies).values(
+                        name=name, config=json.dumps(config, sort_keys=True), created_at=now
+                    )
+                )
+        except sa.exc.IntegrityError:
+            pass  # created concurrently: the stored one is compared by the caller
+        stored = self.get_study(name)
+        assert stored is not None
+        return stored
 
     def study_names(self) -> list[str]:
-        with self._lock:
-            return [r[0] for r in self._db.execute("SELECT name FROM studies ORDER BY id")]
+        t = schema.studies
+        with self._lock, self.engine.connect() as conn:
+            return list(conn.execute(sa.select(t.c.name).order_by(t.c.id)).scalars())
 
-    def add_trials(self, study_id: int, trials: Sequence[Trial]) -> None:
-        """Insert trials in one transaction (all or none)."""
+    # ----- trials -----------------------------------------------------------
+    def add_trials(self, study_id: int, trials: Sequence[Trial], worker: str = "") -> None:
+        """Insert trials in one transaction (all or none), releasing their claims."""
         rows = [
-            (
-                study_id,
-                t.number,
-                t.batch,
-                json.dumps(list(t.arch)),
-                json.dumps([float(v) for v in t.values]),
-                int(t.feasible),
-                t.created_at,
-            )
+            {
+                "study_id": study_id,
+                "number": t.number,
+                "batch": t.batch,
+                "arch": json.dumps(list(t.arch)),
+                "values": json.dumps([float(v) for v in t.values]),
+                "feasible": bool(t.feasible),
+                "created_at": t.created_at,
+                "worker": worker,
+            }
             for t in trials
         ]
-        with self._lock, self._db:
-            self._db.executemany(
-                'INSERT INTO trials (study_id, number, batch, arch, "values", '
-                "feasible, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+        if not rows:
+            return
+        c = schema.trial_claims
+        try:
+            with self._lock, self.engine.begin() as conn:
+                conn.execute(sa.insert(schema.trials), rows)
+                numbers = [t.number for t in trials]
+                conn.execute(sa.delete(c).where((c.c.study_id == study_id) & c.c.number.in_(numbers)))
+        except sa.exc.IntegrityError:
+            raise SearchStorageError(
+                f"trials {[t.number for t in trials]} of study {study_id} are stored already"
+            ) from None
 
     def trials(self, study_id: int) -> list[Trial]:
-        with self._lock:
-            rows = self._db.execute(
-                'SELECT number, batch, arch, "values", feasible, created_at '
-                "FROM trials WHERE study_id = ? ORDER BY number",
-                (study_id,),
-            ).fetchall()
+        t = schema.trials
+        with self._lock, self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t).where(t.c.study_id == study_id).order_by(t.c.number)).all()
         return [
-            Trial(r[0], r[1], tuple(json.loads(r[2])), tuple(json.loads(r[3])), bool(r[4]), r[5])
+            Trial(
+                r.number,
+                r.batch,
+                tuple(json.loads(r.arch)),
+                tuple(json.loads(r.values)),
+                bool(r.feasible),
+                r.created_at,
+            )
             for r in rows
         ]
+
+    # ----- claims (shared studies) ------------------------------------------
+    def claim(self, study_id: int, number: int, batch: int, arch: Sequence[int], worker: str) -> bool:
+        """Claim a trial number for ``worker``; False when it is claimed or stored already."""
+        t, c = schema.trials, schema.trial_claims
+        try:
+            with self._lock, self.engine.begin() as conn:
+                done = conn.execute(
+                    sa.select(t.c.number).where((t.c.study_id == study_id) & (t.c.number == number))
+                ).first()
+                if done is not None:
+                    return False
+                conn.execute(
+                    sa.insert(c).values(
+                        study_id=study_id,
+                        number=number,
+                        batch=batch,
+                        arch=json.dumps([int(v) for v in arch]),
+                        worker=worker,
+                        heartbeat_at=time.time(),
+                    )
+                )
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+    def take_over(self, study_id: int, number: int, old_worker: str, worker: str) -> bool:
+        """Move a stale claim to ``worker`` (atomic: only one taker wins)."""
+        c = schema.trial_claims
+        with self._lock, self.engine.begin() as conn:
+            result = conn.execute(
+                sa.update(c)
+                .where((c.c.study_id == study_id) & (c.c.number == number) & (c.c.worker == old_worker))
+                .values(worker=worker, heartbeat_at=time.time())
+            )
+        return result.rowcount == 1
+
+    def heartbeat(self, study_id: int, worker: str) -> None:
+        c = schema.trial_claims
+        with self._lock, self.engine.begin() as conn:
+            conn.execute(
+                sa.update(c)
+                .where((c.c.study_id == study_id) & (c.c.worker == worker))
+                .values(heartbeat_at=time.time())
+            )
+
+    def claims(self, study_id: int) -> list[Claim]:
+        c = schema.trial_claims
+        with self._lock, self.engine.connect() as conn:
+            rows = conn.execute(sa.select(c).where(c.c.study_id == study_id).order_by(c.c.number)).all()
+        return [Claim(r.number, r.batch, tuple(json.loads(r.arch)), r.worker, r.heartbeat_at) for r in rows]
+
+    def release(self, study_id: int, worker: str) -> None:
+        """Drop the claims of a worker that stops without finishing them."""
+        c = schema.trial_claims
+        with self._lock, self.engine.begin() as conn:
+            conn.execute(sa.delete(c).where((c.c.study_id == study_id) & (c.c.worker == worker)))

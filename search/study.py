@@ -292,7 +292,7 @@ def _mismatch_message(name: str, stored: dict, requested: dict, storage: SearchS
         for key in sorted(set(stored) | set(requested))
         if stored.get(key) != requested.get(key)
     ]
-    where = storage.path or "memory"
+    where = storage.store.location
     return (
         f"study {name!r} in {where} was created with other settings ({'; '.join(diffs)}). "
         "Repeat the original options to resume it, or use another output folder / study name "

@@ -6,7 +6,7 @@ import pytest
 
 from hwlat.profiler.protocol import TimingProtocol
 
-pytest_plugins = ["tests.sshd_fixtures"]
+pytest_plugins = ["tests.sshd_fixtures", "tests.pg_fixtures"]
 
 
 @pytest.fixture(autouse=True)

@@ -252,7 +252,7 @@ def test_measure_reports_latency_size_and_memory(tmp_path) -> None:
         ),
         (["profile", "--ops", "{ops}", "--device", "nowhere"], "no device named 'nowhere'"),
         (["profile", "--ops", "{ops}", "--backend", "tensorrt"], "unknown backend 'tensorrt'"),
-        (["profile", "--ops", "{ops}", "--db", "/nonexistent/dir/m.db"], "does not exist; create it"),
+        (["profile", "--ops", "{ops}", "--db", "/nonexistent/dir/m.db"], "does not exist (create it"),
         (["measure", "missing.onnx"], "model file missing.onnx does not exist"),
         (["profile", "--ops", "{ops}", "--inventory", "{inv}"], "unknown key 'hostname'"),
     ],

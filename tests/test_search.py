@@ -465,6 +465,8 @@ def test_cli_search_verifies_winners_and_resumes(predictor_file, tmp_path, capsy
         "--no-progress",
         "--top",
         "2",
+        "--db",
+        str(tmp_path / "m.db"),
     ]
 
     assert hwlat_cli.main([*args, "--latency-ms", f"{0.9 * fastest}", "--budget", "40"]) == 2
@@ -481,8 +483,6 @@ def test_cli_search_verifies_winners_and_resumes(predictor_file, tmp_path, capsy
             "--verify",
             "1",
             "--quick",
-            "--db",
-            str(tmp_path / "m.db"),
         ]
     )
     out = capsys.readouterr().out
@@ -491,7 +491,7 @@ def test_cli_search_verifies_winners_and_resumes(predictor_file, tmp_path, capsy
     assert len(verified) == 1 and verified[0]["measured_ms"] > 0
     assert verified[0]["meets_budget"] == (verified[0]["measured_ms"] <= budget)
     assert status == (0 if verified[0]["meets_budget_within_noise"] else 1)
-    for name in ("pareto.png", "pareto.json", "hypervolume.png", "trials.csv", "study.db"):
+    for name in ("pareto.png", "pareto.json", "hypervolume.png", "trials.csv"):
         assert (tmp_path / "out" / name).exists()
     front = json.loads((tmp_path / "out" / "pareto.json").read_text())["front"]
     assert len(list((tmp_path / "out" / "winners").glob("*.onnx"))) == min(2, len(front))
@@ -501,5 +501,11 @@ def test_cli_search_verifies_winners_and_resumes(predictor_file, tmp_path, capsy
     assert "40 architectures evaluated" in capsys.readouterr().out
     assert hwlat_cli.main([*args, "--latency-ms", f"{budget}", "--budget", "56"]) == 0
     assert "56 architectures evaluated" in capsys.readouterr().out
-    rows = sqlite3.connect(tmp_path / "out" / "study.db").execute("SELECT count(*) FROM trials").fetchone()
-    assert rows[0] == 56
+    # The study lives in the store (--db), next to the winners' measurements, named after --out.
+    with sqlite3.connect(tmp_path / "m.db") as db:
+        rows = db.execute(
+            "SELECT count(*) FROM trials JOIN studies ON studies.id = trials.study_id "
+            "WHERE studies.name = 'out'"
+        ).fetchone()
+        assert rows[0] == 56
+        assert db.execute("SELECT count(*) FROM measurements WHERE kind = 'model'").fetchone()[0] == 1

@@ -85,12 +85,40 @@ def test_export_csv_and_json(tmp_path) -> None:
 
 
 def test_bad_paths_say_what_to_do(tmp_path) -> None:
-    with pytest.raises(StoreError, match="does not exist; create it or pass --db"):
+    with pytest.raises(StoreError, match="does not exist \\(create it or pass --db"):
         Store(tmp_path / "missing" / "m.db")
     junk = tmp_path / "junk.db"
     junk.write_text("this is not sqlite " * 100)
-    with pytest.raises(StoreError, match="not a usable hwlat database"):
+    with pytest.raises(StoreError, match="not an hwlat store"):
         Store(junk)
+    with pytest.raises(StoreError, match="does not exist"):
+        Store(tmp_path / "typo.db", readonly=True)
+    assert not (tmp_path / "typo.db").exists()
+
+
+def test_another_programs_database_is_refused_and_left_byte_identical(tmp_path) -> None:
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE people (name TEXT)")
+        db.execute("INSERT INTO people VALUES ('ada')")
+    before = other.read_bytes()
+    for readonly in (True, False):
+        with pytest.raises(StoreError, match="not an hwlat store"):
+            Store(other, readonly=readonly)
+    assert other.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
+
+
+def test_a_readonly_store_reads_and_never_writes(tmp_path) -> None:
+    path = tmp_path / "m.db"
+    with Store(path) as store:
+        store.save(Measurement(device="local", backend="ort", key="a", samples_ms=[1.0]))
+    before = path.read_bytes()
+    with Store(path, readonly=True) as store:
+        assert [m.key for m in store.measurements()] == ["a"]
+        with pytest.raises(StoreError, match="read-only"):
+            store.save(Measurement(device="local", backend="ort", key="b", samples_ms=[1.0]))
+    assert path.read_bytes() == before
 
 
 # The version-1 schema (hwlat 0.1): the same table without repeats, wall_s, peak_rss_mb and
@@ -122,13 +150,23 @@ def test_a_version_1_store_is_migrated_with_its_extra_keys_moved_to_columns(tmp_
     assert (m.wall_s, m.repeats, m.peak_rss_mb, m.baseline_rss_mb) == (1.5, 3, 80.0, 60.0)
     assert m.extra == {"params": 7} and m.median_ms == 1.5
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("SELECT value FROM hwlat_meta WHERE key = 'schema_version'").fetchone()[0] == "3"
+
+
+def test_a_version_1_store_is_not_migrated_by_a_command_that_only_reads(tmp_path) -> None:
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(V1_SCHEMA)
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="schema version 1.*hwlat db migrate"):
+        Store(path, readonly=True)
+    assert path.read_bytes() == before
 
 
 def test_columns_follow_the_measurement_dataclass() -> None:
     from dataclasses import fields
 
-    from hwlat.profiler.store import COLUMN_SPECS, STATS
+    from hwlat.profiler.store.schema import STATS, measurements
 
-    names = [name for name, _ in COLUMN_SPECS]
+    names = [c.name for c in measurements.columns if c.name != "id"]
     assert set(names) == {f.name for f in fields(Measurement)} | set(STATS)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from hwlat.cli import options
 from hwlat.cli.output import print_table
 from hwlat.devices.inventory import load_inventory, resolve_device
 from hwlat.errors import EXIT_FAILED
+from hwlat.profiler.store import Store, default_db, is_url
+from hwlat.profiler.store.leases import Lease, current_leases
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -19,8 +22,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         description="The device inventory (devices.toml; the device 'local' always exists).",
     )
     dsub = p.add_subparsers(dest="devices_command", required=True)
-    q = dsub.add_parser("list", help="every device in the inventory (and local)")
+    q = dsub.add_parser(
+        "list",
+        help="every device in the inventory (and local), and which campaign holds it now",
+        description="The inventory's devices; with a store (--db, $HWLAT_DB or ./hwlat.db if it exists), "
+        "also the campaign that holds each device's lease.",
+    )
     options.add_inventory(q)
+    options.add_db(q)
     q.set_defaults(func=cmd_devices_list)
     q = dsub.add_parser(
         "check",
@@ -35,14 +44,39 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_devices_list(args: argparse.Namespace) -> int:
+    held = _leases(args.db)
     rows = []
     for d in load_inventory(args.inventory).values():
         where = "this machine" if d.is_local else f"{d.user + '@' if d.user else ''}{d.host}"
         where += f":{d.port}" if d.port and not d.is_local else ""
         affinity = ",".join(map(str, d.cpu_affinity)) if d.cpu_affinity else "any"
-        rows.append((d.name, where, ",".join(d.backends), d.threads, affinity, ",".join(d.labels) or None))
-    print_table(("device", "where", "backends", "threads", "cpus", "labels"), rows)
+        lease = held.pop(d.name, None)
+        rows.append(
+            (
+                d.name,
+                where,
+                ",".join(d.backends),
+                d.threads,
+                affinity,
+                ",".join(d.labels) or None,
+                lease.describe() if lease else None,
+            )
+        )
+    rows += [
+        (name, "(not in the inventory)", None, None, None, None, lease.describe())
+        for name, lease in held.items()
+    ]
+    print_table(("device", "where", "backends", "threads", "cpus", "labels", "held by"), rows)
     return 0
+
+
+def _leases(db: str | None) -> dict[str, Lease]:
+    """Current leases by device, read without writing; none when there is no store yet."""
+    location = db or default_db()
+    if not is_url(location) and not Path(location).exists():
+        return {}
+    with Store(location, readonly=True) as store:
+        return {lease.device: lease for lease in current_leases(store.engine)}
 
 
 def cmd_devices_check(args: argparse.Namespace) -> int:

@@ -13,11 +13,29 @@ from hwlat.errors import ConfigError
 from hwlat.profiler.backends import HostBackend, get_backend
 from hwlat.profiler.backends.tvm import DEFAULT_TUNE_TRIALS
 from hwlat.profiler.protocol import TimingProtocol
-from hwlat.profiler.store import default_db_path
+from hwlat.profiler.store import Store, default_db
 
 
 def add_db(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    p.add_argument("--db", type=Path, help=f"measurement database (default $HWLAT_DB or {default_db_path()})")
+    p.add_argument(
+        "--db",
+        help=f"the store: a SQLite file or postgresql://user@host/db (default $HWLAT_DB or {default_db()})",
+    )
+
+
+def open_store(args: argparse.Namespace, readonly: bool = False) -> Store:
+    """The store named by ``--db``, with ``--no-wait`` applied to the campaigns that use it."""
+    store = Store(args.db, readonly=readonly)
+    store.wait_for_devices = not getattr(args, "no_wait", False)
+    return store
+
+
+def add_wait(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="exit at once if another campaign is timing on the device (default: wait for its lease)",
+    )
 
 
 def add_inventory(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

@@ -12,7 +12,6 @@ from hwlat.devices.inventory import resolve_device
 from hwlat.errors import EXIT_FAILED, ConfigError
 from hwlat.profiler.onnx_models import load_model
 from hwlat.profiler.protocol import TimingProtocol
-from hwlat.profiler.store import Store
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -56,6 +55,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--passes", type=int, default=3, help="re-measure disturbed rows up to N times (default 3)"
     )
     options.add_db(p)
+    options.add_wait(p)
     options.add_protocol(p)
     p.set_defaults(func=cmd_train)
 
@@ -106,6 +106,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     options.add_inventory(p)
     options.add_db(p)
+    options.add_wait(p)
     options.add_protocol(p)
     p.set_defaults(func=cmd_validate)
 
@@ -124,7 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         kernel_protocol=TimingProtocol.quick() if args.quick else None,
         model_protocol=options.protocol(args),
     )
-    with Store(args.db) as store:
+    with options.open_store(args) as store:
         predictor = train_predictor(device, store, config, space, args.backend)
     predictor.save(args.out)
     t = predictor.meta["training"]
@@ -177,7 +178,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             f"measuring on {device.name}/{backend}",
             file=sys.stderr,
         )
-    with Store(args.db) as store:
+    with options.open_store(args) as store:
         profiler = KernelProfiler(device, store, backend=backend)
         measured = profiler.measure_models(
             paths, options.protocol(args), force=args.force, repeats=args.repeats

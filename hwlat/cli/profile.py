@@ -17,7 +17,6 @@ from hwlat.profiler.campaign import Campaign, CampaignReport
 from hwlat.profiler.onnx_models import load_model
 from hwlat.profiler.opspec import read_jsonl
 from hwlat.profiler.protocol import TimingProtocol
-from hwlat.profiler.store import Store
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +30,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     options.add_device(p, many=True)
     options.add_backend(p)
     options.add_db(p)
+    options.add_wait(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--ops", type=Path, help="JSONL file, one OpSpec per line")
     src.add_argument("--space", help="measure every unique op of a search space")
@@ -65,6 +65,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     options.add_device(p)
     options.add_backend(p)
     options.add_db(p)
+    options.add_wait(p)
     options.add_protocol(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_measure)
@@ -78,7 +79,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     )
     devices = options.devices(args)
     protocol = options.protocol(args)
-    with Store(args.db) as store:
+    with options.open_store(args) as store:
         campaigns = [
             Campaign(d, options.backend(args, d), store, protocol, show_progress=not args.no_progress)
             for d in devices
@@ -107,7 +108,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         print(result.summary())
         for line in result.failures[:10]:
             print(f"  failed {line}")
-    print(f"database: {store.path}")
+    print(f"database: {store.location}")
     return status
 
 
@@ -117,7 +118,7 @@ def cmd_profile_adaptive(args: argparse.Namespace) -> int:
     devices = options.devices(args)
     if len(devices) != 1:
         raise ConfigError("--adaptive profiles one device at a time; give one --device")
-    with Store(args.db) as store:
+    with options.open_store(args) as store:
         profiler = KernelProfiler(
             devices[0],
             store,
@@ -127,14 +128,14 @@ def cmd_profile_adaptive(args: argparse.Namespace) -> int:
         )
         report = adaptive_profile(profiler, fusion_rules(profiler), args.budget_minutes)
     print(report.summary())
-    print(f"database: {store.path}")
+    print(f"database: {store.location}")
     return 0
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
     load_model(args.model)  # a clear error for a missing, empty or broken file, before any device time
     device = resolve_device(args.device, args.inventory)
-    with Store(args.db) as store:
+    with options.open_store(args) as store:
         m = Campaign(
             device, options.backend(args, device), store, options.protocol(args), show_progress=False
         ).measure_model(args.model)

@@ -105,6 +105,8 @@ def run_quickstart(
         config.evaluations,
         out_dir / "search",
         top_k=config.verify,
+        store=store,
+        study_name=f"quickstart-{config.space}-{config.resolution}-{device.name}",
     )
     log(report.summary())
 

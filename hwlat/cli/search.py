@@ -9,7 +9,6 @@ from pathlib import Path
 from hwlat.cli import options
 from hwlat.devices.inventory import resolve_device
 from hwlat.errors import EXIT_FAILED, ConfigError
-from hwlat.profiler.store import Store
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -44,7 +43,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default="flops",
         help="accuracy proxy to maximise: flops, params, naswot or synflow (default flops)",
     )
-    options.add_out(p, "output folder (holds the resumable study)")
+    options.add_out(p, "output folder: front, plots, trials, winners' ONNX")
+    p.add_argument(
+        "--study",
+        help="name of the study in the store (default: the output folder's name); re-running resumes it",
+    )
     p.add_argument("--seed", type=int, default=0, help="strategy seed (default 0)")
     p.add_argument("--batch-size", type=int, help="architectures per step (default: the strategy's)")
     p.add_argument("--top", type=int, default=5, help="winners exported as ONNX (default 5)")
@@ -76,6 +79,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     options.add_backend(g, tune_trials=False)
     options.add_inventory(g)
     options.add_db(g)
+    options.add_wait(g)
     options.add_protocol(p)
     p.set_defaults(func=cmd_search)
 
@@ -94,6 +98,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verify", type=int, default=5, help="winners measured on the device (default 5)")
     options.add_out(p, "report folder (default hwlat-report)", required=False, default=Path("hwlat-report"))
     options.add_db(p)
+    options.add_wait(p)
     p.set_defaults(func=cmd_quickstart)
 
 
@@ -122,30 +127,32 @@ def cmd_search(args: argparse.Namespace) -> int:
         f"evaluations, maximising {args.objective} under "
         + ", ".join(f"{o.name} <= {o.budget:g}" for o in latencies)
     )
-    study, report = run_search(
-        space,
-        [get_proxy(args.objective), *latencies],
-        strategy,
-        args.budget,
-        args.out,
-        batch_size=args.batch_size,
-        top_k=max(args.top, args.verify),
-        show_progress=not args.no_progress,
-    )
-    for name, minimum in study.minima.items():
-        print(f"fastest network found for {name}: {minimum.value:.3f} ms")
-    print(report.summary())
-    if not report.front:
-        print(
-            "hwlat: no evaluated network met every budget; raise --budget or the latency budgets",
-            file=sys.stderr,
+    with options.open_store(args) as store:
+        study, report = run_search(
+            space,
+            [get_proxy(args.objective), *latencies],
+            strategy,
+            args.budget,
+            args.out,
+            batch_size=args.batch_size,
+            top_k=max(args.top, args.verify),
+            show_progress=not args.no_progress,
+            store=store,
+            study_name=args.study,
         )
-        return EXIT_FAILED
-    if not args.verify:
-        return 0
-    status = 0
-    names = args.device or [o.device for o in latencies]
-    with Store(args.db) as store:
+        for name, minimum in study.minima.items():
+            print(f"fastest network found for {name}: {minimum.value:.3f} ms")
+        print(report.summary())
+        if not report.front:
+            print(
+                "hwlat: no evaluated network met every budget; raise --budget or the latency budgets",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+        if not args.verify:
+            return 0
+        status = 0
+        names = args.device or [o.device for o in latencies]
         for objective, name in zip(latencies, names, strict=True):
             device = resolve_device(name, args.inventory)
             results = verify_winners(
@@ -179,6 +186,6 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         latency_ms=args.latency_ms,
     )
     device = resolve_device(args.device, args.inventory)
-    with Store(args.db) as store:
+    with options.open_store(args) as store:
         summary = run_quickstart(device, store, args.out, config)
     return 0 if summary["winners_measured"] else EXIT_FAILED

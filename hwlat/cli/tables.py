@@ -52,7 +52,7 @@ def cmd_table_export(args: argparse.Namespace) -> int:
     from hwlat.predictors.formats import table_from_store, write_table
 
     space = options.space(args.space, args.resolution)
-    with Store(args.db) as store:
+    with Store(args.db, readonly=True) as store:
         build = table_from_store(space, store, args.device, args.backend)
     header = {"space": space.name, "device": args.device, "backend": args.backend}
     n = write_table(build.entries, args.out, args.format, header)
@@ -82,7 +82,7 @@ def cmd_table_import(args: argparse.Namespace) -> int:
     from hwlat.predictors.formats import import_table, read_table
 
     entries = read_table(args.file, args.format)
-    with Store(args.db) as store:
+    with options.open_store(args) as store:
         n = import_table(entries, store, args.device, args.backend, source=str(args.file))
     print(f"imported {n} blocks from {args.file} for {args.device}/{args.backend}")
     if args.space:

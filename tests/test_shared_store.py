@@ -1,0 +1,189 @@
+"""The store on a real PostgreSQL server, and device leases (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from hwlat.devices.device import local_device
+from hwlat.profiler.campaign import Campaign
+from hwlat.profiler.opspec import OpSpec, write_jsonl
+from hwlat.profiler.protocol import TimingProtocol
+from hwlat.profiler.store import Store, StoreError, schema
+from hwlat.profiler.store.leases import DeviceBusyError, DeviceLease, current_leases
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_ops(n: int) -> list[OpSpec]:
+    return [OpSpec("conv", (1, 8 + 8 * i, 14, 14), out_channels=16, kernel=3, padding=1) for i in range(n)]
+
+
+def test_sqlite_and_postgresql_give_identical_exports_for_the_same_campaign(tmp_path, pg_url) -> None:
+    with Store(tmp_path / "m.db") as store:
+        Campaign(local_device(), "ort", store, TimingProtocol.quick(), show_progress=False).run(small_ops(4))
+        rows = store.measurements()
+        store.export(tmp_path / "sqlite.json", "json")
+        store.export(tmp_path / "sqlite.csv", "csv")
+    with Store(pg_url) as pg:
+        for m in rows:
+            pg.save(m)
+    with Store(pg_url, readonly=True) as pg:
+        assert pg.count() == 4
+        pg.export(tmp_path / "pg.json", "json")
+        pg.export(tmp_path / "pg.csv", "csv")
+    assert (tmp_path / "pg.json").read_text() == (tmp_path / "sqlite.json").read_text()
+    assert (tmp_path / "pg.csv").read_text() == (tmp_path / "sqlite.csv").read_text()
+
+
+def test_a_postgresql_database_of_another_program_is_refused(postgres) -> None:
+    url = postgres.create_database()
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg2://"))
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE people (name TEXT)")
+    engine.dispose()
+    with pytest.raises(StoreError, match="not an hwlat store"):
+        Store(url)
+
+
+def _profile(db: str, ops: Path, *extra: str) -> subprocess.Popen:
+    argv = [
+        sys.executable,
+        "-m",
+        "hwlat.cli",
+        "profile",
+        "--ops",
+        str(ops),
+        "--db",
+        db,
+        "--quick",
+        "--min-repeat-ms",
+        "40",
+        "--no-progress",
+        *extra,
+    ]
+    return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "sqlite"])
+def test_two_campaigns_on_one_device_take_turns(kind, tmp_path, request) -> None:
+    db = request.getfixturevalue("pg_url") if kind == "postgresql" else str(tmp_path / "m.db")
+    write_jsonl(small_ops(6), tmp_path / "a.jsonl")
+    write_jsonl([OpSpec("add", (1, 16 + 8 * i, 14, 14)) for i in range(6)], tmp_path / "b.jsonl")
+    first = _profile(db, tmp_path / "a.jsonl")
+    time.sleep(1.0)
+    second = _profile(db, tmp_path / "b.jsonl")
+    out_a, err_a = first.communicate(timeout=300)
+    out_b, err_b = second.communicate(timeout=300)
+    assert first.returncode == 0 and second.returncode == 0, err_a + err_b
+    assert "device local is in use by hwlat profile" in err_b  # the second one waited, and said for whom
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hwlat.cli",
+            "db",
+            "export",
+            "--db",
+            db,
+            "--format",
+            "json",
+            "-o",
+            str(tmp_path / "out.json"),
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    rows = json.loads((tmp_path / "out.json").read_text())
+    assert len(rows) == 12 and len({r["key"] for r in rows}) == 12
+    a = [r for r in rows if r["key"].startswith("conv")]
+    b = [r for r in rows if r["key"].startswith("add")]
+    windows = sorted((r["started_at"], r["created_at"], r["key"][:3]) for r in rows)
+    assert all(w[0] < w[1] for w in windows)
+    assert max(r["created_at"] for r in a) <= min(r["started_at"] for r in b)  # no overlap in time
+    with Store(db, readonly=True) as store:
+        assert current_leases(store.engine) == []  # released on exit
+
+
+def test_no_wait_exits_at_once_naming_the_holder(tmp_path) -> None:
+    with Store(tmp_path / "m.db") as store, DeviceLease(store, "local", "hwlat profile --ops mine"):
+        write_jsonl(small_ops(1), tmp_path / "a.jsonl")
+        proc = _profile(str(tmp_path / "m.db"), tmp_path / "a.jsonl", "--no-wait")
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2
+        assert err.startswith("hwlat: error: device 'local' is in use by hwlat profile --ops mine")
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_the_lease_of_a_killed_holder_on_this_host_is_taken_over_at_once(tmp_path) -> None:
+    db = tmp_path / "m.db"
+    Store(db).close()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from hwlat.profiler.store import Store; "
+            "from hwlat.profiler.store.leases import DeviceLease; "
+            f"s = Store({str(db)!r}); l = DeviceLease(s, 'pi', 'holder').__enter__(); "
+            "print('held', flush=True); "
+            "time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    with Store(db) as store:
+        assert [lease.device for lease in current_leases(store.engine)] == ["pi"]
+        with pytest.raises(DeviceBusyError):
+            DeviceLease(store, "pi", wait=False).__enter__()
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        with DeviceLease(store, "pi", wait=False):
+            (lease,) = current_leases(store.engine)
+            assert lease.pid == os.getpid()
+
+
+def test_a_lease_from_another_host_is_taken_over_only_after_it_expires(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HWLAT_LEASE_TTL_S", "3")
+    with Store(tmp_path / "m.db") as store:
+        now = time.time()
+        with store.engine.begin() as conn:
+            conn.execute(
+                sa.insert(schema.leases).values(
+                    device="pi",
+                    holder="elsewhere:1:x",
+                    host="not-" + socket.gethostname(),
+                    pid=1,
+                    command="hwlat profile (another controller)",
+                    acquired_at=now,
+                    expires_at=now + 2.0,
+                )
+            )
+        started = time.monotonic()
+        with DeviceLease(store, "pi", poll_s=0.2):
+            waited = time.monotonic() - started
+            (lease,) = current_leases(store.engine)
+        assert 1.5 < waited < 10 and lease.pid == os.getpid()
+
+
+def test_a_held_lease_is_renewed_and_shown_by_devices_list(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("HWLAT_LEASE_TTL_S", "1.5")
+    from hwlat import cli
+
+    with Store(tmp_path / "m.db") as store, DeviceLease(store, "local", "hwlat measure x.onnx"):
+        first = current_leases(store.engine)[0].expires_at
+        time.sleep(1.2)
+        assert current_leases(store.engine)[0].expires_at > first  # renewed in the background
+        assert cli.main(["devices", "list", "--db", str(tmp_path / "m.db")]) == 0
+    out = capsys.readouterr().out
+    assert "hwlat measure x.onnx" in out and f"pid {os.getpid()}" in out
