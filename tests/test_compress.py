@@ -1,9 +1,14 @@
-"""Compression: int8 QDQ quantization through ONNX Runtime.
+"""Compression: int8 QDQ quantization through ONNX Runtime, channel pruning through Torch-Pruning.
 
-Everything runs for real (ORT's quantizer and runtime) on small inputs: a hand-made CNN at 32x32.
+Everything runs for real (ORT's quantizer and runtime, Torch-Pruning's dependency graph) on
+small inputs: a hand-made CNN at 32x32 for quantization, zoo networks at 64x64 for pruning.
 """
 
 from __future__ import annotations
+
+import copy
+import math
+import random
 
 import numpy as np
 import onnx
@@ -13,7 +18,9 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from hwlat.compress import quantizable_nodes, quantize_model
+from hwlat import zoo
+from hwlat.compress import prunable_layers, prune, quantizable_nodes, quantize_model
+from hwlat.compress.prune import PruningError
 from hwlat.errors import ConfigError, ModelFileError
 from hwlat.profiler.onnx_models import make_model, random_inputs, torch_to_onnx
 
@@ -226,3 +233,128 @@ def test_a_truncated_model_file_is_a_model_file_error(small_net_path, tmp_path) 
     broken.write_bytes(small_net_path.read_bytes()[:500])
     with pytest.raises(ModelFileError, match="broken.onnx"):
         quantize_model(broken, tmp_path / "q.onnx", random_batches=1)
+
+
+# ---------------------------------------------------------------- pruning
+
+EXAMPLE = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module", params=["mobilenet_v2", "resnet18"])
+def network(request) -> tuple[str, nn.Module, list[str]]:
+    model = zoo.build(request.param)
+    return request.param, model, prunable_layers(model, EXAMPLE)
+
+
+@pytest.fixture(scope="module")
+def resnet18() -> nn.Module:
+    return zoo.build("resnet18")
+
+
+def _out_channels(model: nn.Module) -> dict[str, int]:
+    return {
+        name: m.weight.shape[0] for name, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)
+    }
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _runs_in_ort(model: nn.Module) -> None:
+    proto = torch_to_onnx(model, (1, 3, 64, 64))
+    (out,) = ort.InferenceSession(proto.SerializeToString()).run(None, {"input": EXAMPLE.numpy()})
+    assert out.shape == (1, 1000)
+
+
+def test_prunable_layers_are_every_conv_and_linear_but_the_classifier_in_forward_order(network) -> None:
+    name, model, layers = network
+    all_layers = list(_out_channels(model))  # registration order is forward order in the zoo
+    assert layers == all_layers[:-1]
+    if name == "mobilenet_v2":
+        assert len(layers) == 52 and "2.body.1.0" in layers  # a depthwise conv
+    else:
+        assert len(layers) == 20 and "4.short.0" in layers  # a shortcut conv
+
+
+def test_uniform_keep_half_halves_every_layer(network) -> None:
+    name, model, layers = network
+    before, params = _out_channels(model), _params(model)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    pruned = prune(model, [0.5] * len(layers), EXAMPLE)
+    after = _out_channels(pruned)
+    assert {n: after[n] for n in layers} == {n: round(before[n] / 2) for n in layers}
+    assert after[next(reversed(after))] == 1000
+    assert _params(pruned) < 0.4 * params  # about a quarter: most weights scale with cin * cout
+    _runs_in_ort(pruned)
+    assert _out_channels(model) == before and _params(model) == params
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_random_ratios_round_to_multiples_and_never_keep_less_than_asked(network) -> None:
+    name, model, layers = network
+    rng = random.Random(1)
+    ratios = [rng.uniform(0.25, 1.0) for _ in layers]
+    before = _out_channels(model)
+    pruned = prune(model, ratios, EXAMPLE, round_to=8)
+    after = _out_channels(pruned)
+    for layer, ratio in zip(layers, ratios, strict=True):
+        assert after[layer] % 8 == 0, layer
+        # a coupled layer keeps its group's largest ratio: at least its own
+        assert after[layer] >= min(before[layer], max(8, math.floor(ratio * before[layer] / 8 + 0.5) * 8))
+    assert _params(pruned) < _params(model)
+    _runs_in_ort(pruned)
+
+
+@pytest.mark.parametrize(
+    ("name", "kept", "coupled"),
+    [
+        ("resnet18", "0.0", ["2.body.1.0", "3.body.1.0"]),  # the stem and the stage's residual convs
+        ("mobilenet_v2", "2.body.1.0", ["2.body.0.0"]),  # a depthwise conv and its expansion
+    ],
+)
+def test_a_ratio_of_one_keeps_the_whole_coupled_group(resnet18, name, kept, coupled) -> None:
+    model = resnet18 if name == "resnet18" else zoo.build(name)
+    before = _out_channels(model)
+    pruned = prune(model, {kept: 1.0, **dict.fromkeys(coupled, 0.25)}, EXAMPLE)
+    after = _out_channels(pruned)
+    assert {n: after[n] for n in [kept, *coupled]} == {n: before[n] for n in [kept, *coupled]}
+    assert _params(pruned) == _params(model)
+
+
+def test_keeping_everything_changes_nothing(resnet18) -> None:
+    model = resnet18
+    pruned = prune(model, {}, EXAMPLE)
+    assert pruned is not model and _out_channels(pruned) == _out_channels(model)
+    with torch.no_grad():
+        assert torch.allclose(pruned(EXAMPLE), model(EXAMPLE))
+
+
+def test_frozen_weights_and_no_grad_callers_are_pruned_too(resnet18) -> None:
+    frozen = copy.deepcopy(resnet18).requires_grad_(False).train()
+    with torch.no_grad():
+        pruned = prune(frozen, {"2.body.0.0": 0.5}, EXAMPLE)
+    assert _out_channels(pruned)["2.body.0.0"] == 32
+    assert pruned.training and not any(p.requires_grad for p in pruned.parameters())
+
+
+@pytest.mark.parametrize(
+    ("ratios", "kwargs", "message"),
+    [
+        ([0.5] * 19, {}, "19 keep ratios for 20 prunable layers"),
+        ([0.5] * 19 + [0.0], {}, "out of range"),
+        ([0.5] * 19 + [1.5], {}, "out of range"),
+        ([0.5] * 19 + [float("nan")], {}, "out of range"),
+        ({"fc": 0.5}, {}, "no prunable layer named 'fc'"),
+        ({}, {"round_to": 0}, "round_to"),
+        ({}, {"importance": "taylor"}, "importance"),
+    ],
+)
+def test_bad_arguments_are_config_errors(resnet18, ratios, kwargs, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        prune(resnet18, ratios, EXAMPLE, **kwargs)
+
+
+def test_a_network_torch_pruning_cannot_trace_is_a_pruning_error() -> None:
+    with pytest.raises(PruningError, match="cannot trace"):
+        prunable_layers(zoo.build("shufflenet_v2"), EXAMPLE)
