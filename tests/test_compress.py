@@ -1,7 +1,8 @@
 """Compression: int8 QDQ quantization through ONNX Runtime, channel pruning through Torch-Pruning.
 
 Everything runs for real (ORT's quantizer and runtime, Torch-Pruning's dependency graph) on
-small inputs: a hand-made CNN at 32x32 for quantization, zoo networks at 64x64 for pruning.
+small inputs: a hand-made CNN at 32x32 for quantization, zoo networks at 64x64 for pruning
+and the command line.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import copy
 import math
 import random
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -19,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from hwlat import zoo
+from hwlat.cli import main
 from hwlat.compress import prunable_layers, prune, quantizable_nodes, quantize_model
 from hwlat.compress.prune import PruningError
 from hwlat.errors import ConfigError, ModelFileError
@@ -358,3 +362,58 @@ def test_bad_arguments_are_config_errors(resnet18, ratios, kwargs, message) -> N
 def test_a_network_torch_pruning_cannot_trace_is_a_pruning_error() -> None:
     with pytest.raises(PruningError, match="cannot trace"):
         prunable_layers(zoo.build("shufflenet_v2"), EXAMPLE)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _hwlat(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "hwlat.cli", "quantize", *map(str, args)], capture_output=True, text=True
+    )
+
+
+def test_cli_quantizes_a_zoo_network(tmp_path) -> None:
+    model = tmp_path / "mobilenet_v2.onnx"
+    onnx.save(torch_to_onnx(zoo.build("mobilenet_v2"), (1, 3, 64, 64)), model)
+    nodes = quantizable_nodes(model)
+    first_conv = nodes[0]
+    out = tmp_path / "mobilenet_v2-int8.onnx"
+    result = _hwlat(model, "-o", out, "--random", 2, "--exclude", first_conv)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"wrote {out}: {len(nodes) - 1} of {len(nodes)} quantizable nodes")
+    assert "1 left float32" in result.stdout
+    assert _weight_sources(onnx.load(out))[first_conv] == "float32"
+    feeds = [random_inputs(onnx.load(model), 0)]
+    assert _outputs(out, feeds).shape == (1, 1000)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--random", "4"], "is not a readable ONNX model"),  # on a truncated file
+        (["--random", "4", "--calibration", "x"], "do not go together"),
+    ],
+)
+def test_cli_errors_are_one_line_and_exit_2(small_net_path, tmp_path, args, message) -> None:
+    model = small_net_path
+    if "--calibration" not in args:
+        model = tmp_path / "truncated.onnx"
+        model.write_bytes(small_net_path.read_bytes()[:500])
+    result = _hwlat(model, "-o", tmp_path / "q.onnx", *args)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("hwlat: error:")
+    assert message in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "no calibration data"),
+        (["--random", "1", "--exclude", "nope"], "no quantizable node named 'nope'"),
+    ],
+)
+def test_cli_argument_errors_in_process(small_net_path, tmp_path, capsys, args, message) -> None:
+    assert main(["quantize", str(small_net_path), "-o", str(tmp_path / "q.onnx"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("hwlat: error:") and message in err
