@@ -201,6 +201,7 @@ def test_calibration_folder_of_npy_and_npz_files(small_net, tmp_path) -> None:
         ({"a.npy": np.zeros((1, 3, 16, 16), np.float32)}, "of shape 1x3x16x16"),
         ({"a.npz": {"image": np.zeros((1, 3, 32, 32), np.float32)}}, "holds arrays image"),
         ({"a.npy": b"not numpy"}, "cannot read calibration file"),
+        ({"a.npz": b"PK\x03\x04 truncated"}, "cannot read calibration file"),
     ],
 )
 def test_bad_calibration_folders_are_refused(small_net, tmp_path, files, message) -> None:
@@ -223,6 +224,7 @@ def test_bad_calibration_folders_are_refused(small_net, tmp_path, files, message
         {},
         {"random_batches": 4, "calibration": "x"},
         {"random_batches": 0},
+        {"calibration": "no-such-folder"},
         {"random_batches": 1, "activation_type": "int4"},
     ],
 )

@@ -8,6 +8,7 @@ file runs on every provider (ORT has recommended QDQ over the QOperator format s
 from __future__ import annotations
 
 import tempfile
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,7 +100,7 @@ def _read_calibration(folder: str | Path, model: onnx.ModelProto) -> list[dict[s
     """The feeds in a calibration folder, checked against the model's inputs (sorted by file name)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise ConfigError(f"calibration folder {folder} does not exist", "pass a folder of .npy/.npz inputs")
+        raise ConfigError(f"calibration data {folder} is not a folder", "pass a folder of .npy/.npz inputs")
     files = sorted(p for p in folder.iterdir() if p.suffix in (".npy", ".npz"))
     if not files:
         raise ConfigError(f"calibration folder {folder} holds no .npy or .npz files")
@@ -140,7 +141,7 @@ def _read_feed(path: Path, inputs: list[_Input]) -> dict[str, np.ndarray]:
         else:
             with np.load(path, allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError) as exc:  # truncated, not numpy, a pickled object
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # truncated, not numpy, pickled
         raise ConfigError(f"cannot read calibration file {path} ({exc})", "save it with numpy.save") from None
     if set(arrays) != set(names):
         raise ConfigError(
