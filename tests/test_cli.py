@@ -31,7 +31,14 @@ def test_every_command_and_option_has_help() -> None:
 
 
 def test_commands_that_write_a_file_take_dash_o_and_out() -> None:
-    writers = {"hwlat db export", "hwlat table export", "hwlat train", "hwlat search", "hwlat quickstart"}
+    writers = {
+        "hwlat db export",
+        "hwlat table export",
+        "hwlat train",
+        "hwlat search",
+        "hwlat quickstart",
+        "hwlat quantize",
+    }
     for name, parser, _ in _commands(build_parser()):
         outs = [a for a in parser._actions if a.dest == "out"]
         if name in writers:

@@ -1,7 +1,7 @@
 """The ``hwlat`` command: the one place that knows all four packages. Parse, call, print.
 
 One module per command group (profile/measure, devices, table, train/predict/validate,
-search/quickstart, db); options shared by several commands live in ``options``.
+search/quickstart, db, quantize); options shared by several commands live in ``options``.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import argparse
 import logging
 import sys
 
-from hwlat.cli import db, devices, predictors, profile, search, tables
+from hwlat.cli import compress, db, devices, predictors, profile, search, tables
 from hwlat.errors import EXIT_ERROR, EXIT_INTERRUPTED, HwlatError
 from hwlat.profiler.progress import ProgressLogHandler
 
-COMMAND_GROUPS = (profile, devices, tables, predictors, search, db)
+COMMAND_GROUPS = (profile, devices, tables, predictors, search, db, compress)
 
 
 def main(argv: list[str] | None = None) -> int:
