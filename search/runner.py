@@ -36,12 +36,15 @@ def run_search(
     export_onnx: bool = True,
     store: Store | None = None,
     study_name: str | None = None,
+    worker: str | None = None,
 ) -> tuple[Study, SearchReport]:
     """Check budgets, search ``budget`` architectures (resuming a stored run), write the report."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     storage = SearchStorage(store if store is not None else out_dir / STUDY_FILE)
     name = study_name or out_dir.resolve().name
-    study = Study(space, objectives, strategy, storage=storage, name=name, batch_size=batch_size)
+    study = Study(
+        space, objectives, strategy, storage=storage, name=name, batch_size=batch_size, worker=worker
+    )
     study.optimize(budget, show_progress=show_progress)
     return study, write_report(study, out_dir, top_k=top_k, export_onnx=export_onnx)

@@ -37,8 +37,11 @@ continues from the stored trials: it resumes, but is no longer identical.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -76,6 +79,7 @@ class Study:
         batch_size: int | None = None,
         check_feasibility: bool = True,
         warm_start: bool = True,
+        worker: str | None = None,
     ) -> None:
         if not objectives:
             raise ValueError("a study needs at least one objective")
@@ -114,7 +118,13 @@ class Study:
         self._batch = 0  # number of the next (or open) batch
         self._n_seeded = 0  # warm-start trials stored (batch SEED_BATCH)
         self.identical_replay = True
-        self._replay(self.storage.trials(self._id))
+        self.worker = worker
+        if worker is None:
+            self._replay(self.storage.trials(self._id))
+        else:  # one of several workers: its own random stream, every stored trial told
+            strategy.rng = np.random.default_rng([strategy.random_state or 0, _stream(worker)])
+            self._told: set[int] = set()
+            self._sync()
 
     # ----- running ----------------------------------------------------------
     def optimize(
@@ -124,6 +134,9 @@ class Study:
         show_progress: bool = False,
     ) -> None:
         """Run until the study holds ``budget`` trials (a total, so re-running resumes)."""
+        if self.worker is not None:
+            self._optimize_shared(budget, show_progress)
+            return
         progress = None
         if show_progress and budget > len(self._trials):
             from hwlat.profiler.progress import Progress
@@ -172,6 +185,86 @@ class Study:
         self.storage.add_trials(self._id, new)
         self._trials.extend(new)
         return new
+
+    # ----- shared studies: several workers, ask/tell through the database ---------------------
+    def _sync(self) -> None:
+        """Read every stored trial; tell the strategy those it has not heard of, in number order."""
+        self._trials = self.storage.trials(self._id)
+        for trial in self._trials:
+            self._cache.setdefault(trial.arch, trial.values)
+        new = [t for t in self._trials if t.number not in self._told]
+        if new:
+            self._tell(new)
+            self._told.update(t.number for t in new)
+
+    def _optimize_shared(self, budget: int, show_progress: bool) -> None:
+        """Work on the study with the other workers until it holds ``budget`` trials.
+
+        Each round: tell the strategy what every worker has stored; finish a trial whose worker
+        stopped beating (it died), else claim new trial numbers for the strategy's next asks
+        (warm-start trials first) and evaluate them while a thread beats for the claims. A trial
+        is stored once (its number is the key); a claim is held by one worker at a time.
+        """
+        assert self.worker is not None
+        progress = None
+        if show_progress and budget > len(self._trials):
+            from hwlat.profiler.progress import Progress
+
+            progress = Progress(budget - len(self._trials), f"search {self.strategy.name} ({self.worker})")
+        while True:
+            self._sync()
+            if len(self._trials) >= budget:
+                break
+            claims = self.storage.claims(self._id)
+            now = time.time()
+            stale = [c for c in claims if c.worker != self.worker and now - c.heartbeat_at > STALE_CLAIM_S]
+            mine = self._take_over(stale[:1]) or self._claim_new(budget, claims)
+            if not mine:
+                time.sleep(POLL_S)  # the rest of the budget is being evaluated by other workers
+                continue
+            with _Heartbeat(self.storage, self._id, self.worker):
+                values = self._evaluate([arch for _, _, arch in mine])
+            done = time.time()
+            trials = [
+                Trial(number, batch, arch, tuple(map(float, v)), bool(self._feasible(v[None, :])[0]), done)
+                for (number, batch, arch), v in zip(mine, values, strict=True)
+            ]
+            self.storage.add_trials(self._id, trials, worker=self.worker)
+            if progress:
+                progress.update(len(trials), note=self._best_note())
+        if progress:
+            progress.close()
+
+    def _take_over(self, stale: list) -> list[tuple[int, int, Arch]]:
+        taken = [c for c in stale if self.storage.take_over(self._id, c.number, c.worker, self.worker)]
+        for claim in taken:
+            log.warning(
+                "study %r: trial %d of %s (stopped) is evaluated here", self.name, claim.number, claim.worker
+            )
+        return [(c.number, c.batch, tuple(c.arch)) for c in taken]
+
+    def _claim_new(self, budget: int, claims: list) -> list[tuple[int, int, Arch]]:
+        free = budget - len(self._trials) - len(claims)
+        if free <= 0:
+            return []
+        stored = {t.arch for t in self._trials}
+        seeds = [a for a in self._seeds if a not in stored and a not in {tuple(c.arch) for c in claims}]
+        if seeds:
+            archs, batch = seeds[:free], SEED_BATCH
+        else:
+            archs = [canonical(self.space, a) for a in self.strategy.ask(min(self.batch_size, free))]
+            batch = max([t.batch for t in self._trials] + [c.batch for c in claims] + [-1]) + 1
+        numbers = [t.number for t in self._trials] + [c.number for c in claims]
+        number = max(numbers, default=-1) + 1
+        mine = []
+        for arch in archs:  # trial numbers are 0 .. budget-1, each claimed by one worker
+            while number < budget and not self.storage.claim(self._id, number, batch, arch, self.worker):
+                number += 1  # taken by another worker a moment ago
+            if number >= budget:
+                break
+            mine.append((number, batch, arch))
+            number += 1
+        return mine
 
     def _evaluate(self, archs: list[Arch]) -> np.ndarray:
         missing = list(dict.fromkeys(a for a in archs if a not in self._cache))
@@ -284,6 +377,38 @@ class Study:
             "warm_start": self.warm_start,
         }
         return json.loads(json.dumps(config))
+
+
+# A claim whose worker has not beaten for this long is taken over (the worker died).
+STALE_CLAIM_S = float(os.environ.get("HWLAT_STALE_CLAIM_S", 30.0))
+HEARTBEAT_S = STALE_CLAIM_S / 6
+POLL_S = 0.5
+
+
+def _stream(worker: str) -> int:
+    """A random-stream number for a worker (its id is unique; the stream need only differ)."""
+    return int(hashlib.sha256(worker.encode()).hexdigest()[:12], 16)
+
+
+class _Heartbeat:
+    """Beats for a worker's claims in a thread while it evaluates them."""
+
+    def __init__(self, storage: SearchStorage, study_id: int, worker: str) -> None:
+        self.storage, self.study_id, self.worker = storage, study_id, worker
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            self.storage.heartbeat(self.study_id, self.worker)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _mismatch_message(name: str, stored: dict, requested: dict, storage: SearchStorage) -> str:

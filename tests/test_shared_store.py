@@ -187,3 +187,85 @@ def test_a_held_lease_is_renewed_and_shown_by_devices_list(tmp_path, monkeypatch
         assert cli.main(["devices", "list", "--db", str(tmp_path / "m.db")]) == 0
     out = capsys.readouterr().out
     assert "hwlat measure x.onnx" in out and f"pid {os.getpid()}" in out
+
+
+def _trial_numbers(db: str, study: str) -> list[int]:
+    with Store(db, readonly=True) as store, store.engine.connect() as conn:
+        t, s = schema.trials, schema.studies
+        query = sa.select(t.c.number).join(s, s.c.id == t.c.study_id).where(s.c.name == study)
+        return sorted(conn.execute(query).scalars())
+
+
+def test_three_workers_share_a_study_and_a_killed_one_loses_no_trial(pg_url, tmp_path) -> None:
+    from tests.synthetic import synthetic_predictor
+
+    predictor = synthetic_predictor(200).save(tmp_path / "p.json")
+    budget = 30
+    argv = [
+        sys.executable,
+        "-m",
+        "hwlat.cli",
+        "search",
+        "--space",
+        "proxyless",
+        "--predictor",
+        str(predictor),
+        "--latency-ms",
+        "1000",
+        "--objective",
+        "tests.slow_objective:accuracy",
+        "--budget",
+        str(budget),
+        "--batch-size",
+        "2",
+        "--db",
+        pg_url,
+        "--study",
+        "shared",
+        "--worker",
+        "--no-progress",
+    ]
+    env = {**os.environ, "HWLAT_STALE_CLAIM_S": "4"}
+    workers = [
+        subprocess.Popen(
+            [*argv, "-o", str(tmp_path / f"w{i}")],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
+    deadline = time.monotonic() + 240
+    victim = f":{workers[0].pid}:"
+    while not (
+        _has_study(pg_url) and len(_trial_numbers(pg_url, "shared")) >= 2 and _claims_of(pg_url, victim)
+    ):
+        assert time.monotonic() < deadline, "the workers stored nothing"
+        time.sleep(0.2)
+    held = [n for (n,) in _claims_of(pg_url, victim)]
+    workers[0].send_signal(signal.SIGKILL)  # mid-way, holding claims it will never finish
+    for w in workers[1:]:
+        _, err = w.communicate(timeout=300)
+        assert w.returncode == 0, err
+    assert _trial_numbers(pg_url, "shared") == list(range(budget))  # each trial once, none lost
+    with Store(pg_url, readonly=True) as store, store.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(schema.trial_claims)).scalar() == 0
+        t = schema.trials
+        finished_by = dict(conn.execute(sa.select(t.c.number, t.c.worker).where(t.c.number.in_(held))).all())
+    assert held and all(victim not in finished_by[n] for n in held)  # the survivors took its claims over
+
+
+def _claims_of(db: str, worker: str) -> list:
+    with Store(db, readonly=True) as store, store.engine.connect() as conn:
+        c = schema.trial_claims
+        return conn.execute(sa.select(c.c.number).where(c.c.worker.contains(worker))).all()
+
+
+def _has_study(db: str) -> bool:
+    try:
+        with Store(db, readonly=True) as store, store.engine.connect() as conn:
+            return conn.execute(sa.select(schema.studies.c.id)).first() is not None
+    except StoreError:  # no worker has created the schema yet
+        return False

@@ -128,3 +128,24 @@ def space(name: str, resolutions: list[int] | None = None):
     from hwlat.search.spaces import get_space
 
     return get_space(name, resolutions=tuple(resolutions)) if resolutions else get_space(name)
+
+
+def load_callable(spec: str):
+    """``package.module:function`` -> the function (a user's accuracy or evaluation callable)."""
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(
+            f"{spec!r} is not package.module:function", "name a function, e.g. mypkg.evals:accuracy"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"cannot import {module_name!r} for {spec!r}: {exc}", "check the module is on PYTHONPATH"
+        ) from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"{module_name} has no function {attr!r}", "check the name after the colon")
+    return fn

@@ -9,6 +9,7 @@ from pathlib import Path
 from hwlat.cli import options
 from hwlat.devices.inventory import resolve_device
 from hwlat.errors import EXIT_FAILED, ConfigError
+from hwlat.profiler.store.leases import HOLDER
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -41,9 +42,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--objective",
         default="flops",
-        help="accuracy proxy to maximise: flops, params, naswot or synflow (default flops)",
+        help="what to maximise: an accuracy proxy (flops, params, naswot, synflow; default flops) or "
+        "your own function of an architecture, package.module:function",
     )
     options.add_out(p, "output folder: front, plots, trials, winners' ONNX")
+    p.add_argument(
+        "--worker",
+        action="store_true",
+        help="join the study as one of several workers (processes or machines on one --db), asking and "
+        "telling through the database; without it a run replays and resumes the study alone",
+    )
     p.add_argument(
         "--study",
         help="name of the study in the store (default: the output folder's name); re-running resumes it",
@@ -105,7 +113,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     from hwlat.predictors import LatencyPredictor
     from hwlat.search.objectives import LatencyObjective
-    from hwlat.search.proxies import get_proxy
     from hwlat.search.runner import run_search
     from hwlat.search.spaces import get_space
     from hwlat.search.strategies import get_strategy
@@ -130,7 +137,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     with options.open_store(args) as store:
         study, report = run_search(
             space,
-            [get_proxy(args.objective), *latencies],
+            [_objective(args.objective), *latencies],
             strategy,
             args.budget,
             args.out,
@@ -139,6 +146,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             show_progress=not args.no_progress,
             store=store,
             study_name=args.study,
+            worker=HOLDER if args.worker else None,  # host:pid:random, unique per process
         )
         for name, minimum in study.minima.items():
             print(f"fastest network found for {name}: {minimum.value:.3f} ms")
@@ -172,6 +180,15 @@ def cmd_search(args: argparse.Namespace) -> int:
             if not all(r.meets_budget_within_noise for r in results):
                 status = EXIT_FAILED
     return status
+
+
+def _objective(name: str):
+    from hwlat.search.objectives import CallableObjective
+    from hwlat.search.proxies import get_proxy
+
+    if ":" in name:
+        return CallableObjective(options.load_callable(name), name=name)
+    return get_proxy(name)
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:

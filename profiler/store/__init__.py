@@ -21,6 +21,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -73,8 +74,7 @@ class Store:
         self._lock = threading.RLock()
         self.engine = self._sqlite_engine() if self.path is not None else self._server_engine()
         try:
-            with self.engine.begin() as conn:
-                self._check_schema(conn)
+            self._open_schema()
         except sa.exc.OperationalError as exc:
             self.engine.dispose()
             raise StoreError(
@@ -126,6 +126,20 @@ class Store:
             )
         options = "-c default_transaction_read_only=on" if self.readonly else ""
         return sa.create_engine(url, pool_pre_ping=True, connect_args={"options": options} if options else {})
+
+    def _open_schema(self) -> None:
+        """Check (and create or migrate) the schema; several processes may open a new store at once."""
+        for attempt in range(5):
+            try:
+                with self.engine.begin() as conn:
+                    if conn.dialect.name == "postgresql" and not self.readonly:
+                        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7418)")  # one creator at a time
+                    self._check_schema(conn)
+                return
+            except (sa.exc.IntegrityError, sa.exc.OperationalError) as exc:
+                if attempt == 4 or "already exists" not in str(exc.orig) and "UNIQUE" not in str(exc.orig):
+                    raise
+                time.sleep(0.1 * (attempt + 1))  # another process created it a moment ago: look again
 
     def _check_schema(self, conn: sa.Connection) -> None:
         version = schema.stored_version(conn)
