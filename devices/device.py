@@ -31,6 +31,9 @@ class Device:
     tvm_target: dict | None = None
     labels: tuple[str, ...] = field(default=())
     graph_optimization: str = "all"
+    # ONNX Runtime's memory arena and memory patterns: on is how models usually run; off makes a
+    # memory measurement the model's own need rather than the arena's growth in chunks.
+    memory_arena: bool = True
     trust_on_first_use: bool = False
     known_hosts: str | None = None  # None: the alias's UserKnownHostsFile, else ~/.ssh/known_hosts
     connect_timeout_s: float = 15.0
@@ -45,6 +48,7 @@ class Device:
             "threads": self.threads,
             "cpu_affinity": list(self.cpu_affinity or []) or None,
             "graph_optimization": self.graph_optimization,
+            "memory_arena": self.memory_arena,
         }
 
 

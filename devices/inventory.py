@@ -33,6 +33,7 @@ _KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "tvm_target": ((str, dict), 'a TVM target, e.g. "llvm -mcpu=cortex-a72" or an inline table'),
     "labels": ((list,), "a list of strings"),
     "graph_optimization": ((str,), 'one of "disable", "basic", "extended", "all"'),
+    "memory_arena": ((bool,), "true or false"),
     "trust_on_first_use": ((bool,), "true or false"),
     "known_hosts": ((str,), "a path to a known_hosts file"),
     "connect_timeout_s": ((int, float), "a number of seconds, e.g. 15"),

@@ -41,10 +41,11 @@ from hwlat.errors import PredictorFormatError
 from hwlat.predictors.kernels.fusion import FusionRules
 from hwlat.predictors.kernels.splitter import ModelSplitter
 from hwlat.predictors.models.kernel_regressor import KernelRegressor
+from hwlat.predictors.models.memory import Footprint, MemoryModel, onnx_footprint
 from hwlat.predictors.models.overhead import OverheadModel
 from hwlat.predictors.models.table import LatencyTable
 from hwlat.profiler.kernel import Kernel
-from hwlat.profiler.onnx_models import is_torch_module, torch_to_onnx
+from hwlat.profiler.onnx_models import is_torch_module, load_model, torch_to_onnx
 
 FORMAT = "hwlat-latency-predictor"
 FORMAT_VERSION = 1
@@ -67,6 +68,9 @@ class Prediction:
     overhead_ms: float
     fallbacks: list[str] = field(default_factory=list)  # keys predicted because the table lacks them
     warnings: list[str] = field(default_factory=list)
+    peak_memory_mb: float | None = None  # weights + live activations + the device's runtime terms
+    weights_mb: float | None = None
+    activations_mb: float | None = None  # the largest set of activations alive at once
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,6 +87,7 @@ class LatencyPredictor:
         backend: str,
         kind: str = "lut",
         meta: dict | None = None,
+        memory: MemoryModel | None = None,
     ) -> None:
         if kind not in KINDS:
             raise PredictorFormatError(f"unknown predictor kind {kind!r}; use one of {', '.join(KINDS)}")
@@ -96,6 +101,7 @@ class LatencyPredictor:
         self.backend = backend
         self.kind = kind
         self.meta = dict(meta or {})
+        self.memory = memory or MemoryModel()
         self._space_cache: dict[int, tuple[Any, np.ndarray, Any]] = {}
 
     @property
@@ -118,6 +124,7 @@ class LatencyPredictor:
                 f"cannot predict a {type(model).__name__}: pass an ONNX path or ModelProto, "
                 "a torch.nn.Module with input_shape, or a (space, arch) pair"
             )
+        model = load_model(model)
         split = ModelSplitter(self.fusion_rules, strict=strict).split(model)
         kernels = [s.kernel for s in split.kernels]
         costs = self._costs(kernels)
@@ -129,7 +136,7 @@ class LatencyPredictor:
             KernelCost("glue", "glue", self.table.overhead.per_kernel_ms, "glue", (n,))
             for n in split.glue_nodes
         ]
-        return self._prediction(items, costs, kernels, split.warnings)
+        return self._prediction(items, costs, kernels, split.warnings, onnx_footprint(model))
 
     def _predict_arch(self, space: Any, arch: Any) -> Prediction:
         kernels = self._arch_kernels(space, arch)
@@ -138,7 +145,8 @@ class LatencyPredictor:
             KernelCost(k.key, k.op, float(ms), self._source(fb))
             for k, ms, fb in zip(kernels, costs.latency_ms, costs.fallback, strict=True)
         ]
-        return self._prediction(items, costs, kernels, [])
+        footprint = space.footprint(arch) if hasattr(space, "footprint") else None
+        return self._prediction(items, costs, kernels, [], footprint)
 
     def _source(self, fallback: bool) -> str:
         return "regressor" if fallback or self.kind == "gbdt" else "table"
@@ -152,12 +160,28 @@ class LatencyPredictor:
         return self.table.costs(kernels)
 
     def _prediction(
-        self, items: list[KernelCost], costs, kernels: list[Kernel], warnings: list[str]
+        self,
+        items: list[KernelCost],
+        costs,
+        kernels: list[Kernel],
+        warnings: list[str],
+        footprint: Footprint | None,
     ) -> Prediction:
         intercept = self.table.overhead.intercept_ms
         total = intercept + float(sum(i.latency_ms for i in items))
         fallbacks = list(dict.fromkeys(k.key for k, fb in zip(kernels, costs.fallback, strict=True) if fb))
-        return Prediction(total, items, intercept, fallbacks, list(warnings))
+        memory = {}
+        if footprint is not None:
+            memory = {
+                "peak_memory_mb": self.memory.predict_mb(footprint),
+                "weights_mb": footprint.weights_mb,
+                "activations_mb": footprint.activations_mb,
+            }
+        return Prediction(total, items, intercept, fallbacks, list(warnings), **memory)
+
+    def memory_batch(self, space: Any, archs: Sequence[Any]) -> np.ndarray:
+        """Predicted peak memory (MB) of each architecture of a space (``space.footprint(arch)``)."""
+        return np.array([self.memory.predict_mb(space.footprint(a)) for a in archs], dtype=float)
 
     # ----- search spaces ---------------------------------------------------------------
     def _arch_kernels(self, space: Any, arch: Any) -> list[Kernel]:
@@ -231,6 +255,7 @@ class LatencyPredictor:
             "fusion_rules": self.fusion_rules.to_dict(),
             "table": self.table.to_dict(),
             "regressor": self.regressor.to_dict() if self.regressor is not None else None,
+            "memory": self.memory.to_dict(),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -269,7 +294,17 @@ class LatencyPredictor:
         table = LatencyTable(
             data["table"]["entries"], regressor, OverheadModel.from_dict(data["table"]["overhead"])
         )
-        known = {"format", "version", "kind", "device", "backend", "fusion_rules", "table", "regressor"}
+        known = {
+            "format",
+            "version",
+            "kind",
+            "device",
+            "backend",
+            "fusion_rules",
+            "table",
+            "regressor",
+            "memory",
+        }
         meta = {k: v for k, v in data.items() if k not in known}
         return cls(
             table,
@@ -278,4 +313,5 @@ class LatencyPredictor:
             data["backend"],
             data["kind"],
             meta,
+            MemoryModel.from_dict(data["memory"]) if data.get("memory") else None,
         )

@@ -42,10 +42,23 @@ def _send(obj):
     sys.stdout.flush()
 
 
+# Where a runtime's version is read without importing it (importing TVM imports torch when it
+# is installed: seconds, and hundreds of MB on the baseline of every memory measurement).
+_DISTRIBUTIONS = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu"), "tvm": ("apache-tvm", "tvm")}
+
+
 def _version(module_name):
-    try:
-        module = __import__(module_name)
-        return getattr(module, "__version__", "unknown")
+    from importlib import metadata, util
+
+    if util.find_spec(module_name) is None:
+        return None
+    for dist in _DISTRIBUTIONS.get(module_name, (module_name,)):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    try:  # built from source: no distribution metadata
+        return getattr(__import__(module_name), "__version__", "unknown")
     except Exception:
         return None
 
@@ -96,8 +109,10 @@ class OrtRunner:
         opts.intra_op_num_threads = settings["threads"]
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = getattr(
-            ort.GraphOptimizationLevel, ORT_OPT_LEVELS[settings.get("graph_optimization", "all")]
+            ort.GraphOptimizationLevel, ORT_OPT_LEVELS[settings["graph_optimization"]]
         )
+        opts.enable_cpu_mem_arena = settings["memory_arena"]
+        opts.enable_mem_pattern = settings["memory_arena"]
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         if settings.get("profile"):
             opts.enable_profiling = True
@@ -196,6 +211,7 @@ class Agent:
             "threads": int(msg["threads"]),
             "cpu_affinity": msg["cpu_affinity"],
             "graph_optimization": msg["graph_optimization"],
+            "memory_arena": bool(msg["memory_arena"]),
         }
         if settings["backend"] not in RUNNERS:
             raise ValueError(f"backend {settings['backend']!r} is not available in this agent")
@@ -268,10 +284,17 @@ class Agent:
         }
 
     def measure_model(self, msg):
-        baseline_kb = _current_rss_kb()
+        """``measure`` plus the process's resident memory before the model and its peak after.
+
+        The peak is the kernel's high-water mark of this process's memory, reset right before
+        the model is loaded (``ru_maxrss`` would not do: Linux carries it over from the parent
+        across fork and exec, so a host process that holds torch inflates it).
+        """
+        _reset_peak_rss()
+        baseline_kb = _status_kb("VmRSS")
         result = self.measure(msg)
         result["baseline_rss_mb"] = baseline_kb / 1024
-        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result["peak_rss_mb"] = _status_kb("VmHWM") / 1024
         return result
 
     def profile_kernels(self, msg):
@@ -494,15 +517,24 @@ def unit_kernel_times(events, input_shapes, output_shapes):
     return totals, run_ms, nodes
 
 
-def _current_rss_kb():
+def _status_kb(field):
+    """``VmRSS`` (now) or ``VmHWM`` (peak since the last reset) of this process, in kB."""
     try:
         with open("/proc/self/status") as fh:
             for line in fh:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # not Linux: the best there is
+
+
+def _reset_peak_rss():
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # Linux >= 4.0: reset VmHWM to the current RSS
+    except OSError:
+        pass
 
 
 def main():

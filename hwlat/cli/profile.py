@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -68,6 +69,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     options.add_wait(p)
     options.add_protocol(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--no-arena",
+        action="store_true",
+        help="ONNX Runtime without its memory arena and memory patterns: peak memory is the model's own "
+        "need, not the arena's growth (default: the device's memory_arena setting)",
+    )
     p.set_defaults(func=cmd_measure)
 
 
@@ -135,6 +142,8 @@ def cmd_profile_adaptive(args: argparse.Namespace) -> int:
 def cmd_measure(args: argparse.Namespace) -> int:
     load_model(args.model)  # a clear error for a missing, empty or broken file, before any device time
     device = resolve_device(args.device, args.inventory)
+    if args.no_arena:
+        device = dataclasses.replace(device, memory_arena=False)
     with options.open_store(args) as store:
         m = Campaign(
             device, options.backend(args, device), store, options.protocol(args), show_progress=False
@@ -156,6 +165,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
         "disturbance": m.disturbance,
         "threads": m.settings.get("threads"),
         "cpu_affinity": m.settings.get("cpu_affinity"),
+        "memory_arena": m.settings.get("memory_arena"),
         "model_bytes": m.extra["model_bytes"],
         "params": m.extra["params"],
         "peak_rss_mb": m.peak_rss_mb,

@@ -33,6 +33,7 @@ from hwlat.predictors.kernels.fusion import FusionRules, decide, default_probes,
 from hwlat.predictors.kernels.splitter import ModelSplitter
 from hwlat.predictors.metrics import accuracy
 from hwlat.predictors.models.kernel_regressor import KernelRegressor
+from hwlat.predictors.models.memory import MemoryModel, onnx_footprint
 from hwlat.predictors.models.table import LatencyTable
 from hwlat.predictors.predictor import LatencyPredictor
 from hwlat.profiler.backends import cache_dir
@@ -171,7 +172,9 @@ def train_predictor(
         if space is not None
         else random_networks(config.calibration_networks)
     )
-    fit_overhead(table, profiler, calibration, rules, config.model_protocol, log, config.model_repeats)
+    memory = fit_overhead(
+        table, profiler, calibration, rules, config.model_protocol, log, config.model_repeats
+    )
     rows = store.measurements(device.name, backend, "kernel")
     meta = {
         "settings": device.settings(),
@@ -185,7 +188,7 @@ def train_predictor(
             "wall_seconds": round(time.monotonic() - started, 1),
         },
     }
-    return LatencyPredictor(table, rules, device.name, backend, config.kind, meta)
+    return LatencyPredictor(table, rules, device.name, backend, config.kind, meta, memory)
 
 
 def fit_overhead(
@@ -196,21 +199,31 @@ def fit_overhead(
     protocol: TimingProtocol | None = None,
     log: Log = print,
     repeats: int = 3,
-) -> None:
+) -> MemoryModel:
+    """Fit the table's overhead model on networks measured end to end, and return the device's
+    memory model fitted on the same measurements' peak resident memory."""
     measured = profiler.measure_models(paths, protocol, repeats=repeats)
     splitter = ModelSplitter(rules)
-    networks, ms = [], []
+    networks, ms, footprints, memory_mb = [], [], [], []
     for path, m in zip(paths, measured, strict=True):
+        if not m.ok:
+            continue
+        if m.peak_rss_mb is not None and m.baseline_rss_mb is not None:
+            footprints.append(onnx_footprint(path))  # memory does not depend on contention
+            memory_mb.append(m.peak_rss_mb - m.baseline_rss_mb)
         if not m.clean:
             continue
         split = splitter.split(path)
         networks.append(([s.kernel for s in split.kernels], len(split.glue_nodes)))
         ms.append(m.median_ms)
+    memory = MemoryModel().fit(footprints, memory_mb)
+    log(f"memory model fitted on {memory.fitted_on} networks: {memory}")
     if not networks:
         log("no clean end-to-end measurement: overhead model left at zero (predictions are sums)")
-        return
+        return memory
     overhead = table.fit_overhead(networks, ms)
     log(f"overhead fitted on {len(ms)} networks: {overhead}")
+    return memory
 
 
 def _backend_version(rows: list) -> str:

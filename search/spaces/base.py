@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from hwlat.errors import ConfigError, HwlatError
+from hwlat.predictors.models.memory import Footprint
 from hwlat.profiler.onnx_models import torch_to_onnx
 from hwlat.profiler.opspec import OpSpec, unique
 from hwlat.search.spaces.cell_sum import CellSum
@@ -211,6 +212,10 @@ class SearchSpace:
         for slot in self.slots:
             x = slot.build(net, x, self._values(slot, arch))
         return net.finish(x)
+
+    def footprint(self, arch: Sequence[int]) -> Footprint:
+        """Weights and activation peak of the architecture (what memory predictions start from)."""
+        return self.build_net(arch).footprint()
 
     def ops(self, arch: Sequence[int]) -> list[OpSpec]:
         """The kernels the network runs, after folding BN and activations into convs."""

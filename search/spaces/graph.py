@@ -17,9 +17,11 @@ Writing the network once is what keeps ``ops(arch)`` and ``to_onnx(arch)`` from 
 
 from __future__ import annotations
 
+import math
 from functools import cache
 from typing import NamedTuple
 
+from hwlat.predictors.models.memory import Footprint, liveness_peak
 from hwlat.profiler.opspec import OpSpec
 
 
@@ -42,6 +44,9 @@ class Layer(NamedTuple):
         return dict(self.params)[name]
 
 
+# Element-wise layers the runtime runs in place (fused into their producer) when nothing else reads
+# their input.
+_IN_PLACE = frozenset({"act", "scale", "affine"})
 # Layers without weights: two with the same inputs and parameters compute the same tensor.
 _WEIGHT_FREE = frozenset({"act", "add", "mul", "avgpool", "gap", "shuffle"})
 
@@ -182,6 +187,28 @@ class Net:
                 continue
             out.extend(_specs(layer.kind, layer.in_shape, layer.params, fused_act.get(layer.output)))
         return out
+
+    # ----- memory -----------------------------------------------------------
+    def footprint(self) -> Footprint:
+        """Weights and the activation peak of the net as exported (float32; activations and
+        per-channel scales whose input has no other reader write in place, as in the runtime)."""
+        layers = self.live_layers()
+        uses: dict[int, int] = {}
+        for layer in layers:
+            for t in layer.inputs:
+                uses[t] = uses.get(t, 0) + 1
+        alias: dict[int, int] = {}
+        steps = []
+        for i, layer in enumerate(layers):
+            ins = [alias.get(t, t) for t in layer.inputs]
+            if layer.kind in _IN_PLACE and uses[layer.inputs[0]] == 1:
+                alias[layer.output] = ins[0]
+                continue
+            steps.append((f"{layer.kind}{i}", ins, [layer.output]))
+        sizes = {t: 4 * math.prod(shape) for t, shape in self._shapes.items()}
+        output = alias.get(self.output.id, self.output.id)
+        peak, where = liveness_peak(steps, sizes, [self.input.id], [output])
+        return Footprint(4 * sum(op.params for op in self.kernels()), peak, where)
 
     # ----- torch ------------------------------------------------------------
     def to_torch(self):

@@ -1,0 +1,86 @@
+"""Peak memory: liveness over graphs, the footprint of spaces and ONNX files, measured peaks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from hwlat import zoo
+from hwlat.devices.device import local_device
+from hwlat.predictors.models.memory import MemoryModel, liveness_peak, onnx_footprint
+from hwlat.profiler.campaign import Campaign
+from hwlat.profiler.onnx_models import make_model
+from hwlat.profiler.protocol import TimingProtocol
+from hwlat.profiler.store import Store
+from hwlat.search import get_space
+
+
+def test_a_residual_input_stays_alive_across_its_block() -> None:
+    # x -> a -> b -> add(b, x): x is read last by the add, so x, a and b are alive together at b.
+    steps = [("a", ["x"], ["a"]), ("b", ["a"], ["b"]), ("add", ["b", "x"], ["y"])]
+    sizes = {"x": 10, "a": 20, "b": 30, "y": 10}
+    assert liveness_peak(steps, sizes, ["x"], ["y"]) == (60, "b")
+    no_skip = [("a", ["x"], ["a"]), ("b", ["a"], ["b"]), ("c", ["b"], ["y"])]
+    assert liveness_peak(no_skip, sizes, ["x"], ["y"]) == (50, "b")  # x freed after a
+
+
+def test_onnx_footprint_counts_weights_at_their_dtype_and_runs_activations_in_place() -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [8, 8, 3, 3], [0.1] * 576)
+    model = make_model(
+        helper.make_graph(
+            [
+                helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                helper.make_node("Relu", ["c"], ["y"]),
+            ],
+            "g",
+            [x],
+            [y],
+            initializer=[w],
+        )
+    )
+    f = onnx_footprint(model)
+    assert f.weight_bytes == 576 * 4
+    assert f.activation_peak_bytes == 2 * 8 * 16 * 16 * 4  # x and c; the Relu writes in place
+
+
+@pytest.mark.parametrize("name", ["proxyless", "ofa_mbv3", "fbnet"])
+def test_a_space_footprint_equals_that_of_its_exported_onnx(name) -> None:
+    space = get_space(name)
+    rng = np.random.default_rng(1)
+    for _ in range(2):
+        arch = space.sample(rng)
+        ours, exported = space.footprint(arch), onnx_footprint(space.to_onnx(arch))
+        assert ours.weight_bytes == exported.weight_bytes
+        assert ours.activation_peak_bytes == exported.activation_peak_bytes
+
+
+def test_memory_model_recovers_its_terms_and_stays_bounded_with_few_points() -> None:
+    from hwlat.predictors.models.memory import Footprint
+
+    rng = np.random.default_rng(0)
+    feet = [Footprint(int(rng.uniform(1, 50) * 2**20), int(rng.uniform(1, 10) * 2**20)) for _ in range(12)]
+    measured = [20 + 2.5 * f.weights_mb + 1.5 * f.activations_mb for f in feet]
+    model = MemoryModel().fit(feet, measured)
+    assert model.offset_mb == pytest.approx(20, abs=1e-6) and model.weight_scale == pytest.approx(2.5)
+    few = MemoryModel().fit(feet[:2], measured[:2])
+    assert few.weight_scale == 1.0 and few.fitted_on == 2  # the offset only
+
+
+def test_measured_peak_memory_is_the_models_own_with_and_without_the_arena(tmp_path) -> None:
+    """A bigger model needs more; the peak is the model's high-water mark, not the host's (fork)."""
+    paths = zoo.export_all(tmp_path, ["squeezenet_1_1", "resnet18"])
+    with Store(tmp_path / "m.db") as store:
+        for arena in (True, False):
+            device = local_device()
+            device = type(device)(**{**device.__dict__, "memory_arena": arena})
+            small, big = Campaign(
+                device, "ort", store, TimingProtocol.quick(), show_progress=False
+            ).measure_models(paths)
+            assert small.settings["memory_arena"] is arena
+            for m in (small, big):
+                assert m.baseline_rss_mb < 200 and m.peak_rss_mb > m.baseline_rss_mb
+            grow = [m.peak_rss_mb - m.baseline_rss_mb for m in (small, big)]
+            assert grow[1] > grow[0] + 30  # resnet18 holds 45 MB of weights, squeezenet 5 MB
