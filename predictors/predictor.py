@@ -148,6 +148,11 @@ class LatencyPredictor:
         footprint = space.footprint(arch) if hasattr(space, "footprint") else None
         return self._prediction(items, costs, kernels, [], footprint)
 
+    def kernel_latency_ms(self, kernels: Sequence[Kernel]) -> np.ndarray:
+        """What each kernel adds to a network's latency on this device (ms), as ``predict`` sums it:
+        for per-layer cost tables (compression search) without exporting whole networks."""
+        return np.asarray(self._costs(list(kernels)).latency_ms, dtype=float)
+
     def _source(self, fallback: bool) -> str:
         return "regressor" if fallback or self.kind == "gbdt" else "table"
 
