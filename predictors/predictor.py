@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from hwlat.errors import PredictorFormatError
+from hwlat.errors import HwlatError, PredictorFormatError
 from hwlat.predictors.kernels.fusion import FusionRules
 from hwlat.predictors.kernels.splitter import ModelSplitter
 from hwlat.predictors.models.kernel_regressor import KernelRegressor
@@ -50,6 +50,10 @@ from hwlat.profiler.onnx_models import is_torch_module, load_model, torch_to_onn
 FORMAT = "hwlat-latency-predictor"
 FORMAT_VERSION = 1
 KINDS = ("lut", "gbdt")
+
+
+class PredictorScopeError(HwlatError):
+    """A model with kernels the predictor was not trained for (e.g. int8 kernels, float32 predictor)."""
 
 
 @dataclass
@@ -101,6 +105,7 @@ class LatencyPredictor:
         self.backend = backend
         self.kind = kind
         self.meta = dict(meta or {})
+        self.dtypes = tuple(self.meta.get("training", {}).get("dtypes", ("float32",)))
         self.memory = memory or MemoryModel()
         self._space_cache: dict[int, tuple[Any, np.ndarray, Any]] = {}
 
@@ -127,6 +132,13 @@ class LatencyPredictor:
         model = load_model(model)
         split = ModelSplitter(self.fusion_rules, strict=strict).split(model)
         kernels = [s.kernel for s in split.kernels]
+        untrained = sorted({o.dtype for k in kernels for o in k.ops} - set(self.dtypes))
+        if untrained:
+            raise PredictorScopeError(
+                f"the model runs {', '.join(untrained)} kernels, and this predictor was trained for "
+                f"{', '.join(self.dtypes)} only",
+                f"train one with hwlat train --dtypes {','.join([*self.dtypes, *untrained])}",
+            )
         costs = self._costs(kernels)
         items = [
             KernelCost(k.key, k.op, float(ms), self._source(fb), s.nodes)

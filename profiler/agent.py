@@ -87,15 +87,55 @@ def host_facts():
         "cores": os.cpu_count(),
         "governor": governor,
         "hostname": platform.node(),
+        "int8_features": int8_features(),
+        "mem_available_mb": mem_available_mb(),
     }
 
 
+def mem_available_mb():
+    """Memory the kernel says a new allocation can get without swapping (None off Linux)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return None
+
+
+# CPU features that decide how fast 8-bit kernels run: VNNI (AVX-512 or AVX) and AMX on x86
+# (AVX2 alone: int8 saturates U8S8 and gains little), the dot-product and i8mm extensions on ARM.
+_INT8_FLAGS = ("avx2", "avx512_vnni", "avx512vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "sve")
+
+
+def int8_features():
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith(("flags", "features")):
+                    flags = set(line.split(":", 1)[1].split())
+                    return [f for f in _INT8_FLAGS if f in flags]
+    except OSError:
+        pass
+    return []
+
+
+_ONNX_INTS = {"tensor(int8)": np.int8, "tensor(uint8)": np.uint8}
+
+
 def _random_feeds(inputs):
+    """Random inputs for (name, shape[, onnx type]): normal floats, or 8-bit integers."""
     rng = np.random.default_rng(0)
     feeds = {}
-    for name, shape in inputs:
+    for name, shape, *onnx_type in inputs:
         dims = [d if isinstance(d, int) and d > 0 else 1 for d in shape]
-        feeds[name] = rng.standard_normal(dims).astype(np.float32)
+        int_type = _ONNX_INTS.get(onnx_type[0]) if onnx_type else None
+        if int_type is not None:
+            info = np.iinfo(int_type)
+            feeds[name] = rng.integers(info.min, info.max, dims, endpoint=True).astype(int_type)
+        else:
+            feeds[name] = rng.standard_normal(dims).astype(np.float32)
     return feeds
 
 
@@ -118,7 +158,7 @@ class OrtRunner:
             opts.enable_profiling = True
             opts.profile_file_prefix = os.path.join(tempfile.gettempdir(), f"hwlat_prof_{os.getpid()}")
         self.session = ort.InferenceSession(model_path, opts, providers=["CPUExecutionProvider"])
-        self.feeds = _random_feeds([(i.name, i.shape) for i in self.session.get_inputs()])
+        self.feeds = _random_feeds([(i.name, i.shape, i.type) for i in self.session.get_inputs()])
         self.outputs = [o.name for o in self.session.get_outputs()]
 
     def __call__(self):
@@ -445,6 +485,13 @@ HARNESS_PREFIX = "hwlat_ctx"
 _REORDERS = ("ReorderInput", "ReorderOutput")
 
 
+def _is_layout(event):
+    """A layout change ONNX Runtime inserted: NCHWc reorders (float32), or the unnamed NCHW<->NHWC
+    Transposes around its 8-bit convs (a Transpose of the network itself keeps its node name)."""
+    op = event["args"].get("op_name")
+    return op in _REORDERS or (op == "Transpose" and event["name"].startswith("Transpose"))
+
+
 def _event_shapes(event, key):
     return [list(v for v in item.values())[0] for item in event["args"].get(key, [])]
 
@@ -454,9 +501,9 @@ def unit_kernel_times(events, input_shapes, output_shapes):
     unit's nodes with their interquartile-mean times.
 
     Nodes named ``hwlat_ctx*`` are the harness (producers and consumers around the unit) and
-    do not count; nor do the layout reorders at the graph boundary: a ReorderInput of a graph
-    input before the unit's first node, a ReorderOutput to a graph output after its last. Every
-    other node, reorders between harness and unit included, is the unit's cost in context.
+    do not count; nor do the layout changes at the graph boundary: a reorder or transpose of a
+    graph input before the unit's first node, of a graph output after its last. Every other
+    node, layout changes between harness and unit included, is the unit's cost in context.
     A model without harness nodes counts every node.
     """
     runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
@@ -476,9 +523,7 @@ def unit_kernel_times(events, input_shapes, output_shapes):
             continue
         run_ms.append((runs[i][1] - runs[i][0]) / 1e3)
         core = [
-            j
-            for j, e in enumerate(seq)
-            if not e["name"].startswith(HARNESS_PREFIX) and e["args"].get("op_name") not in _REORDERS
+            j for j, e in enumerate(seq) if not e["name"].startswith(HARNESS_PREFIX) and not _is_layout(e)
         ]
         first, last = (core[0], core[-1]) if core else (len(seq), -1)
         total = 0.0
@@ -487,14 +532,16 @@ def unit_kernel_times(events, input_shapes, output_shapes):
             if e["name"].startswith(HARNESS_PREFIX):
                 continue
             if (
-                op == "ReorderInput"
+                _is_layout(e)
+                and op != "ReorderOutput"
                 and j < first
                 and _event_shapes(e, "input_type_shape")[:1]
                 and _event_shapes(e, "input_type_shape")[0] in input_shapes
             ):
                 continue
             if (
-                op == "ReorderOutput"
+                _is_layout(e)
+                and op != "ReorderInput"
                 and j > last
                 and _event_shapes(e, "output_type_shape")[:1]
                 and _event_shapes(e, "output_type_shape")[0] in output_shapes

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from hwlat.devices.connection import Connection, ConnectionLost, DeviceError, connect
 from hwlat.devices.device import Device
+from hwlat.profiler.agent import mem_available_mb
 from hwlat.profiler.agent_client import AgentCrashed, AgentSession, AgentTimeout, agent_start_error
 from hwlat.profiler.backends import ArtifactError, HostBackend, get_backend
 from hwlat.profiler.measurement import Measurement
@@ -47,12 +48,19 @@ log = logging.getLogger(__name__)
 # (profiler/backends/ort/harness.py).
 AGENT_COMMANDS = {"op": "measure", "kernel": "profile_kernels"}
 
+# An op whose tensors and weights need more than this share of the memory available (on the
+# host that builds it, or the device that runs it) is refused instead of sent.
+MEMORY_SHARE = 0.5
 # The fixed op re-timed around every measurement to detect a disturbed machine.
 CANARY = OpSpec("conv", (1, 32, 28, 28), out_channels=32, kernel=3, padding=1, activation="relu")
 
 
 class DeviceUnreachable(DeviceError):
     """The device could not be reached again within the reconnect window."""
+
+
+class AgentRestartFailed(RuntimeError):
+    """A replacement agent died while starting on a device where one ran before (internal)."""
 
 
 @dataclass
@@ -111,6 +119,9 @@ class Campaign:
         self._connection: Connection | None = None
         self._session: AgentSession | None = None
         self._ever_connected = False
+        self._agent_started = False  # an agent ran on the device during this campaign
+        self._restart_delay_s = 1.0
+        self._restart_deadline: float | None = None
         self._staged: set[str] = set()  # op keys whose artifacts the current connection has
         self._artifacts: dict[str, Path | ArtifactError] = {}
         self._stop = threading.Event()
@@ -141,9 +152,28 @@ class Campaign:
             report.stopped = self._stop.is_set()
         return report
 
+    def _too_big(self, spec, available_mb: float | None, where: str) -> Measurement | None:
+        """A deterministic failure for an op whose tensors and weights would not fit in memory
+        (a 1x100000x4096x4096 conv needs 6.7 TB): refused before it is built or sent."""
+        need_mb = getattr(spec, "bytes_moved", 0) / 2**20
+        if available_mb is None or need_mb <= MEMORY_SHARE * available_mb:
+            return None
+        return self._failed(
+            spec.key,
+            f"the op needs {need_mb / 1024:.1f} GB for its tensors and weights, more than "
+            f"{MEMORY_SHARE:.0%} of the {available_mb / 1024:.1f} GB {where} has available; it was not "
+            "built or measured (lower its sizes)",
+        )
+
     def _run(
         self, todo: list[OpSpec], report: CampaignReport, progress: Progress | None, lease: DeviceLease
     ) -> None:
+        host_mb = mem_available_mb()
+        refused = {s.key: m for s in todo if (m := self._too_big(s, host_mb, "this host")) is not None}
+        if refused:
+            todo[:] = [s for s in todo if s.key not in refused]
+            for m in refused.values():
+                self._record(m, report, progress)
         if todo:  # e.g. TVM tunes and compiles ahead (timing candidates on the device); the canary first
             self.backend.prefetch([CANARY, *todo], progress=self.show_progress)
         index = 0
@@ -153,16 +183,19 @@ class Campaign:
             m = self._measure_one(spec, report, todo[index : index + self.batch_size])
             if m is None or self._stop.is_set():  # connection lost: same op again; or stopped
                 continue
-            self.store.save(m)
+            self._record(m, report, progress)
             index += 1
-            report.measured += m.ok
-            report.failed += not m.ok
-            report.disturbed += m.disturbed
-            report.timing_s += m.wall_s
-            if not m.ok:
-                report.failures.append(f"{m.key}: {m.error_msg}")
-            if progress:
-                progress.update(note=f"{spec.op} {m.median_ms or 0:.3f} ms" if m.ok else "failed")
+
+    def _record(self, m: Measurement, report: CampaignReport, progress: Progress | None) -> None:
+        self.store.save(m)
+        report.measured += m.ok
+        report.failed += not m.ok
+        report.disturbed += m.disturbed
+        report.timing_s += m.wall_s
+        if not m.ok:
+            report.failures.append(f"{m.key}: {m.error_msg}")
+        if progress:
+            progress.update(note=f"{m.key.split('-')[0]} {m.median_ms or 0:.3f} ms" if m.ok else "failed")
 
     def _lease(self) -> DeviceLease:
         """Nothing else times on the device while this campaign does (profiler/store/leases.py)."""
@@ -185,6 +218,9 @@ class Campaign:
             return self._failed(spec.key, f"could not build the op: {exc}")
         try:
             session = self._ensure_session(report)
+            refused = self._too_big(spec, session.hello["host"].get("mem_available_mb"), "the device")
+            if refused is not None:
+                return refused
             if spec.key not in self._staged:
                 self._stage_batch(batch)
             started_at = time.time()
@@ -207,7 +243,15 @@ class Campaign:
                     self._reconnect(report)
                 return None
             self._close_session()  # the link is fine: a fresh agent on the same connection
-            return None if self._stop.is_set() else self._failed(spec.key, str(exc))
+            # An agent that died (the OOM killer, a crash) is not the op's fault the way a model the
+            # runtime rejects is: a transient failure, measured again by the next run. An op that
+            # outlasts the protocol's timeout would do so again: a failure, kept until --force.
+            transient = isinstance(exc, AgentCrashed)
+            return None if self._stop.is_set() else self._failed(spec.key, str(exc), transient=transient)
+        except AgentRestartFailed as exc:
+            self._close()
+            self._wait_for_agent(report, exc)
+            return None
         return self._from_result(spec.key, result, self.kind, started_at)
 
     def _artifact(self, spec: OpSpec) -> Path:
@@ -235,14 +279,19 @@ class Campaign:
         self._staged.update(spec.key for spec in batch)
 
     def _failed(
-        self, key: str, error_msg: str, kind: str | None = None, started_at: float | None = None
+        self,
+        key: str,
+        error_msg: str,
+        kind: str | None = None,
+        started_at: float | None = None,
+        transient: bool = False,
     ) -> Measurement:
         return Measurement(
             device=self.device.name,
             backend=self.backend.name,
             key=key,
             kind=kind or self.kind,
-            status="failed",
+            status="transient" if transient else "failed",
             error_msg=error_msg,
             settings=self.device.settings(),
             protocol=self.protocol.to_dict(),
@@ -300,9 +349,33 @@ class Campaign:
                     raise ConnectionLost(
                         f"connection to {self.device.name!r} dropped while the agent started ({exc})"
                     ) from None
+                if self._agent_started:  # it ran before: a passing fault, restarted with back-off
+                    raise AgentRestartFailed(str(exc)) from None
                 raise agent_start_error(self.device, exc) from None
             self._session = session
+            self._agent_started = True
+            self._restart_delay_s, self._restart_deadline = 1.0, None
         return self._session
+
+    def _wait_for_agent(self, report: CampaignReport, exc: AgentRestartFailed) -> None:
+        """A replacement agent died while starting: wait with back-off (as for a dropped link)
+        and try again, up to ``reconnect_timeout_s`` of failures in a row."""
+        if self._restart_deadline is None:
+            self._restart_deadline = time.monotonic() + self.reconnect_timeout_s
+        if time.monotonic() + self._restart_delay_s > self._restart_deadline:
+            raise DeviceUnreachable(
+                f"device {self.device.name!r}: the measuring agent did not restart within "
+                f"{self.reconnect_timeout_s:.0f} s ({exc}); what was measured is stored",
+                f"run hwlat devices check {self.device.name}, then the same command again to resume",
+            )
+        log.warning(
+            "%s: the agent died while starting (%s); retrying in %.0f s",
+            self.device.name,
+            exc,
+            self._restart_delay_s,
+        )
+        self._stop.wait(self._restart_delay_s)
+        self._restart_delay_s = min(self._restart_delay_s * 2, 30.0)
 
     def _reconnect(self, report: CampaignReport) -> None:
         """Wait with exponential back-off until the device answers again."""
@@ -352,23 +425,22 @@ class Campaign:
         self, onnx_paths: Iterable[str | Path], repeats: int = 1, save: bool = True
     ) -> list[Measurement]:
         """Time each model ``repeats`` times, in passes over all of them (so one model's
-        measurements lie apart in time), and keep the fastest clean one: contention only ever
-        adds time, and a burst can pass the canary check unseen."""
+        measurements lie apart in time), and keep the pass with the median latency among the
+        clean ones: the steady-state median a user's plain runtime loop reports, robust to one
+        pass a burst of contention slowed (the fastest pass would be a best case instead)."""
         paths = [Path(p) for p in onnx_paths]
         repeats = max(1, repeats)
-        best: dict[Path, Measurement] = {}
+        passes: dict[Path, list[Measurement]] = {p: [] for p in paths}
         with self._lease():
             for _ in range(repeats):
                 for path in paths:
-                    m = self.measure_model(path, save=False)
-                    old = best.get(path)
-                    if old is None or (m.clean and (not old.clean or m.median_ms < old.median_ms)):
-                        best[path] = m
-        for m in best.values():
+                    passes[path].append(self.measure_model(path, save=False))
+        chosen = [representative(passes[p]) for p in paths]
+        for m in chosen:
             m.repeats = repeats
             if save:
                 self.store.save(m)
-        return [best[p] for p in paths]
+        return chosen
 
     def measure_model(self, onnx_path: str | Path, save: bool = True) -> Measurement:
         """Time a whole model end to end in a fresh agent (so peak memory is the model's)."""
@@ -376,26 +448,43 @@ class Campaign:
         key = model_key(onnx_path)
         report = CampaignReport(self.device.name, self.backend.name)
         started_at = time.time()
-        try:
-            with self._lease():
-                try:
-                    artifact = self.backend.model_artifact(onnx_path)
-                except ArtifactError as exc:
-                    m = self._failed(key, f"could not build the model: {exc}", "model", started_at)
-                else:
-                    session = self._ensure_session(report)
-                    started_at = time.time()
-                    timeout_s = self.protocol.op_timeout_s * 5
-                    result = session.measure(key, artifact, timeout_s, cmd="measure_model")
-                    m = self._from_result(key, result, "model", started_at)
-        except (AgentCrashed, AgentTimeout) as exc:
-            m = self._failed(key, str(exc), "model", started_at)
-        finally:
-            self._close()
+        while True:
+            try:
+                with self._lease():
+                    try:
+                        artifact = self.backend.model_artifact(onnx_path)
+                    except ArtifactError as exc:
+                        m = self._failed(key, f"could not build the model: {exc}", "model", started_at)
+                    else:
+                        session = self._ensure_session(report)
+                        started_at = time.time()
+                        timeout_s = self.protocol.op_timeout_s * 5
+                        result = session.measure(key, artifact, timeout_s, cmd="measure_model")
+                        m = self._from_result(key, result, "model", started_at)
+                break
+            except (AgentCrashed, AgentTimeout) as exc:
+                transient = isinstance(exc, AgentCrashed)
+                m = self._failed(key, str(exc), "model", started_at, transient=transient)
+                break
+            except AgentRestartFailed as exc:
+                self._close()
+                self._wait_for_agent(report, exc)
+            finally:
+                self._close()
         m.extra.update(model_facts(onnx_path))
         if save:
             self.store.save(m)
         return m
+
+
+def representative(passes: list[Measurement]) -> Measurement:
+    """The median pass among the clean ones (the lower middle for an even count); with none
+    clean, the least slowed of the measured ones; with none measured, the last failure."""
+    clean = sorted((m for m in passes if m.clean), key=lambda m: m.median_ms)
+    if clean:
+        return clean[(len(clean) - 1) // 2]
+    measured = sorted((m for m in passes if m.ok), key=lambda m: m.median_ms)
+    return measured[0] if measured else passes[-1]
 
 
 def model_key(onnx_path: Path) -> str:

@@ -8,12 +8,15 @@ devices/known_hosts.py for the connection failures).
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 
 from hwlat.devices.connection import DeviceError, PythonMissing, connect
 from hwlat.devices.device import Device
 from hwlat.profiler.agent_client import AgentCrashed, AgentSession, AgentTimeout, agent_start_error
-from hwlat.profiler.backends import cache_dir
+from hwlat.profiler.backends import OrtBackend, cache_dir
+from hwlat.profiler.opspec import OpSpec
+from hwlat.profiler.protocol import TimingProtocol
 
 RUNTIME_OF = {"ort": "onnxruntime", "tvm": "tvm"}
 _FREE_DISK = (
@@ -38,6 +41,8 @@ def check_device(device: Device) -> dict:
             report.update(session.hello["host"])
             report.update(session.hello["versions"])
             report.update(_workdir_facts(device, connection))
+            if "ort" in device.backends and report.get("onnxruntime"):
+                report["int8_over_fp32_speedup"] = _int8_speedup(device, connection)
     except DeviceError as exc:
         report["error"] = type(exc).__name__
         report["diagnosis"] = str(exc).splitlines()[0]
@@ -88,3 +93,30 @@ def _problem(device: Device, report: dict) -> tuple[str, str] | None:
             f"(0..{cores - 1}); fix 'cpu_affinity'"
         )
     return None
+
+
+# The reference conv whose float32 and int8 (QDQ, S8S8) op models are timed: a mid-network
+# 3x3 conv, big enough for the conv to dominate its model's conversions.
+REFERENCE_CONV = OpSpec("conv", (1, 64, 56, 56), out_channels=64, kernel=3, padding=1)
+
+
+def _int8_speedup(device: Device, connection) -> float | None:
+    """How many times faster the device's ONNX Runtime runs the int8 reference conv than float32
+    (above 1: int8 pays). None when it could not be timed."""
+    backend = OrtBackend(device)
+    artifacts = [backend.artifact(REFERENCE_CONV), backend.artifact(REFERENCE_CONV.as_dtype("int8"))]
+    config = {**backend.agent_config(), "protocol": TimingProtocol.quick().to_dict()}
+    session = AgentSession(connection, config, hello_timeout_s=60)
+    try:
+        session.start()
+        medians = []
+        for artifact in artifacts:
+            result = session.measure(REFERENCE_CONV.key, artifact, timeout_s=120)
+            if result.get("status") != "ok":
+                return None
+            medians.append(statistics.median(result["samples_ms"]))
+    except (AgentCrashed, AgentTimeout):
+        return None
+    finally:
+        session.close()
+    return round(medians[0] / medians[1], 2)

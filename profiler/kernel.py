@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hwlat.errors import HwlatError
-from hwlat.profiler.opspec import InvalidOpSpecError, OpSpec
+from hwlat.profiler.opspec import BYTES_PER_ELEMENT, InvalidOpSpecError, OpSpec
 
 SEPARATOR = "|"
 
@@ -116,12 +116,11 @@ class Kernel:
     @property
     def bytes_moved(self) -> int:
         """Bytes read from outside plus weights plus bytes written: what a fused kernel moves."""
-        elements = (
-            sum(_numel(s) for s in self.input_shapes)
-            + self.params
-            + sum(_numel(s) for s in self.output_shapes)
-        )
-        return elements * 4
+        if len(self.ops) == 1:
+            return self.head.bytes_moved
+        inputs = sum(_numel(s) for s in self.input_shapes) * BYTES_PER_ELEMENT[self.head.dtype]
+        outputs = sum(_numel(s) for s in self.output_shapes) * BYTES_PER_ELEMENT[self.ops[-1].dtype]
+        return inputs + self.params * BYTES_PER_ELEMENT[self.head.dtype] + outputs
 
     def __str__(self) -> str:
         return self.key
@@ -129,10 +128,10 @@ class Kernel:
 
 def op_class(spec: OpSpec) -> str:
     """The op's type, with ``_act`` for convs and gemms that already carry an activation (an
-    add after such a conv cannot be fused: the activation must come after the sum)."""
-    if spec.op in ("conv", "gemm") and spec.activation != "none":
-        return f"{spec.op}_act"
-    return spec.op
+    add after such a conv cannot be fused: the activation must come after the sum), and the
+    dtype for 8-bit ops (``conv:int8``: their fusions are other kernels' and probed apart)."""
+    name = f"{spec.op}_act" if spec.op in ("conv", "gemm") and spec.activation != "none" else spec.op
+    return name if spec.dtype == "float32" else f"{name}:{spec.dtype}"
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 class Measurement:
     """Raw samples plus the facts needed to trust or reproduce them.
 
-    A failed op is a Measurement too (``status="failed"``, ``error_msg`` set), so a
+    A failed op is a Measurement too (``status="failed"``, ``error_msg`` set; ``"transient"``
+    when the agent died or did not answer, which a re-run retries), so a
     campaign records it and moves on instead of dying.
     """
 
@@ -19,7 +20,7 @@ class Measurement:
     backend: str
     key: str
     kind: str = "op"  # "op" or "model"
-    status: str = "ok"
+    status: str = "ok"  # "ok", "failed" (deterministic: kept until --force) or "transient"
     error_msg: str = ""
     samples_ms: list[float] = field(default_factory=list)
     number: int = 0
@@ -27,7 +28,7 @@ class Measurement:
     disturbance: str = ""
     canary_ratio: float | None = None
     attempts: int = 1
-    repeats: int = 1  # times the whole measurement was taken; the fastest clean one is kept
+    repeats: int = 1  # times the whole measurement was taken; the median clean pass is kept
     wall_s: float = 0.0  # time the agent spent on it: timing, retries, canaries, profiling
     peak_rss_mb: float | None = None  # whole models: the agent's peak resident memory ...
     baseline_rss_mb: float | None = None  # ... and its resident memory before loading the model

@@ -8,8 +8,9 @@ lists every field that matters for the op type in a fixed order, and round-trips
 from __future__ import annotations
 
 import json
+import numbers
 from collections.abc import Iterable, Iterator
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from hwlat.errors import HwlatError
@@ -26,11 +27,36 @@ OP_TYPES = (
     "split",
     "shuffle",
     "act",
+    "quantize",
+    "dequantize",
 )
 ACTIVATIONS = ("none", "relu", "relu6", "hardswish", "hardsigmoid", "swish", "sigmoid")
 BROADCASTS = ("none", "channel")
-DTYPES = ("float32",)
-BYTES_PER_ELEMENT = {"float32": 4}
+# float32, or 8-bit as ONNX Runtime's static quantizer writes it (QDQ): "int8" is S8S8 (int8
+# activations and weights, the CPU default), "uint8" is U8S8 (uint8 activations, int8 weights;
+# it saturates on x86 CPUs without VNNI).
+DTYPES = ("float32", "int8", "uint8")
+INT_DTYPES = ("int8", "uint8")
+BYTES_PER_ELEMENT = {"float32": 4, "int8": 1, "uint8": 1}
+# Ops that run on 8-bit tensors in a quantized network (ORT's QLinear kernels, or int8 layout
+# ops); quantize/dequantize convert between float32 and 8 bits at the edges of such a region.
+INT8_OPS = (
+    "conv",
+    "gemm",
+    "maxpool",
+    "avgpool",
+    "globalavgpool",
+    "add",
+    "mul",
+    "concat",
+    "split",
+    "shuffle",
+    "act",
+    "quantize",
+    "dequantize",
+)
+# An activation an 8-bit conv or gemm needs no kernel for: the quantization range clips it.
+_RANGE_ACTIVATIONS = ("relu", "relu6")
 
 # Which fields appear in the key of each op type, in key order. "in" is always first.
 _KEY_FIELDS: dict[str, tuple[str, ...]] = {
@@ -45,6 +71,8 @@ _KEY_FIELDS: dict[str, tuple[str, ...]] = {
     "split": ("parts",),
     "shuffle": ("g",),
     "act": ("act",),
+    "quantize": (),  # float32 -> dtype
+    "dequantize": (),  # dtype -> float32
 }
 # Short key names -> dataclass attribute names.
 _KEY_TO_ATTR = {
@@ -69,10 +97,12 @@ class InvalidOpSpecError(HwlatError):
 
 @dataclass(frozen=True)
 class OpSpec:
-    """One kernel. Shapes are NCHW (``(N, C)`` for gemm); dtype is float32.
+    """One kernel. Shapes are NCHW (``(N, C)`` for gemm); dtype float32, or int8/uint8 for the
+    kernels a quantized network runs (``INT8_OPS``).
 
     Only the fields listed for ``op`` in the key matter; the others keep their
-    defaults so that two specs of the same kernel compare and hash equal.
+    defaults so that two specs of the same kernel compare and hash equal. An 8-bit conv or
+    gemm with a ReLU or ReLU6 is the same kernel as without it (the quantization range clips).
     """
 
     op: str
@@ -90,9 +120,12 @@ class OpSpec:
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        _check_integers(self)
         object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
         object.__setattr__(self, "parts", tuple(int(v) for v in self.parts))
         object.__setattr__(self, "bias", bool(self.bias))
+        if self.dtype in INT_DTYPES and self.op in ("conv", "gemm") and self.activation in _RANGE_ACTIVATIONS:
+            object.__setattr__(self, "activation", "none")
         if self.op not in OP_TYPES:
             raise InvalidOpSpecError(f"unknown op type {self.op!r}; known types: {', '.join(OP_TYPES)}")
         # Fields that do not matter for this op type go back to their defaults, so that
@@ -146,6 +179,8 @@ class OpSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> OpSpec:
+        if not isinstance(data, dict):
+            raise InvalidOpSpecError(f"an OpSpec is a JSON object of fields, got {type(data).__name__}")
         if "key" in data and len(data) == 1:
             return cls.from_key(data["key"])
         known = {f.name for f in fields(cls)}
@@ -165,6 +200,8 @@ class OpSpec:
         n = self.input_shape[0]
         if self.op == "gemm":
             return ((n, self.out_channels),)
+        if self.op in ("quantize", "dequantize"):
+            return (self.input_shape,)
         _, c, h, w = self.input_shape
         if self.op == "conv":
             return ((n, self.out_channels, *self._spatial_out(h, w)),)
@@ -230,12 +267,24 @@ class OpSpec:
     @property
     def bytes_moved(self) -> int:
         """Bytes read (inputs, weights) plus bytes written (outputs), without cache reuse."""
-        elements = (
-            sum(_numel(s) for s in self.input_shapes)
-            + self.params
-            + sum(_numel(s) for s in self.output_shapes)
-        )
-        return elements * BYTES_PER_ELEMENT[self.dtype]
+        inputs = sum(_numel(s) for s in self.input_shapes)
+        outputs = sum(_numel(s) for s in self.output_shapes)
+        width = BYTES_PER_ELEMENT[self.dtype]
+        if self.op == "quantize":
+            return inputs * 4 + outputs * width
+        if self.op == "dequantize":
+            return inputs * width + outputs * 4
+        return (inputs + self.params + outputs) * width
+
+    def as_dtype(self, dtype: str) -> OpSpec:
+        """The same op in ``dtype``, as a quantized network runs it; InvalidOpSpecError when it has
+        no such kernel (an 8-bit hardswish runs in float32 between a dequantize and a quantize)."""
+        if dtype == self.dtype:
+            return self
+        activation = self.activation
+        if dtype in INT_DTYPES and self.op in ("conv", "gemm") and activation in _RANGE_ACTIVATIONS:
+            activation = "none"
+        return replace(self, dtype=dtype, activation=activation)
 
     def __str__(self) -> str:
         return self.key
@@ -284,13 +333,50 @@ def _parse_value(short: str, raw: str, key: str) -> object:
         raise InvalidOpSpecError(f"bad value {raw!r} for {short!r} in key {key!r}") from None
 
 
+_INT_FIELDS = ("out_channels", "kernel", "stride", "padding", "dilation", "groups")
+
+
+def _check_integers(spec: OpSpec) -> None:
+    """Sizes are whole numbers: ``stride=2.5`` or ``input_shape=(1, 3.5, 8, 8)`` is refused, not cut."""
+    if not isinstance(spec.bias, bool) and spec.bias not in (0, 1):
+        raise InvalidOpSpecError(f"invalid {spec.op} op: bias must be true or false, got {spec.bias!r}")
+    for name in ("op", "activation", "broadcast", "dtype"):
+        if not isinstance(getattr(spec, name), str):
+            raise InvalidOpSpecError(
+                f"invalid {spec.op!r} op: {name} must be a string, got {getattr(spec, name)!r}"
+            )
+    values = [(name, getattr(spec, name)) for name in _INT_FIELDS]
+    if not isinstance(spec.input_shape, (tuple, list)):
+        raise InvalidOpSpecError(f"invalid {spec.op} op: input_shape must be a list of integers")
+    values += [("input_shape", v) for v in spec.input_shape] + [("parts", v) for v in spec.parts]
+    for name, value in values:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise InvalidOpSpecError(f"invalid {spec.op} op: {name} must be an integer, got {value!r}")
+
+
 def _validate(spec: OpSpec) -> None:
     def fail(msg: str) -> None:
         raise InvalidOpSpecError(f"invalid {spec.op} op: {msg}")
 
     if spec.dtype not in DTYPES:
         fail(f"dtype {spec.dtype!r} is not supported; use one of {DTYPES}")
+    if spec.dtype in INT_DTYPES and spec.op not in INT8_OPS:
+        fail(f"there is no {spec.dtype} {spec.op} kernel; 8-bit ops are {', '.join(INT8_OPS)}")
+    if spec.op in ("quantize", "dequantize") and spec.dtype not in INT_DTYPES:
+        fail(f"{spec.op} converts between float32 and 8 bits: dtype must be one of {INT_DTYPES}")
+    if spec.dtype in INT_DTYPES and spec.op in ("conv", "gemm") and spec.activation != "none":
+        fail(
+            f"an 8-bit {spec.op} cannot carry {spec.activation}: ONNX Runtime runs it in float32 "
+            "between a dequantize and a quantize (give it as its own float32 act op)"
+        )
+    if spec.dtype in INT_DTYPES and spec.op == "act" and spec.activation != "sigmoid":
+        fail(
+            f"8-bit activations are sigmoid only ({spec.activation} is folded into the quantization "
+            "range, or runs in float32)"
+        )
     rank = 2 if spec.op == "gemm" else 4
+    if spec.op in ("quantize", "dequantize") and len(spec.input_shape) in (2, 4):
+        rank = len(spec.input_shape)  # conversions happen before and after a classifier too
     if len(spec.input_shape) != rank:
         fail(
             f"input_shape {spec.input_shape} must have {rank} dimensions "
@@ -340,24 +426,32 @@ def _validate(spec: OpSpec) -> None:
 
 
 # ----- JSON lines ---------------------------------------------------------
-def read_jsonl(path: str | Path) -> list[OpSpec]:
-    """Read OpSpecs, one JSON object per line (fields, or {"key": ...}); blank lines and # comments skip."""
+def read_jsonl(path: str | Path, invalid: list[str] | None = None) -> list[OpSpec]:
+    """Read OpSpecs, one JSON object per line (fields, or {"key": ...}); blank lines and # comments skip.
+
+    A bad line raises InvalidOpSpecError naming the file and line, or, when ``invalid`` is a
+    list, is appended to it as such a message and skipped (a campaign measures the rest).
+    """
     specs = []
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8", errors="replace") as fh:
         for lineno, line in enumerate(fh, 1):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
             try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InvalidOpSpecError(
-                    f"{path}:{lineno}: not valid JSON ({exc.msg}); each line must be one JSON object"
-                ) from None
-            try:
+                try:
+                    data = json.loads(line)
+                except (json.JSONDecodeError, RecursionError) as exc:
+                    reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deep"
+                    raise InvalidOpSpecError(
+                        f"not valid JSON ({reason}); each line must be one JSON object"
+                    ) from None
                 specs.append(OpSpec.from_dict(data))
             except InvalidOpSpecError as exc:
-                raise InvalidOpSpecError(f"{path}:{lineno}: {exc}") from None
+                error = InvalidOpSpecError(f"{path}:{lineno}: {exc}")
+                if invalid is None:
+                    raise error from None
+                invalid.append(str(error))
     return specs
 
 

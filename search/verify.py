@@ -6,7 +6,7 @@ end-to-end measurements of one model on one device are expected to agree. Measur
 are whole ONNX models timed by profiler.campaign.Campaign.measure_model (fresh agent, the
 device's timing protocol and disturbance detection) and saved to the Store as kind "model".
 
-Each winner is measured ``repeats`` times and the fastest clean measurement is kept
+Each winner is measured ``repeats`` times and the median clean pass is kept
 (``Campaign.measure_models``), the rule the predictor's overhead calibration uses, so
 prediction and verification compare like with like.
 """

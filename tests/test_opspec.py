@@ -111,7 +111,7 @@ def test_costs_of_a_depthwise_conv_and_gemm() -> None:
         (dict(op="concat", input_shape=(1, 8, 4, 4), parts=(3, 4)), "sum to 7"),
         (dict(op="shuffle", input_shape=(1, 9, 4, 4), groups=2), "groups=2 must be >= 2 and divide"),
         (dict(op="maxpool", input_shape=(1, 4, 8, 8), kernel=3, padding=2), "at most half the kernel"),
-        (dict(op="gemm", input_shape=(1, 4), out_channels=3, dtype="int8"), "dtype 'int8'"),
+        (dict(op="gemm", input_shape=(1, 4), out_channels=3, dtype="float16"), "dtype 'float16'"),
     ],
 )
 def test_invalid_specs_say_what_is_wrong(kwargs: dict, message: str) -> None:

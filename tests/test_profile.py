@@ -153,7 +153,7 @@ def test_an_op_that_times_out_is_stored_as_failed_and_the_campaign_goes_on(tmp_p
         assert store.get("local", "ort", small[1].key).ok
 
 
-def test_an_op_that_kills_the_agent_is_stored_as_failed_and_the_campaign_goes_on(tmp_path) -> None:
+def test_an_op_whose_agent_is_killed_is_a_transient_failure_measured_again_by_a_rerun(tmp_path) -> None:
     small = [OpSpec("add", (1, 8, 8, 8)), OpSpec("add", (1, 16, 8, 8))]
     with Store(tmp_path / "m.db") as store:
         campaign = Campaign(local_device(), "ort", store, TimingProtocol.quick(), show_progress=False)
@@ -169,8 +169,14 @@ def test_an_op_that_kills_the_agent_is_stored_as_failed_and_the_campaign_goes_on
         report = campaign.run([small[0], HUGE, small[1]])
         killer.join()
         assert (report.measured, report.failed) == (2, 1)
-        assert "agent process died" in store.get("local", "ort", HUGE.key).error_msg
+        killed = store.get("local", "ort", HUGE.key)
+        assert killed.status == "transient" and "agent process died" in killed.error_msg
         assert store.get("local", "ort", small[1].key).ok
+        # No --force: the next run measures the op whose agent was killed again.
+        assert HUGE.key not in store.done_keys("local", "ort")
+        again = Campaign(local_device(), "ort", store, TimingProtocol.quick(), show_progress=False)
+        again.run([small[0], HUGE, small[1]])
+        assert store.get("local", "ort", HUGE.key).ok
 
 
 class BrokenFileBackend(OrtBackend):

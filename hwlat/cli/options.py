@@ -30,6 +30,25 @@ def open_store(args: argparse.Namespace, readonly: bool = False) -> Store:
     return store
 
 
+def add_dtypes(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dtypes",
+        default="float32",
+        help="kernel dtypes to profile, comma-separated: float32, int8 (S8S8, the CPU default), uint8 "
+        "(U8S8) (default float32); 8-bit kernels are what quantized (QDQ) networks run",
+    )
+
+
+def dtypes(args: argparse.Namespace) -> tuple[str, ...]:
+    from hwlat.profiler.opspec import DTYPES
+
+    chosen = tuple(dict.fromkeys(d.strip() for d in args.dtypes.split(",") if d.strip()))
+    bad = [d for d in chosen if d not in DTYPES]
+    if bad or not chosen:
+        raise ConfigError(f"--dtypes {args.dtypes!r}: unknown {bad}", f"use some of {', '.join(DTYPES)}")
+    return chosen
+
+
 def add_wait(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     p.add_argument(
         "--no-wait",

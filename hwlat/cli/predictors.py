@@ -9,7 +9,7 @@ from pathlib import Path
 
 from hwlat.cli import options
 from hwlat.devices.inventory import resolve_device
-from hwlat.errors import EXIT_FAILED, ConfigError
+from hwlat.errors import EXIT_FAILED, ConfigError, HwlatError
 from hwlat.profiler.onnx_models import load_model
 from hwlat.profiler.protocol import TimingProtocol
 
@@ -54,6 +54,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--passes", type=int, default=3, help="re-measure disturbed rows up to N times (default 3)"
     )
+    options.add_dtypes(p)
     options.add_db(p)
     options.add_wait(p)
     options.add_protocol(p)
@@ -95,13 +96,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--repeats",
         type=int,
         default=3,
-        help="measure each model N times, minutes apart, and keep the fastest clean time "
-        "(contention only adds time; default 3)",
+        help="measure each model N times, in passes apart in time, and keep the median clean pass "
+        "(the steady-state latency a plain runtime loop reports; default 3)",
     )
     p.add_argument(
         "--include-disturbed",
         action="store_true",
         help="count measurements flagged as disturbed (default: listed, left out)",
+    )
+    p.add_argument(
+        "--lenient",
+        action="store_true",
+        help="predict models with ops the splitter does not know (estimated, listed) instead of leaving "
+        "them out",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     options.add_inventory(p)
@@ -122,6 +129,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         random_networks=args.random_networks,
         calibration_networks=args.calibration_networks,
         passes=args.passes,
+        dtypes=options.dtypes(args),
         kernel_protocol=TimingProtocol.quick() if args.quick else None,
         model_protocol=options.protocol(args),
     )
@@ -169,9 +177,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from hwlat.predictors.metrics import accuracy, plot
 
     predictor = LatencyPredictor.load(args.predictor)
+    if not args.models.is_dir():
+        raise ConfigError(f"{args.models} is not a folder", "pass a folder of exported .onnx models")
     paths = sorted(args.models.glob("*.onnx"))
     if not paths:
         raise ConfigError(f"no .onnx files in {args.models}", "pass a folder of exported models")
+    # Predict first: a model that cannot be read or predicted costs no device time and does not
+    # stop the others (every measurement taken is stored as it is taken).
+    predicted, skipped = {}, []
+    for path in paths:
+        try:
+            predicted[path] = predictor.predict(path, strict=not args.lenient)
+        except HwlatError as exc:
+            skipped.append(f"{path.name}: {exc}")
+    paths = list(predicted)
     device = resolve_device(args.device or predictor.device, args.inventory)
     backend = args.backend or predictor.backend
     if device.name != predictor.device or backend != predictor.backend:
@@ -180,18 +199,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
             f"measuring on {device.name}/{backend}",
             file=sys.stderr,
         )
-    with options.open_store(args) as store:
-        profiler = KernelProfiler(device, store, backend=backend)
-        measured = profiler.measure_models(
-            paths, options.protocol(args), force=args.force, repeats=args.repeats
-        )
-    names, pred_ms, meas_ms, skipped = [], [], [], []
+    measured = []
+    if paths:
+        with options.open_store(args) as store:
+            profiler = KernelProfiler(device, store, backend=backend)
+            measured = profiler.measure_models(
+                paths, options.protocol(args), force=args.force, repeats=args.repeats
+            )
+    names, pred_ms, meas_ms = [], [], []
     for path, m in zip(paths, measured, strict=True):
         if not m.ok or (m.disturbed and not args.include_disturbed):
             skipped.append(f"{path.name}: {m.error_msg or m.disturbance}")
             continue
         names.append(path.stem)
-        pred_ms.append(predictor.predict(path).latency_ms)
+        pred_ms.append(predicted[path].latency_ms)
         meas_ms.append(m.median_ms)
     if not names:
         print("hwlat: error: no model was measured cleanly:\n  " + "\n  ".join(skipped), file=sys.stderr)

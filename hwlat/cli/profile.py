@@ -16,7 +16,7 @@ from hwlat.errors import EXIT_FAILED, ConfigError
 from hwlat.profiler.backends import ArtifactError
 from hwlat.profiler.campaign import Campaign, CampaignReport
 from hwlat.profiler.onnx_models import load_model
-from hwlat.profiler.opspec import read_jsonl
+from hwlat.profiler.opspec import InvalidOpSpecError, read_jsonl
 from hwlat.profiler.protocol import TimingProtocol
 
 
@@ -54,6 +54,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="with --space: input resolutions (repeatable; default the space's own)",
     )
     p.add_argument("--force", action="store_true", help="re-measure ops already stored")
+    options.add_dtypes(p)
     options.add_protocol(p)
     p.set_defaults(func=cmd_profile)
 
@@ -81,9 +82,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_profile(args: argparse.Namespace) -> int:
     if args.adaptive:
         return cmd_profile_adaptive(args)
+    invalid: list[str] = []
     specs = (
-        read_jsonl(args.ops) if args.ops else list(options.space(args.space, args.resolution).unique_ops())
+        read_jsonl(args.ops, invalid)
+        if args.ops
+        else list(options.space(args.space, args.resolution).unique_ops())
     )
+    if not specs:
+        more = f" (and {len(invalid) - 1} more bad lines)" if len(invalid) > 1 else ""
+        raise InvalidOpSpecError((invalid[0] if invalid else f"{args.ops} holds no op") + more)
+    for problem in invalid:  # a bad line is reported and skipped; the rest is measured
+        print(f"hwlat: skipped {problem}", file=sys.stderr)
     devices = options.devices(args)
     protocol = options.protocol(args)
     with options.open_store(args) as store:
@@ -106,7 +115,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
                 for campaign in campaigns:
                     campaign.stop()
                 raise
-    status = 0
+    if len(results) == 1 and isinstance(results[0], Exception):
+        raise results[0]  # one device: its error is the command's error
+    status = EXIT_FAILED if invalid else 0
     for campaign, result in zip(campaigns, results, strict=True):
         if isinstance(result, Exception):
             print(f"{campaign.device.name}: FAILED: {result}", file=sys.stderr)
@@ -115,6 +126,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         print(result.summary())
         for line in result.failures[:10]:
             print(f"  failed {line}")
+        if result.failed:
+            status = EXIT_FAILED
     print(f"database: {store.location}")
     return status
 
@@ -133,7 +146,9 @@ def cmd_profile_adaptive(args: argparse.Namespace) -> int:
             args.backend,
             show_progress=not args.no_progress,
         )
-        report = adaptive_profile(profiler, fusion_rules(profiler), args.budget_minutes)
+        dtypes = options.dtypes(args)
+        rules = fusion_rules(profiler, dtypes=dtypes)
+        report = adaptive_profile(profiler, rules, args.budget_minutes, dtypes=dtypes)
     print(report.summary())
     print(f"database: {store.location}")
     return 0

@@ -82,7 +82,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--verify-repeats",
         type=int,
         default=3,
-        help="times each winner is measured; the fastest clean time is kept (default 3)",
+        help="times each winner is measured; the median clean pass is kept (default 3)",
     )
     options.add_backend(g, tune_trials=False)
     options.add_inventory(g)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from hwlat.cli import options
-from hwlat.errors import EXIT_FAILED
+from hwlat.errors import EXIT_FAILED, ConfigError
 from hwlat.predictors.formats import FORMATS
 from hwlat.profiler.store import Store
 
@@ -17,13 +17,24 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     tsub = p.add_subparsers(dest="table_command", required=True)
     q = tsub.add_parser(
         "export",
-        help="write the table of a space from the store (ofa-yaml is what ProxylessNAS/OFA code loads)",
-        description="One entry per cell of the space, from imported blocks or summed from measured ops.",
+        help="write a space's latency table (ofa-yaml is what ProxylessNAS/OFA code loads), or a network's "
+        "per-layer table for compression code (haq, amc)",
+        description="With --space: one entry per cell of the space, from imported blocks or summed from "
+        "measured ops. With --model and --predictor: the network's per-layer costs on the predictor's "
+        "device, as HAQ's [layer, w_bit, a_bit] numpy table (only what the runtime executes; the rest NaN) "
+        "or AMC's (layer, keep ratio, dtype) CSV.",
     )
-    q.add_argument("--space", required=True, help="search space (proxyless, ofa_mbv3, nb201, fbnet)")
+    q.add_argument("--space", help="search space (proxyless, ofa_mbv3, nb201, fbnet)")
+    q.add_argument("--model", type=Path, help="with --format haq|amc: the network (ONNX)")
+    q.add_argument("--predictor", type=Path, help="with --format haq|amc: the device's predictor")
     q.add_argument("--device", default="local", help="device name in the store (default local)")
     q.add_argument("--backend", default="ort", help="backend in the store (default ort)")
-    q.add_argument("--format", choices=FORMATS, default="ofa-yaml", help="file format (default ofa-yaml)")
+    q.add_argument(
+        "--format",
+        choices=(*FORMATS, *LAYER_FORMATS),
+        default="ofa-yaml",
+        help="file format (default ofa-yaml)",
+    )
     q.add_argument(
         "--resolution",
         type=int,
@@ -50,6 +61,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def cmd_table_export(args: argparse.Namespace) -> int:
     from hwlat.predictors.formats import table_from_store, write_table
+
+    if args.format in LAYER_FORMATS:
+        return _layer_table(args)
+    if not args.space:
+        raise ConfigError(f"--format {args.format} exports a space's table", "give --space NAME")
 
     space = options.space(args.space, args.resolution)
     with Store(args.db, readonly=True) as store:
@@ -93,4 +109,33 @@ def cmd_table_import(args: argparse.Namespace) -> int:
                 f"hwlat: {len(unknown)} keys are not cells of {args.space} (first: {unknown[0]})",
                 file=sys.stderr,
             )
+    return 0
+
+
+LAYER_FORMATS = ("haq", "amc")
+
+
+def _layer_table(args: argparse.Namespace) -> int:
+    from hwlat.predictors import LatencyPredictor
+    from hwlat.predictors.formats.layer_tables import write_amc, write_haq
+
+    if args.model is None or args.predictor is None:
+        raise ConfigError(
+            f"--format {args.format} tabulates a network's layers", "give --model and --predictor"
+        )
+    predictor = LatencyPredictor.load(args.predictor)
+    if args.format == "haq":
+        table, sidecar = write_haq(predictor, args.model, args.out)
+        if "int8" not in predictor.dtypes:
+            print(
+                "hwlat: the predictor has no int8 kernels: every bit-width is NaN (train with --dtypes "
+                "float32,int8)",
+                file=sys.stderr,
+            )
+        print(
+            f"wrote {table} (layers x 8 x 8, ms; only [layer, 7, 7] = int8 is executable here) and {sidecar}"
+        )
+        return 0
+    n = write_amc(predictor, args.model, args.out)
+    print(f"wrote {n} rows (layer, keep ratio, dtype, latency_ms) to {args.out}")
     return 0

@@ -154,7 +154,7 @@ class KernelProfiler:
     ) -> list[Measurement]:
         """End-to-end times of whole ONNX models; clean stored rows are reused unless ``force``.
 
-        With ``repeats`` > 1 every model is measured that many times and the fastest clean one
+        With ``repeats`` > 1 every model is measured that many times and the median clean pass
         is kept (``Campaign.measure_models``).
         """
         paths = [Path(p) for p in paths]

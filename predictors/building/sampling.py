@@ -10,7 +10,7 @@ convolution layouts on channel alignment, so the odd ones must be seen too).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -30,6 +30,7 @@ class KernelSampler:
     rules: FusionRules
     random_state: int | None = None
     weights: dict[str, float] | None = None
+    dtypes: tuple[str, ...] = ("float32",)  # each draw runs in one of these (8-bit: QDQ kernels)
 
     def __post_init__(self) -> None:
         self._rng = np.random.default_rng(self.random_state)
@@ -45,9 +46,14 @@ class KernelSampler:
         while len(found) < n and attempts < 50 * n:
             attempts += 1
             pattern = PATTERNS[names[self._rng.choice(len(names), p=p)]]
+            dtype = str(self._rng.choice(self.dtypes))
             try:
                 ops = pattern(self._rng)
+                if dtype != "float32":
+                    ops = in_8_bits(ops, dtype, self._rng)
             except InvalidOpSpecError:
+                continue
+            if not ops:
                 continue
             if any(op.flops > MAX_FLOPS for op in ops):
                 continue
@@ -239,6 +245,23 @@ def _se(rng: np.random.Generator) -> list[OpSpec]:
         OpSpec("conv", (1, r, 1, 1), out_channels=c, activation=gate),
         OpSpec("mul", (1, c, hw, hw), broadcast="channel"),
     ]
+
+
+def in_8_bits(ops: list[OpSpec], dtype: str, rng: np.random.Generator) -> list[OpSpec]:
+    """The pattern as a quantized network runs it: each op's 8-bit kernel where one exists (a
+    float-only op, e.g. a hardswish, is left out: in a network it runs between conversions),
+    and sometimes a conversion at the region's edge (float32 -> 8 bits, or back)."""
+    out = []
+    for op in ops:
+        try:
+            out.append(op.as_dtype(dtype))
+        except InvalidOpSpecError:
+            if op.op in ("conv", "gemm"):  # its activation is the float-only part
+                out.append(replace(op, activation="none").as_dtype(dtype))
+    if out and rng.random() < 0.15:
+        edge = out[0].input_shape if rng.random() < 0.5 else out[-1].output_shapes[0]
+        out = [OpSpec(str(rng.choice(["quantize", "dequantize"])), edge, dtype=dtype)]
+    return out
 
 
 PATTERNS: dict[str, Callable[[np.random.Generator], list[OpSpec]]] = {

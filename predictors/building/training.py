@@ -54,15 +54,19 @@ class TrainingConfig:
     sampled_kernels: int = 600  # random kernel configurations for the regressor
     random_networks: int = 30  # random networks whose kernels train the regressor
     calibration_networks: int = 16  # networks measured end to end for the overhead fit
-    model_repeats: int = 3  # each measured this many times, the fastest clean kept
+    model_repeats: int = 3  # each measured this many times, the median clean pass kept
     passes: int = 3  # re-measure disturbed rows up to this many times
     random_state: int = 0
     kernel_protocol: TimingProtocol | None = None
     model_protocol: TimingProtocol | None = None
+    dtypes: tuple[str, ...] = ("float32",)  # with "int8" (or "uint8"): 8-bit kernels too, and
+    # half the calibration networks quantized (hwlat.compress.quantize_model)
 
 
-def fusion_rules(profiler: KernelProfiler, passes: int = 3, log: Log = print) -> FusionRules:
-    probes = default_probes()
+def fusion_rules(
+    profiler: KernelProfiler, passes: int = 3, log: Log = print, dtypes: tuple[str, ...] = ("float32",)
+) -> FusionRules:
+    probes = default_probes(dtypes)
     kernels = probe_kernels(probes)
     for _ in range(passes):
         profiler.measure(kernels)
@@ -110,6 +114,21 @@ def space_networks(space: Any, count: int, seed: int = 0) -> list[Path]:
     return paths
 
 
+def quantized_networks(paths: Sequence[Path], dtype: str) -> list[Path]:
+    """8-bit versions (QDQ, random calibration) of ONNX files, in the cache next to them."""
+    from hwlat.compress import quantize_model
+
+    out = []
+    for path in paths:
+        target = Path(path).with_name(f"{Path(path).stem}.{dtype}.onnx")
+        if not target.exists():
+            tmp = target.with_suffix(".tmp.onnx")
+            quantize_model(path, tmp, random_batches=4, activation_type=dtype)
+            tmp.replace(target)
+        out.append(target)
+    return out
+
+
 def space_kernels(space: Any, rules: FusionRules) -> list[Kernel]:
     return list(dict.fromkeys(k for cell in space.cells() for k in rules.group(list(cell))))
 
@@ -147,14 +166,19 @@ def train_predictor(
     config = config or TrainingConfig()
     profiler = KernelProfiler(device, store, config.kernel_protocol, backend)
     started = time.monotonic()
-    rules = fusion_rules(profiler, config.passes, log)
+    rules = fusion_rules(profiler, config.passes, log, config.dtypes)
+    eight_bit = [d for d in config.dtypes if d != "float32"]
     wanted: list[Kernel] = []
     if space is not None:
         wanted += space_kernels(space, rules)
     splitter = ModelSplitter(rules)
-    for path in random_networks(config.random_networks):
+    networks = random_networks(config.random_networks)
+    for dtype in eight_bit:  # the same networks quantized: their 8-bit kernels and conversions
+        networks += quantized_networks(networks[: config.random_networks // 2], dtype)
+    for path in networks:
         wanted += [s.kernel for s in splitter.split(path).kernels]
-    wanted += KernelSampler(rules, config.random_state).sample(config.sampled_kernels)
+    sampler = KernelSampler(rules, config.random_state, dtypes=config.dtypes)
+    wanted += sampler.sample(config.sampled_kernels * len(config.dtypes))
     wanted = list(dict.fromkeys(wanted))
     measure_until_clean(profiler, wanted, config.passes, log)
     kernels, ms = measured_kernels(profiler)
@@ -172,6 +196,8 @@ def train_predictor(
         if space is not None
         else random_networks(config.calibration_networks)
     )
+    for dtype in eight_bit:  # calibrated on quantized networks as well
+        calibration += quantized_networks(calibration[: max(2, config.calibration_networks // 2)], dtype)
     memory = fit_overhead(
         table, profiler, calibration, rules, config.model_protocol, log, config.model_repeats
     )
@@ -184,6 +210,7 @@ def train_predictor(
             "kernels": len(kernels),
             "calibration_networks": len(calibration),
             "space": getattr(space, "name", None),
+            "dtypes": list(config.dtypes),
             "kernel_device_seconds": round(device_seconds(rows), 1),
             "wall_seconds": round(time.monotonic() - started, 1),
         },
@@ -268,6 +295,7 @@ def adaptive_profile(
     pool: int = 1500,
     random_state: int = 0,
     log: Log = print,
+    dtypes: tuple[str, ...] = ("float32",),
 ) -> AdaptiveReport:
     """Measure kernels where the regressor is least sure until held-out accuracy or the budget.
 
@@ -276,7 +304,7 @@ def adaptive_profile(
     set, fits a committee of regressors on bootstrap resamples, and measures the ``batch``
     candidates of a random pool on which the committee disagrees most.
     """
-    sampler = KernelSampler(rules, random_state)
+    sampler = KernelSampler(rules, random_state, dtypes=dtypes)
     rng = np.random.default_rng(random_state)
     deadline = time.monotonic() + 60 * budget_minutes
     report = AdaptiveReport()

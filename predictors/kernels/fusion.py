@@ -119,8 +119,9 @@ class FusionProbe:
         return self.a, Kernel((self.b,)), Kernel((*self.a.ops, self.b))
 
 
-def default_probes() -> list[FusionProbe]:
-    """The pairs CNNs contain, each at two shapes (one compute-heavy, one memory-heavy)."""
+def default_probes(dtypes: tuple[str, ...] = ("float32",)) -> list[FusionProbe]:
+    """The pairs CNNs contain, each at two shapes (one compute-heavy, one memory-heavy); for an
+    8-bit dtype also the pairs of a quantized network (ORT's QLinear kernels fuse otherwise)."""
     probes = []
     for c, hw in ((64, 56), (160, 14)):
         x = (1, c, hw, hw)
@@ -144,6 +145,21 @@ def default_probes() -> list[FusionProbe]:
             FusionProbe(Kernel((concat,)), shuffle),
             FusionProbe(Kernel((shuffle,)), split),
             FusionProbe(Kernel((concat, shuffle)), split),
+        ]
+    for dtype in (d for d in dtypes if d != "float32"):
+        for c, hw in ((64, 56), (160, 14)):
+            x = (1, c, hw, hw)
+            conv = OpSpec("conv", x, out_channels=c, kernel=1, dtype=dtype)
+            probes += [
+                FusionProbe(Kernel((conv,)), OpSpec("add", x, dtype=dtype)),
+                FusionProbe(Kernel((conv,)), OpSpec("mul", x, dtype=dtype)),
+            ]
+        x = (1, 116, 28, 28)
+        concat = OpSpec("concat", x, parts=(58, 58), dtype=dtype)
+        shuffle = OpSpec("shuffle", x, groups=2, dtype=dtype)
+        probes += [
+            FusionProbe(Kernel((concat,)), shuffle),
+            FusionProbe(Kernel((shuffle,)), OpSpec("split", x, parts=(58, 58), dtype=dtype)),
         ]
     return probes
 

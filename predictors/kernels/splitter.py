@@ -136,6 +136,7 @@ class _Mapper:
             for name in node.input:
                 if name and not graph.is_static(name):
                     self.consumers.setdefault(name, []).append(node)
+        self.int8, self.fused_qdq = _quantized_regions(graph, self.consumers)
 
     def run(self) -> list[_Item]:
         for node in self.g.data_nodes:
@@ -158,11 +159,15 @@ class _Mapper:
             name = self.alias[name]
         return name
 
+    def _free(self, node: onnx.NodeProto) -> bool:
+        """Executed as nothing: Identity, Dropout, and quantize/dequantize fused into 8-bit kernels."""
+        return node.op_type in FREE_OPS or id(node) in self.fused_qdq
+
     def _uses(self, name: str) -> int:
-        """Data consumers of a tensor (through Identity/Dropout); a graph output counts as one."""
+        """Data consumers of a tensor (through free nodes); a graph output counts as one."""
         count = 0
         for node in self.consumers.get(name, []):
-            if node.op_type in FREE_OPS:
+            if self._free(node):
                 count += self._uses(node.output[0])
             else:
                 count += 1
@@ -172,7 +177,7 @@ class _Mapper:
         nodes = [n for n in self.consumers.get(name, [])]
         if len(nodes) == 1 and name not in self.g.outputs:
             node = nodes[0]
-            return self._only_consumer(node.output[0]) if node.op_type in FREE_OPS else node
+            return self._only_consumer(node.output[0]) if self._free(node) else node
         return None
 
     def _shape(self, name: str) -> tuple[int, ...]:
@@ -187,6 +192,9 @@ class _Mapper:
     def _add(
         self, spec: OpSpec | None, inputs: list[str], outputs: list[str], nodes: list[onnx.NodeProto]
     ) -> _Item:
+        dtypes = {self.int8[id(n)] for n in nodes if id(n) in self.int8}
+        if spec is not None and dtypes:
+            spec = dataclasses.replace(spec, dtype=dtypes.pop())  # an 8-bit kernel of a quantized network
         item = _Item(
             spec, [self._root(i) for i in inputs], list(outputs), [n.name or n.op_type for n in nodes]
         )
@@ -216,7 +224,7 @@ class _Mapper:
     # -- the mapping --
     def _map(self, node: onnx.NodeProto) -> None:
         op = node.op_type
-        if op in FREE_OPS:
+        if self._free(node):
             self.alias[node.output[0]] = self._root(node.input[0])
             if len(node.output) > 1 and node.output[1]:
                 self.alias[node.output[1]] = self._root(node.input[0])
@@ -259,6 +267,16 @@ class _Mapper:
         )
         self._add(spec, [node.input[0]], [node.output[0]], [node])
 
+    def _map_QuantizeLinear(self, node: onnx.NodeProto) -> None:
+        """A quantize not fused into an 8-bit kernel: float32 entering an 8-bit region."""
+        spec = OpSpec("quantize", self._shape(node.input[0]), dtype=_int_dtype(self.g, node))
+        self._add(spec, [node.input[0]], [node.output[0]], [node])
+
+    def _map_DequantizeLinear(self, node: onnx.NodeProto) -> None:
+        """A dequantize not fused into an 8-bit kernel: an 8-bit tensor leaving for float32 ops."""
+        spec = OpSpec("dequantize", self._shape(node.input[0]), dtype=_int_dtype(self.g, node))
+        self._add(spec, [node.input[0]], [node.output[0]], [node])
+
     def _map_BatchNormalization(self, node: onnx.NodeProto) -> None:
         item = self._foldable(node.input[0], ("conv",))
         if item is not None:
@@ -273,8 +291,14 @@ class _Mapper:
         src = self._root(node.input[0])
         gate = self._only_consumer(node.output[0])
         readers = [n for n in self.consumers.get(src, []) if n is not node]
+        in_8_bits = id(node) in self.int8
+        if in_8_bits and node.op_type in ("Relu", "Clip") and not self._foldable(src):
+            self.alias[node.output[0]] = src  # clipped by the quantization range: no kernel
+            self.done.add(id(node))
+            return
         gated = (
-            node.op_type in ("Sigmoid", "HardSigmoid")
+            not in_8_bits  # an 8-bit sigmoid and mul stay two kernels
+            and node.op_type in ("Sigmoid", "HardSigmoid")
             and gate is not None
             and gate.op_type == "Mul"
             and readers == [gate]
@@ -486,6 +510,87 @@ def _symmetric_pad(node_attrs: dict, x: tuple[int, ...], k: int, s: int, d: int,
             return pad
     pads = node_attrs.get("pads", [0, 0, 0, 0])
     return (pads[0] + pads[2] + 1) // 2
+
+
+# ----- quantized (QDQ) networks -----------------------------------------------------------------
+# Ops ONNX Runtime runs as 8-bit kernels when DequantizeLinear feeds them and QuantizeLinear reads them.
+_INT8_CAPABLE = frozenset(
+    {
+        "Conv",
+        "Gemm",
+        "MatMul",
+        "Add",
+        "Mul",
+        "Concat",
+        "MaxPool",
+        "AveragePool",
+        "GlobalAveragePool",
+        "Sigmoid",
+        "Split",
+        "Slice",
+        "Reshape",
+        "Transpose",
+        "Flatten",
+        "Squeeze",
+        "Unsqueeze",
+        "Relu",
+        "Clip",
+    }
+)
+
+
+def _quantized_regions(
+    graph: OnnxGraph, consumers: dict[str, list[onnx.NodeProto]]
+) -> tuple[dict[int, str], set[int]]:
+    """Which ops run in 8 bits (id -> int8/uint8), and which Q/DQ nodes are fused into them.
+
+    An op runs in 8 bits when every data input comes from a DequantizeLinear and every reader
+    of its outputs is a QuantizeLinear: ORT fuses DQ -> op -> Q into one QLinear kernel. A
+    QuantizeLinear after such an op (or after a DequantizeLinear: a pair that cancels) is part
+    of it; one after a float op is a real kernel (float32 entering 8 bits). A DequantizeLinear
+    read only by 8-bit ops or quantizes is fused; one read by a float op is a real kernel.
+    """
+    producer = {out: n for n in graph.data_nodes for out in n.output}
+
+    def kind(name: str) -> str:
+        node = producer.get(name)
+        return node.op_type if node is not None else ""
+
+    int8: dict[int, str] = {}
+    for node in graph.data_nodes:
+        if node.op_type not in _INT8_CAPABLE:
+            continue
+        data_inputs = [i for i in node.input if i and not graph.is_static(i)]
+        readers = [r for o in node.output if o for r in consumers.get(o, [])]
+        if (
+            data_inputs
+            and all(kind(i) == "DequantizeLinear" for i in data_inputs)
+            and readers
+            and all(r.op_type == "QuantizeLinear" for r in readers)
+            and not any(o in graph.outputs for o in node.output)
+        ):
+            int8[id(node)] = _int_dtype(graph, producer[data_inputs[0]])
+    fused: set[int] = set()
+    for node in graph.data_nodes:
+        if node.op_type == "QuantizeLinear":
+            source = producer.get(node.input[0])
+            if source is not None and (id(source) in int8 or source.op_type == "DequantizeLinear"):
+                fused.add(id(node))
+        elif node.op_type == "DequantizeLinear" and not graph.is_static(node.input[0]):
+            readers = consumers.get(node.output[0], [])
+            if (
+                readers
+                and node.output[0] not in graph.outputs
+                and all(id(r) in int8 or r.op_type == "QuantizeLinear" for r in readers)
+            ):
+                fused.add(id(node))
+    return int8, fused
+
+
+def _int_dtype(graph: OnnxGraph, node: onnx.NodeProto) -> str:
+    """int8 or uint8, from a Q/DQ node's zero point (ONNX's default is uint8)."""
+    zero = graph.value(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    return "int8" if zero is not None and zero.dtype == np.int8 else "uint8"
 
 
 # ----- pass 3: ops -> kernels ---------------------------------------------------------------

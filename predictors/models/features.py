@@ -3,7 +3,8 @@
 Shapes, costs (FLOPs, bytes moved, arithmetic intensity, in log2 so that trees split on
 orders of magnitude), the fused epilogue, and channel alignment: ONNX Runtime runs a conv
 in the blocked NCHWc layout only for some channel counts and pads channels to the block,
-so ``c % 4``, ``c % 16`` and the padding waste decide which kernel runs.
+so ``c % 4``, ``c % 16`` and the padding waste decide which kernel runs. 8-bit kernels carry
+their width (and signedness) and are modelled apart (``family``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 import numpy as np
 
 from hwlat.profiler.kernel import Kernel
-from hwlat.profiler.opspec import ACTIVATIONS
+from hwlat.profiler.opspec import ACTIVATIONS, INT_DTYPES
 
 FAMILIES = {
     "conv": "conv",
@@ -29,6 +30,8 @@ FAMILIES = {
     "split": "memory",
     "shuffle": "memory",
     "se": "se",
+    "quantize": "convert",
+    "dequantize": "convert",
 }
 
 FEATURES = (
@@ -75,6 +78,8 @@ FEATURES = (
     "cin_pad16",
     "cout_pad16",
     "op_code",
+    "bits",
+    "unsigned",
 )
 _OPS = (
     "conv",
@@ -90,12 +95,16 @@ _OPS = (
     "split",
     "shuffle",
     "se",
+    "quantize",
+    "dequantize",
 )
 
 
 def family(kernel: Kernel) -> str:
-    """Which per-type model predicts this kernel."""
-    return FAMILIES[kernel.op]
+    """Which per-type model predicts this kernel: 8-bit kernels are other code (ORT's QLinear
+    kernels, NHWC) than their float32 namesakes, so they get models of their own."""
+    name = FAMILIES[kernel.op]
+    return name if kernel.head.dtype == "float32" or name == "convert" else f"{name}_8bit"
 
 
 def kernel_features(kernel: Kernel) -> np.ndarray:
@@ -156,6 +165,8 @@ def kernel_features(kernel: Kernel) -> np.ndarray:
         "cin_pad16": _pad(cin, 16) / cin,
         "cout_pad16": _pad(cout, 16) / cout,
         "op_code": _OPS.index(kernel.op),
+        "bits": 8.0 if head.dtype in INT_DTYPES else 32.0,
+        "unsigned": float(head.dtype == "uint8"),
     }
     return np.array([values[f] for f in FEATURES], dtype=np.float64)
 

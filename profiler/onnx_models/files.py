@@ -66,15 +66,22 @@ def load_model(model: onnx.ModelProto | str | Path, load_weights: bool = True) -
 
 
 def random_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random float32 feeds for a model's graph inputs (symbolic dims become 1)."""
+    """Random feeds for a model's graph inputs: normal float32, or 8-bit integers for 8-bit inputs
+    (symbolic dims become 1)."""
     rng = np.random.default_rng(seed)
     init_names = {i.name for i in model.graph.initializer}
+    ints = {onnx.TensorProto.INT8: np.int8, onnx.TensorProto.UINT8: np.uint8}
     feeds = {}
     for inp in model.graph.input:
         if inp.name in init_names:
             continue
         dims = [d.dim_value if d.dim_value > 0 else 1 for d in inp.type.tensor_type.shape.dim]
-        feeds[inp.name] = rng.standard_normal(dims).astype(np.float32)
+        int_type = ints.get(inp.type.tensor_type.elem_type)
+        if int_type is not None:
+            info = np.iinfo(int_type)
+            feeds[inp.name] = rng.integers(info.min, info.max, dims, endpoint=True).astype(int_type)
+        else:
+            feeds[inp.name] = rng.standard_normal(dims).astype(np.float32)
     return feeds
 
 

@@ -200,7 +200,19 @@ _STATIC_EVAL = {
     ],
     "Range": lambda i, a: [np.arange(i[0], i[1], i[2])],
     "ReduceProd": lambda i, a: [np.prod(i[0], keepdims=bool(a.get("keepdims", 1)))],
+    "DequantizeLinear": lambda i, a: [_dequantize(i, a)],  # int8 weights -> the float values they stand for
 }
+
+
+def _dequantize(ins: list, attrs: dict) -> np.ndarray:
+    x = np.asarray(ins[0]).astype(np.float32)
+    scale = np.asarray(ins[1], np.float32)
+    zero = np.asarray(ins[2], np.float32) if len(ins) > 2 and ins[2] is not None else np.float32(0)
+    if scale.ndim == 1 and x.ndim > 1:  # per-channel along ``axis``
+        view = [1] * x.ndim
+        view[attrs.get("axis", 1)] = -1
+        scale, zero = scale.reshape(view), np.reshape(zero, view) if np.ndim(zero) else zero
+    return (x - zero) * scale
 
 
 def conv_out(size: int, k: int, s: int, pad: int, d: int, ceil: bool = False) -> int:
@@ -250,6 +262,7 @@ def _infer_shapes(node: onnx.NodeProto, g: OnnxGraph) -> list[tuple[int, ...] | 
         op in ACTIVATION_OPS
         or op in FREE_OPS
         or op in ("BatchNormalization", "Softmax", "LogSoftmax", "LeakyRelu", "Tanh", "Elu", "PRelu", "Erf")
+        or op in ("QuantizeLinear", "DequantizeLinear")
     ):
         return [x]
     if op == "Concat":

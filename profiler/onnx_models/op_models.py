@@ -4,6 +4,13 @@ Each model is shaped the way the op appears inside a real exported network after
 the runtime's fusions: batch-norm is already folded into the conv weights and bias,
 and the activation follows the conv as the exporter writes it (Relu, Clip, HardSwish,
 Sigmoid+Mul for swish), so ONNX Runtime fuses it exactly as it would in a model.
+
+An 8-bit op (int8: S8S8, uint8: U8S8) is written the way ONNX Runtime's static quantizer
+writes a quantized network (QDQ): every activation passes QuantizeLinear -> DequantizeLinear,
+weights are int8 per output channel behind a DequantizeLinear, a bias is int32 at the input
+scale times the weight scale, and ORT fuses DQ -> op -> Q into its QLinear kernel. Every
+activation uses one scale (``ACTIVATION_SCALE``), so that a DQ -> Q pair between two 8-bit ops
+of a harness cancels as it does in a network calibrated end to end.
 """
 
 from __future__ import annotations
@@ -16,7 +23,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from hwlat.profiler.onnx_models.files import make_model, save_once
-from hwlat.profiler.opspec import OpSpec
+from hwlat.profiler.opspec import INT_DTYPES, OpSpec
+
+ACTIVATION_SCALE = 0.05
+_ZERO_POINT = {"int8": (TensorProto.INT8, np.int8, 0), "uint8": (TensorProto.UINT8, np.uint8, 128)}
 
 
 def build_model(spec: OpSpec, seed: int = 0) -> onnx.ModelProto:
@@ -31,6 +41,8 @@ def build_model(spec: OpSpec, seed: int = 0) -> onnx.ModelProto:
         head = _activation_nodes(spec.activation, head, nodes, inits)
     if spec.op != "split":
         _rename(nodes, head, "y0")
+    if spec.dtype in INT_DTYPES:
+        inputs, outputs = _to_qdq(spec, nodes, inits, inputs, outputs)
     graph = helper.make_graph(nodes, spec.op, inputs, outputs, initializer=inits)
     model = make_model(graph)
     model.doc_string = spec.key
@@ -121,7 +133,7 @@ def _core_nodes(spec: OpSpec, rng: np.random.Generator, nodes: list, inits: list
         nodes.append(helper.make_node("Transpose", ["grouped"], ["swapped"], perm=[0, 2, 1, 3, 4]))
         nodes.append(helper.make_node("Reshape", ["swapped", s2], ["shuffle_out"]))
         return "shuffle_out"
-    if op == "act":
+    if op in ("act", "quantize", "dequantize"):
         return "x0"
     raise AssertionError(f"no ONNX form for op {op!r}")
 
@@ -157,3 +169,57 @@ def _rename(nodes: list, old: str, new: str) -> None:
     for node in nodes:
         node.input[:] = [new if name == old else name for name in node.input]
         node.output[:] = [new if name == old else name for name in node.output]
+
+
+def _to_qdq(spec: OpSpec, nodes: list, inits: list, inputs: list, outputs: list) -> tuple[list, list]:
+    """Rewrite a float32 op model into the QDQ form of ``spec.dtype`` (in place; new graph IO)."""
+    onnx_type, np_type, zero = _ZERO_POINT[spec.dtype]
+    inits += [
+        numpy_helper.from_array(np.array(ACTIVATION_SCALE, np.float32), "act_scale"),
+        numpy_helper.from_array(np.array(zero, np_type), "act_zero"),
+    ]
+    if spec.op == "quantize":  # float32 in, 8-bit out: the QuantizeLinear is the kernel
+        nodes[:] = [helper.make_node("QuantizeLinear", ["x0", "act_scale", "act_zero"], ["y0"])]
+        return inputs, [helper.make_tensor_value_info("y0", onnx_type, list(spec.output_shapes[0]))]
+    if spec.op == "dequantize":  # 8-bit in, float32 out
+        nodes[:] = [helper.make_node("DequantizeLinear", ["x0", "act_scale", "act_zero"], ["y0"])]
+        return [helper.make_tensor_value_info("x0", onnx_type, list(spec.input_shape))], outputs
+    front = []
+    for i in range(len(inputs)):  # x_i -> Q -> DQ -> the op's nodes
+        front += [
+            helper.make_node("QuantizeLinear", [f"x{i}", "act_scale", "act_zero"], [f"x{i}_q"]),
+            helper.make_node("DequantizeLinear", [f"x{i}_q", "act_scale", "act_zero"], [f"x{i}_dq"]),
+        ]
+        for node in nodes:
+            node.input[:] = [f"x{i}_dq" if name == f"x{i}" else name for name in node.input]
+    weights = {t.name: numpy_helper.to_array(t) for t in inits if t.name in ("w", "b")}
+    if "w" in weights:
+        w = weights["w"]
+        w_scale = np.maximum(np.abs(w.reshape(len(w), -1)).max(axis=1), 1e-8) / 127.0
+        w_q = np.clip(np.round(w / w_scale.reshape(-1, *[1] * (w.ndim - 1))), -127, 127).astype(np.int8)
+        inits[:] = [t for t in inits if t.name not in ("w", "b")]
+        inits += [
+            numpy_helper.from_array(w_q, "w_q"),
+            numpy_helper.from_array(w_scale.astype(np.float32), "w_scale"),
+            numpy_helper.from_array(np.zeros(len(w), np.int8), "w_zero"),
+        ]
+        front.append(helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w"], axis=0))
+        if "b" in weights:
+            b_scale = (ACTIVATION_SCALE * w_scale).astype(np.float32)
+            inits += [
+                numpy_helper.from_array(np.round(weights["b"] / b_scale).astype(np.int32), "b_q"),
+                numpy_helper.from_array(b_scale, "b_scale"),
+                numpy_helper.from_array(np.zeros(len(w), np.int32), "b_zero"),
+            ]
+            front.append(helper.make_node("DequantizeLinear", ["b_q", "b_scale", "b_zero"], ["b"], axis=0))
+    back = []
+    for o in outputs:  # the op's result -> Q -> DQ -> y_i
+        name = o.name
+        for node in nodes:
+            node.output[:] = [f"{name}_f" if out == name else out for out in node.output]
+        back += [
+            helper.make_node("QuantizeLinear", [f"{name}_f", "act_scale", "act_zero"], [f"{name}_q"]),
+            helper.make_node("DequantizeLinear", [f"{name}_q", "act_scale", "act_zero"], [name]),
+        ]
+    nodes[:] = front + nodes + back
+    return inputs, outputs

@@ -15,6 +15,7 @@ and refuses anything else rather than adding tables to another program's databas
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -181,10 +182,20 @@ class Store:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _write(self) -> sa.Connection:
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sa.Connection]:
+        """A transaction; a database that cannot take it (disk full, read-only file, server gone)
+        is one StoreError saying so, with everything committed before it kept."""
         if self.readonly:
             raise StoreError(f"{self.location} was opened read-only")
-        return self.engine.begin()
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except sa.exc.DBAPIError as exc:
+            raise StoreError(
+                f"cannot write to the store {self.location}: {_reason(exc)}; what was stored before is kept",
+                "free disk space or make the file writable, then re-run the command to resume",
+            ) from None
 
     # ----- writing ----------------------------------------------------------
     def save(self, m: Measurement) -> None:
@@ -233,14 +244,15 @@ class Store:
     def done_keys(self, device: str, backend: str, kind: str = "op") -> set[str]:
         """Keys a re-run skips: clean measurements and deterministic failures.
 
-        Disturbed rows are not done: a re-run measures them again.
+        Disturbed rows and transient failures (the agent died, or did not answer) are not done: a
+        re-run measures them again.
         """
         t = schema.measurements
         query = sa.select(t.c.key).where(
             (t.c.device == device)
             & (t.c.backend == backend)
             & (t.c.kind == kind)
-            & ((t.c.status != "ok") | (t.c.disturbed == sa.false()))
+            & ((t.c.status == "failed") | ((t.c.status == "ok") & (t.c.disturbed == sa.false())))
         )
         with self._lock, self.engine.connect() as conn:
             return set(conn.execute(query).scalars())

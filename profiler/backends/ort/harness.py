@@ -32,10 +32,11 @@ from hwlat.profiler.backends.base import cache_dir
 from hwlat.profiler.backends.ort.backend import OrtBackend
 from hwlat.profiler.kernel import Kernel
 from hwlat.profiler.onnx_models import build_model, make_model, save_once
-from hwlat.profiler.opspec import OpSpec
+from hwlat.profiler.onnx_models.op_models import ACTIVATION_SCALE
+from hwlat.profiler.opspec import INT_DTYPES, OpSpec
 
 MIN_PRODUCED_CHANNELS = 8
-HARNESS_VERSION = 2  # part of the cached file's name: a changed harness is rebuilt, not reused
+HARNESS_VERSION = 3  # part of the cached file's name: a changed harness is rebuilt, not reused
 
 
 def build_harness(kernel: Kernel, seed: int = 0) -> onnx.ModelProto:
@@ -46,10 +47,12 @@ def build_harness(kernel: Kernel, seed: int = 0) -> onnx.ModelProto:
     graph_inputs: list[onnx.ValueInfoProto] = []
     graph_outputs: list[onnx.ValueInfoProto] = []
 
-    def external(shape: tuple[int, ...]) -> str:
+    def external(shape: tuple[int, ...], consumer: OpSpec) -> str:
         i = len(graph_inputs)
         name = f"x{i}"
         graph_inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape)))
+        if consumer.dtype in INT_DTYPES and consumer.op != "quantize":  # an 8-bit tensor arrives
+            return _int8_producer(f"{HARNESS_PREFIX}_pre{i}", name, shape, consumer, rng, nodes, inits)
         if len(shape) != 4 or shape[1] < MIN_PRODUCED_CHANNELS:
             return name
         return _depthwise(f"{HARNESS_PREFIX}_pre{i}", name, shape[1], True, rng, nodes, inits)
@@ -59,17 +62,20 @@ def build_harness(kernel: Kernel, seed: int = 0) -> onnx.ModelProto:
     for j, spec in enumerate(kernel.ops):
         sources: list[str] = []
         if j == 0:
-            sources = [external(s) for s in spec.input_shapes]
+            sources = [external(s, spec) for s in spec.input_shapes]
             kernel_input = sources[0]
         elif kernel.is_se and j == len(kernel.ops) - 1:
             sources = [kernel_input, previous[0]]
         else:
-            sources = [previous[0], *(external(s) for s in spec.input_shapes[1:])]
+            sources = [previous[0], *(external(s, spec) for s in spec.input_shapes[1:])]
         previous = _inline(spec, f"u{j}", sources, seed + j, nodes, inits)
 
+    last = kernel.ops[-1]
     for k, (name, shape) in enumerate(zip(previous, kernel.output_shapes, strict=True)):
         out = f"{HARNESS_PREFIX}_y{k}"  # ORT names a blocked conv after its output tensor
-        if len(shape) == 4:
+        if last.dtype in INT_DTYPES and last.op != "dequantize":  # an 8-bit tensor leaves
+            _int8_consumer(f"{HARNESS_PREFIX}_post{k}", name, shape, last, rng, nodes, inits, out)
+        elif len(shape) == 4:
             _depthwise(f"{HARNESS_PREFIX}_post{k}", name, shape[1], False, rng, nodes, inits, out)
         else:
             nodes.append(helper.make_node("Identity", [name], [out], name=f"{HARNESS_PREFIX}_out{k}"))
@@ -183,3 +189,102 @@ def _inline(spec: OpSpec, prefix: str, sources: list[str], seed: int, nodes: lis
         copy.output[:] = [name_of(t) for t in node.output]
         nodes.append(copy)
     return [name_of(o.name) for o in graph.output]
+
+
+# ----- 8-bit harness: producers and consumers in the QDQ form, at the op models' one scale ----------
+def _int8_producer(
+    name: str,
+    source: str,
+    shape: tuple[int, ...],
+    consumer: OpSpec,
+    rng: np.random.Generator,
+    nodes: list,
+    inits: list,
+) -> str:
+    """Graph input -> Q -> DQ (-> an 8-bit 1x1 depthwise conv -> Q -> DQ): the 8-bit tensor an op
+    of a quantized network reads. Returns the float (DQ) tensor the consumer's own Q cancels
+    against, or for a ``dequantize`` kernel the 8-bit tensor itself."""
+    scale, zero = _qparams(name, consumer.dtype, inits)
+    q, dq = f"{name}_qin", f"{name}_dqin"
+    nodes += [
+        helper.make_node("QuantizeLinear", [source, scale, zero], [q], name=f"{name}_q"),
+        helper.make_node("DequantizeLinear", [q, scale, zero], [dq], name=f"{name}_dq"),
+    ]
+    if len(shape) == 4 and shape[1] >= MIN_PRODUCED_CHANNELS:
+        dq = _depthwise_int8(name, dq, shape[1], scale, zero, rng, nodes, inits)
+    if consumer.op == "dequantize":  # the kernel reads the 8-bit tensor
+        out = f"{name}_qout"
+        nodes.append(helper.make_node("QuantizeLinear", [dq, scale, zero], [out], name=f"{name}_qout"))
+        return out
+    return dq
+
+
+def _int8_consumer(
+    name: str,
+    source: str,
+    shape: tuple[int, ...],
+    producer: OpSpec,
+    rng: np.random.Generator,
+    nodes: list,
+    inits: list,
+    out: str,
+) -> None:
+    """The kernel's 8-bit output (after its own Q -> DQ, or a ``quantize`` kernel's int8 tensor)
+    -> (an 8-bit 1x1 depthwise conv ->) DQ -> graph output."""
+    scale, zero = _qparams(name, producer.dtype, inits)
+    dq = source
+    if producer.op == "quantize":
+        dq = f"{name}_dqin"
+        nodes.append(helper.make_node("DequantizeLinear", [source, scale, zero], [dq], name=f"{name}_dqin"))
+    if len(shape) == 4 and shape[1] >= MIN_PRODUCED_CHANNELS:
+        dq = _depthwise_int8(name, dq, shape[1], scale, zero, rng, nodes, inits)
+    q = f"{name}_qout"
+    nodes += [
+        helper.make_node("QuantizeLinear", [dq, scale, zero], [q], name=f"{name}_q"),
+        helper.make_node("DequantizeLinear", [q, scale, zero], [out], name=f"{name}_dq"),
+    ]
+
+
+def _qparams(name: str, dtype: str, inits: list) -> tuple[str, str]:
+    zero_type, zero = (np.int8, 0) if dtype == "int8" else (np.uint8, 128)
+    inits += [
+        numpy_helper.from_array(np.array(ACTIVATION_SCALE, np.float32), f"{name}_scale"),
+        numpy_helper.from_array(np.array(zero, zero_type), f"{name}_zero"),
+    ]
+    return f"{name}_scale", f"{name}_zero"
+
+
+def _depthwise_int8(
+    name: str,
+    source: str,
+    channels: int,
+    scale: str,
+    zero: str,
+    rng: np.random.Generator,
+    nodes: list,
+    inits: list,
+) -> str:
+    """DQ'd input -> 1x1 depthwise conv with int8 weights -> Q -> DQ: one QLinearConv in ORT."""
+    w_scale = np.full(channels, 1.0 / 127, np.float32)
+    inits += [
+        numpy_helper.from_array(rng.integers(60, 127, (channels, 1, 1, 1)).astype(np.int8), f"{name}_wq"),
+        numpy_helper.from_array(w_scale, f"{name}_wscale"),
+        numpy_helper.from_array(np.zeros(channels, np.int8), f"{name}_wzero"),
+    ]
+    nodes += [
+        helper.make_node(
+            "DequantizeLinear",
+            [f"{name}_wq", f"{name}_wscale", f"{name}_wzero"],
+            [f"{name}_w"],
+            name=f"{name}_wdq",
+            axis=0,
+        ),
+        helper.make_node(
+            "Conv", [source, f"{name}_w"], [f"{name}_conv"], name=name, kernel_shape=[1, 1], group=channels
+        ),
+        helper.make_node("QuantizeLinear", [f"{name}_conv", scale, zero], [f"{name}_cq"], name=f"{name}_cq"),
+        helper.make_node(
+            "DequantizeLinear", [f"{name}_cq", scale, zero], [f"{name}_cdq"], name=f"{name}_cdq"
+        ),
+    ]
+    return f"{name}_cdq"

@@ -1,0 +1,209 @@
+"""8-bit kernels: OpSpecs, QDQ op models ORT fuses into its QLinear kernels, the splitter on
+quantized and mixed-precision networks, and in-context measurement of 8-bit kernels."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import onnxruntime as ort
+import pytest
+
+from hwlat import zoo
+from hwlat.compress import quantizable_nodes, quantize_model
+from hwlat.devices.device import local_device
+from hwlat.predictors import Kernel, ModelSplitter
+from hwlat.predictors.building import KernelProfiler, KernelSampler
+from hwlat.profiler.onnx_models import build_model, random_inputs, torch_to_onnx
+from hwlat.profiler.opspec import InvalidOpSpecError, OpSpec
+from hwlat.profiler.store import Store
+from tests.synthetic import RULES, synthetic_predictor
+
+X = (1, 32, 14, 14)
+EIGHT_BIT = [
+    OpSpec("conv", X, out_channels=48, kernel=3, padding=1, dtype="int8"),
+    OpSpec("conv", X, out_channels=32, kernel=3, padding=1, groups=32, dtype="int8"),
+    OpSpec("conv", X, out_channels=16, kernel=1, dtype="uint8"),
+    OpSpec("gemm", (1, 256), out_channels=10, dtype="int8"),
+    OpSpec("add", X, dtype="int8"),
+    OpSpec("mul", X, broadcast="channel", dtype="int8"),
+    OpSpec("concat", X, parts=(16, 16), dtype="int8"),
+    OpSpec("split", X, parts=(16, 16), dtype="int8"),
+    OpSpec("shuffle", X, groups=2, dtype="int8"),
+    OpSpec("maxpool", X, kernel=3, stride=2, padding=1, dtype="int8"),
+    OpSpec("avgpool", X, kernel=2, stride=2, dtype="int8"),
+    OpSpec("globalavgpool", X, dtype="int8"),
+    OpSpec("act", X, activation="sigmoid", dtype="int8"),
+    OpSpec("quantize", X, dtype="int8"),
+    OpSpec("dequantize", X, dtype="uint8"),
+    OpSpec("quantize", (1, 1280), dtype="int8"),
+]
+ORT_KERNEL = {
+    "conv": "QLinearConv",
+    "gemm": "QGemm",
+    "add": "QLinearAdd",
+    "mul": "QLinearMul",
+    "concat": "QLinearConcat",
+    "avgpool": "QLinearAveragePool",
+    "globalavgpool": "QLinearGlobalAveragePool",
+    "act": "QLinearSigmoid",
+}
+
+
+@pytest.mark.parametrize("spec", EIGHT_BIT, ids=lambda s: s.key)
+def test_8bit_keys_round_trip_and_ort_runs_the_8bit_kernel(spec: OpSpec) -> None:
+    assert OpSpec.from_key(spec.key) == spec and spec.key.endswith(f"dtype:{spec.dtype}")
+    model = build_model(spec)
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    outputs = session.run(None, random_inputs(model))
+    assert [o.shape for o in outputs] == list(spec.output_shapes)
+    with open(session.end_profiling()) as fh:
+        events = json.load(fh)
+    ran = {e["args"]["op_name"] for e in events if e.get("cat") == "Node"}
+    if spec.op in ORT_KERNEL:
+        assert ORT_KERNEL[spec.op] in ran  # DQ -> op -> Q was fused into the 8-bit kernel
+
+
+def test_8bit_specs_fold_range_activations_and_refuse_what_has_no_8bit_kernel() -> None:
+    relu = OpSpec("conv", X, out_channels=8, kernel=1, activation="relu6", dtype="int8")
+    assert relu == OpSpec("conv", X, out_channels=8, kernel=1, dtype="int8")  # the range clips it
+    assert OpSpec("conv", X, out_channels=8, kernel=1, activation="relu").as_dtype("int8") == relu
+    for bad in (
+        dict(op="conv", input_shape=X, out_channels=8, activation="hardswish", dtype="int8"),
+        dict(op="act", input_shape=X, activation="hardswish", dtype="int8"),
+        dict(op="quantize", input_shape=X),
+        dict(op="conv", input_shape=X, out_channels=8, stride=2.5),
+        dict(op="conv", input_shape=(1, 3.5, 8, 8), out_channels=8),
+    ):
+        with pytest.raises(InvalidOpSpecError):
+            OpSpec(**bad)
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("q")
+    float_path = directory / "mobilenet_v2.onnx"
+    float_path.write_bytes(torch_to_onnx(zoo.build("mobilenet_v2"), (1, 3, 64, 64)).SerializeToString())
+    all_int8 = quantize_model(float_path, directory / "int8.onnx", random_batches=2)
+    convs = [n for n in quantizable_nodes(float_path) if n.endswith("Conv")]
+    mixed = quantize_model(float_path, directory / "mixed.onnx", random_batches=2, exclude=convs[::2])
+    return float_path, all_int8, mixed
+
+
+def test_the_splitter_maps_a_quantized_network_to_8bit_kernels(quantized) -> None:
+    float_path, all_int8, mixed = quantized
+    fp32 = Counter(k.kernel.op for k in ModelSplitter(RULES).split(float_path).kernels)
+    split = ModelSplitter(RULES).split(all_int8)
+    ops = Counter((k.kernel.op, k.kernel.head.dtype) for k in split.kernels)
+    assert split.unsupported == []
+    assert ops[("conv", "int8")] + ops[("dwconv", "int8")] == fp32["conv"] + fp32["dwconv"]
+    assert ops[("quantize", "int8")] == 1 and ops[("dequantize", "int8")] == 1  # the network's edges
+    assert not any(dtype == "float32" for _, dtype in ops)
+
+
+def test_mixed_precision_runs_conversions_between_8bit_and_float_layers(quantized) -> None:
+    _, _, mixed = quantized
+    ops = Counter((k.kernel.op, k.kernel.head.dtype) for k in ModelSplitter(RULES).split(mixed).kernels)
+    assert ops[("conv", "float32")] + ops[("dwconv", "float32")] > 10
+    assert ops[("conv", "int8")] + ops[("dwconv", "int8")] > 10
+    assert ops[("quantize", "int8")] > 5 and ops[("dequantize", "int8")] > 5
+
+
+@pytest.fixture(scope="module")
+def predictor8():
+    return synthetic_predictor(150, ("float32", "int8"))
+
+
+def test_a_predictor_trained_with_8bit_kernels_predicts_quantized_networks_faster(
+    quantized, predictor8
+) -> None:
+    float_path, all_int8, _ = quantized
+    predictor = predictor8
+    fp32, int8 = predictor.predict(float_path), predictor.predict(all_int8)
+    assert int8.latency_ms < fp32.latency_ms  # the synthetic device runs 8-bit compute faster
+    assert int8.weights_mb < fp32.weights_mb / 3  # int8 weights
+    assert predictor.dtypes == ("float32", "int8")
+
+
+def test_8bit_kernels_are_measured_in_context_as_the_qlinear_kernel_alone(tmp_path, quick_protocol) -> None:
+    kernels = [Kernel((spec,)) for spec in EIGHT_BIT[:3] + [EIGHT_BIT[4], EIGHT_BIT[11], EIGHT_BIT[13]]]
+    with Store(tmp_path / "k.db") as store:
+        report = KernelProfiler(local_device(), store, quick_protocol).measure(kernels)
+        assert report.failed == 0
+        for kernel in kernels:
+            row = store.get("local", "ort", kernel.key, "kernel")
+            ops = [n["op"] for n in row.extra["kernel_nodes"]]
+            if kernel.head.op in ORT_KERNEL:
+                assert ops == [ORT_KERNEL[kernel.head.op]], (kernel.key, ops)
+            assert row.median_ms > 0
+
+
+def test_the_sampler_draws_8bit_kernels_and_conversions() -> None:
+    kernels = KernelSampler(RULES, 0, dtypes=("float32", "int8")).sample(300)
+    by_dtype = Counter(k.head.dtype for k in kernels)
+    assert by_dtype["int8"] > 80 and by_dtype["float32"] > 80
+    assert {k.op for k in kernels if k.head.dtype == "int8"} >= {
+        "conv",
+        "dwconv",
+        "add",
+        "quantize",
+        "dequantize",
+    }
+
+
+def test_haq_and_amc_tables_of_a_network(quantized, predictor8, tmp_path) -> None:
+    import csv
+
+    import numpy as np
+
+    from hwlat.cli import main
+
+    float_path, _, _ = quantized
+    predictor = predictor8.save(tmp_path / "p.json")
+    assert (
+        main(
+            [
+                "table",
+                "export",
+                "--format",
+                "haq",
+                "--model",
+                str(float_path),
+                "--predictor",
+                str(predictor),
+                "-o",
+                str(tmp_path / "haq.npy"),
+            ]
+        )
+        == 0
+    )
+    table = np.load(tmp_path / "haq.npy")
+    layers = json.loads((tmp_path / "haq.npy.json").read_text())["layers"]
+    assert table.shape == (len(layers), 8, 8) and len(layers) == 53  # mobilenet_v2: 52 convs and a gemm
+    assert np.isfinite(table[:, 7, 7]).all() and np.isnan(table[:, :7, :]).all()  # nothing invented
+    assert all(
+        layer["int8_ms"] < layer["float32_ms"] for layer in layers if layer["kernel"].startswith("conv")
+    )
+    assert (
+        main(
+            [
+                "table",
+                "export",
+                "--format",
+                "amc",
+                "--model",
+                str(float_path),
+                "--predictor",
+                str(predictor),
+                "-o",
+                str(tmp_path / "amc.csv"),
+            ]
+        )
+        == 0
+    )
+    rows = list(csv.DictReader(open(tmp_path / "amc.csv")))
+    assert len(rows) == 53 * 10 * 2
+    layer = [float(r["latency_ms"]) for r in rows if r["layer"] == "5" and r["dtype"] == "float32"]
+    assert layer[-1] > layer[0]  # keeping every channel costs more than keeping a tenth
