@@ -152,24 +152,29 @@ class Campaign:
             report.stopped = self._stop.is_set()
         return report
 
-    def _too_big(self, spec, available_mb: float | None, where: str) -> Measurement | None:
-        """A deterministic failure for an op whose tensors and weights would not fit in memory
-        (a 1x100000x4096x4096 conv needs 6.7 TB): refused before it is built or sent."""
-        need_mb = getattr(spec, "bytes_moved", 0) / 2**20
+    def _too_big(
+        self, spec, available_mb: float | None, where: str, weights_only: bool
+    ) -> Measurement | None:
+        """A deterministic failure for an op that would not fit in memory, refused before it is
+        built (its weights on this host: a 100000x100000 gemm is 40 GB of them) or sent (its
+        tensors and weights on the device: a 1x100000x4096x4096 conv needs 6.7 TB)."""
+        need = getattr(spec, "params", 0) * 4 if weights_only else getattr(spec, "bytes_moved", 0)
+        need_mb = need / 2**20
         if available_mb is None or need_mb <= MEMORY_SHARE * available_mb:
             return None
+        what = "weights" if weights_only else "tensors and weights"
         return self._failed(
             spec.key,
-            f"the op needs {need_mb / 1024:.1f} GB for its tensors and weights, more than "
-            f"{MEMORY_SHARE:.0%} of the {available_mb / 1024:.1f} GB {where} has available; it was not "
-            "built or measured (lower its sizes)",
+            f"the op needs {need_mb / 1024:.1f} GB for its {what}, more than {MEMORY_SHARE:.0%} of the "
+            f"{available_mb / 1024:.1f} GB {where} has available; it was not built or measured "
+            "(lower its sizes)",
         )
 
     def _run(
         self, todo: list[OpSpec], report: CampaignReport, progress: Progress | None, lease: DeviceLease
     ) -> None:
         host_mb = mem_available_mb()
-        refused = {s.key: m for s in todo if (m := self._too_big(s, host_mb, "this host")) is not None}
+        refused = {s.key: m for s in todo if (m := self._too_big(s, host_mb, "this host", True)) is not None}
         if refused:
             todo[:] = [s for s in todo if s.key not in refused]
             for m in refused.values():
@@ -218,7 +223,7 @@ class Campaign:
             return self._failed(spec.key, f"could not build the op: {exc}")
         try:
             session = self._ensure_session(report)
-            refused = self._too_big(spec, session.hello["host"].get("mem_available_mb"), "the device")
+            refused = self._too_big(spec, session.hello["host"].get("mem_available_mb"), "the device", False)
             if refused is not None:
                 return refused
             if spec.key not in self._staged:

@@ -114,7 +114,10 @@ class Store:
             def connect() -> sqlite3.Connection:
                 return sqlite3.connect(path, check_same_thread=False, timeout=30)
 
-        return sa.create_engine("sqlite://", creator=connect, poolclass=sa.pool.StaticPool)
+        # One connection per thread (parallel campaigns and lease renewals each write); an
+        # in-memory database exists only in its one connection, so that one is shared.
+        pool = sa.pool.StaticPool if str(path) == ":memory:" else sa.pool.QueuePool
+        return sa.create_engine("sqlite://", creator=connect, poolclass=pool)
 
     def _server_engine(self) -> sa.Engine:
         url = sa.make_url(self.db)
