@@ -27,6 +27,7 @@ as in predictors/models/trees.py; a loaded predictor gives bit-identical predict
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -106,8 +107,18 @@ class LatencyPredictor:
         self.kind = kind
         self.meta = dict(meta or {})
         self.dtypes = tuple(self.meta.get("training", {}).get("dtypes", ("float32",)))
+        self._fingerprint: str | None = None
         self.memory = memory or MemoryModel()
         self._space_cache: dict[int, tuple[Any, np.ndarray, Any]] = {}
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of what the predictor predicts with (not when or where it was saved)."""
+        if self._fingerprint is None:
+            data = {k: v for k, v in self.to_dict().items() if k != "created_at"}
+            text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+            self._fingerprint = hashlib.sha256(text.encode()).hexdigest()[:16]
+        return self._fingerprint
 
     @property
     def regressor(self) -> KernelRegressor | None:

@@ -66,6 +66,8 @@ class Measurement:
         if len(self.samples_ms) < 2:
             return None
         mean = statistics.fmean(self.samples_ms)
+        if mean <= 0:  # every sample below the clock's resolution: no spread to speak of
+            return None
         return statistics.pstdev(self.samples_ms) / mean
 
 

@@ -74,6 +74,12 @@ class LatencyObjective(Objective):
             )
         return values
 
+    def describe(self) -> dict:
+        """Also which predictor: a study resumed with another predictor file would mix two devices'
+        (or two trainings') latencies, so it is refused."""
+        fingerprint = getattr(self.predictor, "fingerprint", None)
+        return {**super().describe(), **({"predictor": fingerprint} if fingerprint else {})}
+
 
 class CallableObjective(Objective):
     """A user function of one arch (``fn(arch) -> float``), or of a list if ``batched``."""

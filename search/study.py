@@ -420,6 +420,6 @@ def _mismatch_message(name: str, stored: dict, requested: dict, storage: SearchS
     where = storage.store.location
     return (
         f"study {name!r} in {where} was created with other settings ({'; '.join(diffs)}). "
-        "Repeat the original options to resume it, or use another output folder / study name "
-        "for a new search."
+        "Repeat the original options (and predictor file) to resume it, or use another output folder / "
+        "--study name for a new search."
     )

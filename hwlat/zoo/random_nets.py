@@ -1,129 +1,148 @@
-"""Random CNNs for training and calibrating predictors, built from the zoo's blocks."""
+"""Random CNNs for training and calibrating predictors, sampled from generic motifs.
+
+Nothing here is a published network's plan: the stem, the number of stages, each stage's block
+motif, depth, width and stride, and the head are all drawn from distributions (resolutions
+from 80 to 288, widths log-uniform, expansions, kernels, activations and squeeze-and-excitation
+at random), so that a predictor trained on these networks has never seen the published CNNs it
+is validated on (``hwlat.zoo.published``) by construction. ``GENERATOR_VERSION`` names the
+distribution: networks cached under another version are not reused.
+
+Motifs: inverted residual, basic residual, bottleneck residual, plain conv, grouped conv
+residual, fire (squeeze/expand concat), channel-split shuffle unit, dense concat.
+"""
 
 from __future__ import annotations
 
+import math
 import random
 
 import torch
 from torch import nn
 
-from hwlat.zoo.blocks import (
-    BasicBlock,
-    Bottleneck,
-    Fire,
-    InvertedResidual,
-    ShuffleUnit,
-    classifier,
-    conv_bn,
-    make_divisible,
+from hwlat.zoo.blocks import Bottleneck, Fire, InvertedResidual, ShuffleUnit, conv_bn
+
+GENERATOR_VERSION = 2
+_ACTS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU)
+_MOTIFS = (
+    "inverted",
+    "inverted",
+    "inverted",
+    "basic",
+    "bottleneck",
+    "plain",
+    "grouped",
+    "fire",
+    "shuffle",
+    "dense",
 )
 
 
 def random_network(seed: int) -> tuple[nn.Module, int]:
-    """A random CNN built from the zoo's blocks, and its input resolution.
-
-    Families: inverted residuals (random expansion, kernel, activation, SE), ResNet basic or
-    bottleneck blocks, ShuffleNetV2 units and SqueezeNet fire modules, at random widths
-    (some not multiples of 8), depths and resolutions. These train and calibrate predictors;
-    the published models above stay unseen for validation.
-    """
+    """A random CNN and its input resolution (eval mode, random weights, 1x3xRxR input)."""
     rng = random.Random(seed)
-    family = rng.choices(["mobile", "resnet", "shuffle", "squeeze"], weights=[5, 2, 2, 1])[0]
-    resolution = rng.choice([128, 160, 192, 224, 224, 256])
     torch.manual_seed(seed)
-    build_family = {
-        "mobile": _random_mobile,
-        "resnet": _random_resnet,
-        "shuffle": _random_shuffle,
-        "squeeze": _random_squeeze,
-    }[family]
-    return build_family(rng).eval(), resolution
+    resolution = rng.randrange(80, 289, rng.choice([1, 8, 8, 16]))
+    act = rng.choice(_ACTS)
+    width = _width(rng, 8, 96)
+    stem_k = rng.choice([3, 3, 5, 7])
+    layers: list[nn.Module] = [conv_bn(3, width, stem_k, rng.choice([1, 2, 2, 2]), act=act)]
+    size = math.ceil(resolution / layers[0][0].stride[0])
+    if rng.random() < 0.3 and size >= 16:
+        layers.append(nn.MaxPool2d(3, 2, 1))
+        size = math.ceil(size / 2)
+    for stage in range(rng.randint(3, 6)):
+        motif = rng.choice(_MOTIFS)
+        stride = 2 if stage > 0 and size >= 8 and rng.random() < 0.7 else 1
+        cout = max(
+            8, int(width * rng.uniform(1.0, 2.3)) if stride == 2 else int(width * rng.uniform(0.8, 1.6))
+        )
+        if rng.random() < 0.7:
+            cout = max(8, round(cout / 8) * 8)
+        depth = rng.randint(1, 4)
+        for i in range(depth):
+            block, width = _block(rng, motif, width, cout, stride if i == 0 else 1, act)
+            layers.append(block)
+        size = math.ceil(size / stride)
+    if rng.random() < 0.6:
+        head = _width(rng, 256, 2048)
+        layers.append(conv_bn(width, head, 1, 1, act=rng.choice(_ACTS)))
+        width = head
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    if rng.random() < 0.3:
+        hidden = _width(rng, 128, 2048)
+        layers += [nn.Linear(width, hidden), rng.choice(_ACTS)()]
+        width = hidden
+    layers.append(nn.Linear(width, int(math.exp(rng.uniform(math.log(10), math.log(2000))))))
+    return nn.Sequential(*layers).eval(), resolution
 
 
-def _width(rng: random.Random, base: float, odd: float = 0.1) -> int:
-    if rng.random() < odd:
-        return max(4, int(base * rng.uniform(0.8, 1.25)))
-    return make_divisible(base * rng.uniform(0.8, 1.25))
+def _width(rng: random.Random, lo: int, hi: int) -> int:
+    value = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    return max(4, round(value / 8) * 8 if rng.random() < 0.7 else round(value))
 
 
-def _random_mobile(rng: random.Random) -> nn.Module:
-    acts = [nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU]
-    cin = _width(rng, rng.choice([16, 24, 32]), odd=0)
-    layers: list[nn.Module] = [conv_bn(3, cin, 3, 2, act=rng.choice(acts))]
-    base = float(cin)
-    for stage in range(rng.randint(5, 7)):
-        stride = 2 if stage in (1, 2, 3, 5) else 1
-        base *= rng.uniform(1.2, 2.0) if stride == 2 or stage == 4 else 1.0
-        cout = _width(rng, base)
-        act = rng.choice(acts)
-        se = rng.random() < 0.4
+def _block(rng: random.Random, motif: str, cin: int, cout: int, stride: int, act) -> tuple[nn.Module, int]:
+    """One block of ``motif``; returns it and its output channels."""
+    k = rng.choice([3, 3, 5, 7])
+    if motif == "inverted":
+        se = rng.uniform(0.05, 0.3) if rng.random() < 0.35 else 0.0
         gate = rng.choice([nn.Hardsigmoid, nn.Sigmoid])
-        for i in range(rng.randint(1, 4)):
-            layers.append(
-                InvertedResidual(
-                    cin,
-                    cout,
-                    rng.choice([3, 3, 5, 7]),
-                    stride if i == 0 else 1,
-                    rng.choice([1, 3, 4, 6, 6]) if i else rng.choice([3, 4, 6]),
-                    act=act,
-                    se_ratio=0.25 if se else 0,
-                    se_gate=gate,
-                )
-            )
-            cin = cout
-    head = rng.choice([640, 960, 1024, 1280])
-    layers.append(conv_bn(cin, head, 1, 1, act=rng.choice(acts)))
-    return nn.Sequential(*layers, classifier(head, rng.choice([None, 1024, 1280])))
+        return InvertedResidual(
+            cin, cout, k, stride, rng.uniform(1, 7), act=act, se_ratio=se, se_gate=gate
+        ), cout
+    if motif == "basic":
+        return _Residual(
+            conv_bn(cin, cout, k, stride, act=act), conv_bn(cout, cout, 3, 1, act=None), cin, cout, stride
+        ), cout
+    if motif == "bottleneck":
+        width = max(4, cout // rng.choice([2, 4]))
+        return Bottleneck(cin, width, stride), width * Bottleneck.expansion
+    if motif == "plain":
+        return conv_bn(cin, cout, k, stride, act=act), cout
+    if motif == "grouped":
+        groups = rng.choice([2, 4, 8, 16, 32])
+        mid = max(groups, cout // groups * groups)
+        body = nn.Sequential(
+            conv_bn(cin, mid, 1, 1, act=act), conv_bn(mid, mid, 3, stride, groups=groups, act=act)
+        )
+        return _Residual(body, conv_bn(mid, cout, 1, 1, act=None), cin, cout, stride), cout
+    if motif == "fire":
+        squeeze = max(4, cin // rng.choice([2, 4, 8]))
+        expand = max(4, cout // 2)
+        block = nn.Sequential(
+            Fire(cin, squeeze, expand), nn.MaxPool2d(2, 2) if stride == 2 else nn.Identity()
+        )
+        return block, 2 * expand
+    if motif == "shuffle":
+        cout = max(4, cout // 2 * 2)
+        if stride == 1 and cin != cout:
+            return conv_bn(cin, cout, 1, 1, act=act), cout
+        return ShuffleUnit(cin, cout, stride), cout
+    growth = max(4, cout // rng.choice([4, 8]))  # dense: concat the input with new features
+    return _Dense(cin, growth, k, stride, act), cin + growth
 
 
-def _random_resnet(rng: random.Random) -> nn.Module:
-    base = rng.choice([32, 48, 64, 64, 96])
-    stem = rng.choice([3, 7])
-    layers: list[nn.Module] = [conv_bn(3, base, stem, 2), nn.MaxPool2d(3, 2, 1)]
-    bottleneck = rng.random() < 0.4
-    cin = base
-    for stage in range(4):
-        width = base * 2**stage
-        for i in range(rng.randint(1, 3)):
-            s = 2 if i == 0 and stage > 0 else 1
-            if bottleneck:
-                layers.append(Bottleneck(cin, width // 2, s))
-                cin = width // 2 * Bottleneck.expansion
-            else:
-                layers.append(BasicBlock(cin, width, s))
-                cin = width
-    return nn.Sequential(*layers, classifier(cin))
+class _Residual(nn.Module):
+    """``relu(second(first(x)) + shortcut(x))`` with a 1x1 projection when the shape changes."""
+
+    def __init__(self, first: nn.Module, second: nn.Module, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(first, second)
+        self.short = conv_bn(cin, cout, 1, stride, act=None) if stride != 1 or cin != cout else nn.Identity()
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.short(x))
 
 
-def _random_shuffle(rng: random.Random) -> nn.Module:
-    c1 = 2 * rng.randint(20, 130)
-    channels = (c1, 2 * c1, 4 * c1, rng.choice([512, 1024]))
-    layers: list[nn.Module] = [conv_bn(3, 24, 3, 2), nn.MaxPool2d(3, 2, 1)]
-    cin = 24
-    for n, c in zip((rng.randint(2, 4), rng.randint(4, 8), rng.randint(2, 4)), channels[:3], strict=True):
-        for i in range(n):
-            layers.append(ShuffleUnit(cin, c, 2 if i == 0 else 1))
-            cin = c
-    layers.append(conv_bn(cin, channels[3], 1, 1))
-    return nn.Sequential(*layers, classifier(channels[3]))
+class _Dense(nn.Module):
+    """Pre-activation batch norm, a conv producing ``growth`` channels, concatenated to the input."""
 
+    def __init__(self, cin: int, growth: int, k: int, stride: int, act) -> None:
+        super().__init__()
+        self.norm = nn.Sequential(nn.BatchNorm2d(cin), act())
+        self.conv = nn.Conv2d(cin, growth, k, 1, k // 2, bias=False)
+        self.pool = nn.AvgPool2d(2, 2) if stride == 2 else nn.Identity()
 
-def _random_squeeze(rng: random.Random) -> nn.Module:
-    stem = rng.choice([64, 96])
-    layers: list[nn.Module] = [
-        nn.Conv2d(3, stem, rng.choice([3, 7]), 2),
-        nn.ReLU(),
-        nn.MaxPool2d(3, 2, ceil_mode=True),
-    ]
-    cin = stem
-    for stage in range(3):
-        for _ in range(rng.randint(1, 3)):
-            squeeze = _width(rng, 16 * 2**stage)
-            expand = _width(rng, 64 * 2**stage)
-            layers.append(Fire(cin, squeeze, expand))
-            cin = 2 * expand
-        if stage < 2:
-            layers.append(nn.MaxPool2d(3, 2, ceil_mode=True))
-    layers += [nn.Conv2d(cin, 1000, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-    return nn.Sequential(*layers)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(torch.cat((x, self.conv(self.norm(x))), dim=1))

@@ -32,6 +32,7 @@ from hwlat.profiler.store import Store
 
 KERNEL_BACKENDS = ("ort",)
 CONFIRM_MS = 1.0
+PROFILER_RESOLUTION_MS = 0.001  # ONNX Runtime's profiler records whole microseconds
 PROBE_NODES = 101
 
 
@@ -104,7 +105,9 @@ class KernelProfiler:
 
     def costs(self, kernels: Iterable[Kernel] | None = None) -> dict[str, float]:
         """In-context time (ms) of each measured kernel (all, or those asked for): the median of
-        its row less the profiler's overhead for each of its nodes."""
+        its row less the profiler's overhead for each of its nodes. A kernel below the profiler's
+        resolution (ORT records whole microseconds; every run of a tiny kernel can read 0) costs
+        half the resolution: an estimate, never a zero to take a log or a ratio of."""
         rows = self.rows()
         keys = rows if kernels is None else [k.key for k in kernels]
         per_node = self.profiler_overhead_ms()
@@ -114,7 +117,7 @@ class KernelProfiler:
             if m is None or m.median_ms is None or key.startswith("probe-"):
                 continue
             nodes = max(1, len(m.extra.get("kernel_nodes", ())))
-            out[key] = max(0.1 * m.median_ms, m.median_ms - nodes * per_node)
+            out[key] = max(0.1 * m.median_ms, m.median_ms - nodes * per_node, PROFILER_RESOLUTION_MS / 2)
         return out
 
     def profiler_overhead_ms(self, passes: int = 3) -> float:

@@ -40,6 +40,7 @@ from hwlat.profiler.backends import cache_dir
 from hwlat.profiler.kernel import InvalidKernelError, Kernel
 from hwlat.profiler.protocol import TimingProtocol
 from hwlat.profiler.store import Store
+from hwlat.zoo.random_nets import GENERATOR_VERSION
 
 Log = Callable[[str], None]
 
@@ -82,8 +83,9 @@ def fusion_rules(
 
 
 def random_networks(count: int, start: int = 0) -> list[Path]:
-    """Random networks (hwlat/zoo/published.py) exported once into the cache."""
-    directory = cache_dir() / "networks"
+    """Random networks (hwlat/zoo/random_nets.py) exported once into the cache, under the
+    generator's version (a changed distribution is not mixed with networks of the old one)."""
+    directory = cache_dir() / "networks" / f"random-v{GENERATOR_VERSION}"
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for seed in range(start, start + count):
@@ -101,7 +103,8 @@ def space_networks(space: Any, count: int, seed: int = 0) -> list[Path]:
     """Random architectures of a space, as ONNX files in the cache."""
     import onnx
 
-    directory = cache_dir() / "networks" / str(getattr(space, "name", "space"))
+    resolutions = "-".join(str(r) for r in getattr(space, "resolutions", ()))
+    directory = cache_dir() / "networks" / f"{getattr(space, 'name', 'space')}-{resolutions}"
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     paths = []
