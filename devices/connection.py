@@ -159,6 +159,11 @@ def connect(device: Device) -> Connection:
     """Open the right kind of connection for a device."""
     if device.is_local:
         return LocalConnection(device)
+    if device.host is None:
+        raise DeviceError(
+            f"device {device.name!r} is reached only through TVM's RPC tracker {device.tvm_tracker}, "
+            'so nothing runs on it over SSH; measure it with a TVM backend, or give it host = "..."'
+        )
     from hwlat.devices.ssh import SshConnection
 
     return SshConnection(device)

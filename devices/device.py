@@ -11,7 +11,9 @@ LOCAL = "local"
 
 @dataclass(frozen=True)
 class Device:
-    """Where and how to measure. ``host=None`` means this machine (the ``local`` device).
+    """Where and how to measure. ``host=None`` means this machine (the ``local`` device), unless
+    the device is reached through TVM's RPC tracker (``tvm_tracker``): then ``host`` is only for
+    SSH (the ``ort`` backend, ``devices check``) and may be None (profiler/backends/tvm/tracker.py).
 
     ``threads`` and ``cpu_affinity`` are applied by the agent before it times anything
     and recorded with every measurement; one thread is the default because multi-thread
@@ -37,10 +39,22 @@ class Device:
     trust_on_first_use: bool = False
     known_hosts: str | None = None  # None: the alias's UserKnownHostsFile, else ~/.ssh/known_hosts
     connect_timeout_s: float = 15.0
+    tvm_tracker: str | None = None  # "host:port" of TVM's RPC tracker that hands out this device
+    tvm_key: str | None = None  # the key its RPC servers registered with (rpc_server --key)
 
     @property
     def is_local(self) -> bool:
-        return self.host is None
+        return self.host is None and self.tvm_tracker is None
+
+    @property
+    def uses_tracker(self) -> bool:
+        """TVM tunes and measures on it through TVM's RPC tracker, not over SSH."""
+        return self.tvm_tracker is not None
+
+    def tracker_address(self) -> tuple[str, int]:
+        """``tvm_tracker`` as (host, port); the inventory has checked its form."""
+        host, _, port = (self.tvm_tracker or "").rpartition(":")
+        return host.strip("[]"), int(port)
 
     def settings(self) -> dict:
         """The per-device settings recorded with every measurement."""

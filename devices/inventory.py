@@ -2,7 +2,9 @@
 
 See ``devices.example.toml`` at the repository root for every key. The device
 ``local`` always exists and needs no entry (an entry named ``local`` overrides its
-threads, affinity and backends).
+threads, affinity and backends). A device handed out by TVM's RPC tracker has
+``tvm_tracker`` and ``tvm_key`` (both or neither) and needs no ``host``; without one
+it measures only with the TVM backends (profiler/backends/tvm/tracker.py).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ _KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "trust_on_first_use": ((bool,), "true or false"),
     "known_hosts": ((str,), "a path to a known_hosts file"),
     "connect_timeout_s": ((int, float), "a number of seconds, e.g. 15"),
+    "tvm_tracker": ((str,), 'the address of TVM\'s RPC tracker, "host:port"'),
+    "tvm_key": ((str,), "the key the device's RPC servers registered with (rpc_server --key)"),
 }
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -142,16 +146,27 @@ def _device(path: Path, text: str, name: str, table: object, local: Device) -> D
     _check_values(path, text, name, table)
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
     if name == LOCAL:
-        if "host" in fields:
-            raise InventoryError(
-                f"{where}: 'local' is this machine and takes no host; give the remote device another name"
-            )
+        for key in ("host", "tvm_tracker"):
+            if key in fields:
+                raise InventoryError(
+                    f"{path}:{_line_of(text, name, key)}: 'local' is this machine and takes no {key}; "
+                    "give the remote device another name"
+                )
         return replace(local, **fields)
-    if "host" not in fields:
+    if "host" not in fields and "tvm_tracker" not in fields:
         raise InventoryError(
-            f'{where}: devices.{name} needs host = "..." (a remote device), '
+            f'{where}: devices.{name} needs host = "..." (a remote device reached over SSH) or '
+            'tvm_tracker = "host:port" with tvm_key (one handed out by TVM\'s RPC tracker), '
             "or call it 'local' to tune this machine's settings"
         )
+    if "host" not in fields:  # reached only through the tracker: nothing runs over SSH
+        fields.setdefault("backends", ("tvm",))
+        if "ort" in fields["backends"]:
+            raise InventoryError(
+                f'{path}:{_line_of(text, name, "backends")}: devices.{name}.backends: "ort" needs '
+                'host = "..." (its agent runs over SSH); a device reached only through the tracker '
+                'measures with backends = ["tvm"]'
+            )
     return Device(name=name, **fields)
 
 
@@ -175,3 +190,17 @@ def _check_values(path: Path, text: str, name: str, table: dict) -> None:
         fail("connect_timeout_s", "must be > 0")
     if table.get("graph_optimization", "all") not in ("disable", "basic", "extended", "all"):
         fail("graph_optimization", "use one of disable, basic, extended, all")
+    if "tvm_tracker" in table:
+        host, colon, port = table["tvm_tracker"].rpartition(":")
+        if not colon or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+            fail("tvm_tracker", f'{table["tvm_tracker"]!r} is not "host:port", e.g. "10.0.0.5:9190"')
+    if "tvm_key" in table and not re.match(r"^[^\s:]+$", table["tvm_key"]):
+        fail(
+            "tvm_key", f"{table['tvm_key']!r} must be one word without ':' (what rpc_server --key was given)"
+        )
+    for key, other, why in (
+        ("tvm_tracker", "tvm_key", "the key its RPC servers registered with"),
+        ("tvm_key", "tvm_tracker", 'the tracker\'s "host:port"'),
+    ):
+        if key in table and other not in table:
+            fail(key, f"needs {other} too ({why}); give both or neither")

@@ -255,15 +255,12 @@ class Agent:
         }
         if settings["backend"] not in RUNNERS:
             raise ValueError(f"backend {settings['backend']!r} is not available in this agent")
-        if settings["cpu_affinity"]:
-            os.sched_setaffinity(0, set(settings["cpu_affinity"]))
-        settings["cpu_affinity"] = sorted(os.sched_getaffinity(0))
-        self.settings = settings
+        self.settings = self._apply_settings(settings)
         self.protocol = dict(msg["protocol"])
         self.canary = None
         canary_ms = []
         if msg.get("canary_model"):
-            self.canary = RUNNERS[settings["backend"]](msg["canary_model"], settings)
+            self.canary = self._runner(msg["canary_model"])
             canary_ms = [self._time_canary() for _ in range(int(msg.get("canary_calibration", 5)))]
             ref = msg.get("canary_reference_ms")
             self.canary_reference_ms = min([*canary_ms, ref] if ref else canary_ms)
@@ -283,7 +280,7 @@ class Agent:
         for attempt in range(int(p["max_retries"]) + 1):
             if attempt:
                 time.sleep(p["retry_backoff_s"] * 2 ** (attempt - 1))
-            samples, number = time_runner(
+            samples, number = self._time(
                 runner, p["warmup_ms"], p["warmup_runs"], p["min_repeat_ms"], p["repeat"]
             )
             reasons = []
@@ -446,15 +443,26 @@ class Agent:
             times.append((time.perf_counter() - t) * 1e3)
         return _interquartile_mean(times) / self.canary_reference_ms
 
-    # ----- helpers ------------------------------------------------------------
+    # ----- helpers (what profiler/backends/tvm/tracker.py overrides to measure over TVM's RPC) -----
+    def _apply_settings(self, settings):
+        """Pin this process to the CPUs asked for; the settings as they now are."""
+        if settings["cpu_affinity"]:
+            os.sched_setaffinity(0, set(settings["cpu_affinity"]))
+        settings["cpu_affinity"] = sorted(os.sched_getaffinity(0))
+        return settings
+
     def _runner(self, model_path):
         if self.settings is None:
             raise RuntimeError("the agent was not configured; send a configure command first")
         return RUNNERS[self.settings["backend"]](model_path, self.settings)
 
+    def _time(self, run, warmup_ms, warmup_runs, min_repeat_ms, repeat):
+        """Per-call times (ms) of ``repeat`` repeats and the calls per repeat (``time_runner``)."""
+        return time_runner(run, warmup_ms, warmup_runs, min_repeat_ms, repeat)
+
     def _time_canary(self):
         p = self.protocol
-        samples, _ = time_runner(self.canary, 5.0, 1, p["canary_min_repeat_ms"], p["canary_repeat"])
+        samples, _ = self._time(self.canary, 5.0, 1, p["canary_min_repeat_ms"], p["canary_repeat"])
         ms = statistics.median(samples)
         if self.canary_reference_ms is not None and ms < self.canary_reference_ms:
             self.canary_reference_ms = ms

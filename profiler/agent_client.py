@@ -82,6 +82,12 @@ class AgentSession:
         (remote,) = self.connection.stage([artifact])
         return self._ask({"cmd": cmd, "key": key, "model": remote}, timeout_s)
 
+    def kill(self) -> None:
+        """From another thread (Ctrl-C): end the agent at once; its op in flight is lost."""
+        process = self.process
+        if process is not None:
+            process.kill()
+
     def close(self) -> None:
         if self.process is None:
             return

@@ -16,6 +16,12 @@ Faults and what happens:
     agent cannot start there (Python or runtime missing)  resume; the other devices go on);
   * Ctrl-C, or ``stop()`` from another thread          -> what was measured stays stored,
     the op in flight is dropped, the agent is stopped.
+
+A TVM campaign on a device with ``tvm_tracker`` talks to a board from TVM's RPC tracker
+instead of an agent: a ``TrackerSession`` (profiler/backends/tvm/tracker.py) in place of the
+``AgentSession``, a ``TrackerLink`` in place of the SSH connection; the faults above map onto
+it (the tracker or every board gone -> reconnect with back-off; the board's session ended ->
+op stored as failed, a new board requested).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hwlat.devices.connection import Connection, ConnectionLost, DeviceError, connect
 from hwlat.devices.device import Device
@@ -40,6 +47,9 @@ from hwlat.profiler.progress import Progress
 from hwlat.profiler.protocol import TimingProtocol
 from hwlat.profiler.store import Store
 from hwlat.profiler.store.leases import DeviceLease
+
+if TYPE_CHECKING:
+    from hwlat.profiler.backends.tvm.tracker import TrackerSession
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +107,7 @@ class Campaign:
         protocol: TimingProtocol | None = None,
         show_progress: bool = True,
         reconnect_timeout_s: float = 300.0,
-        connect_fn: Callable[[Device], Connection] = connect,
+        connect_fn: Callable[[Device], Connection] | None = None,
         batch_size: int = 32,
         batch_timeout_s: float = 600.0,
         kind: str = "op",
@@ -112,12 +122,12 @@ class Campaign:
         self.protocol = protocol or TimingProtocol()
         self.show_progress = show_progress
         self.reconnect_timeout_s = reconnect_timeout_s
-        self.connect_fn = connect_fn
+        self.connect_fn = connect_fn or (_tracker_link if self.backend.via_tracker else connect)
         self.batch_size = batch_size
         self.batch_timeout_s = batch_timeout_s
         self.wait_for_device = store.wait_for_devices if wait_for_device is None else wait_for_device
         self._connection: Connection | None = None
-        self._session: AgentSession | None = None
+        self._session: AgentSession | TrackerSession | None = None
         self._ever_connected = False
         self._agent_started = False  # an agent ran on the device during this campaign
         self._restart_delay_s = 1.0
@@ -210,9 +220,8 @@ class Campaign:
         """End a running ``run`` from another thread: the op in flight is dropped, not stored."""
         self._stop.set()
         session = self._session
-        process = session.process if session is not None else None
-        if process is not None:
-            process.kill()
+        if session is not None:
+            session.kill()
 
     # ----- one op -----------------------------------------------------------
     def _measure_one(self, spec: OpSpec, report: CampaignReport, batch: list[OpSpec]) -> Measurement | None:
@@ -332,7 +341,7 @@ class Campaign:
         )
 
     # ----- connection management -------------------------------------------
-    def _ensure_session(self, report: CampaignReport) -> AgentSession:
+    def _ensure_session(self, report: CampaignReport) -> AgentSession | TrackerSession:
         if self._session is None:
             if self._connection is None:
                 self._connection = self.connect_fn(self.device)
@@ -345,7 +354,12 @@ class Campaign:
                     self.device.name, self.backend.name, self.device.settings()
                 ),
             }
-            session = AgentSession(self._connection, config)
+            if self.backend.via_tracker:
+                from hwlat.profiler.backends.tvm.tracker import TrackerSession
+
+                session = TrackerSession(self._connection, config, stop=self._stop)
+            else:
+                session = AgentSession(self._connection, config)
             try:
                 session.start()
             except (AgentCrashed, AgentTimeout) as exc:
@@ -418,7 +432,7 @@ class Campaign:
             self._connection = None
         self._staged.clear()
 
-    def _remember_canary(self, session: AgentSession) -> None:
+    def _remember_canary(self, session: AgentSession | TrackerSession) -> None:
         ref = session.configured.get("canary_reference_ms")
         if ref:
             self.store.update_canary_reference(
@@ -490,6 +504,12 @@ def representative(passes: list[Measurement]) -> Measurement:
         return clean[(len(clean) - 1) // 2]
     measured = sorted((m for m in passes if m.ok), key=lambda m: m.median_ms)
     return measured[0] if measured else passes[-1]
+
+
+def _tracker_link(device: Device) -> Connection:
+    from hwlat.profiler.backends.tvm.tracker import TrackerLink
+
+    return TrackerLink(device)
 
 
 def model_key(onnx_path: Path) -> str:

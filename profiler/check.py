@@ -3,7 +3,8 @@
 Connects the way a campaign does, starts the agent for its hello (host facts and
 runtime versions) and asks the device's Python for the free disk in the workdir.
 Each failure becomes one line naming the cause and the fix (see devices/ssh.py and
-devices/known_hosts.py for the connection failures).
+devices/known_hosts.py for the connection failures). A device from TVM's RPC tracker is
+checked through the tracker (profiler/backends/tvm/tracker.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,23 @@ _FREE_DISK = (
 
 
 def check_device(device: Device) -> dict:
-    """Host facts and versions; ``ok`` False with ``error`` (a class name) and ``diagnosis``."""
+    """Host facts and versions; ``ok`` False with ``error`` (a class name) and ``diagnosis``.
+
+    A device with ``tvm_tracker`` is checked through the tracker (its key's servers, and a free
+    one's facts); one that also has a host is then checked over SSH as well.
+    """
+    if not device.uses_tracker:
+        return _check_agent(device)
+    from hwlat.profiler.backends.tvm.tracker import check_tracker
+
+    report = check_tracker(device)
+    if not report["ok"] or device.host is None:
+        return report
+    ssh = _check_agent(device)
+    return {**report, **ssh, "connection": f"{ssh.get('connection')}; {report['connection']}"}
+
+
+def _check_agent(device: Device) -> dict:
     report: dict = {"device": device.name, "ok": False}
     try:
         with connect(device) as connection:

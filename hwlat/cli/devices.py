@@ -49,6 +49,9 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
     for d in load_inventory(args.inventory).values():
         where = "this machine" if d.is_local else f"{d.user + '@' if d.user else ''}{d.host}"
         where += f":{d.port}" if d.port and not d.is_local else ""
+        if d.uses_tracker:
+            tracker = f"tracker {d.tvm_tracker} key {d.tvm_key}"
+            where = tracker if d.host is None else f"{where}, {tracker}"
         affinity = ",".join(map(str, d.cpu_affinity)) if d.cpu_affinity else "any"
         lease = held.pop(d.name, None)
         rows.append(

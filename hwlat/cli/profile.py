@@ -192,9 +192,9 @@ def cmd_measure(args: argparse.Namespace) -> int:
         print(json.dumps(out))
     else:
         flag = f"  (DISTURBED: {m.disturbance})" if m.disturbed else ""
+        rss = f", peak RSS {out['peak_rss_mb']:.0f} MB" if out["peak_rss_mb"] is not None else ""
         print(
             f"{args.model}: {m.median_ms:.3f} ms median (p10 {m.p10_ms:.3f}, p90 {m.p90_ms:.3f}) "
-            f"on {m.device}/{m.backend} {m.backend_version}, {out['params']:,} params, "
-            f"peak RSS {out['peak_rss_mb']:.0f} MB{flag}"
+            f"on {m.device}/{m.backend} {m.backend_version}, {out['params']:,} params{rss}{flag}"
         )
     return 0

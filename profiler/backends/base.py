@@ -40,6 +40,11 @@ class HostBackend:
     def __init__(self, device: Device) -> None:
         self.device = device
 
+    @property
+    def via_tracker(self) -> bool:
+        """Measured on a board from TVM's RPC tracker (backends/tvm/tracker.py), not by the agent."""
+        return False
+
     def agent_config(self) -> dict:
         return {"backend": self.name, **self.device.settings()}
 

@@ -93,6 +93,10 @@ class TvmBackend(HostBackend):
         self._database: tuple[int | None, object] | None = None  # (records file mtime, database)
 
     # ----- HostBackend --------------------------------------------------------
+    @property
+    def via_tracker(self) -> bool:
+        return self.device.uses_tracker
+
     def artifact(self, spec: OpSpec) -> Path:
         return self._artifact(spec.key, self._op_path(spec), partial(build_model, spec))
 
@@ -193,7 +197,8 @@ class TvmBackend(HostBackend):
         """A Tuner whose runner times candidates on the device, set up like the agent.
 
         The runner (for a remote device: an RPC server started there, reached through the
-        SSH connection) is only set up once a kernel actually needs tuning.
+        SSH connection; for a tracker device: boards from TVM's RPC tracker) is only set up
+        once a kernel actually needs tuning.
         """
         if self.device.is_local:  # one for the backend's life: its worker processes start once
             if self._local_tuner is None:
@@ -208,9 +213,11 @@ class TvmBackend(HostBackend):
             yield self._local_tuner
             return
         from hwlat.profiler.backends.tvm.rpc import device_rpc_runner
+        from hwlat.profiler.backends.tvm.tracker import tracker_rpc_runner
 
+        runner = tracker_rpc_runner if self.device.uses_tracker else device_rpc_runner
         with ExitStack() as stack:
-            make_runner = partial(stack.enter_context, device_rpc_runner(self.device))
+            make_runner = partial(stack.enter_context, runner(self.device))
             yield Tuner(self.tuning_dir, self.target, self.trials, make_runner, self.cc)
 
     def _import(self, key: str, model: onnx.ModelProto):
