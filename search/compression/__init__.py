@@ -1,0 +1,1 @@
+"""Compression search per device: AMC-style pruning, HAQ-style mixed precision, or both, under budgets."""
