@@ -9,6 +9,7 @@ digits CNN trains in a few seconds and gives real accuracy.
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -17,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+from hwlat.cli import main
 from hwlat.compress import prune
 from hwlat.errors import ConfigError
 from hwlat.predictors.models.memory import onnx_footprint
@@ -297,6 +299,57 @@ def test_an_onnx_model_can_be_searched_for_quantization_only(predictor, digits_m
 
 
 # ----- report and command line -------------------------------------------------------------------
+
+
+def test_the_command_writes_the_report_resumes_and_rejects_impossible_budgets(
+    predictor_file, digits_model, tmp_path, capsys
+) -> None:
+    out, db = tmp_path / "out", tmp_path / "hwlat.db"
+    args = [
+        "compress",
+        "--model",
+        "hwlat.search.compression.digits:pretrained_model",
+        "--input-shape",
+        "1,1,8,8",
+        "--predictor",
+        str(predictor_file),
+        "--latency-ms",
+        "0.05",
+        "--eval",
+        "hwlat.search.compression.digits:evaluate",
+        "--calibration",
+        "hwlat.search.compression.digits:calibration_inputs",
+        "--warmup",
+        "2",
+        "--out",
+        str(out),
+        "--db",
+        str(db),
+    ]
+    assert main([*args, "--episodes", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "episode 4/4: accuracy" in printed and "best uniform baseline within budget" in printed
+    assert main([*args, "--episodes", "6"]) == 0
+    printed = capsys.readouterr().out
+    assert "episode 5/6" in printed and "episode 6/6" in printed and "episode 4/6" not in printed
+
+    rows = list(csv.DictReader(open(out / "policies.csv")))
+    assert [r["episode"] for r in rows if r["source"] == "ddpg"] == [str(i) for i in range(6)]
+    assert sum(r["source"] == "uniform" for r in rows) == 7
+    saved = json.loads((out / "pareto.json").read_text())
+    assert saved["episodes"] == 6 and saved["front"] and saved["score_is_proxy"] is False
+    assert (out / "pareto.png").stat().st_size > 0
+    rank1 = json.loads(next((out / "winners").glob("rank1-*.json")).read_text())
+    onnx.checker.check_model(onnx.load(str(out / "winners" / rank1["onnx"])))
+    # the state dict loads into the original network pruned by the winner's keep ratios
+    pruned = prune(digits_model, rank1["keep_ratios"], torch.zeros(digits.INPUT_SHAPE))
+    pruned.load_state_dict(torch.load(out / "winners" / rank1["state_dict"]))
+    assert digits.evaluate(pruned) == pytest.approx(rank1["accuracy"])
+
+    assert main([*args[:-4], "--episodes", "2", "--latency-ms", "0.0001", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hwlat: error: the latency budget 0.0001 ms is below")
+    assert "smallest reachable latency" in err[0]
 
 
 def test_verify_measures_the_winners_on_the_device(predictor, digits_model, tmp_path, quick_protocol) -> None:
