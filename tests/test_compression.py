@@ -176,6 +176,15 @@ def test_the_wall_keeps_every_episode_within_budget_and_canonical_policies_are_f
     wanted = space.sample(np.random.default_rng(0))
     assert space.canonicalize(space.canonicalize(wanted)) == space.canonicalize(wanted)
 
+    # a memory budget alone, from the memory predictor
+    memory = probe.cost(probe.uniform(0.5)).memory_mb
+    env = _env(digits_model, cost_model, latency_ms=None, memory_mb=memory, analysis=probe.analysis)
+    for _ in range(6):
+        episode = env.rollout(lambda _t, _s: env.random_action(rng))
+        assert env.cost(episode.policy).memory_mb <= memory * (1 + 1e-9)
+    with pytest.raises(InfeasibleBudgetError, match="smallest reachable memory"):
+        _env(digits_model, cost_model, latency_ms=None, memory_mb=1e-4, analysis=probe.analysis)
+
 
 def test_an_impossible_budget_fails_at_once_with_the_smallest_reachable_latency(
     predictor, digits_model
@@ -321,6 +330,8 @@ def test_the_command_writes_the_report_resumes_and_rejects_impossible_budgets(
         "hwlat.search.compression.digits:calibration_inputs",
         "--warmup",
         "2",
+        "--tvm-predictor",
+        str(predictor_file),
         "--out",
         str(out),
         "--db",
@@ -336,6 +347,7 @@ def test_the_command_writes_the_report_resumes_and_rejects_impossible_budgets(
     rows = list(csv.DictReader(open(out / "policies.csv")))
     assert [r["episode"] for r in rows if r["source"] == "ddpg"] == [str(i) for i in range(6)]
     assert sum(r["source"] == "uniform" for r in rows) == 7
+    assert all(r["tvm_latency_ms"] for r in rows if r["source"] == "uniform")  # float32 on "TVM"
     saved = json.loads((out / "pareto.json").read_text())
     assert saved["episodes"] == 6 and saved["front"] and saved["score_is_proxy"] is False
     assert (out / "pareto.png").stat().st_size > 0
@@ -346,7 +358,8 @@ def test_the_command_writes_the_report_resumes_and_rejects_impossible_budgets(
     pruned.load_state_dict(torch.load(out / "winners" / rank1["state_dict"]))
     assert digits.evaluate(pruned) == pytest.approx(rank1["accuracy"])
 
-    assert main([*args[:-4], "--episodes", "2", "--latency-ms", "0.0001", "--out", str(tmp_path / "x")]) == 2
+    impossible = [*args[:-4], "--episodes", "2", "--latency-ms", "0.0001", "--out", str(tmp_path / "x")]
+    assert main(impossible) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("hwlat: error: the latency budget 0.0001 ms is below")
     assert "smallest reachable latency" in err[0]

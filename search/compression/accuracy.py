@@ -3,9 +3,12 @@
 The built-in score, shown as a *proxy* wherever it appears, is output fidelity: how closely
 the compressed network's outputs follow the original's on the calibration inputs, as top-1
 agreement (the share of inputs whose arg-max output is unchanged) and the mean KL divergence
-KL(original || compressed) of their softmax distributions; the proxy score is
-agreement x exp(-KL), 1.0 for an unchanged network. It needs no labels, so it works for any
-model, and says nothing certain about accuracy on real data: give ``evaluate`` for that.
+KL(original || compressed) of their softmax distributions; the proxy score is their mean,
+(agreement + exp(-KL)) / 2, 1.0 for an unchanged network. Both halves matter: top-1 agreement
+is what a classifier's user sees, but it is all-or-nothing per input and collapses to zero
+for networks with near-uniform outputs (random weights), where the KL term still orders
+policies by how far they move the output. It needs no labels, so it works for any model, and
+says nothing certain about accuracy on real data: give ``evaluate`` for that.
 """
 
 from __future__ import annotations
@@ -115,4 +118,4 @@ def fidelity(model: Any, inputs: np.ndarray, reference: np.ndarray) -> tuple[flo
 
 
 def proxy_score(agreement: float, kl: float) -> float:
-    return agreement * math.exp(-kl)
+    return 0.5 * agreement + 0.5 * math.exp(-kl)

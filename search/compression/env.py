@@ -36,8 +36,8 @@ such excess among the policies evaluated so far (``observe``).
 An episode ends with a ``Policy``. ``evaluate`` builds it for real (prune -> fine-tune if given ->
 export -> quantize the int8 layers -> ``predict``) and scores it: that latency and memory are
 what rewards and budget checks use. Accuracy is the user's ``evaluate(model) -> float``, or the
-built-in *proxy*: output fidelity to the original network on calibration inputs, top-1
-agreement x exp(-KL).
+built-in *proxy*: output fidelity to the original network on calibration inputs, the mean of
+top-1 agreement and exp(-KL) (search/compression/accuracy.py).
 """
 
 from __future__ import annotations

@@ -175,6 +175,9 @@ def _export_winners(result: CompressionResult, folder: Path) -> Path:
     return folder
 
 
+AXES = {"latency_ms": "predicted latency (ms)", "memory_mb": "predicted peak memory (MB)"}
+
+
 def _pyplot():
     import matplotlib
 
@@ -242,8 +245,8 @@ def plot_projections(result: CompressionResult, path: Path) -> Path:
                 ax.axvline(budget, color="k", linestyle="--", linewidth=1, label=f"budget {budget:g}")
             if y_key == key:
                 ax.axhline(budget, color="k", linestyle="--", linewidth=1)
-        ax.set_xlabel(f"predicted {x_key.replace('_', ' ')} ({env.cost_model.device})")
-        ax.set_ylabel(y_key if y_key == score else f"predicted {y_key.replace('_', ' ')}")
+        ax.set_xlabel(f"{AXES[x_key]} on {env.cost_model.device}")
+        ax.set_ylabel(y_key if y_key == score else f"{AXES[y_key]} on {env.cost_model.device}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(
