@@ -122,6 +122,12 @@ class ModelAnalysis:
             self.onnx = torch_to_onnx(model, self.input_shape)
         self.graph = OnnxGraph(self.onnx)
         nodes = [n for n in self.graph.data_nodes if n.op_type in LAYER_OPS]
+        if any(not n.name for n in nodes):
+            raise ModelAnalysisError(
+                "the ONNX model has Conv/Gemm nodes without names; compression search refers to layers by "
+                "node name",
+                "name every node (torch.onnx.export does)",
+            )
         if names is not None and len(names) != len(nodes):
             raise ModelAnalysisError(
                 f"the model calls {len(names)} Conv2d/Linear layers but its ONNX export has "
