@@ -1,7 +1,7 @@
 """The ``hwlat`` command: the one place that knows all four packages. Parse, call, print.
 
 One module per command group (profile/measure, devices, table, train/predict/validate,
-search/quickstart, db, quantize); options shared by several commands live in ``options``.
+search/quickstart, db, quantize/compress); options shared by several commands live in ``options``.
 """
 
 from __future__ import annotations

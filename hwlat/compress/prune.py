@@ -54,6 +54,14 @@ def prunable_layers(model: nn.Module, example_input: torch.Tensor) -> list[str]:
     return _analyse(copy.deepcopy(model), example_input).layers
 
 
+def prunable_groups(model: nn.Module, example_input: torch.Tensor) -> list[list[str]]:
+    """The prunable layers grouped by coupling: each group loses the same output channels (a
+    depthwise conv with the conv before it, the convs whose outputs meet in residual adds), names
+    in forward order, groups in the order of their first layer. ``prune`` gives a group the
+    largest keep ratio of its layers, so one ratio per group is all a search needs to choose."""
+    return [list(g.names) for g in _analyse(copy.deepcopy(model), example_input).groups]
+
+
 def prune(
     model: nn.Module,
     keep_ratios: Sequence[float] | Mapping[str, float],
