@@ -15,6 +15,7 @@ from onnx import TensorProto, helper
 from torch import nn
 
 from hwlat import cli as hwlat_cli
+from hwlat import zoo
 from hwlat.devices.device import local_device
 from hwlat.predictors import Kernel, ModelSplitter, UnsupportedOpsError
 from hwlat.predictors.building.profiling import KernelProfiler
@@ -204,3 +205,10 @@ def test_roofline_fit_reads_the_device_limits() -> None:
     assert roofline.gflops == pytest.approx(20.0) and roofline.gbps == pytest.approx(5.0)
     with pytest.raises(RooflineError):
         Roofline.fit([conv], [1.0])
+
+
+@pytest.mark.parametrize("name", list(zoo.FAMILIES))
+def test_cnn_families_outside_the_zoo_map_strictly(name: str, family_paths) -> None:
+    """Every family of the never-seen benchmark is answered without --lenient: all its ops known."""
+    split = ModelSplitter(FusionRules("none")).split(family_paths[name])
+    assert split.kernels and not split.unsupported and not split.fallback
