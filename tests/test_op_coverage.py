@@ -168,6 +168,7 @@ def test_lenient_estimates_unknown_ops_on_the_roofline() -> None:
     predictor = synthetic_predictor(120)
     with pytest.raises(UnsupportedOpsError, match=r"LRN \(odd\)"):
         predictor.predict(model)
+    predictor.roofline = None  # as a predictor trained before rooflines were fitted
     with pytest.raises(PredictorScopeError, match="no roofline"):
         predictor.predict(model, strict=False)
     predictor.meta["roofline"] = {"gflops": 10.0, "gbps": 2.0}
