@@ -43,13 +43,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--budget-minutes",
-        type=float,
+        type=options.number(0),
         default=10.0,
         help="with --adaptive: wall-clock budget in minutes (default 10)",
     )
     p.add_argument(
         "--resolution",
-        type=int,
+        type=options.integer(1),
         action="append",
         help="with --space: input resolutions (repeatable; default the space's own)",
     )

@@ -1,0 +1,149 @@
+"""Bad input, one clear error, nothing lost (issue 14): numeric arguments, predictor files, table
+imports and unreachable SSH hosts, each through the real ``hwlat`` command. Every case exits 2
+with one ``hwlat: error:`` line that names the problem and the fix, no traceback, and leaves the
+store's measurements as they were."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from hwlat import cli as hwlat_cli
+from hwlat.errors import EXIT_ERROR
+from hwlat.profiler.measurement import Measurement
+from hwlat.profiler.store import Store
+from tests.synthetic import synthetic_predictor
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    status = hwlat_cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def assert_one_error_line(status: int, err: str, *words: str) -> str:
+    """Exit 2, stderr is exactly one ``hwlat: error:`` line holding ``words``; returns the line."""
+    lines = err.strip().splitlines()
+    assert status == EXIT_ERROR, err
+    assert len(lines) == 1 and lines[0].startswith("hwlat: error: "), err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def store_with_rows(tmp_path) -> Path:
+    """A store holding two measurements that no refused command may change."""
+    path = tmp_path / "kept.db"
+    with Store(path) as store:
+        for key in ("add-in:1x8x8x8-bcast:none-dtype:float32", "block-a"):
+            store.save(Measurement(device="local", backend="ort", key=key, samples_ms=[1.0, 1.1, 0.9]))
+    return path
+
+
+def stored_rows(path: Path) -> list[tuple]:
+    with Store(path, readonly=True) as store:
+        return sorted((m.device, m.backend, m.kind, m.key, tuple(m.samples_ms)) for m in store.measurements())
+
+
+@pytest.fixture(scope="module")
+def predictor_file(tmp_path_factory) -> Path:
+    return synthetic_predictor().save(tmp_path_factory.mktemp("pred") / "p.json")
+
+
+# ----- 1. numeric arguments ---------------------------------------------------------------------
+def _commands(parser: argparse.ArgumentParser, prefix: str = "hwlat"):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield f"{prefix} {name}", sub
+                yield from _commands(sub, f"{prefix} {name}")
+
+
+def test_no_numeric_option_takes_a_bare_int_or_float() -> None:
+    """Every number the CLI reads goes through a range-checked type (options.integer/number)."""
+    bare = [
+        f"{name} {action.option_strings[0]}"
+        for name, parser in _commands(hwlat_cli.build_parser())
+        for action in parser._actions
+        if action.type in (int, float)
+    ]
+    assert bare == []
+
+
+BAD_NUMBERS = [
+    (["search", "--budget", "0"], "--budget", "whole number >= 1"),
+    (["search", "--budget", "-1"], "--budget", "whole number >= 1"),
+    (["search", "--budget", "1.5"], "--budget", "not a whole number"),
+    (["search", "--latency-ms", "inf"], "--latency-ms", "finite number > 0"),
+    (["search", "--latency-ms", "nan"], "--latency-ms", "finite number > 0"),
+    (["search", "--latency-ms", "0"], "--latency-ms", "finite number > 0"),
+    (["search", "--latency-ms", "-3"], "--latency-ms", "finite number > 0"),
+    (["search", "--noise-band", "-0.1"], "--noise-band", "finite number >= 0"),
+    (["search", "--verify-repeats", "0"], "--verify-repeats", "whole number >= 1"),
+    (["search", "--seed", "-1"], "--seed", "whole number >= 0"),
+    (["search", "--repeat", "-2"], "--repeat", "whole number >= 1"),
+    (["search", "--min-repeat-ms", "nan"], "--min-repeat-ms", "finite number > 0"),
+    (["profile", "--adaptive", "--budget-minutes", "0"], "--budget-minutes", "finite number > 0"),
+    (["profile", "--adaptive", "--budget-minutes", "1e400"], "--budget-minutes", "finite number > 0"),
+    (["profile", "--ops", "x.jsonl", "--repeat", "-1"], "--repeat", "whole number >= 1"),
+    (["profile", "--ops", "x.jsonl", "--cooldown-ms", "-5"], "--cooldown-ms", "finite number >= 0"),
+    (["profile", "--ops", "x.jsonl", "--tune-trials", "0"], "--tune-trials", "whole number >= 1"),
+    (["profile", "--space", "proxyless", "--resolution", "0"], "--resolution", "whole number >= 1"),
+    (["measure", "m.onnx", "--min-repeat-ms=-inf"], "--min-repeat-ms", "finite number > 0"),
+    (["train", "-o", "p.json", "--calibration-networks", "0"], "--calibration-networks", ">= 1"),
+    (["train", "-o", "p.json", "--sampled-kernels", "-1"], "--sampled-kernels", ">= 0"),
+    (["validate", "--predictor", "p.json", "--models", ".", "--repeats", "0"], "--repeats", ">= 1"),
+    (["quickstart", "--evaluations", "0"], "--evaluations", "whole number >= 1"),
+    (["quickstart", "--latency-ms", "inf"], "--latency-ms", "finite number > 0"),
+    (
+        ["compress", "--model", "m.onnx", "--predictor", "p.json", "--out", "o", "--episodes", "0"],
+        "--episodes",
+        ">= 1",
+    ),
+    (
+        ["compress", "--model", "m.onnx", "--predictor", "p.json", "--out", "o", "--lbound", "1.5"],
+        "--lbound",
+        "<= 1",
+    ),
+    (
+        ["compress", "--model", "m.onnx", "--predictor", "p.json", "--out", "o", "--memory-mb", "nan"],
+        "--memory-mb",
+        "> 0",
+    ),
+    (["quantize", "m.onnx", "-o", "q.onnx", "--random", "0"], "--random", "whole number >= 1"),
+    (["table", "export", "--space", "nb201", "-o", "t.csv", "--resolution", "-32"], "--resolution", ">= 1"),
+]
+
+
+@pytest.mark.parametrize(("argv", "option", "fix"), BAD_NUMBERS, ids=[" ".join(c[0]) for c in BAD_NUMBERS])
+def test_a_number_out_of_range_is_one_config_error(argv, option, fix, store_with_rows, capsys) -> None:
+    before = digest(store_with_rows)
+    needs = {"search": ["--space", "nb201", "--predictor", "p.json", "-o", "out"]}.get(argv[0], [])
+    if argv[0] == "search" and "--latency-ms" not in argv:
+        needs = [*needs, "--latency-ms", "5"]
+    db = ["--db", str(store_with_rows)] if argv[0] in ("search", "profile", "train", "measure") else []
+    status, _, err = run_cli(capsys, *argv, *needs, *db)
+    line = assert_one_error_line(status, err, option, fix, f"see hwlat {argv[0]}")
+    assert "usage:" not in line
+    assert digest(store_with_rows) == before
+
+
+def test_a_missing_argument_is_one_line_too(capsys) -> None:
+    status, _, err = run_cli(capsys, "search", "--space", "nb201")
+    assert_one_error_line(status, err, "required", "--predictor", "see hwlat search --help")
+
+
+def test_an_inventory_timeout_that_is_not_finite_is_refused_with_file_and_line(tmp_path, capsys) -> None:
+    inventory = tmp_path / "devices.toml"
+    inventory.write_text('[devices.pi]\nhost = "10.0.0.9"\nconnect_timeout_s = nan\n')
+    status, _, err = run_cli(capsys, "devices", "list", "--inventory", inventory)
+    assert_one_error_line(status, err, f"{inventory}:3", "connect_timeout_s", "finite number of seconds")
