@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,94 @@ def test_an_inventory_timeout_that_is_not_finite_is_refused_with_file_and_line(t
     inventory.write_text('[devices.pi]\nhost = "10.0.0.9"\nconnect_timeout_s = nan\n')
     status, _, err = run_cli(capsys, "devices", "list", "--inventory", inventory)
     assert_one_error_line(status, err, f"{inventory}:3", "connect_timeout_s", "finite number of seconds")
+
+
+# ----- 2. predictor files -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory) -> Path:
+    from onnx import TensorProto, helper
+
+    from hwlat.profiler.onnx_models import make_model
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 4, 4])],
+    )
+    path = tmp_path_factory.mktemp("model") / "relu.onnx"
+    path.write_bytes(make_model(graph).SerializeToString())
+    return path
+
+
+def _edit(data: dict, change: str) -> None:
+    regressor = data["regressor"]
+    tree = regressor["models"]["all"]["trees"]["trees"][0]
+    if change == "no table":
+        del data["table"]
+    elif change == "entry not a number":
+        data["table"]["entries"]["conv-in:1x8x8x8"] = "fast"
+    elif change == "overhead nan":
+        data["table"]["overhead"]["intercept_ms"] = float("nan")
+    elif change == "older features":
+        regressor["features"] = regressor["features"][:-1]
+    elif change == "tree loops":
+        split = next(i for i, f in enumerate(tree["feature"]) if f >= 0)
+        tree["left"][split] = split
+    elif change == "feature index out of range":
+        tree["feature"][0] = 10_000
+    elif change == "kind":
+        data["kind"] = "neural"
+    elif change == "old version":
+        data["version"] = 0
+    elif change == "unknown regressor parameter":
+        regressor["params"]["depth"] = 3
+
+
+PREDICTOR_DAMAGE = [
+    ("no table", "missing field table"),
+    ("entry not a number", "table.entries['conv-in:1x8x8x8']: expected a finite number"),
+    ("overhead nan", "table.overhead.intercept_ms: expected a finite number, found nan"),
+    ("older features", "regressor.features: the kernel regressor was trained on the features of another"),
+    ("tree loops", "a split's child must come after it"),
+    ("feature index out of range", "regressor.models.all.trees.trees[0].feature[0]: expected a whole number"),
+    ("kind", "kind: expected one of 'lut', 'gbdt', found 'neural'"),
+    ("old version", "predictor format version 0"),
+    ("unknown regressor parameter", "regressor.params: unknown fields depth"),
+]
+
+
+@pytest.mark.parametrize(("change", "words"), PREDICTOR_DAMAGE, ids=[c for c, _ in PREDICTOR_DAMAGE])
+def test_a_damaged_predictor_file_is_one_format_error_naming_the_field(
+    change, words, predictor_file, small_model, tmp_path, capsys
+) -> None:
+    data = json.loads(predictor_file.read_text())
+    _edit(data, change)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    status, out, err = run_cli(capsys, "predict", small_model, "--predictor", bad)
+    assert_one_error_line(status, err, str(bad), words, "train it again with hwlat train")
+    assert out == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        (None, "not readable JSON"),  # the real file, truncated
+        ("[" * 100_000, "not readable JSON"),
+        ('{"format": "hwlat-latency-predictor", "version": 1, "n": ' + "9" * 5000 + "}", "not readable JSON"),
+        ("[1, 2]", "is not an hwlat latency predictor"),
+        ("\xff\xfe garbage", "not readable JSON"),
+    ],
+    ids=["truncated", "deeply nested", "a 5000-digit number", "a JSON list", "not UTF-8"],
+)
+def test_a_predictor_file_that_is_not_json_is_one_format_error(
+    text, words, predictor_file, small_model, tmp_path, capsys
+) -> None:
+    bad = tmp_path / "bad.json"
+    if text is None:
+        bad.write_bytes(predictor_file.read_bytes()[:5000])
+    else:
+        bad.write_bytes(text.encode("latin-1"))
+    status, _, err = run_cli(capsys, "predict", small_model, "--predictor", bad)
+    assert_one_error_line(status, err, str(bad), words)
