@@ -239,3 +239,93 @@ def test_a_predictor_file_that_is_not_json_is_one_format_error(
         bad.write_bytes(text.encode("latin-1"))
     status, _, err = run_cli(capsys, "predict", small_model, "--predictor", bad)
     assert_one_error_line(status, err, str(bad), words)
+
+
+# ----- 3. table import --------------------------------------------------------------------------
+GOOD_ROWS = "key,mean_ms,std_ms,count\nblock-x,1.5,0.1,10\nblock-y,2.5,0.2,10\n"
+
+BAD_TABLES = [
+    ("t.csv", GOOD_ROWS + "block-z,1.0,0.1,1e400\n", "t.csv:4", "count must be a whole number"),
+    ("t.csv", GOOD_ROWS + "block-z,1.0,0.1,-3\n", "t.csv:4", "count must be a whole number"),
+    ("t.csv", GOOD_ROWS + "block-z,1.0,0.1,2.5\n", "t.csv:4", "count must be a whole number"),
+    ("t.csv", GOOD_ROWS + "block-z,inf,0.1,1\n", "t.csv:4", "mean and std must be finite and >= 0"),
+    ("t.csv", GOOD_ROWS + "block-z,nan,0.1,1\n", "t.csv:4", "mean and std must be finite and >= 0"),
+    ("t.csv", GOOD_ROWS + "block-z,-1,0.1,1\n", "t.csv:4", "mean and std must be finite and >= 0"),
+    ("t.csv", GOOD_ROWS + "block-z,1e400,0,1\n", "t.csv:4", "mean and std must be finite and >= 0"),
+    ("t.csv", GOOD_ROWS + "block-x,9.9,0.1,1\n", "t.csv:4", "'block-x' is given twice (first on line 2)"),
+    ("t.csv", GOOD_ROWS + " block-z,1,0,1\n", "t.csv:4", "' block-z' is not a block key"),
+    ("t.csv", GOOD_ROWS + '"block\tz",1,0,1\n', "t.csv:4", "'block\\tz' is not a block key"),
+    ("t.csv", GOOD_ROWS + ",1,0,1\n", "t.csv:4", "'' is not a block key"),
+    ("t.csv", GOOD_ROWS + "conv-in:1x3x8-out:8,1,0,1\n", "t.csv:4", "key 'conv-in:1x3x8-out:8'"),
+    (
+        "t.json",
+        '{"entries": {\n "block-x": {"mean": 1.5},\n "block-y": {"mean": 1e400}\n}}',
+        "t.json",
+        "mean and std must be finite",
+    ),
+    ("t.json", '{"entries": {"block-x": {"mean": NaN}}}', "t.json", "mean and std must be finite"),
+    ("t.json", '{"entries": {"block-x": {"mean": 1, "count": 1e400}}}', "t.json", "count must be a whole"),
+    ("t.json", '{"entries": {"block-x": {"mean": true}}}', "t.json", "must be numbers"),
+    ("t.json", '{"entries": {"block-\\ud800": {"mean": 1}}}', "t.json", "is not a block key"),
+    (
+        "t.json",
+        '{"entries": {\n "block-x": {"mean": 1.5},\n "block-y": {"mean": 2},\n "block-x": {"mean": 3}\n}}',
+        "t.json:4",
+        "'block-x' is given twice (first on line 2)",
+    ),
+    ("t.json", '{"entries": {"block-x": {"mean": 1, "mean": 2}}}', "t.json", "'mean' is given twice"),
+    ("t.json", '{"entries": ' * 50_000, "t.json", "not readable JSON"),
+    ("t.yaml", "block-x:\n  mean: 1.5\n  count: 1e400\n", "t.yaml:1", "count must be a whole number"),
+    ("t.yaml", "block-x:\n  mean: .inf\n", "t.yaml:1", "mean and std must be finite"),
+    ("t.yaml", "123:\n  mean: 1.5\n", "t.yaml:1", "123 is not a block key"),
+    ("t.yaml", "[" * 50_000, "t.yaml", "not readable YAML"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "where", "words"),
+    BAD_TABLES,
+    ids=[f"{n} {w}" for n, _, w, w2 in BAD_TABLES for w in [w2]],
+)
+def test_a_bad_table_is_refused_whole_and_the_store_is_unchanged(
+    name, text, where, words, store_with_rows, tmp_path, capsys
+) -> None:
+    table = tmp_path / name
+    table.write_text(text, encoding="utf-8")
+    rows, before = stored_rows(store_with_rows), digest(store_with_rows)
+    status, out, err = run_cli(capsys, "table", "import", table, "--device", "local", "--db", store_with_rows)
+    assert_one_error_line(status, err, f"{tmp_path}/{where}", words)
+    assert out == ""
+    assert stored_rows(store_with_rows) == rows  # nothing imported, not even block-x before the bad line
+    assert digest(store_with_rows) == before
+
+
+def test_a_good_table_imports_every_entry(store_with_rows, tmp_path, capsys) -> None:
+    table = tmp_path / "t.csv"
+    table.write_text(GOOD_ROWS)
+    status, out, err = run_cli(capsys, "table", "import", table, "--device", "phone", "--db", store_with_rows)
+    assert status == 0, err
+    assert "imported 2 blocks" in out
+    with Store(store_with_rows, readonly=True) as store:
+        blocks = {m.key: m.extra for m in store.measurements(device="phone", kind="block")}
+    assert blocks == {
+        "block-x": {"mean_ms": 1.5, "std_ms": 0.1, "count": 10, "source": str(table)},
+        "block-y": {"mean_ms": 2.5, "std_ms": 0.2, "count": 10, "source": str(table)},
+    }
+
+
+def test_an_import_whose_write_fails_half_way_stores_nothing(store_with_rows, tmp_path, capsys) -> None:
+    """A real SQLite trigger refuses the third row, as a full disk would: the first two roll back."""
+    import sqlite3
+
+    with sqlite3.connect(store_with_rows) as db:
+        db.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON measurements WHEN NEW.key = 'block-z' "
+            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        )
+    table = tmp_path / "t.csv"
+    table.write_text(GOOD_ROWS + "block-z,3.5,0.1,10\n")
+    rows = stored_rows(store_with_rows)
+    status, out, err = run_cli(capsys, "table", "import", table, "--device", "local", "--db", store_with_rows)
+    assert_one_error_line(status, err, "cannot write to the store", "database or disk is full", "re-run")
+    assert stored_rows(store_with_rows) == rows
