@@ -8,6 +8,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import socket
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -23,6 +27,14 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     status = hwlat_cli.main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return status, out, err
+
+
+def run_hwlat(*argv: str | Path) -> tuple[int, str, str]:
+    """The command in a fresh process, as a user runs it (its own logging set-up, nothing shared)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "hwlat.cli", *map(str, argv)], capture_output=True, text=True, timeout=300
+    )
+    return proc.returncode, proc.stdout, proc.stderr
 
 
 def assert_one_error_line(status: int, err: str, *words: str) -> str:
@@ -328,4 +340,76 @@ def test_an_import_whose_write_fails_half_way_stores_nothing(store_with_rows, tm
     rows = stored_rows(store_with_rows)
     status, out, err = run_cli(capsys, "table", "import", table, "--device", "local", "--db", store_with_rows)
     assert_one_error_line(status, err, "cannot write to the store", "database or disk is full", "re-run")
+    assert stored_rows(store_with_rows) == rows
+
+
+# ----- 4. SSH hosts that cannot be reached ------------------------------------------------------
+class TinyServer:
+    """A TCP listener on loopback that does one thing with every connection: close it at once,
+    send a line that is not an SSH greeting and close, or say nothing and hold it open."""
+
+    def __init__(self, behaviour: str) -> None:
+        self.behaviour = behaviour
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            if self.behaviour == "hold":
+                self.held.append(conn)
+                continue
+            if self.behaviour == "garbage":
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("command", "behaviour", "words"),
+    [
+        ("profile", "close", "closed the connection without an SSH greeting; is 'port' the SSH port"),
+        ("measure", "close", "closed the connection without an SSH greeting; is 'port' the SSH port"),
+        ("profile", "garbage", "closed the connection without an SSH greeting"),
+        ("profile", "hold", "did not answer within 1 s"),
+        ("profile", "refuse", "connection refused by 127.0.0.1"),
+    ],
+)
+def test_an_ssh_host_that_is_not_there_is_one_line_naming_device_and_host(
+    command, behaviour, words, store_with_rows, small_model, tmp_path
+) -> None:
+    server = TinyServer(behaviour) if behaviour != "refuse" else None
+    port = server.port if server else _closed_port()
+    inventory, ops = tmp_path / "devices.toml", tmp_path / "ops.jsonl"
+    inventory.write_text(
+        f'[devices.pi]\nhost = "127.0.0.1"\nport = {port}\nconnect_timeout_s = 1\n'
+        f'known_hosts = "{tmp_path}/known_hosts"\n'
+    )
+    ops.write_text('{"op": "add", "input_shape": [1, 8, 8, 8]}\n')
+    rows = stored_rows(store_with_rows)
+    what = ["--ops", ops] if command == "profile" else [small_model]
+    try:
+        status, _, err = run_hwlat(
+            command, *what, "--device", "pi", "--inventory", inventory, "--db", store_with_rows
+        )
+    finally:
+        if server:
+            server.close()
+    assert_one_error_line(status, err, "device 'pi'", f"127.0.0.1:{port}", words)
+    assert "paramiko" not in err
     assert stored_rows(store_with_rows) == rows

@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.WARNING, format="hwlat: %(message)s", handlers=[ProgressLogHandler(sys.stderr)]
     )
+    # paramiko logs every failed handshake with a traceback from its transport thread; hwlat
+    # reports each SSH failure itself as one line (devices/ssh.py).
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     try:
         args = build_parser().parse_args(argv)  # a bad argument is a ConfigError, like any bad input
         return args.func(args) or 0
