@@ -164,7 +164,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
             device, options.backend(args, device), store, options.protocol(args), show_progress=False
         ).measure_model(args.model)
     if not m.ok:
-        print(f"hwlat: error: measuring {args.model} failed: {m.error_msg}", file=sys.stderr)
+        reason = " ".join(m.error_msg.split())  # the runtime's message may span lines
+        print(f"hwlat: error: measuring {args.model} failed: {reason}", file=sys.stderr)
         return EXIT_FAILED
     out = {
         "model": str(args.model),
