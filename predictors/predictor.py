@@ -40,6 +40,7 @@ import numpy as np
 import onnx
 
 from hwlat.errors import HwlatError, PredictorFormatError
+from hwlat.predictors.formats.predictor_schema import RETRAIN, check_predictor_dict
 from hwlat.predictors.kernels.fusion import FusionRules
 from hwlat.predictors.kernels.splitter import ModelSplitter
 from hwlat.predictors.models.kernel_regressor import KernelRegressor
@@ -213,8 +214,16 @@ class LatencyPredictor:
             table = LatencyTable({}, self.table.fallback, self.table.overhead)
             costs = table.costs(kernels)
             costs.fallback[:] = False  # the regressor is the model here, not a fallback
-            return costs
-        return self.table.costs(kernels)
+        else:
+            costs = self.table.costs(kernels)
+        if not np.all(np.isfinite(costs.latency_ms)):
+            bad = kernels[int(np.flatnonzero(~np.isfinite(costs.latency_ms))[0])].key
+            raise PredictorFormatError(
+                f"the predictor's numbers give kernel {bad} a latency of "
+                f"{costs.latency_ms[~np.isfinite(costs.latency_ms)][0]} ms (its file was edited or damaged)",
+                RETRAIN,
+            )
+        return costs
 
     def _prediction(
         self,
@@ -331,22 +340,18 @@ class LatencyPredictor:
             raise FileNotFoundError(f"predictor file {path} does not exist; train one with hwlat train")
         try:
             data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise PredictorFormatError(f"{path} is not a hwlat predictor (not JSON: {exc})") from None
+        except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, nested or numbers too deep
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc).split(":")[0]
+            raise PredictorFormatError(
+                f"{path} is not an hwlat predictor (not readable JSON: {reason})",
+                "pass a file from hwlat train -o, or train it again",
+            ) from None
         return cls.from_dict(data, source=str(path))
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "predictor") -> LatencyPredictor:
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise PredictorFormatError(
-                f"{source} is not a hwlat latency predictor (format field "
-                f"{data.get('format') if isinstance(data, dict) else None!r})"
-            )
-        if data.get("version") != FORMAT_VERSION:
-            raise PredictorFormatError(
-                f"{source} has predictor format version {data.get('version')}; "
-                f"this hwlat reads version {FORMAT_VERSION}: train it again"
-            )
+        """A predictor from its file's content, checked field by field (predictor_schema.py)."""
+        check_predictor_dict(data, source, FORMAT, FORMAT_VERSION, KINDS)
         regressor = KernelRegressor.from_dict(data["regressor"]) if data.get("regressor") else None
         table = LatencyTable(
             data["table"]["entries"], regressor, OverheadModel.from_dict(data["table"]["overhead"])

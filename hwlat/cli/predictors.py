@@ -35,24 +35,27 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     options.add_out(p, "predictor file to write")
     p.add_argument(
         "--sampled-kernels",
-        type=int,
+        type=options.integer(0),
         default=600,
         help="random kernel configurations measured for the regressor (default 600)",
     )
     p.add_argument(
         "--random-networks",
-        type=int,
+        type=options.integer(0),
         default=30,
         help="random networks whose kernels are measured for the regressor (default 30)",
     )
     p.add_argument(
         "--calibration-networks",
-        type=int,
+        type=options.integer(1),
         default=16,
         help="networks measured end to end to fit the overhead (default 16)",
     )
     p.add_argument(
-        "--passes", type=int, default=3, help="re-measure disturbed rows up to N times (default 3)"
+        "--passes",
+        type=options.integer(0),
+        default=3,
+        help="re-measure disturbed rows up to N times (default 3)",
     )
     options.add_dtypes(p)
     options.add_db(p)
@@ -95,7 +98,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="re-measure models already in the store")
     p.add_argument(
         "--repeats",
-        type=int,
+        type=options.integer(1),
         default=3,
         help="measure each model N times, in passes apart in time, and keep the median clean pass "
         "(the steady-state latency a plain runtime loop reports; default 3)",

@@ -203,19 +203,28 @@ class Store:
     # ----- writing ----------------------------------------------------------
     def save(self, m: Measurement) -> None:
         """Replace the row for (device, backend, kind, key) and commit at once."""
-        values = {**asdict(m), **{name: getattr(m, name) for name in STATS}}
-        row = {c: json.dumps(values[c]) if c in JSON_COLUMNS else values[c] for c in _COLUMNS}
+        self.save_all([m])
+
+    def save_all(self, items: Iterable[Measurement]) -> int:
+        """Replace the rows of all ``items`` in one transaction: every one is stored, or (a write
+        that fails half-way) none. Returns how many."""
         t = schema.measurements
+        n = 0
         with self._lock, self._write() as conn:
-            conn.execute(
-                sa.delete(t).where(
-                    (t.c.device == m.device)
-                    & (t.c.backend == m.backend)
-                    & (t.c.kind == m.kind)
-                    & (t.c.key == m.key)
+            for m in items:
+                values = {**asdict(m), **{name: getattr(m, name) for name in STATS}}
+                row = {c: json.dumps(values[c]) if c in JSON_COLUMNS else values[c] for c in _COLUMNS}
+                conn.execute(
+                    sa.delete(t).where(
+                        (t.c.device == m.device)
+                        & (t.c.backend == m.backend)
+                        & (t.c.kind == m.kind)
+                        & (t.c.key == m.key)
+                    )
                 )
-            )
-            conn.execute(sa.insert(t).values(row))
+                conn.execute(sa.insert(t).values(row))
+                n += 1
+        return n
 
     def canary_reference(self, device: str, backend: str, settings: dict) -> float | None:
         t = schema.canary_reference
