@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import socket
@@ -19,7 +20,7 @@ from hwlat.profiler.campaign import Campaign
 from hwlat.profiler.opspec import OpSpec, write_jsonl
 from hwlat.profiler.protocol import TimingProtocol
 from hwlat.profiler.store import Store, StoreError, schema
-from hwlat.profiler.store.leases import DeviceBusyError, DeviceLease, current_leases
+from hwlat.profiler.store.leases import DeviceBusyError, DeviceLease, current_leases, holder_id
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -151,6 +152,28 @@ def test_the_lease_of_a_killed_holder_on_this_host_is_taken_over_at_once(tmp_pat
         with DeviceLease(store, "pi", wait=False):
             (lease,) = current_leases(store.engine)
             assert lease.pid == os.getpid()
+
+
+def _lease_in_child(db: str, answers) -> None:
+    with Store(db) as store:
+        try:
+            with DeviceLease(store, "pi", "child", wait=False):
+                answers.put(("took the parent's device", holder_id()))
+        except DeviceBusyError:
+            answers.put(("busy", holder_id()))
+
+
+def test_a_forked_child_is_another_holder(tmp_path) -> None:
+    """multiprocessing forks on Linux: the child must not inherit the parent's holder id or leases."""
+    fork = multiprocessing.get_context("fork")
+    answers = fork.Queue()
+    with Store(tmp_path / "m.db") as store, DeviceLease(store, "pi", "parent", wait=False):
+        child = fork.Process(target=_lease_in_child, args=(str(tmp_path / "m.db"), answers))
+        child.start()
+        answer, child_holder = answers.get(timeout=60)
+        child.join(timeout=60)
+        (lease,) = current_leases(store.engine)
+    assert answer == "busy" and child_holder != holder_id() and lease.holder == holder_id()
 
 
 def test_a_lease_from_another_host_is_taken_over_only_after_it_expires(tmp_path, monkeypatch) -> None:
