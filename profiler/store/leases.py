@@ -128,7 +128,18 @@ def _dead_here(host: str, pid: int) -> bool:
         return True
     except PermissionError:
         return False
-    return False
+    return _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Dead but not yet reaped (its parent, e.g. a script that started campaigns with Popen, has not
+    waited for it): it still answers kill(pid, 0), yet holds nothing. Linux only (/proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in ("Z", "X")
 
 
 class _Held:
