@@ -362,6 +362,45 @@ def _cell(a: np.ndarray, percent: bool = False) -> str:
     return f"{k * per_seed.mean():.{1 if percent else 3}f} ± {k * per_seed.std():.{1 if percent else 3}f}"
 
 
+def _scored(task: Task) -> np.ndarray:
+    return task.held_out if task.held_out is not None else task.pool
+
+
+def structure(data: DataSet) -> str:
+    """How low-rank the device x architecture matrix is, and how much of each target the
+    references can explain at all: a log-linear fit on the whole sampling pool (an oracle no
+    few-shot method reaches), scored on the held-out architectures (in sample where the task
+    has no held-out set: local)."""
+    rows = np.unique(np.concatenate([np.r_[t.pool, _scored(t)] for t in data.tasks]))
+    first = data.tasks[0]
+    names = (first.name, *first.references)
+    columns = [first.target_ms, *first.reference_ms.T]
+    for t in data.tasks[1:]:
+        if t.name not in names:
+            names, columns = (*names, t.name), [*columns, t.target_ms]
+    logs = np.log(np.column_stack(columns)[rows])
+    z = (logs - logs.mean(axis=0)) / logs.std(axis=0)
+    share = np.cumsum(np.linalg.svd(z, compute_uv=False) ** 2) / np.sum(z**2)
+    lines = [
+        f"### {data.name}: structure",
+        "",
+        f"{len(names)} devices x {len(rows)} architectures, log latencies standardised per device; "
+        "share of variance in the first k singular directions: "
+        + ", ".join(f"k={k + 1}: {100 * v:.1f}%" for k, v in enumerate(share[:5])),
+        "",
+        "| target | oracle: log-linear fit on the references over the whole pool, Spearman | within ±10% |",
+        "|---|---|---|",
+    ]
+    for t in data.tasks:
+        held = _scored(t)
+        model = Ridge(alpha=1e-6).fit(np.log(t.reference_ms[t.pool]), np.log(t.target_ms[t.pool]))
+        p = np.exp(model.predict(np.log(t.reference_ms[held])))
+        truth = t.target_ms[held]
+        rho = spearmanr(p, truth).statistic
+        lines.append(f"| {t.name} | {rho:.3f} | {100 * np.mean(np.abs(p / truth - 1) <= 0.10):.1f}% |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(data: DataSet, results: dict, samples, seeds: int) -> str:
     methods = list(dict.fromkeys(m for _, m in results))
     lines = [f"### {data.name}", ""]
@@ -417,6 +456,9 @@ def main() -> None:
         default=",".join(LOCAL_CONFIGS),
         help=f"local configurations to measure, comma-separated (of {', '.join(LOCAL_CONFIGS)})",
     )
+    parser.add_argument(
+        "--structure", action="store_true", help="only the low-rank structure and the oracle fits"
+    )
     parser.add_argument("--no-local", action="store_true", help="skip the local table")
     parser.add_argument("--seeds", type=int, default=100, help="random draws of the samples per target")
     parser.add_argument(
@@ -454,8 +496,10 @@ def main() -> None:
         datasets += help_datasets(args.help_data, args.strict, args.tuning, log)
     sections = []
     for data in datasets:
-        results = evaluate(data, methods, samples, args.seeds, log)
-        sections.append(markdown(data, results, samples, args.seeds))
+        sections.append(structure(data))
+        if not args.structure:
+            results = evaluate(data, methods, samples, args.seeds, log)
+            sections.append(markdown(data, results, samples, args.seeds))
     print(f"\n{load()} at the end; {time.time() - started:.0f} s\n")
     print("\n".join(sections))
 

@@ -98,3 +98,12 @@ def test_local_table_drops_architectures_a_configuration_failed_on(tmp_path):
     assert [t.name for t in data.tasks] == ["ort-1t", "ort-2t", "ort-int8"]
     assert data.tasks[1].references == ("ort-1t", "ort-int8")
     assert data.tasks[1].reference_ms.shape == (7, 2) and data.tasks[1].held_out is None
+
+
+def test_structure_reports_rank_and_oracle(help_dir):
+    (data,) = bench.help_datasets(help_dir, strict=False, tuning=False, log=print)
+    text = bench.structure(data)
+    # Synthetic latencies are sums over 5 operator counts plus a constant: rank <= 5 in ms.
+    assert "15 devices x" in text and "k=1:" in text
+    oracle = [float(line.split("|")[2]) for line in text.splitlines() if line.startswith("| fpga |")]
+    assert len(oracle) == 1 and oracle[0] > 0.95
