@@ -16,7 +16,7 @@ Data sets (device x architecture latency tables of NAS-Bench-201's 15,625 cells)
           (ONNX Runtime 1 and 2 threads, arena off, basic graph optimisation, int8 QDQ; TVM's
           untuned pipeline); each configuration is a target with the others as references.
           ``--measure`` measures ``--configs`` into ``--db`` (a re-run resumes) and caches the
-          table in WORK/local-nb201.json; without it the cached table is read. Each ORT
+          table in ``--table``; without it the cached table is read. Each ORT
           configuration takes ~5 min for 150 architectures on a loaded 2-core machine; TVM
           compiles every network (20-35 s each there), over an hour for 150.
 
@@ -86,12 +86,12 @@ def load() -> str:
 
 
 # ----- data: local configurations ---------------------------------------------------------------
-def measure_local(work: Path, db: Path, n_archs: int, seed: int, configs: list[str], log) -> Path:
+def measure_local(work: Path, out: Path, db: Path, n_archs: int, seed: int, configs: list[str], log) -> Path:
     """Measure ``n_archs`` random NAS-Bench-201 architectures under the local ``configs``.
 
     One configuration at a time over all architectures, so that a configuration's numbers
     are taken apart in time from the others' (contention then does not correlate devices).
-    Rows in the store are reused; the table goes to WORK/local-nb201.json (rewritten after
+    Rows in the store are reused; the table goes to ``out`` (rewritten after
     each configuration).
     """
     import onnx
@@ -120,7 +120,6 @@ def measure_local(work: Path, db: Path, n_archs: int, seed: int, configs: list[s
         paths.append(path)
     log(f"{len(paths)} networks exported")
     table = {"space": SPACE, "seed": seed, "archs": [list(a) for a in archs], "configs": {}}
-    out = work / "local-nb201.json"
     base = local_device()
     # One retry: under load most passes are flagged anyway, and a flagged row is kept (and counted).
     protocol = TimingProtocol(max_retries=1)
@@ -440,6 +439,9 @@ def main() -> None:
     )
     parser.add_argument("--work", type=Path, default=Path("/tmp/hwlat-fewshot"))
     parser.add_argument("--db", type=Path, help="measurement store (default WORK/hwlat.db)")
+    parser.add_argument(
+        "--table", type=Path, help="the local table, written by --measure (default WORK/local-nb201.json)"
+    )
     parser.add_argument("--measure", action="store_true", help="measure the local table first (resumes)")
     parser.add_argument("--archs", type=int, default=150, help="architectures of the local table")
     parser.add_argument(
@@ -481,13 +483,13 @@ def main() -> None:
         wanted = [m.strip() for m in args.methods.split(",")]
         methods = {m: METHODS[m] for m in dict.fromkeys([BASELINE, *wanted, NEW])}
     datasets: list[DataSet] = []
+    cached = args.table or args.work / "local-nb201.json"
     if args.measure:
         configs = [c.strip() for c in args.configs.split(",")]
         unknown = [c for c in configs if c not in LOCAL_CONFIGS]
         if unknown:
             parser.error(f"unknown configurations {unknown}; choose from {', '.join(LOCAL_CONFIGS)}")
-        measure_local(args.work, args.db or args.work / "hwlat.db", args.archs, 0, configs, log)
-    cached = args.work / "local-nb201.json"
+        measure_local(args.work, cached, args.db or args.work / "hwlat.db", args.archs, 0, configs, log)
     if not args.no_local and cached.exists():
         datasets.append(local_dataset(cached))
     elif not args.no_local:
