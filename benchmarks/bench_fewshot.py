@@ -193,7 +193,7 @@ def local_dataset(path: Path) -> DataSet:
         f"{len(ms)} architectures ({int((~ok).sum())} with a failed configuration left out); "
         f"flagged disturbed: {flagged}; load while measuring: {loads}"
     )
-    return DataSet("local", [space.to_dict(a) for a in archs], tasks, note=note)
+    return DataSet(path.stem, [space.to_dict(a) for a in archs], tasks, note=note)
 
 
 def help_tables(directory: Path) -> tuple[dict[str, np.ndarray], list[dict]]:
