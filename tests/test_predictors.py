@@ -393,7 +393,7 @@ def test_adaptive_profiling_scores_validation_networks_end_to_end(tmp_path, quic
             profiler, RULES, budget_minutes=0.3, target_within_10=1.01, batch=16, holdout=8,
             committee=2, pool=60, validation_networks=3, log=lines.append,
         )  # fmt: skip
-        models = store.measurements("local", "ort", "model")
+        models = [m for m in store.measurements("local", "ort", "model") if "-random_" in m.key]
     assert len(models) == 3 and all(m.repeats >= 3 and m.ok for m in models), models
     stems = sorted(m.key.rsplit("-", 1)[0] for m in models)
     assert stems == [f"model-random_{VALIDATION_SEED + i}" for i in range(3)]
