@@ -202,6 +202,8 @@ def _edit(data: dict, change: str) -> None:
         data["version"] = 0
     elif change == "unknown regressor parameter":
         regressor["params"]["depth"] = 3
+    elif change == "roofline zero":
+        data["roofline"] = {"gflops": 0, "gbps": 8.0}
 
 
 PREDICTOR_DAMAGE = [
@@ -214,6 +216,7 @@ PREDICTOR_DAMAGE = [
     ("kind", "kind: expected one of 'lut', 'gbdt', found 'neural'"),
     ("old version", "predictor format version 0"),
     ("unknown regressor parameter", "regressor.params: unknown fields depth"),
+    ("roofline zero", "roofline.gflops"),
 ]
 
 

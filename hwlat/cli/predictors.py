@@ -73,7 +73,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--lenient",
         action="store_true",
-        help="leave ops the splitter does not know out (listed as warnings) instead of failing",
+        help="estimate ops the splitter does not know on the device's roofline (listed in "
+        "unsupported_ops) instead of failing",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object (latency_ms, kernels, ...)")
     p.set_defaults(func=cmd_predict)
@@ -110,8 +111,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--lenient",
         action="store_true",
-        help="predict models with ops the splitter does not know (estimated, listed) instead of leaving "
-        "them out",
+        help="predict models with ops the splitter does not know (estimated on the device's roofline, "
+        "listed) instead of leaving the models out",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     options.add_inventory(p)
@@ -169,6 +170,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"  {k.latency_ms:8.3f} ms  {k.source:9s} {k.key[:90]}")
     if pred.fallbacks:
         print(f"  {len(pred.fallbacks)} kernels are not in the table: predicted by the kernel regressor")
+    if pred.unsupported_ops:
+        estimated_ms = sum(u["latency_ms"] for u in pred.unsupported_ops)
+        print(
+            f"  {len(pred.unsupported_ops)} unsupported nodes estimated on the device's roofline: "
+            f"{estimated_ms:.3f} ms of the total"
+        )
     for w in pred.warnings:
         print(f"  warning: {w}", file=sys.stderr)
     return 0

@@ -9,7 +9,7 @@ from pathlib import Path
 from hwlat.cli import options
 from hwlat.devices.inventory import resolve_device
 from hwlat.errors import EXIT_FAILED, ConfigError
-from hwlat.profiler.store.leases import HOLDER
+from hwlat.profiler.store.leases import holder_id
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -158,7 +158,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             show_progress=not args.no_progress,
             store=store,
             study_name=args.study,
-            worker=HOLDER if args.worker else None,  # host:pid:random, unique per process
+            worker=holder_id() if args.worker else None,  # host:pid:random, unique per process
         )
         for name, minimum in study.minima.items():
             print(f"fastest network found for {name}: {minimum.value:.3f} ms")

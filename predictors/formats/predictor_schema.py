@@ -262,6 +262,9 @@ _OVERHEAD = record(
         "fitted_on": integer(0),
     }
 )
+_ROOFLINE = record(
+    {"gflops": number(0, above=True), "gbps": number(0, above=True)}, {"fitted_on": integer(0)}
+)
 _MEMORY = record(
     {"offset_mb": number(), "weight_scale": number(), "activation_scale": number(), "fitted_on": integer(0)}
 )
@@ -286,6 +289,7 @@ def _predictor(kinds: tuple[str, ...]) -> Check:
         },
         {
             "memory": nullable(_MEMORY),
+            "roofline": nullable(_ROOFLINE),
             "training": record({}, {"dtypes": list_of(one_of(*DTYPES))}, closed=False),
             "created_at": number(0),
         },

@@ -136,14 +136,25 @@ class Store:
         for attempt in range(5):
             try:
                 with self.engine.begin() as conn:
-                    if conn.dialect.name == "postgresql" and not self.readonly:
-                        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7418)")  # one creator at a time
+                    if not self.readonly:
+                        self._lock_schema(conn)
                     self._check_schema(conn)
                 return
             except (sa.exc.IntegrityError, sa.exc.OperationalError) as exc:
                 if attempt == 4 or "already exists" not in str(exc.orig) and "UNIQUE" not in str(exc.orig):
                     raise
                 time.sleep(0.1 * (attempt + 1))  # another process created it a moment ago: look again
+
+    def _lock_schema(self, conn: sa.Connection) -> None:
+        """One process creates or migrates the schema at a time, in one transaction: without it, a
+        process opening a new SQLite file while another creates its tables (16 campaigns started
+        at once) saw them half-made and refused or "migrated" the store."""
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7418)")
+            return
+        if self._new_file:
+            conn.exec_driver_sql("PRAGMA journal_mode=WAL")  # a file hwlat creates; not inside a transaction
+        conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock now, so the DDL below is all or nothing
 
     def _check_schema(self, conn: sa.Connection) -> None:
         version = schema.stored_version(conn)
@@ -168,8 +179,6 @@ class Store:
                 )
             return
         if version == 0:
-            if self.path is not None:
-                conn.exec_driver_sql("PRAGMA journal_mode=WAL")  # a file hwlat creates
             schema.create(conn)
         elif version < SCHEMA_VERSION:
             log.warning("migrating the store %s from schema %d to %d", self.location, version, SCHEMA_VERSION)
