@@ -5,7 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hwlat.devices.connection import Connection, ConnectionLost, DeviceError, RemoteProcess, RuntimeMissing
+from hwlat.devices.connection import (
+    Connection,
+    ConnectionLost,
+    DeviceError,
+    ProcessKilled,
+    RemoteProcess,
+    RuntimeMissing,
+)
 from hwlat.devices.device import Device
 
 AGENT_FILE = Path(__file__).with_name("agent.py")
@@ -55,7 +62,10 @@ class AgentSession:
         """Upload and start the agent; return its hello (versions and host facts)."""
         device = self.connection.device
         (agent_path,) = self.connection.stage([AGENT_FILE])
-        self.process = self.connection.start([device.python, "-u", agent_path])
+        try:
+            self.process = self.connection.start([device.python, "-u", agent_path])
+        except ProcessKilled as exc:  # as if it had died a moment later, after its hello
+            raise AgentCrashed(f"agent process died while starting ({exc})") from None
         self.hello = self._ask({"cmd": "hello"}, self.hello_timeout_s)
         if self.hello.get("type") != "hello":
             raise AgentCrashed(

@@ -179,6 +179,57 @@ def test_an_op_whose_agent_is_killed_is_a_transient_failure_measured_again_by_a_
         assert store.get("local", "ort", HUGE.key).ok
 
 
+def configured_agent(campaign: Campaign) -> int | None:
+    """The pid of the campaign's agent once it is configured (measuring or about to)."""
+    session = campaign._session
+    return session.hello.get("pid") if session is not None and session.configured else None
+
+
+def kill_agent_after(campaign: Campaign, store: Store, counts: list[int], killed: list[int]) -> None:
+    """SIGKILL the campaign's agent once the store holds each of ``counts`` rows, 0.1 s into the
+    next op (as the OOM killer would); each time a fresh agent must have taken over."""
+    for at in counts:
+        deadline = time.monotonic() + 120
+        while not (store.count() >= at and configured_agent(campaign) not in (None, *killed)):
+            assert time.monotonic() < deadline, f"no agent measured op {at + 1}"
+            time.sleep(0.01)
+        time.sleep(0.1)
+        pid = configured_agent(campaign)
+        if pid is not None and pid not in killed:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+
+def test_agents_killed_before_the_first_result_mid_batch_and_on_the_last_op_lose_nothing(tmp_path) -> None:
+    """Each kill costs at most the op in flight, stored as a transient failure; one re-run without
+    --force measures exactly those (and any a busy machine disturbed), and every op ends with one
+    measured row."""
+    specs = twenty_ops()[:10]
+    slow = TimingProtocol(**{**TimingProtocol.quick().to_dict(), "min_repeat_ms": 100.0, "repeat": 3})
+    killed: list[int] = []
+    with Store(tmp_path / "m.db") as store:
+        campaign = Campaign(local_device(), "ort", store, slow, show_progress=False, batch_size=4)
+        killer = threading.Thread(target=kill_agent_after, args=(campaign, store, [0, 5, 9], killed))
+        killer.start()
+        report = campaign.run(specs)
+        killer.join()
+        first = {m.key: m for m in store.measurements()}
+        again = Campaign(local_device(), "ort", store, slow, show_progress=False, batch_size=4).run(specs)
+        final = store.measurements()
+    assert len(killed) == 3 and report.reconnects == 0
+    transient = sorted(k for k, m in first.items() if not m.ok)
+    assert len(first) == 10 and 1 <= report.failed == len(transient) <= 3
+    assert all(first[k].status == "transient" for k in transient)
+    assert all("agent process died" in first[k].error_msg for k in transient)
+    assert specs[0].key in transient and specs[-1].key in transient  # the first op and the last op
+    # The re-run measures the killed ops, and rows a busy machine disturbed (README: flagged rows).
+    redo = len(transient) + sum(m.ok and m.disturbed for m in first.values())
+    assert (again.measured, again.skipped, again.failed) == (redo, 10 - redo, 0)
+    assert sorted(m.key for m in final) == sorted(s.key for s in specs) and all(m.ok for m in final)
+    with sqlite3.connect(tmp_path / "m.db") as db:  # one row per op in the table itself
+        assert db.execute("SELECT count(*), count(DISTINCT key) FROM measurements").fetchone() == (10, 10)
+
+
 class BrokenFileBackend(OrtBackend):
     """ONNX Runtime given a file that is not a model: a real load error from the agent."""
 
