@@ -230,6 +230,37 @@ def test_agents_killed_before_the_first_result_mid_batch_and_on_the_last_op_lose
         assert db.execute("SELECT count(*), count(DISTINCT key) FROM measurements").fetchone() == (10, 10)
 
 
+def test_the_first_agent_killed_while_it_starts_is_started_again(tmp_path, caplog) -> None:
+    """Killed before its hello (no word on stderr, unlike a missing runtime): a passing fault."""
+    import psutil
+
+    specs = twenty_ops()[:3]
+    killed: list[int] = []
+
+    def kill_first_agent() -> None:
+        deadline = time.monotonic() + 60
+        while not killed and time.monotonic() < deadline:
+            for child in psutil.Process().children(recursive=True):
+                try:
+                    if any(arg.endswith("agent.py") for arg in child.cmdline()):
+                        child.send_signal(signal.SIGKILL)
+                        killed.append(child.pid)
+                except psutil.NoSuchProcess:
+                    pass
+            time.sleep(0.005)
+
+    with Store(tmp_path / "m.db") as store:
+        campaign = Campaign(local_device(), "ort", store, TimingProtocol.quick(), show_progress=False)
+        killer = threading.Thread(target=kill_first_agent)
+        killer.start()
+        with caplog.at_level("WARNING", logger="hwlat.profiler.campaign"):
+            report = campaign.run(specs)
+        killer.join()
+        stored = store.measurements()
+    assert len(killed) == 1 and "the agent died while starting" in caplog.text
+    assert (report.measured, report.failed) == (3, 0) and all(m.ok for m in stored) and len(stored) == 3
+
+
 class BrokenFileBackend(OrtBackend):
     """ONNX Runtime given a file that is not a model: a real load error from the agent."""
 
