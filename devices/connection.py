@@ -35,7 +35,7 @@ class RuntimeMissing(DeviceError):
     """The device's Python lacks numpy or the runtime a backend needs."""
 
 
-class ProcessKilled(DeviceError):
+class ProcessKilledError(DeviceError):
     """A process ended by a signal while it started (the OOM killer, a kill): a passing fault."""
 
 

@@ -30,7 +30,7 @@ from hwlat.devices.connection import (
     Connection,
     ConnectionLost,
     DeviceError,
-    ProcessKilled,
+    ProcessKilledError,
     PythonMissing,
     RemoteProcess,
 )
@@ -294,7 +294,7 @@ class SshConnection(Connection):
         if transport is None or not transport.is_active():
             return ConnectionLost(f"{name}: the connection dropped while starting {program!r}")
         if status == -1:  # paramiko's status for a process a signal ended
-            return ProcessKilled(f"{name}: {program!r} was killed while it started")
+            return ProcessKilledError(f"{name}: {program!r} was killed while it started")
         return DeviceError(
             f"{name}: {program!r} did not start (exit status {status}): {err or first[:200]!r}"
         )

@@ -9,7 +9,7 @@ from hwlat.devices.connection import (
     Connection,
     ConnectionLost,
     DeviceError,
-    ProcessKilled,
+    ProcessKilledError,
     RemoteProcess,
     RuntimeMissing,
 )
@@ -71,7 +71,7 @@ class AgentSession:
         (agent_path,) = self.connection.stage([AGENT_FILE])
         try:
             self.process = self.connection.start([device.python, "-u", agent_path])
-        except ProcessKilled as exc:  # as if it had died a moment later, after its hello
+        except ProcessKilledError as exc:  # as if it had died a moment later, after its hello
             raise AgentCrashed(f"agent process died while starting ({exc})", killed=True) from None
         self.hello = self._ask({"cmd": "hello"}, self.hello_timeout_s)
         if self.hello.get("type") != "hello":
