@@ -20,6 +20,7 @@ class AccuracyReport:
     rmspe: float = 0.0  # root mean squared percentage error, in %
     within_5: float = 0.0  # share of networks within +-5%
     within_10: float = 0.0
+    bias_pct: float = 0.0  # mean signed error, 100 * (predicted / measured - 1): < 0 predicts too fast
     spearman: float = float("nan")
     worst: list[tuple[str, float]] = field(default_factory=list)  # (name, relative error), worst first
 
@@ -27,7 +28,7 @@ class AccuracyReport:
         return (
             f"{len(self.names)} networks: RMSE {self.rmse_ms:.3f} ms, RMSPE {self.rmspe:.1f}%, "
             f"within +-5% {self.within_5:.1%}, within +-10% {self.within_10:.1%}, "
-            f"Spearman {self.spearman:.3f}"
+            f"signed bias {self.bias_pct:+.1f}%, Spearman {self.spearman:.3f}"
         )
 
     def to_dict(self) -> dict:
@@ -37,6 +38,7 @@ class AccuracyReport:
             "rmspe": self.rmspe,
             "within_5": self.within_5,
             "within_10": self.within_10,
+            "bias_pct": self.bias_pct,
             "spearman": self.spearman,
             "rows": [
                 {"name": n, "predicted_ms": float(p), "measured_ms": float(m), "error": float(p / m - 1)}
@@ -63,6 +65,7 @@ def accuracy(
         rmspe=float(100 * np.sqrt(np.mean(rel**2))),
         within_5=float(np.mean(np.abs(rel) <= 0.05)),
         within_10=float(np.mean(np.abs(rel) <= 0.10)),
+        bias_pct=float(100 * np.mean(rel)),
         spearman=float(spearmanr(p, m).statistic) if len(p) > 2 else float("nan"),
         worst=[(names[i], float(rel[i])) for i in order[:5]],
     )

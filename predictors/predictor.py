@@ -13,6 +13,7 @@ scikit-learn or numpy::
      "device": ..., "backend": ..., "backend_version": ..., "settings": {...}, "host": {...},
      "created_at": <unix time>, "training": {...counts, device seconds...},
      "roofline": {"gflops", "gbps", "fitted_on"},  # estimates for unsupported nodes (--lenient)
+     "calibration": {"residuals_pct": [...]},  # leave-one-out, for a search's safety margin
      "fusion_rules": {"version": 1, "backend": ..., "fused": {"conv>add": true, ...},
                       "evidence": [{"rule", "a", "b", "a_ms", "b_ms", "ab_ms", ...}]},
      "table": {"entries": {<kernel key>: <ms>}, "overhead": {"intercept_ms", "per_kernel_ms",
@@ -54,6 +55,7 @@ from hwlat.profiler.onnx_models import is_torch_module, load_model, torch_to_onn
 FORMAT = "hwlat-latency-predictor"
 FORMAT_VERSION = 1
 KINDS = ("lut", "gbdt")
+SAFETY_QUANTILE = 90  # of the calibration residuals, for a search's safety margin
 
 
 class PredictorScopeError(HwlatError):
@@ -132,6 +134,13 @@ class LatencyPredictor:
     @property
     def regressor(self) -> KernelRegressor | None:
         return self.table.fallback
+
+    def safety_margin_pct(self, quantile: float = SAFETY_QUANTILE) -> float:
+        """How much slower than predicted the calibration networks ran at this quantile of their
+        leave-one-out residuals (0 when the predictor errs on the slow side or has none): the
+        margin a search takes off its budget so that winners meet the budget itself."""
+        residuals = self.meta.get("calibration", {}).get("residuals_pct", [])
+        return max(0.0, float(np.percentile(residuals, quantile))) if residuals else 0.0
 
     # ----- single models --------------------------------------------------------------
     def predict(

@@ -192,29 +192,40 @@ class SearchStorage:
         ]
 
     # ----- claims (shared studies) ------------------------------------------
-    def claim(self, study_id: int, number: int, batch: int, arch: Sequence[int], worker: str) -> bool:
-        """Claim a trial number for ``worker``; False when it is claimed or stored already."""
+    def claim_next(
+        self, study_id: int, budget: int, batch: int, archs: Sequence[Sequence[int]], worker: str
+    ) -> list[int]:
+        """Claim the lowest free trial numbers below ``budget`` for ``archs``, in one transaction.
+
+        Returns the numbers, one per architecture from the first (fewer when the budget runs out).
+        One transaction per batch: claiming number by number, racing workers serialised on the study
+        one commit per attempt, and four workers stored 4x fewer trials/s than one (bench_store).
+        """
         t, c = schema.trials, schema.trial_claims
         with self._study_locked(study_id) as conn:
-            for table in (t, c):
-                taken = conn.execute(
-                    sa.select(table.c.number).where(
-                        (table.c.study_id == study_id) & (table.c.number == number)
-                    )
-                ).first()
-                if taken is not None:
-                    return False
-            conn.execute(
-                sa.insert(c).values(
-                    study_id=study_id,
-                    number=number,
-                    batch=batch,
-                    arch=json.dumps([int(v) for v in arch]),
-                    worker=worker,
-                    heartbeat_at=time.time(),
+            taken = {
+                n
+                for table in (t, c)
+                for n in conn.execute(sa.select(table.c.number).where(table.c.study_id == study_id)).scalars()
+            }
+            numbers = [n for n in range(budget) if n not in taken][: len(archs)]
+            if numbers:
+                now = time.time()
+                conn.execute(
+                    sa.insert(c),
+                    [
+                        {
+                            "study_id": study_id,
+                            "number": number,
+                            "batch": batch,
+                            "arch": json.dumps([int(v) for v in arch]),
+                            "worker": worker,
+                            "heartbeat_at": now,
+                        }
+                        for number, arch in zip(numbers, archs, strict=False)
+                    ],
                 )
-            )
-        return True
+        return numbers
 
     def take_over(self, study_id: int, number: int, old_worker: str, worker: str) -> bool:
         """Move a stale claim to ``worker`` (only one taker wins, and not while its old worker stores it)."""

@@ -254,17 +254,8 @@ class Study:
         else:
             archs = [canonical(self.space, a) for a in self.strategy.ask(min(self.batch_size, free))]
             batch = max([t.batch for t in self._trials] + [c.batch for c in claims] + [-1]) + 1
-        numbers = [t.number for t in self._trials] + [c.number for c in claims]
-        number = max(numbers, default=-1) + 1
-        mine = []
-        for arch in archs:  # trial numbers are 0 .. budget-1, each claimed by one worker
-            while number < budget and not self.storage.claim(self._id, number, batch, arch, self.worker):
-                number += 1  # taken by another worker a moment ago
-            if number >= budget:
-                break
-            mine.append((number, batch, arch))
-            number += 1
-        return mine
+        numbers = self.storage.claim_next(self._id, budget, batch, archs, self.worker)
+        return [(number, batch, arch) for number, arch in zip(numbers, archs, strict=False)]
 
     def _evaluate(self, archs: list[Arch]) -> np.ndarray:
         missing = list(dict.fromkeys(a for a in archs if a not in self._cache))

@@ -378,3 +378,55 @@ def test_overhead_model_recovers_its_terms():
     assert fitted.compute_scale == pytest.approx(1.05, abs=1e-3)
     assert fitted.memory_scale == pytest.approx(1.10, abs=1e-3)
     assert fitted.weight_ms_per_mb == pytest.approx(0.01, abs=1e-4) and fitted.fitted_on == 20
+
+
+def test_adaptive_profiling_scores_validation_networks_end_to_end(tmp_path, quick_protocol) -> None:
+    """The stopping rule is network-level: validation networks (seeds no training network uses)
+    are measured end to end and predicted each round; the kernels measured grow round by round."""
+    from hwlat.predictors.building import adaptive_profile
+    from hwlat.predictors.building.training import VALIDATION_SEED
+
+    lines: list[str] = []
+    with Store(tmp_path / "a.db") as store:
+        profiler = KernelProfiler(local_device(), store, quick_protocol)
+        report = adaptive_profile(
+            profiler, RULES, budget_minutes=0.3, target_within_10=1.01, batch=16, holdout=8,
+            committee=2, pool=60, validation_networks=3, log=lines.append,
+        )  # fmt: skip
+        models = store.measurements("local", "ort", "model")
+    assert len(models) == 3 and all(m.repeats >= 3 and m.ok for m in models), models
+    stems = sorted(m.key.rsplit("-", 1)[0] for m in models)
+    assert stems == [f"model-random_{VALIDATION_SEED + i}" for i in range(3)]
+    assert report.rounds and not report.reached_target  # a target above 100% is never reached
+    counts = [r.kernels_measured for r in report.rounds]
+    assert counts == sorted(counts) and counts[0] >= 30
+    for r in report.rounds:
+        assert 0.0 <= r.network_within_10 <= 1.0 and np.isfinite(r.network_rmspe) and r.network_rmspe > 0
+    assert "validation networks within +-10%" in lines[0] and "validation networks" in report.summary()
+
+
+def test_training_end_to_end_holds_out_networks_and_keeps_calibration_residuals(
+    tmp_path, zoo_dir, quick_protocol
+) -> None:
+    """A small real training run: no trained kernel shares an op with the held-out network, and
+    the calibration networks' leave-one-out residuals are saved (a search's safety margin)."""
+    from hwlat.predictors.building import TrainingConfig, train_predictor
+    from hwlat.predictors.building.training import network_ops
+
+    held_out = zoo_dir / "mobilenet_v2.onnx"
+    ops = network_ops([held_out], RULES)
+    config = TrainingConfig(
+        kind="lut", sampled_kernels=40, random_networks=2, calibration_networks=3, model_repeats=1,
+        passes=1, kernel_protocol=quick_protocol, model_protocol=quick_protocol, exclude_ops=ops,
+    )  # fmt: skip
+    with Store(tmp_path / "t.db") as store:
+        predictor = train_predictor(local_device(), store, config, log=lambda line: None)
+    trained = [Kernel.from_key(key) for key in predictor.table.entries]
+    assert len(trained) >= 30 and ops
+    assert not any(o.key in ops for k in trained for o in k.ops)
+    assert predictor.meta["training"]["excluded_ops"] == len(ops)
+    residuals = predictor.meta["calibration"]["residuals_pct"]
+    assert len(residuals) <= 3 and all(np.isfinite(residuals))
+    assert predictor.safety_margin_pct() >= 0
+    loaded = LatencyPredictor.load(predictor.save(tmp_path / "p.json"))
+    assert loaded.predict(held_out).latency_ms == pytest.approx(predictor.predict(held_out).latency_ms)

@@ -432,7 +432,11 @@ def test_verify_measures_winners_on_the_device_and_flags_budget_misses(tmp_path,
     for r in results:
         assert r.measured_ms and r.measured_ms > r.predicted_ms and not r.meets_budget
         assert r.error_pct < -50
-    assert "OVER BUDGET" in format_verification(results)
+    table = format_verification(results)
+    assert "OVER BUDGET" in table
+    mean = np.mean([r.error_pct for r in results])
+    assert f"signed error on the 2 winners (predicted - measured): mean {mean:+.1f}%" in table
+    assert "0 within the budget itself" in table
     saved = json.loads((tmp_path / "verify-local.json").read_text())
     assert saved[0]["meets_budget"] is False and saved[0]["measured_ms"] == results[0].measured_ms
 
@@ -509,3 +513,27 @@ def test_cli_search_verifies_winners_and_resumes(predictor_file, tmp_path, capsy
         ).fetchone()
         assert rows[0] == 56
         assert db.execute("SELECT count(*) FROM measurements WHERE kind = 'model'").fetchone()[0] == 1
+
+
+def test_search_takes_the_predictors_safety_margin_off_the_budget(predictor_file, tmp_path, capsys) -> None:
+    """A predictor whose calibration networks ran up to ~8% slower than predicted searches under
+    the budget less its 90th-percentile residual; --safety-margin 0 searches at the budget."""
+    from hwlat import cli as hwlat_cli
+    from hwlat.predictors import LatencyPredictor
+    from hwlat.search.spaces import get_space
+
+    predictor = LatencyPredictor.load(predictor_file)
+    predictor.meta["calibration"] = {"residuals_pct": [-3.0, -1.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0]}
+    margin = predictor.safety_margin_pct()
+    assert margin == pytest.approx(np.percentile(predictor.meta["calibration"]["residuals_pct"], 90))
+    path = predictor.save(tmp_path / "calibrated.json")
+    budget = 1.5 * minimise(get_space("proxyless"), LatencyObjective(predictor)).value
+    for flag, expected in (([], margin), (["--safety-margin", "0"], 0.0)):
+        out = tmp_path / f"out{len(flag)}"
+        args = ["search", "--space", "proxyless", "--predictor", str(path), "--latency-ms", str(budget)]
+        args += ["--budget", "30", "--no-progress", "--out", str(out), "--db", str(tmp_path / "m.db"), *flag]
+        assert hwlat_cli.main(args) == 0
+        assert f"less a {expected:.1f}% safety margin" in capsys.readouterr().out
+        front = json.loads((out / "pareto.json").read_text())["front"]
+        latencies = [v for member in front for k, v in member["values"].items() if k.startswith("latency")]
+        assert latencies and max(latencies) <= budget / (1 + expected / 100) + 1e-9

@@ -313,14 +313,8 @@ def _claim_and_store(db: str, study_id: int, budget: int, answers) -> None:
     deadline = time.monotonic() + 90  # a claim left behind stalls the others until the stale time
     with SearchStorage(db) as storage:
         while len(storage.trials(study_id)) < budget and time.monotonic() < deadline:
-            taken = [t.number for t in storage.trials(study_id)] + [
-                c.number for c in storage.claims(study_id)
-            ]
-            number, mine = max(taken, default=-1) + 1, []
-            while number < budget and len(mine) < 3:
-                if storage.claim(study_id, number, 0, (0,), worker):
-                    mine.append(Trial(number, 0, (0,), (1.0,), True, time.time()))
-                number += 1
+            numbers = storage.claim_next(study_id, budget, 0, [(0,)] * 3, worker)
+            mine = [Trial(number, 0, (0,), (1.0,), True, time.time()) for number in numbers]
             try:
                 stored += len(storage.add_trials(study_id, mine, worker=worker))
             except SearchStorageError as exc:
@@ -365,8 +359,8 @@ def test_a_worker_whose_claim_was_taken_over_drops_that_trial(tmp_path) -> None:
 
     with SearchStorage(tmp_path / "m.db") as storage:
         study = storage.create_study("s", {}).id
+        assert storage.claim_next(study, 2, 0, [(0,), (1,)], "slow") == [0, 1]
         for number in (0, 1):
-            assert storage.claim(study, number, 0, (number,), "slow")
             assert storage.take_over(study, number, "slow", "fast")  # "slow" stalled past the stale time
         assert stored([trial(0, 1.0)], "fast") == [0]
         # the stalled worker comes back: trial 0 is stored already, trial 1 is no longer its own
@@ -374,3 +368,31 @@ def test_a_worker_whose_claim_was_taken_over_drops_that_trial(tmp_path) -> None:
         assert stored([trial(1, 3.0)], "fast") == [1]
         assert [(t.number, t.values) for t in storage.trials(study)] == [(0, (1.0,)), (1, (3.0,))]
         assert storage.claims(study) == []
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_batch_is_claimed_at_once_on_the_lowest_free_numbers(kind, tmp_path, request) -> None:
+    """Claims were made number by number, racing workers retrying one commit per number: 4 workers
+    stored 4x fewer trials/s than one on PostgreSQL (benchmarks/bench_store.py)."""
+    from hwlat.search.storage import SearchStorage
+    from hwlat.search.trial import Trial
+
+    db = request.getfixturevalue("pg_url") if kind == "postgresql" else str(tmp_path / "c.db")
+    with SearchStorage(db) as storage:
+        study = storage.create_study("s", {}).id
+        assert storage.claim_next(study, 6, 0, [(1,), (2,)], "a") == [0, 1]
+        assert storage.claim_next(study, 6, 0, [(3,)], "b") == [2]
+        storage.add_trials(study, [Trial(0, 0, (1,), (1.0,), True, time.time())], worker="a")
+        assert storage.take_over(study, 1, "a", "b")
+        # 0 stored, 1 and 2 claimed by b: the next free are 3, 4, 5, and the budget ends there
+        assert storage.claim_next(study, 6, 1, [(4,), (5,), (6,), (7,)], "c") == [3, 4, 5]
+        assert storage.claim_next(study, 6, 1, [(8,)], "a") == []
+        storage.release(study, "b")  # b stopped: its numbers are free again, lowest first
+        assert storage.claim_next(study, 6, 2, [(9,)], "a") == [1]
+        claims = storage.claims(study)
+        assert [(c.number, c.arch, c.worker) for c in claims] == [
+            (1, (9,), "a"),
+            (3, (4,), "c"),
+            (4, (5,), "c"),
+            (5, (6,), "c"),
+        ]

@@ -45,3 +45,13 @@ def test_random_networks_are_deterministic_and_varied() -> None:
     assert res_a == res_b and _plan(a, res_a) == _plan(b, res_b)
     resolutions = {zoo.random_network(seed)[1] for seed in range(10)}
     assert len(resolutions) >= 6
+
+
+def test_every_random_network_builds_for_training_and_validation_seeds() -> None:
+    """Seeds for training (0, 1, ...) and for adaptive profiling's validation networks (100,000 on):
+    every draw is a network (seed 100,000 once asked for four branches of an 8-channel concat)."""
+    from hwlat.predictors.building.training import VALIDATION_SEED
+
+    for seed in [*range(40), *range(VALIDATION_SEED, VALIDATION_SEED + 40)]:
+        module, resolution = zoo.random_network(seed)
+        assert 80 <= resolution <= 288 and sum(p.numel() for p in module.parameters()) > 0

@@ -57,6 +57,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default=3,
         help="re-measure disturbed rows up to N times (default 3)",
     )
+    p.add_argument(
+        "--exclude-kernels-of",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="MODEL",
+        help="ONNX models (files or folders) held out: no kernel sharing an op with them is trained "
+        "on, so that validating on them is a true never-seen result",
+    )
     options.add_dtypes(p)
     options.add_db(p)
     options.add_wait(p)
@@ -128,6 +137,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     device = resolve_device(args.device, args.inventory)
     space = options.space(args.space) if args.space else None
     config = TrainingConfig(
+        exclude_ops=_held_out_ops(args.exclude_kernels_of, args.backend),
         kind=args.kind,
         sampled_kernels=args.sampled_kernels,
         random_networks=args.random_networks,
@@ -193,6 +203,20 @@ def extrapolation_note(extrapolated: list[dict]) -> str:
         f"their latency is extrapolated (e.g. {first['key'][:60]}: {name} {r['value']:g} {side}); "
         "profile such kernels (hwlat profile) and train again to cover them"
     )
+
+
+def _held_out_ops(paths: list[Path], backend: str) -> frozenset[str]:
+    from hwlat.predictors import FusionRules
+    from hwlat.predictors.building.training import network_ops
+
+    models = [m for p in paths for m in (sorted(p.glob("*.onnx")) if p.is_dir() else [p])]
+    missing = [str(m) for m in models if not m.is_file()]
+    if missing or (paths and not models):
+        raise ConfigError(
+            f"--exclude-kernels-of: no such ONNX model {', '.join(missing) or paths[0]}",
+            "pass .onnx files or folders holding them",
+        )
+    return network_ops(models, FusionRules(backend, {})) if models else frozenset()
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -36,6 +36,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="latency budget, one per --predictor in the same order",
     )
     p.add_argument(
+        "--safety-margin",
+        type=options.number(0, above=False, maximum=100),
+        metavar="PCT",
+        help="search under each budget less this percentage, so that measured winners meet the budget "
+        "itself (default: the predictor's own, the 90th percentile of how much slower than predicted "
+        "its calibration networks ran; 0 searches at the budget)",
+    )
+    p.add_argument(
         "--strategy", default="evolution", help="evolution, nsga2, rl or random (default evolution)"
     )
     p.add_argument(
@@ -139,12 +147,21 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise ConfigError("give one --device per --predictor, or none to verify on each predictor's device")
     space = get_space(args.space)
     predictors = [LatencyPredictor.load(path) for path in args.predictor]
-    latencies = [LatencyObjective(p, budget) for p, budget in zip(predictors, args.latency_ms, strict=True)]
+    margins = [
+        args.safety_margin if args.safety_margin is not None else p.safety_margin_pct() for p in predictors
+    ]
+    latencies = [
+        LatencyObjective(p, budget / (1 + margin / 100))
+        for p, budget, margin in zip(predictors, args.latency_ms, margins, strict=True)
+    ]
     strategy = get_strategy(args.strategy, random_state=args.seed)
     print(
         f"searching {space.name} ({space.size():.3g} networks) with {strategy.name}, {args.budget} "
         f"evaluations, maximising {args.objective} under "
-        + ", ".join(f"{o.name} <= {o.budget:g}" for o in latencies)
+        + ", ".join(
+            f"{o.name} <= {o.budget:.4g} (budget {b:g} less a {m:.1f}% safety margin)"
+            for o, b, m in zip(latencies, args.latency_ms, margins, strict=True)
+        )
     )
     with options.open_store(args) as store:
         study, report = run_search(
@@ -173,7 +190,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             return 0
         status = 0
         names = args.device or [o.device for o in latencies]
-        for objective, name in zip(latencies, names, strict=True):
+        for objective, name, budget in zip(latencies, names, args.latency_ms, strict=True):
             device = resolve_device(name, args.inventory)
             results = verify_winners(
                 study,
@@ -186,6 +203,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                 protocol=options.protocol(args),
                 noise_band=args.noise_band,
                 repeats=args.verify_repeats,
+                budget_ms=budget,
             )
             print(f"verified on {device.name}/{args.backend} (predicted vs measured):")
             print(format_verification(results))

@@ -206,7 +206,7 @@ class _Branches(nn.Module):
 
     def __init__(self, rng: random.Random, cin: int, cout: int, stride: int, act) -> None:
         super().__init__()
-        n = rng.randint(2, 4)
+        n = min(rng.randint(2, 4), cout // 4)  # every branch at least 4 channels wide
         widths = [max(4, cout // n)] * (n - 1)
         widths.append(cout - sum(widths))
         branches = []

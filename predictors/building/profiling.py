@@ -140,9 +140,15 @@ class KernelProfiler:
                 f"the profiler-overhead probe stayed disturbed in {passes} passes on "
                 f"{self.device.name}; run again when the device is quieter"
             )
-        e2e = self.measure_models(paths, repeats=3)
-        if not all(m.clean for m in e2e):
-            raise ProbeFailed(f"the profiler-overhead probe could not be timed cleanly on {self.device.name}")
+        for _ in range(passes):  # a disturbed end-to-end time is measured again, a clean one kept
+            e2e = self.measure_models(paths, repeats=3)
+            if all(m.clean for m in e2e):
+                break
+        else:
+            raise ProbeFailed(
+                f"the profiler-overhead probe could not be timed cleanly end to end in {passes} passes "
+                f"on {self.device.name}; run again when the device is quieter"
+            )
         recorded = (rows[probes[1].key].median_ms - rows[probes[0].key].median_ms) / (PROBE_NODES - 1)
         real = (e2e[1].median_ms - e2e[0].median_ms) / (PROBE_NODES - 1)
         self._node_overhead_ms = max(0.0, recorded - real)

@@ -63,6 +63,7 @@ class TrainingConfig:
     model_protocol: TimingProtocol | None = None
     dtypes: tuple[str, ...] = ("float32",)  # with "int8" (or "uint8"): 8-bit kernels too, and
     # half the calibration networks quantized (hwlat.compress.quantize_model)
+    exclude_ops: frozenset[str] = frozenset()  # op keys no training kernel may contain (held-out nets)
 
 
 def fusion_rules(
@@ -149,6 +150,17 @@ def measured_kernels(profiler: KernelProfiler) -> tuple[list[Kernel], np.ndarray
     return kernels, np.asarray(ms)
 
 
+def network_ops(paths: Sequence[Path], rules: FusionRules) -> frozenset[str]:
+    """The op keys of these networks' kernels, for ``TrainingConfig.exclude_ops``: op keys do not
+    depend on the fusion rules, so a held-out network stays unseen whichever kernels are fused."""
+    splitter = ModelSplitter(rules, strict=False)
+    return frozenset(o.key for path in paths for s in splitter.split(path).kernels for o in s.kernel.ops)
+
+
+def _excluded(kernel: Kernel, ops: frozenset[str]) -> bool:
+    return bool(ops) and any(o.key in ops for o in kernel.ops)
+
+
 def measure_until_clean(
     profiler: KernelProfiler, kernels: Sequence[Kernel], passes: int, log: Log = print, what: str = "kernels"
 ) -> None:
@@ -183,9 +195,16 @@ def train_predictor(
         wanted += [s.kernel for s in splitter.split(path).kernels]
     sampler = KernelSampler(rules, config.random_state, dtypes=config.dtypes)
     wanted += sampler.sample(config.sampled_kernels * len(config.dtypes))
-    wanted = list(dict.fromkeys(wanted))
+    wanted = [k for k in dict.fromkeys(wanted) if not _excluded(k, config.exclude_ops)]
     measure_until_clean(profiler, wanted, config.passes, log)
     kernels, ms = measured_kernels(profiler)
+    if config.exclude_ops:
+        kept = [i for i, k in enumerate(kernels) if not _excluded(k, config.exclude_ops)]
+        log(
+            f"{len(kernels) - len(kept)} measured kernels left out of training: each shares an op "
+            "with a held-out network"
+        )
+        kernels, ms = [kernels[i] for i in kept], ms[kept]
     if len(kernels) < 30:
         raise NotEnoughDataError(
             f"only {len(kernels)} clean kernel measurements on {device.name}; "
@@ -202,7 +221,7 @@ def train_predictor(
     )
     for dtype in eight_bit:  # calibrated on quantized networks as well
         calibration += quantized_networks(calibration[: max(2, config.calibration_networks // 2)], dtype)
-    memory = fit_overhead(
+    fitted = fit_overhead(
         table, profiler, calibration, rules, config.model_protocol, log, config.model_repeats
     )
     rows = store.measurements(device.name, backend, "kernel")
@@ -213,6 +232,7 @@ def train_predictor(
         roofline = None
     meta = {
         "roofline": roofline,
+        "calibration": fitted.to_dict(),
         "settings": device.settings(),
         "backend_version": _backend_version(rows),
         "host": rows[-1].host if rows else {},
@@ -221,11 +241,24 @@ def train_predictor(
             "calibration_networks": len(calibration),
             "space": getattr(space, "name", None),
             "dtypes": list(config.dtypes),
+            "excluded_ops": len(config.exclude_ops),
             "kernel_device_seconds": round(device_seconds(rows), 1),
             "wall_seconds": round(time.monotonic() - started, 1),
         },
     }
-    return LatencyPredictor(table, rules, device.name, backend, config.kind, meta, memory)
+    return LatencyPredictor(table, rules, device.name, backend, config.kind, meta, fitted.memory)
+
+
+@dataclass
+class Calibration:
+    """What the calibration networks taught: the memory model, and how far each network's
+    measured latency lay from its prediction when the overhead was fitted on the others."""
+
+    memory: MemoryModel
+    residuals_pct: list[float]  # leave one out, 100 * (measured - predicted) / predicted
+
+    def to_dict(self) -> dict:
+        return {"residuals_pct": [round(r, 3) for r in self.residuals_pct]}
 
 
 def fit_overhead(
@@ -236,9 +269,10 @@ def fit_overhead(
     protocol: TimingProtocol | None = None,
     log: Log = print,
     repeats: int = 3,
-) -> MemoryModel:
-    """Fit the table's overhead model on networks measured end to end, and return the device's
-    memory model fitted on the same measurements' peak resident memory."""
+) -> Calibration:
+    """Fit the table's overhead model on networks measured end to end (the median clean pass,
+    what a user measures), and the device's memory model on the same runs' peak resident memory.
+    The leave-one-out residuals are what a search's safety margin is learned from."""
     measured = profiler.measure_models(paths, protocol, repeats=repeats)
     splitter = ModelSplitter(rules)
     networks, ms, footprints, memory_mb = [], [], [], []
@@ -257,10 +291,26 @@ def fit_overhead(
     log(f"memory model fitted on {memory.fitted_on} networks: {memory}")
     if not networks:
         log("no clean end-to-end measurement: overhead model left at zero (predictions are sums)")
-        return memory
+        return Calibration(memory, [])
+    predicted = leave_one_out(table, networks, ms)
+    residuals = [100.0 * (m - p) / p for m, p in zip(ms, predicted, strict=True)]
     overhead = table.fit_overhead(networks, ms)
     log(f"overhead fitted on {len(ms)} networks: {overhead}")
-    return memory
+    return Calibration(memory, residuals)
+
+
+def leave_one_out(table: LatencyTable, networks: list, measured_ms: list[float]) -> list[float]:
+    """Each network's prediction with the overhead fitted on the other networks (none when
+    fewer than 3), on a copy of ``table``."""
+    if len(networks) < 3:
+        return []
+    probe = LatencyTable(table.entries, table.fallback)
+    predicted = []
+    for i, (kernels, glue) in enumerate(networks):
+        others = [n for j, n in enumerate(networks) if j != i]
+        probe.fit_overhead(others, [m for j, m in enumerate(measured_ms) if j != i])
+        predicted.append(probe.predict(kernels, glue))
+    return predicted
 
 
 def _backend_version(rows: list) -> str:
@@ -273,8 +323,10 @@ def _backend_version(rows: list) -> str:
 class AdaptiveRound:
     kernels_measured: int
     device_minutes: float
-    holdout_within_10: float
+    holdout_within_10: float  # held-out kernels
     holdout_rmspe: float
+    network_within_10: float | None = None  # validation networks (leave-one-out overhead fit)
+    network_rmspe: float | None = None
 
 
 @dataclass
@@ -287,10 +339,17 @@ class AdaptiveReport:
         if last is None:
             return "no round finished"
         reached = "reached" if self.reached_target else "not reached"
+        networks = (
+            f", validation networks within +-10%: {last.network_within_10:.0%} "
+            f"(RMSPE {last.network_rmspe:.1f}%)"
+            if last.network_within_10 is not None
+            else ""
+        )
         return (
             f"{len(self.rounds)} rounds, {last.kernels_measured} kernels, "
             f"{last.device_minutes:.1f} device-minutes, held-out kernels within +-10%: "
-            f"{last.holdout_within_10:.0%} (target {reached})"
+            f"{last.holdout_within_10:.0%} (RMSPE {last.holdout_rmspe:.1f}%){networks}; "
+            f"network target {reached}"
         )
 
 
@@ -306,22 +365,30 @@ def adaptive_profile(
     random_state: int = 0,
     log: Log = print,
     dtypes: tuple[str, ...] = ("float32",),
+    validation_networks: int = 8,
 ) -> AdaptiveReport:
-    """Measure kernels where the regressor is least sure until held-out accuracy or the budget.
+    """Measure kernels where the regressor is least sure until the networks are predicted well
+    enough or the budget is spent.
 
-    Each round measures a fresh random hold-out batch first and scores the current regressor
-    on it (how wrong it is on kernels it never saw), then adds those kernels to the training
-    set, fits a committee of regressors on bootstrap resamples, and measures the ``batch``
-    candidates of a random pool on which the committee disagrees most.
+    Networks, not kernels, are what users predict, and kernel errors partly cancel in a sum, so
+    the stopping rule is network-level: ``validation_networks`` random networks (seeds the
+    training networks never use) are measured end to end first; each round predicts them from
+    the current regressor, with the overhead model fitted on the others (leave one out), and
+    stops once ``target_within_10`` of them are within +-10%. Each round also measures a fresh
+    random hold-out batch of kernels and scores the regressor on it (reported), then adds those
+    kernels to the training set, fits a committee of regressors on bootstrap resamples, and
+    measures the ``batch`` candidates of a random pool on which the committee disagrees most.
     """
     sampler = KernelSampler(rules, random_state, dtypes=dtypes)
     rng = np.random.default_rng(random_state)
     deadline = time.monotonic() + 60 * budget_minutes
     report = AdaptiveReport()
     seconds = 0.0
+    validation = _validation_networks(profiler, rules, validation_networks)
+    seconds += sum(m.wall_s or 0.0 for m in validation[2])
     first = sampler.sample(2 * batch)
     seconds += _measured_seconds(profiler, first)
-    while time.monotonic() < deadline:
+    while True:  # the first round is always scored, however little budget the first batch left
         kernels, ms = measured_kernels(profiler)
         if len(kernels) < 30:
             raise NotEnoughDataError(
@@ -335,14 +402,28 @@ def adaptive_profile(
         scored = [k for k in fresh if k.key in costs]
         if scored:
             acc = accuracy(current.predict(scored), [costs[k.key] for k in scored])
+            nets = _network_accuracy(current, validation[0], validation[1])
             report.rounds.append(
-                AdaptiveRound(len(known) + len(scored), seconds / 60, acc.within_10, acc.rmspe)
+                AdaptiveRound(
+                    len(known) + len(scored),
+                    seconds / 60,
+                    acc.within_10,
+                    acc.rmspe,
+                    nets.within_10 if nets else None,
+                    nets.rmspe if nets else None,
+                )
+            )
+            networks = (
+                f"; validation networks within +-10% {nets.within_10:.0%} (RMSPE {nets.rmspe:.1f}%)"
+                if nets
+                else ""
             )
             log(
-                f"round {len(report.rounds)}: {len(known)} kernels trained, held-out within +-10% "
-                f"{acc.within_10:.0%} (RMSPE {acc.rmspe:.1f}%), {seconds / 60:.1f} device-minutes"
+                f"round {len(report.rounds)}: {len(known)} kernels trained, held-out kernels within "
+                f"+-10% {acc.within_10:.0%} (RMSPE {acc.rmspe:.1f}%){networks}, "
+                f"{seconds / 60:.1f} device-minutes"
             )
-            if acc.within_10 >= target_within_10:
+            if (nets.within_10 if nets else acc.within_10) >= target_within_10:
                 report.reached_target = True
                 break
         if time.monotonic() >= deadline:
@@ -361,6 +442,34 @@ def adaptive_profile(
         chosen = [candidates[i] for i in np.argsort(-spread)[:batch]]
         seconds += _measured_seconds(profiler, chosen)
     return report
+
+
+VALIDATION_SEED = 100_000  # random-network seeds for validation: training uses 0, 1, 2, ...
+
+
+def _validation_networks(
+    profiler: KernelProfiler, rules: FusionRules, count: int
+) -> tuple[list[tuple[list[Kernel], int]], list[float], list]:
+    """Random networks measured end to end (median clean pass of 3): their kernels, glue
+    counts and latencies, for the adaptive profiler's network-level accuracy."""
+    if count < 3:
+        return [], [], []
+    paths = random_networks(count, start=VALIDATION_SEED)
+    measured = profiler.measure_models(paths, repeats=3)
+    splitter = ModelSplitter(rules)
+    networks, ms = [], []
+    for path, m in zip(paths, measured, strict=True):
+        if m.ok and m.clean:
+            split = splitter.split(path)
+            networks.append(([s.kernel for s in split.kernels], len(split.glue_nodes)))
+            ms.append(m.median_ms)
+    return networks, ms, measured
+
+
+def _network_accuracy(regressor: KernelRegressor, networks: list, measured_ms: list[float]):
+    """Each validation network predicted by the regressor, the overhead fitted on the others."""
+    predicted = leave_one_out(LatencyTable({}, regressor), networks, measured_ms)
+    return accuracy(predicted, measured_ms) if predicted else None
 
 
 def _measured_seconds(profiler: KernelProfiler, kernels: Sequence[Kernel]) -> float:

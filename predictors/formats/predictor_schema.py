@@ -309,6 +309,7 @@ def _predictor(kinds: tuple[str, ...]) -> Check:
         {
             "memory": nullable(_MEMORY),
             "roofline": nullable(_ROOFLINE),
+            "calibration": record({}, {"residuals_pct": list_of(number())}, closed=False),
             "training": record({}, {"dtypes": list_of(one_of(*DTYPES))}, closed=False),
             "created_at": number(0),
         },
