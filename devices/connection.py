@@ -35,6 +35,10 @@ class RuntimeMissing(DeviceError):
     """The device's Python lacks numpy or the runtime a backend needs."""
 
 
+class ProcessKilledError(DeviceError):
+    """A process ended by a signal while it started (the OOM killer, a kill): a passing fault."""
+
+
 class RemoteProcess:
     """A running process with line-based stdin/stdout and a bounded stderr tail.
 

@@ -26,7 +26,14 @@ from pathlib import Path, PurePosixPath
 
 import paramiko
 
-from hwlat.devices.connection import Connection, ConnectionLost, DeviceError, PythonMissing, RemoteProcess
+from hwlat.devices.connection import (
+    Connection,
+    ConnectionLost,
+    DeviceError,
+    ProcessKilledError,
+    PythonMissing,
+    RemoteProcess,
+)
 from hwlat.devices.device import Device
 from hwlat.devices.known_hosts import DEFAULT_KNOWN_HOSTS, VerifyPolicy, changed, load_known_hosts
 from hwlat.devices.port_forward import PortForward
@@ -286,6 +293,8 @@ class SshConnection(Connection):
         transport = self._client.get_transport()
         if transport is None or not transport.is_active():
             return ConnectionLost(f"{name}: the connection dropped while starting {program!r}")
+        if status == -1:  # paramiko's status for a process a signal ended
+            return ProcessKilledError(f"{name}: {program!r} was killed while it started")
         return DeviceError(
             f"{name}: {program!r} did not start (exit status {status}): {err or first[:200]!r}"
         )

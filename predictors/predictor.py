@@ -82,6 +82,9 @@ class Prediction:
     weights_mb: float | None = None
     activations_mb: float | None = None  # the largest set of activations alive at once
     unsupported_ops: list[dict] = field(default_factory=list)  # estimated on the roofline (lenient)
+    # Regressor-predicted kernels with features outside its training range ({"key", "features":
+    # {name: {"value", "min", "max"}}}); None when the predictor file does not record the ranges.
+    extrapolated_kernels: list[dict] | None = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -252,7 +255,23 @@ class LatencyPredictor:
                 "weights_mb": footprint.weights_mb,
                 "activations_mb": footprint.activations_mb,
             }
-        return Prediction(total, items, intercept, fallbacks, list(warnings), **memory)
+        prediction = Prediction(total, items, intercept, fallbacks, list(warnings), **memory)
+        prediction.extrapolated_kernels = self._extrapolated(kernels, costs.fallback)
+        return prediction
+
+    def _extrapolated(self, kernels: list[Kernel], fallback: np.ndarray) -> list[dict] | None:
+        """The kernels the regressor predicts outside the range it was trained on, once per key
+        (a table entry was measured: never extrapolated)."""
+        if self.kind != "gbdt":
+            kernels = [k for k, fb in zip(kernels, fallback, strict=True) if fb]
+        used = list({k.key: k for k in kernels}.values())
+        if not used:
+            return []
+        assert self.regressor is not None
+        outside = self.regressor.out_of_range(used)
+        if outside is None:
+            return None
+        return [{"key": k.key, "features": f} for k, f in zip(used, outside, strict=True) if f]
 
     def memory_batch(self, space: Any, archs: Sequence[Any]) -> np.ndarray:
         """Predicted peak memory (MB) of each architecture of a space (``space.footprint(arch)``)."""

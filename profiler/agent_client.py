@@ -5,7 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hwlat.devices.connection import Connection, ConnectionLost, DeviceError, RemoteProcess, RuntimeMissing
+from hwlat.devices.connection import (
+    Connection,
+    ConnectionLost,
+    DeviceError,
+    ProcessKilledError,
+    RemoteProcess,
+    RuntimeMissing,
+)
 from hwlat.devices.device import Device
 
 AGENT_FILE = Path(__file__).with_name("agent.py")
@@ -13,7 +20,14 @@ _PIP_NAMES = {"tvm": "apache-tvm"}  # import name -> what to pip install
 
 
 class AgentCrashed(RuntimeError):
-    """The agent process ended while working; the message holds its last stderr lines."""
+    """The agent process ended while working; the message holds its last stderr lines.
+
+    ``killed``: it ended without a word (a signal: the OOM killer, a kill), which a missing
+    module or a bad interpreter never does; starting it again may well work."""
+
+    def __init__(self, message: str, killed: bool = False) -> None:
+        super().__init__(message)
+        self.killed = killed
 
 
 class AgentTimeout(RuntimeError):
@@ -55,7 +69,10 @@ class AgentSession:
         """Upload and start the agent; return its hello (versions and host facts)."""
         device = self.connection.device
         (agent_path,) = self.connection.stage([AGENT_FILE])
-        self.process = self.connection.start([device.python, "-u", agent_path])
+        try:
+            self.process = self.connection.start([device.python, "-u", agent_path])
+        except ProcessKilledError as exc:  # as if it had died a moment later, after its hello
+            raise AgentCrashed(f"agent process died while starting ({exc})", killed=True) from None
         self.hello = self._ask({"cmd": "hello"}, self.hello_timeout_s)
         if self.hello.get("type") != "hello":
             raise AgentCrashed(
@@ -117,7 +134,8 @@ class AgentSession:
             tail = self.process.stderr_tail().strip().splitlines()[-5:]
             raise AgentCrashed(
                 "agent process died"
-                + (": " + " | ".join(tail) if tail else " without a message (killed or crashed)")
+                + (": " + " | ".join(tail) if tail else " without a message (killed or crashed)"),
+                killed=not tail,
             )
         try:
             return json.loads(line)

@@ -14,6 +14,8 @@ Faults and what happens:
                                                           op in flight is measured again);
   * the device cannot be reached at the start, or the  -> DeviceError at once (nothing to
     agent cannot start there (Python or runtime missing)  resume; the other devices go on);
+  * an agent dies while starting (a replacement, or a  -> started again with back-off, up to
+    first one killed before it said a word)               reconnect_timeout_s (first: 3 times);
   * Ctrl-C, or ``stop()`` from another thread          -> what was measured stays stored,
     the op in flight is dropped, the agent is stopped.
 
@@ -61,6 +63,8 @@ AGENT_COMMANDS = {"op": "measure", "kernel": "profile_kernels"}
 # An op whose tensors and weights need more than this share of the memory available (on the
 # host that builds it, or the device that runs it) is refused instead of sent.
 MEMORY_SHARE = 0.5
+# How often a first agent killed while it starts (before any ran) is started again.
+FIRST_START_RETRIES = 3
 # The fixed op re-timed around every measurement to detect a disturbed machine.
 CANARY = OpSpec("conv", (1, 32, 28, 28), out_channels=32, kernel=3, padding=1, activation="relu")
 
@@ -70,7 +74,8 @@ class DeviceUnreachable(DeviceError):
 
 
 class AgentRestartFailed(RuntimeError):
-    """A replacement agent died while starting on a device where one ran before (internal)."""
+    """A replacement agent died while starting on a device where one ran before, or a first
+    one was killed while starting (internal)."""
 
 
 @dataclass
@@ -130,6 +135,7 @@ class Campaign:
         self._session: AgentSession | TrackerSession | None = None
         self._ever_connected = False
         self._agent_started = False  # an agent ran on the device during this campaign
+        self._first_start_kills = 0  # first agents killed while starting
         self._restart_delay_s = 1.0
         self._restart_deadline: float | None = None
         self._staged: set[str] = set()  # op keys whose artifacts the current connection has
@@ -382,7 +388,12 @@ class Campaign:
                     raise ConnectionLost(
                         f"connection to {self.device.name!r} dropped while the agent started ({exc})"
                     ) from None
-                if self._agent_started:  # it ran before: a passing fault, restarted with back-off
+                # It ran before, or it was killed before it could say anything (no module is
+                # missing then): a passing fault, restarted with back-off; a first agent that dies
+                # without a word that often is reported.
+                killed = isinstance(exc, AgentCrashed) and exc.killed
+                if self._agent_started or (killed and self._first_start_kills < FIRST_START_RETRIES):
+                    self._first_start_kills += not self._agent_started
                     raise AgentRestartFailed(str(exc)) from None
                 raise agent_start_error(self.device, exc) from None
             self._session = session
@@ -391,7 +402,7 @@ class Campaign:
         return self._session
 
     def _wait_for_agent(self, report: CampaignReport, exc: AgentRestartFailed) -> None:
-        """A replacement agent died while starting: wait with back-off (as for a dropped link)
+        """An agent died while starting (see AgentRestartFailed): wait with back-off (as for a dropped link)
         and try again, up to ``reconnect_timeout_s`` of failures in a row."""
         if self._restart_deadline is None:
             self._restart_deadline = time.monotonic() + self.reconnect_timeout_s

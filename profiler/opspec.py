@@ -244,6 +244,8 @@ class OpSpec:
         if not isinstance(data, dict):
             raise InvalidOpSpecError(f"an OpSpec is a JSON object of fields, got {type(data).__name__}")
         if "key" in data and len(data) == 1:
+            if not isinstance(data["key"], str):
+                raise InvalidOpSpecError(f"an op key is text, got {type(data['key']).__name__}")
             return cls.from_key(data["key"])
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
@@ -607,8 +609,15 @@ def read_jsonl(path: str | Path, invalid: list[str] | None = None) -> list[OpSpe
             try:
                 try:
                     data = json.loads(line)
-                except (json.JSONDecodeError, RecursionError) as exc:
-                    reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deep"
+                # ValueError: a number of more digits than Python converts (over 4300)
+                except (ValueError, RecursionError) as exc:
+                    reason = (
+                        exc.msg
+                        if isinstance(exc, json.JSONDecodeError)
+                        else "nested too deep"
+                        if isinstance(exc, RecursionError)
+                        else "a number with too many digits"
+                    )
                     raise InvalidOpSpecError(
                         f"not valid JSON ({reason}); each line must be one JSON object"
                     ) from None

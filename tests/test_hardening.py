@@ -18,6 +18,7 @@ import pytest
 
 from hwlat import cli as hwlat_cli
 from hwlat.errors import EXIT_ERROR
+from hwlat.predictors.models.features import FEATURES
 from hwlat.profiler.measurement import Measurement
 from hwlat.profiler.store import Store
 from tests.synthetic import synthetic_predictor
@@ -204,6 +205,10 @@ def _edit(data: dict, change: str) -> None:
         regressor["params"]["depth"] = 3
     elif change == "roofline zero":
         data["roofline"] = {"gflops": 0, "gbps": 8.0}
+    elif change == "range upside down":
+        regressor["ranges"]["all"]["min"][0] = regressor["ranges"]["all"]["max"][0] + 1
+    elif change == "range too short":
+        regressor["ranges"]["conv"]["max"] = regressor["ranges"]["conv"]["max"][:-1]
 
 
 PREDICTOR_DAMAGE = [
@@ -217,6 +222,8 @@ PREDICTOR_DAMAGE = [
     ("old version", "predictor format version 0"),
     ("unknown regressor parameter", "regressor.params: unknown fields depth"),
     ("roofline zero", "roofline.gflops"),
+    ("range upside down", "regressor.ranges.all.min[0]: a minimum above its maximum"),
+    ("range too short", "regressor.ranges.conv.max: expected 49 numbers (one per feature)"),
 ]
 
 
@@ -254,6 +261,62 @@ def test_a_predictor_file_that_is_not_json_is_one_format_error(
         bad.write_bytes(text.encode("latin-1"))
     status, _, err = run_cli(capsys, "predict", small_model, "--predictor", bad)
     assert_one_error_line(status, err, str(bad), words)
+
+
+# ----- extrapolation ------------------------------------------------------------------------------
+def conv_model(path: Path, kernel: int, cin: int = 16, hw: int = 28) -> Path:
+    """Conv (16 filters, same padding) -> Relu on a 1 x cin x hw x hw input."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from hwlat.profiler.onnx_models import make_model
+
+    weights = np.random.default_rng(0).standard_normal((16, cin, kernel, kernel)).astype("float32")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[kernel] * 2, pads=[kernel // 2] * 4),
+            helper.make_node("Relu", ["c"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, hw, hw])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, hw, hw])],
+        initializer=[numpy_helper.from_array(weights, "w")],
+    )
+    path.write_bytes(make_model(graph).SerializeToString())
+    return path
+
+
+def test_predict_json_flags_kernels_outside_the_regressors_training_range(
+    predictor_file, tmp_path, capsys
+) -> None:
+    inside = conv_model(tmp_path / "inside.onnx", kernel=3)
+    wide = conv_model(tmp_path / "wide.onnx", kernel=11, cin=8, hw=32)  # the sampler draws kernels 1..7
+    status, out, _ = run_cli(capsys, "predict", inside, "--predictor", predictor_file, "--json")
+    assert status == 0 and json.loads(out)["extrapolated_kernels"] == []
+    status, out, _ = run_cli(capsys, "predict", wide, "--predictor", predictor_file, "--json")
+    [flagged] = json.loads(out)["extrapolated_kernels"]
+    assert status == 0 and flagged["key"].startswith("conv-in:1x8x32x32-out:16-k:11-")
+    trained = json.loads(predictor_file.read_text())["regressor"]["ranges"]["conv"]
+    kernel_h = flagged["features"]["kernel_h"]
+    assert kernel_h == {"value": 11, "min": 1, "max": trained["max"][FEATURES.index("kernel_h")]}
+    assert kernel_h["max"] == 7
+    # Without --json: the prediction and one warning line naming the kernel and the feature.
+    status, out, err = run_cli(capsys, "predict", wide, "--predictor", predictor_file)
+    assert status == 0 and "ms predicted" in out
+    [warning] = [line for line in err.splitlines() if "extrapolated" in line]
+    assert "1 kernels lie outside the range" in warning and "kernel_h 11 > 7" in warning
+
+
+def test_a_predictor_file_without_training_ranges_says_it_cannot_tell(
+    predictor_file, tmp_path, capsys
+) -> None:
+    data = json.loads(predictor_file.read_text())
+    del data["regressor"]["ranges"]  # as files written before the ranges were recorded
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(data))
+    wide = conv_model(tmp_path / "wide.onnx", kernel=11, cin=8, hw=32)
+    status, out, _ = run_cli(capsys, "predict", wide, "--predictor", old, "--json")
+    assert status == 0 and json.loads(out)["extrapolated_kernels"] is None
 
 
 # ----- 3. table import --------------------------------------------------------------------------

@@ -60,12 +60,12 @@ def agents_on(server) -> list[psutil.Process]:
     ]
 
 
-def wait_until(condition, timeout_s: float = 60.0) -> bool:
+def wait_until(condition, timeout_s: float = 60.0, poll_s: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if condition():
             return True
-        time.sleep(0.05)
+        time.sleep(poll_s)
     return False
 
 
@@ -157,6 +157,60 @@ def test_an_op_that_kills_the_agent_is_stored_as_failed_and_the_campaign_goes_on
     assert "agent process died" in failed[0].error_msg
     later = [s.key for s in specs][[s.key for s in specs].index(failed[0].key) + 1 :]
     assert later and all(stored[k].ok for k in later)  # a fresh agent took over
+
+
+def test_a_30_op_campaign_whose_agent_is_killed_3_times_ends_with_30_rows_after_one_rerun(
+    sshd_factory, tmp_path, caplog
+) -> None:
+    """Killed mid-op, killed while the replacement starts (retried with back-off, no op lost),
+    killed on the last op: one re-run without --force leaves every op measured, once."""
+    server = sshd_factory("sshd-agent-kills")
+    specs = small_ops(30)
+    killed: list[int] = []
+    while_starting: list[bool] = []
+    with Store(tmp_path / "m.db") as store:
+        campaign = Campaign(server.device(), "ort", store, SLOW, show_progress=False, batch_size=8)
+
+        def kill(p: psutil.Process) -> None:
+            killed.append(p.pid)
+            p.send_signal(signal.SIGKILL)
+
+        def killer() -> None:
+            assert wait_until(lambda: store.count() >= 4)  # 1. mid-op (the fifth)
+            time.sleep(0.1)
+            for p in agents_on(server):
+                kill(p)
+            # 2. its replacement, the moment it appears: before it has said hello.
+            assert wait_until(lambda: any(p.pid not in killed for p in agents_on(server)), 30, 0.005)
+            while_starting.append(campaign._session is None)
+            for p in agents_on(server):
+                if p.pid not in killed:
+                    kill(p)
+            assert wait_until(lambda: store.count() >= 29, 300)  # 3. during the last op
+            time.sleep(0.1)
+            for p in agents_on(server):
+                if p.pid not in killed:
+                    kill(p)
+
+        thread = threading.Thread(target=killer)
+        with caplog.at_level("WARNING", logger="hwlat.profiler.campaign"):
+            thread.start()
+            report = campaign.run(specs)
+            thread.join()
+        first = {m.key: m for m in store.measurements(device="sshdev")}
+        again = Campaign(server.device(), "ort", store, SLOW, show_progress=False).run(specs)
+        final = store.measurements(device="sshdev")
+    assert len(killed) >= 3 and while_starting == [True]
+    assert "the agent died while starting" in caplog.text and report.reconnects == 0
+    transient = [k for k, m in first.items() if not m.ok]
+    assert len(first) == 30 and report.failed == len(transient) == 2  # kills 1 and 3 cost one op each
+    assert all(first[k].status == "transient" for k in transient) and specs[-1].key in transient
+    redo = len(transient) + sum(m.ok and m.disturbed for m in first.values())  # and rows load disturbed
+    assert (again.measured, again.failed) == (redo, 0)
+    assert sorted(m.key for m in final) == sorted(s.key for s in specs) and all(m.ok for m in final)
+    with sqlite3.connect(tmp_path / "m.db") as db:
+        assert db.execute("SELECT count(*), count(DISTINCT key) FROM measurements").fetchone() == (30, 30)
+    assert wait_until(lambda: not agents_on(server), 15)
 
 
 def test_ctrl_c_keeps_what_was_measured_and_stops_the_remote_agent(sshd_a, tmp_path) -> None:

@@ -188,7 +188,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
     for w in pred.warnings:
         print(f"  warning: {w}", file=sys.stderr)
+    if pred.extrapolated_kernels:
+        print(f"  warning: {extrapolation_note(pred.extrapolated_kernels)}", file=sys.stderr)
     return 0
+
+
+def extrapolation_note(extrapolated: list[dict]) -> str:
+    """One line: how many kernels the regressor extrapolates, with the first one's reason."""
+    first = extrapolated[0]
+    name, r = next(iter(first["features"].items()))
+    side = f"> {r['max']:g}" if r["value"] > r["max"] else f"< {r['min']:g}"
+    return (
+        f"{len(extrapolated)} kernels lie outside the range the kernel regressor was trained on, so "
+        f"their latency is extrapolated (e.g. {first['key'][:60]}: {name} {r['value']:g} {side}); "
+        "profile such kernels (hwlat profile) and train again to cover them"
+    )
 
 
 def _held_out_ops(paths: list[Path], backend: str) -> frozenset[str]:

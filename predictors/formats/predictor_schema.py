@@ -232,6 +232,24 @@ def _models(value: Any, path: str) -> None:
         raise _Bad(path, f"missing the {ALL!r} model, which predicts kernels of every family")
 
 
+def _ranges(value: Any, path: str) -> None:
+    """Each model's training range per feature (min, max), as the models list names them."""
+    mapping(record({"min": ANY_LIST, "max": ANY_LIST}))(value, path)
+    for name, r in value.items():
+        at = _at(path, name)
+        lo = _numbers(r["min"], _at(at, "min"), False)
+        hi = _numbers(r["max"], _at(at, "max"), False)
+        for side, array in (("min", lo), ("max", hi)):
+            if len(array) != N_FEATURES:
+                found = f"found {len(array)}"
+                raise _Bad(_at(at, side), f"expected {N_FEATURES} numbers (one per feature), {found}")
+        if (lo > hi).any():
+            i = int(np.flatnonzero(lo > hi)[0])
+            raise _Bad(_at(_at(at, "min"), i), f"a minimum above its maximum ({lo[i]!r} > {hi[i]!r})")
+    if ALL not in value:
+        raise _Bad(path, f"missing the {ALL!r} model's range")
+
+
 _REGRESSOR = record(
     {
         "version": one_of(REGRESSOR_VERSION),
@@ -250,7 +268,8 @@ _REGRESSOR = record(
         "features": _features,
         "n_samples": mapping(integer(0)),
         "models": _models,
-    }
+    },
+    {"ranges": _ranges},
 )
 _OVERHEAD = record(
     {

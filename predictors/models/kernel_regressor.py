@@ -77,10 +77,12 @@ class KernelRegressor:
         X = feature_matrix(list(kernels))
         families = np.array([family(k) for k in kernels])
         self.models_: dict[str, _FamilyModel] = {ALL: self._fit_family(X, y)}
+        self.ranges_: dict[str, tuple[np.ndarray, np.ndarray]] | None = {ALL: (X.min(0), X.max(0))}
         for name in sorted(set(families)):
             mask = families == name
             if mask.sum() >= self.min_family_samples:
                 self.models_[name] = self._fit_family(X[mask], y[mask])
+                self.ranges_[str(name)] = (X[mask].min(0), X[mask].max(0))
         self.n_samples_ = {name: int((families == name).sum()) for name in sorted(set(families))}
         return self
 
@@ -98,6 +100,22 @@ class KernelRegressor:
             mask = families == name
             out[mask] = self.models_.get(name, self.models_[ALL]).predict(X[mask])
         return out
+
+    def out_of_range(self, kernels: Sequence[Kernel]) -> list[dict[str, dict[str, float]]] | None:
+        """Per kernel, the features outside the range seen by the model that predicts it (name ->
+        value, min, max; empty when all lie inside): there the regressor extrapolates. None for a
+        regressor saved without its training ranges (files written before they were recorded)."""
+        ranges = getattr(self, "ranges_", None)
+        if ranges is None:
+            return None
+        X = feature_matrix(list(kernels))
+        found = []
+        for x, name in zip(X, (family(k) for k in kernels), strict=True):
+            lo, hi = ranges[name] if name in self.models_ and name in ranges else ranges[ALL]
+            x, lo, hi = x.tolist(), lo.tolist(), hi.tolist()
+            outside = [i for i, (v, a, b) in enumerate(zip(x, lo, hi, strict=True)) if not a <= v <= b]
+            found.append({FEATURES[i]: {"value": x[i], "min": lo[i], "max": hi[i]} for i in outside})
+        return found
 
     def _fit_family(self, X: np.ndarray, y: np.ndarray) -> _FamilyModel:
         cols = [FEATURES.index(f) for f in LINEAR_FEATURES]
@@ -131,7 +149,12 @@ class KernelRegressor:
             "features": list(FEATURES),
             "n_samples": self.n_samples_,
             "models": {name: m.to_dict() for name, m in self.models_.items()},
+            **({"ranges": self._ranges_dict()} if self.ranges_ is not None else {}),
         }
+
+    def _ranges_dict(self) -> dict:
+        assert self.ranges_ is not None
+        return {n: {"min": lo.tolist(), "max": hi.tolist()} for n, (lo, hi) in self.ranges_.items()}
 
     @classmethod
     def from_dict(cls, data: dict) -> KernelRegressor:
@@ -146,6 +169,12 @@ class KernelRegressor:
         reg = cls(**data["params"])
         reg.n_samples_ = dict(data["n_samples"])
         reg.models_ = {name: _FamilyModel.from_dict(m) for name, m in data["models"].items()}
+        ranges = data.get("ranges")
+        reg.ranges_ = (
+            {n: (np.asarray(r["min"], float), np.asarray(r["max"], float)) for n, r in ranges.items()}
+            if ranges is not None
+            else None
+        )
         return reg
 
 

@@ -67,8 +67,8 @@ def load_model(model: onnx.ModelProto | str | Path, load_weights: bool = True) -
 
 
 def _check_known(model: onnx.ModelProto, path: Path) -> None:
-    """A file that parses can still be damaged (a name that is not UTF-8), from an ONNX newer than
-    this one, or hold an op ONNX does not define: refused here, before any device time."""
+    """A file that parses can still be damaged, come from an ONNX newer than this one, or hold an
+    op ONNX does not define: refused here, with the reason, before any device time."""
     if model.ir_version > onnx.IR_VERSION:
         raise ModelFileError(
             f"{path} has ONNX IR version {model.ir_version}; this ONNX ({onnx.__version__}) reads up to "
@@ -98,6 +98,29 @@ def _check_known(model: onnx.ModelProto, path: Path) -> None:
             )
     if not all(isinstance(n, str) for n in names):
         raise ModelFileError(f"{path} is damaged (a name is not UTF-8 text)", "export it again")
+    # ONNX's own checker with shape inference: a node without its inputs, a conv whose weight has
+    # the wrong rank, a type clash (read from the file: faster than from the loaded model).
+    try:
+        _onnx_check(model, path)
+    except UnicodeDecodeError:  # the checker's own message quotes a field that is not UTF-8
+        raise ModelFileError(f"{path} is damaged (a text field is not UTF-8)", "export it again") from None
+    # ValueError: what the checker raises for some damage, e.g. "Invalid tensor data type 35"
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(
+            f"{path} is not a valid ONNX model ({reason[:200]})", "export it again"
+        ) from None
+
+
+def _onnx_check(model: onnx.ModelProto, path: Path) -> None:
+    """ONNX's checker, except that a graph output declared without a shape (which the checker
+    refuses and ONNX Runtime runs) is checked with the shape ONNX infers for it."""
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as exc:
+        if not str(exc).startswith("Field 'shape' of 'type' is required but missing"):
+            raise
+        onnx.checker.check_model(onnx.shape_inference.infer_shapes(model), full_check=True)
 
 
 def random_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:

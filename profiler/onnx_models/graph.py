@@ -103,8 +103,8 @@ class OnnxGraph:
         self.data_nodes.append(node)
         try:
             shapes = _infer_shapes(node, self)
-        except (KeyError, ValueError, TypeError, IndexError):
-            shapes = None
+        except (KeyError, ValueError, TypeError, IndexError, ZeroDivisionError):
+            shapes = None  # left unknown (e.g. a concat of a rank-0 tensor); the splitter says so
         for i, name in enumerate(node.output):
             if shapes is not None and i < len(shapes) and shapes[i] is not None:
                 self.shapes[name] = tuple(int(v) for v in shapes[i])

@@ -133,6 +133,8 @@ class Store:
 
     def _open_schema(self) -> None:
         """Check (and create or migrate) the schema; several processes may open a new store at once."""
+        if self.readonly and self.path is not None:
+            self._refuse_foreign_file(self.path)
         for attempt in range(5):
             try:
                 with self.engine.begin() as conn:
@@ -155,6 +157,27 @@ class Store:
         if self._new_file:
             conn.exec_driver_sql("PRAGMA journal_mode=WAL")  # a file hwlat creates; not inside a transaction
         conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock now, so the DDL below is all or nothing
+
+    def _refuse_foreign_file(self, path: Path) -> None:
+        """Opening a WAL-mode file even read-only leaves -wal and -shm files next to it; another
+        program's file is recognised first without them (immutable: no locks, no side files).
+        With a -wal file present (a writer is at work) the file alone may lack the newest tables,
+        so the ordinary read-only check decides, and it creates nothing new then."""
+        if Path(f"{path}-wal").exists():
+            return
+        uri = f"file:{quote(str(path.resolve()))}?mode=ro&immutable=1"
+        peek = sa.create_engine(
+            "sqlite://", creator=lambda: sqlite3.connect(uri, uri=True), poolclass=sa.pool.NullPool
+        )
+        try:
+            with peek.connect() as conn:
+                if schema.stored_version(conn) is None:
+                    raise StoreError(
+                        f"{self.location} is not an hwlat store (it has other tables)",
+                        "pass --db with an hwlat database",
+                    )
+        finally:
+            peek.dispose()
 
     def _check_schema(self, conn: sa.Connection) -> None:
         version = schema.stored_version(conn)
