@@ -9,6 +9,7 @@ it measures only with the TVM backends (profiler/backends/tvm/tracker.py).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -186,8 +187,8 @@ def _check_values(path: Path, text: str, name: str, table: dict) -> None:
         fail("cpu_affinity", "must list non-negative CPU indices")
     if "labels" in table and not all(isinstance(v, str) for v in table["labels"]):
         fail("labels", "must list strings")
-    if "connect_timeout_s" in table and table["connect_timeout_s"] <= 0:
-        fail("connect_timeout_s", "must be > 0")
+    if "connect_timeout_s" in table and not 0 < table["connect_timeout_s"] < math.inf:
+        fail("connect_timeout_s", "must be a finite number of seconds > 0")
     if table.get("graph_optimization", "all") not in ("disable", "basic", "extended", "all"):
         fail("graph_optimization", "use one of disable, basic, extended, all")
     if "tvm_tracker" in table:

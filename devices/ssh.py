@@ -175,8 +175,9 @@ class SshConnection(Connection):
                 f"{name}: identity file {exc.filename or exc} does not exist; fix "
                 "'identity_file' in the inventory"
             )
-        cause = exc.__context__ if "banner" in str(exc) else exc
-        # paramiko's own words when the SSH handshake outlives the timeout
+        banner = "banner" in str(exc)  # paramiko's words when no SSH greeting came
+        cause = exc.__context__ if banner else exc
+        # ... or when the SSH handshake outlives the timeout
         if isinstance(cause, TimeoutError) or str(exc) == "No existing session":
             return ConnectTimeout(
                 f"{name}: {where} did not answer within "
@@ -189,6 +190,11 @@ class SshConnection(Connection):
         ):
             return ConnectionRefused(
                 f"{name}: connection refused by {where}; is sshd running there, and is 'port' right?"
+            )
+        if banner:  # something listens there, but it is not an SSH server that lets this host in
+            return ConnectionLost(
+                f"{name}: {where} closed the connection without an SSH greeting; is 'port' the SSH "
+                "port, and does sshd there take connections from this machine (MaxStartups, tcpwrappers)?"
             )
         return ConnectionLost(
             f"{name}: SSH connection to {where} failed: {type(exc).__name__}: {exc}".strip()

@@ -12,6 +12,7 @@ scikit-learn or numpy::
      "kind": "lut" | "gbdt",               # table lookups first, or the regressor for everything
      "device": ..., "backend": ..., "backend_version": ..., "settings": {...}, "host": {...},
      "created_at": <unix time>, "training": {...counts, device seconds...},
+     "roofline": {"gflops", "gbps", "fitted_on"},  # estimates for unsupported nodes (--lenient)
      "fusion_rules": {"version": 1, "backend": ..., "fused": {"conv>add": true, ...},
                       "evidence": [{"rule", "a", "b", "a_ms", "b_ms", "ab_ms", ...}]},
      "table": {"entries": {<kernel key>: <ms>}, "overhead": {"intercept_ms", "per_kernel_ms",
@@ -39,11 +40,13 @@ import numpy as np
 import onnx
 
 from hwlat.errors import HwlatError, PredictorFormatError
+from hwlat.predictors.formats.predictor_schema import RETRAIN, check_predictor_dict
 from hwlat.predictors.kernels.fusion import FusionRules
 from hwlat.predictors.kernels.splitter import ModelSplitter
 from hwlat.predictors.models.kernel_regressor import KernelRegressor
 from hwlat.predictors.models.memory import Footprint, MemoryModel, onnx_footprint
 from hwlat.predictors.models.overhead import OverheadModel
+from hwlat.predictors.models.roofline import Roofline
 from hwlat.predictors.models.table import LatencyTable
 from hwlat.profiler.kernel import Kernel
 from hwlat.profiler.onnx_models import is_torch_module, load_model, torch_to_onnx
@@ -62,7 +65,7 @@ class KernelCost:
     key: str
     op: str
     latency_ms: float  # what the kernel adds end to end (scaled, with per-kernel overhead)
-    source: str  # "table", "regressor" or "glue"
+    source: str  # "table", "regressor", "glue" or "roofline" (a node no kernel describes)
     nodes: tuple[str, ...] = ()
 
 
@@ -76,6 +79,7 @@ class Prediction:
     peak_memory_mb: float | None = None  # weights + live activations + the device's runtime terms
     weights_mb: float | None = None
     activations_mb: float | None = None  # the largest set of activations alive at once
+    unsupported_ops: list[dict] = field(default_factory=list)  # estimated on the roofline (lenient)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -109,6 +113,8 @@ class LatencyPredictor:
         self.dtypes = tuple(self.meta.get("training", {}).get("dtypes", ("float32",)))
         self._fingerprint: str | None = None
         self.memory = memory or MemoryModel()
+        roofline = self.meta.get("roofline")
+        self.roofline = Roofline.from_dict(roofline) if roofline else None
         self._space_cache: dict[int, tuple[Any, np.ndarray, Any]] = {}
 
     @property
@@ -159,7 +165,31 @@ class LatencyPredictor:
             KernelCost("glue", "glue", self.table.overhead.per_kernel_ms, "glue", (n,))
             for n in split.glue_nodes
         ]
-        return self._prediction(items, costs, kernels, split.warnings, onnx_footprint(model))
+        estimated = self._roofline_costs(split.fallback)
+        items += estimated
+        prediction = self._prediction(items, costs, kernels, split.warnings, onnx_footprint(model))
+        prediction.unsupported_ops = [
+            {"node": f.node, "op_type": f.op_type, "reason": f.reason, "latency_ms": c.latency_ms}
+            for f, c in zip(split.fallback, estimated, strict=True)
+        ]
+        return prediction
+
+    def _roofline_costs(self, nodes: Sequence[Any]) -> list[KernelCost]:
+        """Nodes no kernel describes, each at its roofline time plus the per-kernel overhead."""
+        if not nodes:
+            return []
+        if self.roofline is None:
+            raise PredictorScopeError(
+                f"the model has {len(nodes)} nodes no kernel describes, and this predictor has no "
+                "roofline to estimate them",
+                "train it again with this hwlat version (hwlat train), or remove those ops",
+            )
+        raw = np.array([self.roofline.latency_ms(f.flops, f.bytes_moved) for f in nodes])
+        added = self.table.overhead.kernel_ms(raw, np.zeros(len(nodes), bool), np.zeros(len(nodes)))
+        return [
+            KernelCost(f"unsupported:{f.op_type}", f.op_type, float(ms), "roofline", (f.node,))
+            for f, ms in zip(nodes, added, strict=True)
+        ]
 
     def _predict_arch(self, space: Any, arch: Any) -> Prediction:
         kernels = self._arch_kernels(space, arch)
@@ -184,8 +214,16 @@ class LatencyPredictor:
             table = LatencyTable({}, self.table.fallback, self.table.overhead)
             costs = table.costs(kernels)
             costs.fallback[:] = False  # the regressor is the model here, not a fallback
-            return costs
-        return self.table.costs(kernels)
+        else:
+            costs = self.table.costs(kernels)
+        if not np.all(np.isfinite(costs.latency_ms)):
+            bad = kernels[int(np.flatnonzero(~np.isfinite(costs.latency_ms))[0])].key
+            raise PredictorFormatError(
+                f"the predictor's numbers give kernel {bad} a latency of "
+                f"{costs.latency_ms[~np.isfinite(costs.latency_ms)][0]} ms (its file was edited or damaged)",
+                RETRAIN,
+            )
+        return costs
 
     def _prediction(
         self,
@@ -302,22 +340,18 @@ class LatencyPredictor:
             raise FileNotFoundError(f"predictor file {path} does not exist; train one with hwlat train")
         try:
             data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise PredictorFormatError(f"{path} is not a hwlat predictor (not JSON: {exc})") from None
+        except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, nested or numbers too deep
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc).split(":")[0]
+            raise PredictorFormatError(
+                f"{path} is not an hwlat predictor (not readable JSON: {reason})",
+                "pass a file from hwlat train -o, or train it again",
+            ) from None
         return cls.from_dict(data, source=str(path))
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "predictor") -> LatencyPredictor:
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise PredictorFormatError(
-                f"{source} is not a hwlat latency predictor (format field "
-                f"{data.get('format') if isinstance(data, dict) else None!r})"
-            )
-        if data.get("version") != FORMAT_VERSION:
-            raise PredictorFormatError(
-                f"{source} has predictor format version {data.get('version')}; "
-                f"this hwlat reads version {FORMAT_VERSION}: train it again"
-            )
+        """A predictor from its file's content, checked field by field (predictor_schema.py)."""
+        check_predictor_dict(data, source, FORMAT, FORMAT_VERSION, KINDS)
         regressor = KernelRegressor.from_dict(data["regressor"]) if data.get("regressor") else None
         table = LatencyTable(
             data["table"]["entries"], regressor, OverheadModel.from_dict(data["table"]["overhead"])

@@ -162,20 +162,27 @@ class Campaign:
             report.stopped = self._stop.is_set()
         return report
 
+    @staticmethod
+    def _fits(spec, available_mb: float | None, weights_only: bool) -> bool:
+        """Whether the op's weights (on the host that builds it) or its tensors and weights (on the
+        device that runs it) fit in ``MEMORY_SHARE`` of the memory available there."""
+        need = getattr(spec, "params", 0) * 4 if weights_only else getattr(spec, "bytes_moved", 0)
+        # Whole numbers throughout: an op from a hand-written file may need 10^400 bytes.
+        return available_mb is None or need <= MEMORY_SHARE * available_mb * 2**20
+
     def _too_big(
         self, spec, available_mb: float | None, where: str, weights_only: bool
     ) -> Measurement | None:
         """A deterministic failure for an op that would not fit in memory, refused before it is
         built (its weights on this host: a 100000x100000 gemm is 40 GB of them) or sent (its
         tensors and weights on the device: a 1x100000x4096x4096 conv needs 6.7 TB)."""
-        need = getattr(spec, "params", 0) * 4 if weights_only else getattr(spec, "bytes_moved", 0)
-        need_mb = need / 2**20
-        if available_mb is None or need_mb <= MEMORY_SHARE * available_mb:
+        if self._fits(spec, available_mb, weights_only):
             return None
+        need = getattr(spec, "params", 0) * 4 if weights_only else getattr(spec, "bytes_moved", 0)
         what = "weights" if weights_only else "tensors and weights"
         return self._failed(
             spec.key,
-            f"the op needs {need_mb / 1024:.1f} GB for its {what}, more than {MEMORY_SHARE:.0%} of the "
+            f"the op needs {_gigabytes(need)} GB for its {what}, more than {MEMORY_SHARE:.0%} of the "
             f"{available_mb / 1024:.1f} GB {where} has available; it was not built or measured "
             "(lower its sizes)",
         )
@@ -227,14 +234,15 @@ class Campaign:
     def _measure_one(self, spec: OpSpec, report: CampaignReport, batch: list[OpSpec]) -> Measurement | None:
         """The op's measurement, or None when it must be tried again (link lost) or was stopped."""
         try:
-            artifact = self._artifact(spec)
-        except ArtifactError as exc:
-            return self._failed(spec.key, f"could not build the op: {exc}")
-        try:
             session = self._ensure_session(report)
-            refused = self._too_big(spec, session.hello["host"].get("mem_available_mb"), "the device", False)
+            # Before the op is built: tensors of 10^200 elements cannot even be written down.
+            refused = self._too_big(spec, self._device_mb(), "the device", False)
             if refused is not None:
                 return refused
+            try:
+                artifact = self._artifact(spec)
+            except ArtifactError as exc:
+                return self._failed(spec.key, f"could not build the op: {exc}")
             if spec.key not in self._staged:
                 self._stage_batch(batch)
             started_at = time.time()
@@ -286,6 +294,8 @@ class Campaign:
         """Upload the next ops' artifacts in one go (files already on the device are skipped)."""
         paths = []
         for spec in batch:
+            if not self._fits(spec, self._device_mb(), weights_only=False):
+                continue  # refused, unbuilt, when its turn comes
             try:
                 paths.append(self._artifact(spec))
             except ArtifactError:
@@ -293,6 +303,10 @@ class Campaign:
         assert self._connection is not None
         self._connection.stage(paths, timeout_s=self.batch_timeout_s)
         self._staged.update(spec.key for spec in batch)
+
+    def _device_mb(self) -> float | None:
+        assert self._session is not None
+        return self._session.hello["host"].get("mem_available_mb")
 
     def _failed(
         self,
@@ -506,6 +520,11 @@ def representative(passes: list[Measurement]) -> Measurement:
         return clean[(len(clean) - 1) // 2]
     measured = sorted((m for m in passes if m.ok), key=lambda m: m.median_ms)
     return measured[0] if measured else passes[-1]
+
+
+def _gigabytes(n_bytes: int) -> str:
+    gb = n_bytes // 2**30
+    return f"{n_bytes / 2**30:.1f}" if gb < 10**6 else f"about 10^{len(str(gb)) - 1}"
 
 
 def _tracker_link(device: Device) -> Connection:

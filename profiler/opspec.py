@@ -3,11 +3,15 @@
 The canonical key is the primary key of every table, so it is human-readable,
 lists every field that matters for the op type in a fixed order, and round-trips
 (``OpSpec.from_key(spec.key) == spec``).
+
+Spatial sizes (kernel, stride, padding, dilation) are one integer for the square case and an
+``(h, w)`` pair otherwise (a 1x7 conv: ``k:1x7``); ``kernel_hw`` and friends always give pairs.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import numbers
 from collections.abc import Iterable, Iterator
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
@@ -17,21 +21,45 @@ from hwlat.errors import HwlatError
 
 OP_TYPES = (
     "conv",
-    "gemm",
+    "deconv",  # ConvTranspose
+    "gemm",  # a linear layer: Gemm on (N, C), MatMul + Add on (N, ..., C) (channels last)
     "maxpool",
     "avgpool",
     "globalavgpool",
+    "globalmaxpool",
     "add",
     "mul",
     "concat",
     "split",
+    "slice",  # a channel range of a tensor (a Slice, or a Gather of consecutive channels)
     "shuffle",
     "act",
+    "bn",  # a BatchNormalization no conv absorbs (pre-activation networks)
+    "layernorm",  # over the last axis
+    "softmax",  # over the last axis
+    "pad",
+    "resize",
+    "transpose",
     "quantize",
     "dequantize",
 )
-ACTIVATIONS = ("none", "relu", "relu6", "hardswish", "hardsigmoid", "swish", "sigmoid")
+ACTIVATIONS = (
+    "none",
+    "relu",
+    "relu6",
+    "hardswish",
+    "hardsigmoid",
+    "swish",
+    "sigmoid",
+    "gelu",
+    "mish",
+    "tanh",
+    "leakyrelu",
+    "elu",
+)
 BROADCASTS = ("none", "channel")
+PAD_MODES = ("constant", "reflect", "edge")
+RESIZE_MODES = ("nearest", "linear")
 # float32, or 8-bit as ONNX Runtime's static quantizer writes it (QDQ): "int8" is S8S8 (int8
 # activations and weights, the CPU default), "uint8" is U8S8 (uint8 activations, int8 weights;
 # it saturates on x86 CPUs without VNNI).
@@ -50,7 +78,9 @@ INT8_OPS = (
     "mul",
     "concat",
     "split",
+    "slice",
     "shuffle",
+    "transpose",
     "act",
     "quantize",
     "dequantize",
@@ -61,16 +91,25 @@ _RANGE_ACTIVATIONS = ("relu", "relu6")
 # Which fields appear in the key of each op type, in key order. "in" is always first.
 _KEY_FIELDS: dict[str, tuple[str, ...]] = {
     "conv": ("out", "k", "s", "p", "d", "g", "bias", "act"),
+    "deconv": ("out", "k", "s", "p", "g", "bias", "act"),
     "gemm": ("out", "bias", "act"),
     "maxpool": ("k", "s", "p"),
     "avgpool": ("k", "s", "p"),
     "globalavgpool": (),
+    "globalmaxpool": (),
     "add": ("bcast",),
     "mul": ("bcast",),
     "concat": ("parts",),
     "split": ("parts",),
+    "slice": ("out",),
     "shuffle": ("g",),
     "act": ("act",),
+    "bn": (),
+    "layernorm": (),
+    "softmax": (),
+    "pad": ("p", "mode"),
+    "resize": ("s", "mode"),
+    "transpose": ("perm",),
     "quantize": (),  # float32 -> dtype
     "dequantize": (),  # dtype -> float32
 }
@@ -87,7 +126,23 @@ _KEY_TO_ATTR = {
     "act": "activation",
     "bcast": "broadcast",
     "parts": "parts",
+    "perm": "perm",
+    "mode": "mode",
     "dtype": "dtype",
+}
+_PAIRS = ("kernel", "stride", "padding", "dilation")  # an int, or (h, w)
+# The input ranks each op accepts (NCHW ops 4; linear layers and element-wise ops also the
+# (N, C) and (N, ..., C) tensors of classifiers and channels-last blocks).
+_RANKS: dict[str, tuple[int, ...]] = {
+    "gemm": (2, 3, 4),
+    "add": (2, 3, 4),
+    "mul": (2, 3, 4),
+    "act": (2, 3, 4),
+    "layernorm": (2, 3, 4),
+    "softmax": (2, 3, 4),
+    "transpose": (3, 4),
+    "quantize": (2, 4),
+    "dequantize": (2, 4),
 }
 
 
@@ -97,8 +152,8 @@ class InvalidOpSpecError(HwlatError):
 
 @dataclass(frozen=True)
 class OpSpec:
-    """One kernel. Shapes are NCHW (``(N, C)`` for gemm); dtype float32, or int8/uint8 for the
-    kernels a quantized network runs (``INT8_OPS``).
+    """One kernel. Shapes are NCHW (``(N, ..., C)`` for linear layers and the ops of ``_RANKS``);
+    dtype float32, or int8/uint8 for the kernels a quantized network runs (``INT8_OPS``).
 
     Only the fields listed for ``op`` in the key matter; the others keep their
     defaults so that two specs of the same kernel compare and hash equal. An 8-bit conv or
@@ -108,24 +163,31 @@ class OpSpec:
     op: str
     input_shape: tuple[int, ...]
     out_channels: int = 0
-    kernel: int = 1
-    stride: int = 1
-    padding: int = 0
-    dilation: int = 1
+    kernel: int | tuple[int, int] = 1
+    stride: int | tuple[int, int] = 1
+    padding: int | tuple[int, int] = 0
+    dilation: int | tuple[int, int] = 1
     groups: int = 1
     bias: bool = True
     activation: str = "none"
     broadcast: str = "none"
     parts: tuple[int, ...] = field(default=())
+    perm: tuple[int, ...] = field(default=())
+    mode: str = "none"
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        _check_integers(self)
+        _check_types(self)
         object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
         object.__setattr__(self, "parts", tuple(int(v) for v in self.parts))
+        object.__setattr__(self, "perm", tuple(int(v) for v in self.perm))
         object.__setattr__(self, "bias", bool(self.bias))
+        for name in _PAIRS:
+            object.__setattr__(self, name, _pair_or_int(getattr(self, name)))
         if self.dtype in INT_DTYPES and self.op in ("conv", "gemm") and self.activation in _RANGE_ACTIVATIONS:
             object.__setattr__(self, "activation", "none")
+        if self.mode == "none" and self.op in ("pad", "resize"):
+            object.__setattr__(self, "mode", "constant" if self.op == "pad" else "nearest")
         if self.op not in OP_TYPES:
             raise InvalidOpSpecError(f"unknown op type {self.op!r}; known types: {', '.join(OP_TYPES)}")
         # Fields that do not matter for this op type go back to their defaults, so that
@@ -142,7 +204,7 @@ class OpSpec:
     def key(self) -> str:
         items = ["in:" + "x".join(str(v) for v in self.input_shape)]
         for short in _KEY_FIELDS[self.op]:
-            items.append(f"{short}:{_format_value(getattr(self, _KEY_TO_ATTR[short]))}")
+            items.append(f"{short}:{_format_value(short, getattr(self, _KEY_TO_ATTR[short]))}")
         items.append(f"dtype:{self.dtype}")
         return "-".join([self.op, *items])
 
@@ -194,75 +256,129 @@ class OpSpec:
         except TypeError as exc:
             raise InvalidOpSpecError(f"bad OpSpec {data!r}: {exc}") from None
 
+    # ----- spatial pairs ----------------------------------------------------
+    @property
+    def kernel_hw(self) -> tuple[int, int]:
+        return _as_pair(self.kernel)
+
+    @property
+    def stride_hw(self) -> tuple[int, int]:
+        return _as_pair(self.stride)
+
+    @property
+    def padding_hw(self) -> tuple[int, int]:
+        return _as_pair(self.padding)
+
+    @property
+    def dilation_hw(self) -> tuple[int, int]:
+        return _as_pair(self.dilation)
+
     # ----- shapes and costs -----------------------------------------------
     @property
     def output_shapes(self) -> tuple[tuple[int, ...], ...]:
-        n = self.input_shape[0]
+        shape = self.input_shape
+        n = shape[0]
         if self.op == "gemm":
-            return ((n, self.out_channels),)
-        if self.op in ("quantize", "dequantize"):
-            return (self.input_shape,)
-        _, c, h, w = self.input_shape
+            return ((*shape[:-1], self.out_channels),)
+        if self.op == "transpose":
+            return (tuple(shape[i] for i in self.perm),)
+        if self.op in ("quantize", "dequantize", "add", "mul", "act", "layernorm", "softmax"):
+            return (shape,)
+        _, c, h, w = shape
         if self.op == "conv":
             return ((n, self.out_channels, *self._spatial_out(h, w)),)
+        if self.op == "deconv":
+            (kh, kw), (sh, sw), (ph, pw) = self.kernel_hw, self.stride_hw, self.padding_hw
+            return ((n, self.out_channels, (h - 1) * sh - 2 * ph + kh, (w - 1) * sw - 2 * pw + kw),)
         if self.op in ("maxpool", "avgpool"):
             return ((n, c, *self._spatial_out(h, w)),)
-        if self.op == "globalavgpool":
+        if self.op in ("globalavgpool", "globalmaxpool"):
             return ((n, c, 1, 1),)
-        if self.op == "concat":
-            return ((n, c, h, w),)
         if self.op == "split":
             return tuple((n, p, h, w) for p in self.parts)
-        return ((n, c, h, w),)
+        if self.op == "slice":
+            return ((n, self.out_channels, h, w),)
+        if self.op == "pad":
+            ph, pw = self.padding_hw
+            return ((n, c, h + 2 * ph, w + 2 * pw),)
+        if self.op == "resize":
+            sh, sw = self.stride_hw
+            return ((n, c, h * sh, w * sw),)
+        return ((n, c, h, w),)  # concat, shuffle, bn
 
     @property
     def input_shapes(self) -> tuple[tuple[int, ...], ...]:
-        n, c, *hw = self.input_shape
+        shape = self.input_shape
         if self.op in ("add", "mul"):
-            other = (n, c, 1, 1) if self.broadcast == "channel" else self.input_shape
-            return (self.input_shape, other)
+            other = shape
+            if self.broadcast == "channel":  # NCHW: (N, C, 1, 1); channels last: (C,)
+                other = (shape[0], shape[1], 1, 1) if len(shape) == 4 else (shape[-1],)
+            return (shape, other)
         if self.op == "concat":
+            n, _, *hw = shape
             return tuple((n, p, *hw) for p in self.parts)
-        return (self.input_shape,)
+        return (shape,)
 
     def _spatial_out(self, h: int, w: int) -> tuple[int, int]:
-        span = self.dilation * (self.kernel - 1) + 1
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
+            self.kernel_hw,
+            self.stride_hw,
+            self.padding_hw,
+            self.dilation_hw,
+        )
         return (
-            (h + 2 * self.padding - span) // self.stride + 1,
-            (w + 2 * self.padding - span) // self.stride + 1,
+            (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1,
+            (w + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1,
         )
 
     @property
     def params(self) -> int:
         """Number of weights (batch-norm is folded into conv/gemm weights and bias)."""
+        kh, kw = self.kernel_hw
+        bias = self.out_channels if self.bias else 0
         if self.op == "conv":
-            cin = self.input_shape[1]
-            return self.out_channels * (cin // self.groups) * self.kernel**2 + (
-                self.out_channels if self.bias else 0
-            )
+            return self.out_channels * (self.input_shape[1] // self.groups) * kh * kw + bias
+        if self.op == "deconv":
+            return self.input_shape[1] * (self.out_channels // self.groups) * kh * kw + bias
         if self.op == "gemm":
-            return self.out_channels * self.input_shape[1] + (self.out_channels if self.bias else 0)
+            return self.out_channels * self.input_shape[-1] + bias
+        if self.op == "bn":
+            return 4 * self.input_shape[1]  # scale, bias, mean, variance
+        if self.op == "layernorm":
+            return 2 * self.input_shape[-1]
         return 0
 
     @property
     def flops(self) -> int:
         """Floating-point operations (a multiply-add counts as 2)."""
         out = _numel(self.output_shapes[0])
+        inp = _numel(self.input_shape)
         act = out * _ACTIVATION_FLOPS[self.activation]
+        bias = out if self.bias else 0
+        kh, kw = self.kernel_hw
         if self.op == "conv":
-            macs = out * (self.input_shape[1] // self.groups) * self.kernel**2
-            return 2 * macs + (out if self.bias else 0) + act
+            return 2 * out * (self.input_shape[1] // self.groups) * kh * kw + bias + act
+        if self.op == "deconv":
+            return 2 * inp * (self.out_channels // self.groups) * kh * kw + bias + act
         if self.op == "gemm":
-            return 2 * out * self.input_shape[1] + (out if self.bias else 0) + act
+            return 2 * out * self.input_shape[-1] + bias + act
         if self.op in ("maxpool", "avgpool"):
-            return out * self.kernel**2
-        if self.op == "globalavgpool":
-            return _numel(self.input_shape)
+            return out * kh * kw
+        if self.op in ("globalavgpool", "globalmaxpool"):
+            return inp
         if self.op in ("add", "mul"):
             return out
         if self.op == "act":
             return act
-        return 0  # concat, split, shuffle only move data
+        if self.op == "bn":
+            return 2 * out
+        if self.op == "layernorm":
+            return 8 * out
+        if self.op == "softmax":
+            return 5 * out
+        if self.op == "resize" and self.mode == "linear":
+            return 4 * out
+        return 0  # concat, split, slice, shuffle, pad, transpose, nearest resize only move data
 
     @property
     def bytes_moved(self) -> int:
@@ -298,21 +414,35 @@ _ACTIVATION_FLOPS = {
     "hardsigmoid": 4,
     "swish": 5,
     "sigmoid": 4,
+    "gelu": 8,
+    "mish": 10,
+    "tanh": 6,
+    "leakyrelu": 2,
+    "elu": 5,
 }
 
 
 def _numel(shape: Iterable[int]) -> int:
-    total = 1
-    for v in shape:
-        total *= v
-    return total
+    return math.prod(shape)
 
 
-def _format_value(value: object) -> str:
+def _as_pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def _pair_or_int(value) -> int | tuple[int, int]:
+    """An int for the square case, an (h, w) tuple otherwise."""
+    if isinstance(value, (tuple, list)):
+        h, w = (int(v) for v in value)
+        return h if h == w else (h, w)
+    return int(value)
+
+
+def _format_value(short: str, value: object) -> str:
     if isinstance(value, bool):
         return str(int(value))
     if isinstance(value, tuple):
-        return "+".join(str(v) for v in value)
+        return ("x" if short in ("k", "s", "p", "d") else "+").join(str(v) for v in value)
     return str(value)
 
 
@@ -320,38 +450,61 @@ def _parse_value(short: str, raw: str, key: str) -> object:
     try:
         if short == "in":
             return tuple(int(v) for v in raw.split("x"))
-        if short == "parts":
+        if short in ("parts", "perm"):
             return tuple(int(v) for v in raw.split("+"))
+        if short in ("k", "s", "p", "d"):
+            values = tuple(int(v) for v in raw.split("x"))
+            if len(values) not in (1, 2):
+                raise ValueError(raw)
+            return values[0] if len(values) == 1 else values
         if short == "bias":
             if raw not in ("0", "1"):
                 raise ValueError(raw)
             return raw == "1"
-        if short in ("act", "bcast", "dtype"):
+        if short in ("act", "bcast", "dtype", "mode"):
             return raw
         return int(raw)
     except ValueError:
         raise InvalidOpSpecError(f"bad value {raw!r} for {short!r} in key {key!r}") from None
 
 
-_INT_FIELDS = ("out_channels", "kernel", "stride", "padding", "dilation", "groups")
+_INT_FIELDS = ("out_channels", "groups")
 
 
-def _check_integers(spec: OpSpec) -> None:
-    """Sizes are whole numbers: ``stride=2.5`` or ``input_shape=(1, 3.5, 8, 8)`` is refused, not cut."""
-    if not isinstance(spec.bias, bool) and spec.bias not in (0, 1):
-        raise InvalidOpSpecError(f"invalid {spec.op} op: bias must be true or false, got {spec.bias!r}")
-    for name in ("op", "activation", "broadcast", "dtype"):
+def _check_types(spec: OpSpec) -> None:
+    """Sizes are whole numbers and names are strings: ``stride=2.5`` or ``input_shape=(1, 3.5, 8, 8)``
+    is refused, not cut."""
+
+    def integer(name: str, value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise InvalidOpSpecError(f"invalid {spec.op} op: {name} must be an integer, got {value!r}")
+
+    for name in ("op", "activation", "broadcast", "dtype", "mode"):
         if not isinstance(getattr(spec, name), str):
             raise InvalidOpSpecError(
                 f"invalid {spec.op!r} op: {name} must be a string, got {getattr(spec, name)!r}"
             )
-    values = [(name, getattr(spec, name)) for name in _INT_FIELDS]
-    if not isinstance(spec.input_shape, (tuple, list)):
-        raise InvalidOpSpecError(f"invalid {spec.op} op: input_shape must be a list of integers")
-    values += [("input_shape", v) for v in spec.input_shape] + [("parts", v) for v in spec.parts]
-    for name, value in values:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise InvalidOpSpecError(f"invalid {spec.op} op: {name} must be an integer, got {value!r}")
+    if not isinstance(spec.bias, bool) and spec.bias not in (0, 1):
+        raise InvalidOpSpecError(f"invalid {spec.op} op: bias must be true or false, got {spec.bias!r}")
+    for name in _INT_FIELDS:
+        integer(name, getattr(spec, name))
+    for name in _PAIRS:
+        value = getattr(spec, name)
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        if isinstance(value, (tuple, list)) and len(value) != 2:
+            raise InvalidOpSpecError(
+                f"invalid {spec.op} op: {name} must be an integer or (h, w), got {value!r}"
+            )
+        for v in values:
+            integer(name, v)
+    for name in ("input_shape", "parts", "perm"):
+        value = getattr(spec, name)
+        if not isinstance(value, (tuple, list)):
+            raise InvalidOpSpecError(
+                f"invalid {spec.op} op: {name} must be a list of integers, got {value!r}"
+            )
+        for v in value:
+            integer(name, v)
 
 
 def _validate(spec: OpSpec) -> None:
@@ -374,30 +527,30 @@ def _validate(spec: OpSpec) -> None:
             f"8-bit activations are sigmoid only ({spec.activation} is folded into the quantization "
             "range, or runs in float32)"
         )
-    rank = 2 if spec.op == "gemm" else 4
-    if spec.op in ("quantize", "dequantize") and len(spec.input_shape) in (2, 4):
-        rank = len(spec.input_shape)  # conversions happen before and after a classifier too
-    if len(spec.input_shape) != rank:
-        fail(
-            f"input_shape {spec.input_shape} must have {rank} dimensions "
-            f"({'N, C' if rank == 2 else 'N, C, H, W'})"
-        )
+    ranks = _RANKS.get(spec.op, (4,))
+    if len(spec.input_shape) not in ranks:
+        want = " or ".join(str(r) for r in ranks)
+        fail(f"input_shape {spec.input_shape} must have {want} dimensions (N, C, H, W for 4)")
+    if spec.dtype in INT_DTYPES and spec.op == "gemm" and len(spec.input_shape) != 2:
+        fail("an 8-bit gemm takes a (N, C) input")
     if any(v <= 0 for v in spec.input_shape):
         fail(f"input_shape {spec.input_shape} has a size <= 0; every dimension must be positive")
     if spec.activation not in ACTIVATIONS:
         fail(f"unknown activation {spec.activation!r}; use one of {', '.join(ACTIVATIONS)}")
     if spec.broadcast not in BROADCASTS:
         fail(f"unknown broadcast {spec.broadcast!r}; use one of {', '.join(BROADCASTS)}")
-    for name in ("kernel", "stride", "dilation", "groups"):
-        if getattr(spec, name) <= 0:
+    for name in ("kernel", "stride", "dilation"):
+        if min(_as_pair(getattr(spec, name))) <= 0:
             fail(f"{name}={getattr(spec, name)} must be positive")
-    if spec.padding < 0:
+    if spec.groups <= 0:
+        fail(f"groups={spec.groups} must be positive")
+    if min(spec.padding_hw) < 0:
         fail(f"padding={spec.padding} must be >= 0")
     if spec.op == "act" and spec.activation == "none":
         fail("a standalone activation needs act other than 'none'")
-    if spec.op in ("conv", "gemm") and spec.out_channels <= 0:
+    if spec.op in ("conv", "deconv", "gemm", "slice") and spec.out_channels <= 0:
         fail(f"out_channels={spec.out_channels} must be positive")
-    if spec.op == "conv":
+    if spec.op in ("conv", "deconv"):
         cin = spec.input_shape[1]
         if cin % spec.groups or spec.out_channels % spec.groups:
             fail(
@@ -405,15 +558,18 @@ def _validate(spec: OpSpec) -> None:
                 f"and output channels ({spec.out_channels})"
             )
     if spec.op in ("conv", "maxpool", "avgpool"):
-        span = spec.dilation * (spec.kernel - 1) + 1
+        (kh, kw), (dh, dw), (ph, pw) = spec.kernel_hw, spec.dilation_hw, spec.padding_hw
         h, w = spec.input_shape[2:]
-        if span > min(h, w) + 2 * spec.padding:
+        span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+        if span_h > h + 2 * ph or span_w > w + 2 * pw:
             fail(
-                f"kernel {spec.kernel} (dilated span {span}) is larger than the padded input "
-                f"{h + 2 * spec.padding}x{w + 2 * spec.padding}; lower the kernel or raise padding"
+                f"kernel {spec.kernel} (dilated span {span_h}x{span_w}) is larger than the padded input "
+                f"{h + 2 * ph}x{w + 2 * pw}; lower the kernel or raise padding"
             )
-        if spec.op != "conv" and spec.padding * 2 > spec.kernel:
+        if spec.op != "conv" and (ph * 2 > kh or pw * 2 > kw):
             fail(f"padding={spec.padding} must be at most half the kernel ({spec.kernel}) for pooling")
+    if spec.op == "deconv" and min(spec.output_shapes[0][2:]) <= 0:
+        fail(f"the transposed conv's output {spec.output_shapes[0]} is empty; lower the padding")
     if spec.op in ("concat", "split"):
         if len(spec.parts) < 2 or any(p <= 0 for p in spec.parts):
             fail(f"parts={spec.parts} needs at least two positive channel counts")
@@ -421,8 +577,18 @@ def _validate(spec: OpSpec) -> None:
             fail(
                 f"parts={spec.parts} sum to {sum(spec.parts)}, but the channel count is {spec.input_shape[1]}"
             )
+    if spec.op == "slice" and spec.out_channels >= spec.input_shape[1]:
+        fail(f"out={spec.out_channels} must be fewer than the {spec.input_shape[1]} channels (all is no op)")
     if spec.op == "shuffle" and (spec.groups < 2 or spec.input_shape[1] % spec.groups):
         fail(f"groups={spec.groups} must be >= 2 and divide the channels ({spec.input_shape[1]})")
+    if spec.op == "pad" and spec.mode not in PAD_MODES:
+        fail(f"mode {spec.mode!r}: use one of {', '.join(PAD_MODES)}")
+    if spec.op == "pad" and max(spec.padding_hw) == 0:
+        fail("a pad of 0 is no op")
+    if spec.op == "resize" and spec.mode not in RESIZE_MODES:
+        fail(f"mode {spec.mode!r}: use one of {', '.join(RESIZE_MODES)}")
+    if spec.op == "transpose" and sorted(spec.perm) != list(range(len(spec.input_shape))):
+        fail(f"perm={spec.perm} must order the {len(spec.input_shape)} axes")
 
 
 # ----- JSON lines ---------------------------------------------------------

@@ -8,6 +8,7 @@ fixed *canary* op whose quiet-machine time is known; see ``DISTURBANCE_RULE``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from hwlat.errors import ConfigError
@@ -42,8 +43,8 @@ class TimingProtocol:
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
-            if value < 0:
-                raise ConfigError(f"TimingProtocol.{name}={value} must be >= 0")
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"TimingProtocol.{name}={value} must be a finite number >= 0")
         if self.repeat < 1:
             raise ConfigError(f"TimingProtocol.repeat={self.repeat} must be >= 1")
 

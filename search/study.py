@@ -229,9 +229,9 @@ class Study:
                 Trial(number, batch, arch, tuple(map(float, v)), bool(self._feasible(v[None, :])[0]), done)
                 for (number, batch, arch), v in zip(mine, values, strict=True)
             ]
-            self.storage.add_trials(self._id, trials, worker=self.worker)
+            stored = self.storage.add_trials(self._id, trials, worker=self.worker)
             if progress:
-                progress.update(len(trials), note=self._best_note())
+                progress.update(len(stored), note=self._best_note())
         if progress:
             progress.close()
 

@@ -20,3 +20,12 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture
 def quick_protocol() -> TimingProtocol:
     return TimingProtocol.quick()
+
+
+@pytest.fixture(scope="session")
+def family_paths(tmp_path_factory) -> dict:
+    """The CNN families outside the zoo (hwlat.zoo.families), exported once per session."""
+    from hwlat import zoo
+
+    directory = tmp_path_factory.mktemp("families")
+    return {name: zoo.export_family(name, directory / f"{name}.onnx") for name in zoo.FAMILIES}

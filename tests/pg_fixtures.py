@@ -45,7 +45,10 @@ def _free_port() -> int:
 
 
 class PrivatePostgres:
-    def __init__(self) -> None:
+    """``fsync=False`` (the tests) trades durability for speed; benchmarks/bench_store.py keeps the
+    server's default, durable commits, as SQLite's are."""
+
+    def __init__(self, fsync: bool = False) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="hwlat-pg-"))
         self.port = _free_port()
         if getpass.getuser() == "root":
@@ -58,7 +61,9 @@ class PrivatePostgres:
             check=True,
             capture_output=True,
         )
-        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1"
+        if not fsync:
+            options += " -c fsync=off"
         subprocess.run(
             _as_postgres(
                 [

@@ -37,5 +37,7 @@ def synthetic_regressor(n: int = 500, dtypes: tuple[str, ...] = ("float32",)) ->
 def synthetic_predictor(n: int = 300, dtypes: tuple[str, ...] = ("float32",)) -> LatencyPredictor:
     """A gbdt predictor on synthetic kernel times (no overhead terms), for the given kernel dtypes."""
     table = LatencyTable({}, synthetic_regressor(n, dtypes))
-    meta = {"note": "synthetic", "training": {"dtypes": list(dtypes)}}
+    # The synthetic device's limits are known exactly: synthetic_ms's 40 GFLOP/s and 8 GB/s.
+    roofline = {"gflops": 40.0, "gbps": 8.0, "fitted_on": 0}
+    meta = {"note": "synthetic", "training": {"dtypes": list(dtypes)}, "roofline": roofline}
     return LatencyPredictor(table, RULES, "local", "ort", "gbdt", meta)

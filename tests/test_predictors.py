@@ -104,7 +104,8 @@ def test_splitter_names_unknown_ops():
     graph = helper.make_graph(
         [
             helper.make_node("Tanh", ["x"], ["t"], name="my_tanh"),
-            helper.make_node("LRN", ["t"], ["y"], name="my_lrn", size=3),
+            helper.make_node("LRN", ["t"], ["u"], name="my_lrn", size=3),
+            helper.make_node("Sin", ["u"], ["y"], name="my_sin"),
         ],
         "g",
         [x],
@@ -113,9 +114,16 @@ def test_splitter_names_unknown_ops():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(UnsupportedOpsError) as error:
         ModelSplitter(RULES).split(model)
-    assert "Tanh (my_tanh)" in str(error.value) and "LRN (my_lrn)" in str(error.value)
+    assert "LRN (my_lrn)" in str(error.value) and "Sin (my_sin)" in str(error.value)
+    assert "my_tanh" not in str(error.value)  # a known activation
     lenient = ModelSplitter(RULES, strict=False).split(model)
-    assert lenient.kernels == [] and "my_lrn" in " ".join(lenient.warnings)
+    assert [k.kernel.key for k in lenient.kernels] == [
+        "act-in:1x8x16x16-act:tanh-dtype:float32"
+    ]  # the known op is still a kernel
+    fallback = {f.node: f for f in lenient.fallback}
+    assert sorted(fallback) == ["my_lrn", "my_sin"] and "my_lrn" in " ".join(lenient.warnings)
+    # shapes from ONNX's own inference: 2048 elements read and written, float32
+    assert fallback["my_sin"].flops == 8 * 16 * 16 and fallback["my_sin"].bytes_moved == 4 * 2 * 2048
 
 
 # ----- harness and kernel profiling (real ORT, real SQLite) -----------------------------------

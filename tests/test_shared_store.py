@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import socket
@@ -19,7 +20,7 @@ from hwlat.profiler.campaign import Campaign
 from hwlat.profiler.opspec import OpSpec, write_jsonl
 from hwlat.profiler.protocol import TimingProtocol
 from hwlat.profiler.store import Store, StoreError, schema
-from hwlat.profiler.store.leases import DeviceBusyError, DeviceLease, current_leases
+from hwlat.profiler.store.leases import DeviceBusyError, DeviceLease, current_leases, holder_id
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,7 +126,8 @@ def test_no_wait_exits_at_once_naming_the_holder(tmp_path) -> None:
         assert len(err.strip().splitlines()) == 1
 
 
-def test_the_lease_of_a_killed_holder_on_this_host_is_taken_over_at_once(tmp_path) -> None:
+@pytest.mark.parametrize("reaped", [True, False])
+def test_the_lease_of_a_killed_holder_on_this_host_is_taken_over_at_once(tmp_path, reaped) -> None:
     db = tmp_path / "m.db"
     Store(db).close()
     holder = subprocess.Popen(
@@ -147,10 +149,41 @@ def test_the_lease_of_a_killed_holder_on_this_host_is_taken_over_at_once(tmp_pat
         with pytest.raises(DeviceBusyError):
             DeviceLease(store, "pi", wait=False).__enter__()
         holder.send_signal(signal.SIGKILL)
-        holder.wait()
+        if reaped:
+            holder.wait()
+        else:  # a zombie until its parent waits for it: dead all the same
+            while _state(holder.pid) != "Z":
+                time.sleep(0.01)
         with DeviceLease(store, "pi", wait=False):
             (lease,) = current_leases(store.engine)
             assert lease.pid == os.getpid()
+    holder.wait()
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+
+
+def _lease_in_child(db: str, answers) -> None:
+    with Store(db) as store:
+        try:
+            with DeviceLease(store, "pi", "child", wait=False):
+                answers.put(("took the parent's device", holder_id()))
+        except DeviceBusyError:
+            answers.put(("busy", holder_id()))
+
+
+def test_a_forked_child_is_another_holder(tmp_path) -> None:
+    """multiprocessing forks on Linux: the child must not inherit the parent's holder id or leases."""
+    fork = multiprocessing.get_context("fork")
+    answers = fork.Queue()
+    with Store(tmp_path / "m.db") as store, DeviceLease(store, "pi", "parent", wait=False):
+        child = fork.Process(target=_lease_in_child, args=(str(tmp_path / "m.db"), answers))
+        child.start()
+        answer, child_holder = answers.get(timeout=60)
+        child.join(timeout=60)
+        (lease,) = current_leases(store.engine)
+    assert answer == "busy" and child_holder != holder_id() and lease.holder == holder_id()
 
 
 def test_a_lease_from_another_host_is_taken_over_only_after_it_expires(tmp_path, monkeypatch) -> None:
@@ -269,3 +302,75 @@ def _has_study(db: str) -> bool:
             return conn.execute(sa.select(schema.studies.c.id)).first() is not None
     except StoreError:  # no worker has created the schema yet
         return False
+
+
+def _claim_and_store(db: str, study_id: int, budget: int, answers) -> None:
+    """A search worker's storage traffic at full speed: claim the next free numbers, store them."""
+    from hwlat.search.storage import SearchStorage, SearchStorageError
+    from hwlat.search.trial import Trial
+
+    worker, stored, errors = holder_id(), 0, []
+    deadline = time.monotonic() + 90  # a claim left behind stalls the others until the stale time
+    with SearchStorage(db) as storage:
+        while len(storage.trials(study_id)) < budget and time.monotonic() < deadline:
+            taken = [t.number for t in storage.trials(study_id)] + [
+                c.number for c in storage.claims(study_id)
+            ]
+            number, mine = max(taken, default=-1) + 1, []
+            while number < budget and len(mine) < 3:
+                if storage.claim(study_id, number, 0, (0,), worker):
+                    mine.append(Trial(number, 0, (0,), (1.0,), True, time.time()))
+                number += 1
+            try:
+                stored += len(storage.add_trials(study_id, mine, worker=worker))
+            except SearchStorageError as exc:
+                errors.append(str(exc))
+                break
+    answers.put((stored, errors))
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "sqlite"])
+def test_workers_claiming_and_storing_at_full_speed_store_each_trial_once(kind, tmp_path, request) -> None:
+    """A claim checked that its number was not stored, then inserted the claim: a worker storing that
+    number in between left the claim behind, and the claimant failed to store it ("stored already")."""
+    from hwlat.search.storage import SearchStorage
+
+    db = request.getfixturevalue("pg_url") if kind == "postgresql" else str(tmp_path / "m.db")
+    with SearchStorage(db) as storage:
+        study_id = storage.create_study("race", {}).id
+    budget, fork = 300, multiprocessing.get_context("fork")
+    answers = fork.Queue()
+    procs = [fork.Process(target=_claim_and_store, args=(db, study_id, budget, answers)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    results = [answers.get(timeout=180) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert [e for _, errors in results for e in errors] == []
+    assert sum(stored for stored, _ in results) == budget
+    with SearchStorage(db) as storage:
+        assert [t.number for t in storage.trials(study_id)] == list(range(budget))
+        assert storage.claims(study_id) == []
+
+
+def test_a_worker_whose_claim_was_taken_over_drops_that_trial(tmp_path) -> None:
+    from hwlat.search.storage import SearchStorage
+    from hwlat.search.trial import Trial
+
+    def stored(trials: list[Trial], worker: str) -> list[int]:
+        return [t.number for t in storage.add_trials(study, trials, worker=worker)]
+
+    def trial(number: int, value: float) -> Trial:
+        return Trial(number, 0, (number,), (value,), True, time.time())
+
+    with SearchStorage(tmp_path / "m.db") as storage:
+        study = storage.create_study("s", {}).id
+        for number in (0, 1):
+            assert storage.claim(study, number, 0, (number,), "slow")
+            assert storage.take_over(study, number, "slow", "fast")  # "slow" stalled past the stale time
+        assert stored([trial(0, 1.0)], "fast") == [0]
+        # the stalled worker comes back: trial 0 is stored already, trial 1 is no longer its own
+        assert stored([trial(0, 2.0), trial(1, 2.0)], "slow") == []
+        assert stored([trial(1, 3.0)], "fast") == [1]
+        assert [(t.number, t.values) for t in storage.trials(study)] == [(0, (1.0,)), (1, (3.0,))]
+        assert storage.claims(study) == []

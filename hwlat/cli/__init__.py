@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from hwlat.cli import compress, db, devices, predictors, profile, search, tables
+from hwlat.cli import compress, db, devices, options, predictors, profile, search, tables
 from hwlat.errors import EXIT_ERROR, EXIT_INTERRUPTED, HwlatError
 from hwlat.profiler.progress import ProgressLogHandler
 
@@ -19,11 +19,14 @@ COMMAND_GROUPS = (profile, devices, tables, predictors, search, db, compress)
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit status (see EXIT CODES in ``hwlat --help``)."""
-    args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING, format="hwlat: %(message)s", handlers=[ProgressLogHandler(sys.stderr)]
     )
+    # paramiko logs every failed handshake with a traceback from its transport thread; hwlat
+    # reports each SSH failure itself as one line (devices/ssh.py).
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     try:
+        args = build_parser().parse_args(argv)  # a bad argument is a ConfigError, like any bad input
         return args.func(args) or 0
     except KeyboardInterrupt:
         print("hwlat: interrupted; everything measured so far is stored", file=sys.stderr)
@@ -61,7 +64,7 @@ EPILOG = """exit codes:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = options.ArgumentParser(
         prog="hwlat",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

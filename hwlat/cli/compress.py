@@ -29,7 +29,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--random",
-        type=int,
+        type=options.integer(1),
         metavar="N",
         help="calibrate on N random normal inputs (fine for latency, not for accuracy)",
     )
@@ -109,8 +109,8 @@ def add_compress_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--method", choices=("amc", "haq", "joint"), default="amc", help="what to search (default amc)"
     )
-    p.add_argument("--latency-ms", type=float, help="latency budget on the device")
-    p.add_argument("--memory-mb", type=float, help="peak memory budget on the device")
+    p.add_argument("--latency-ms", type=options.number(0), help="latency budget on the device")
+    p.add_argument("--memory-mb", type=options.number(0), help="peak memory budget on the device")
     p.add_argument(
         "--eval",
         metavar="package.module:function",
@@ -127,8 +127,12 @@ def add_compress_parser(sub: argparse._SubParsersAction) -> None:
         help="inputs for int8 calibration and the fidelity proxy: a folder of .npy files or "
         "package.module:function returning a batch (default: random normal inputs)",
     )
-    p.add_argument("--calibration-size", type=int, default=32, help="calibration inputs used (default 32)")
-    p.add_argument("--episodes", type=int, default=100, help="policies to search, a total (default 100)")
+    p.add_argument(
+        "--calibration-size", type=options.integer(1), default=32, help="calibration inputs used (default 32)"
+    )
+    p.add_argument(
+        "--episodes", type=options.integer(1), default=100, help="policies to search, a total (default 100)"
+    )
     p.add_argument(
         "--strategy",
         choices=("ddpg", "evolution", "random"),
@@ -136,11 +140,21 @@ def add_compress_parser(sub: argparse._SubParsersAction) -> None:
         help="search agent (default ddpg)",
     )
     p.add_argument(
-        "--warmup", type=int, default=20, help="ddpg: random episodes before learning (default 20)"
+        "--warmup",
+        type=options.integer(0),
+        default=20,
+        help="ddpg: random episodes before learning (default 20)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the agent (default 0)")
-    p.add_argument("--lbound", type=float, default=0.2, help="smallest keep ratio of a layer (default 0.2)")
-    p.add_argument("--round-to", type=int, help="kept channel counts in multiples of N (default 1)")
+    p.add_argument("--seed", type=options.integer(0), default=0, help="seed of the agent (default 0)")
+    p.add_argument(
+        "--lbound",
+        type=options.number(0, maximum=1),
+        default=0.2,
+        help="smallest keep ratio of a layer (default 0.2)",
+    )
+    p.add_argument(
+        "--round-to", type=options.integer(1), help="kept channel counts in multiples of N (default 1)"
+    )
     p.add_argument(
         "--dtypes",
         help="layer dtypes to search, e.g. float32,int8 (default: what the predictor can cost; int8 only "
@@ -149,21 +163,27 @@ def add_compress_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--tvm-predictor", type=Path, help="a TVM predictor of the device: float32 baselines on TVM as well"
     )
-    p.add_argument("--top", type=int, default=3, help="winners exported (default 3)")
+    p.add_argument("--top", type=options.integer(0), default=3, help="winners exported (default 3)")
     p.add_argument("--study", help="name of the stored search (default: the output folder's name)")
     options.add_out(p, "output folder: policies.csv, pareto.json, pareto.png, winners/")
     g = p.add_argument_group("verification on the device")
     g.add_argument(
-        "--verify", type=int, default=0, metavar="K", help="measure the top K winners on the device"
+        "--verify",
+        type=options.integer(0),
+        default=0,
+        metavar="K",
+        help="measure the top K winners on the device",
     )
     g.add_argument("--device", help="device to verify on (default: the predictor's device)")
     g.add_argument(
         "--noise-band",
-        type=float,
+        type=options.number(0, above=False),
         default=0.05,
         help="measured up to budget x (1 + band) still passes (default 0.05)",
     )
-    g.add_argument("--verify-repeats", type=int, default=3, help="measurements per winner, fastest kept")
+    g.add_argument(
+        "--verify-repeats", type=options.integer(1), default=3, help="measurements per winner, fastest kept"
+    )
     options.add_backend(g, tune_trials=False)
     options.add_inventory(g)
     options.add_db(g)
@@ -184,8 +204,6 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     if args.latency_ms is None and args.memory_mb is None:
         raise ConfigError("no budget", "give --latency-ms, --memory-mb or both")
-    if args.episodes < 1:
-        raise ConfigError(f"--episodes must be at least 1, not {args.episodes}")
     model, label = _load_model(args.model)
     input_shape = _input_shape(args, model)
     dtypes = [d.strip() for d in args.dtypes.split(",")] if args.dtypes else None

@@ -5,6 +5,8 @@ reader on the parsed arguments."""
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 from pathlib import Path
 
 from hwlat.devices.device import Device
@@ -14,6 +16,49 @@ from hwlat.profiler.backends import HostBackend, get_backend
 from hwlat.profiler.backends.tvm import DEFAULT_TUNE_TRIALS
 from hwlat.profiler.protocol import TimingProtocol
 from hwlat.profiler.store import Store, default_db
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose every refusal (a missing option, a number out of range) is one ConfigError,
+    printed like any other error: one ``hwlat: error:`` line, exit 2, no usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise ConfigError(f"{self.prog}: {message}", f"see {self.prog} --help")
+
+
+def integer(minimum: int = 1) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum`` (``--budget 0`` is refused, not run)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is too small; give a whole number >= {minimum}")
+        return value
+
+    return parse
+
+
+def number(minimum: float = 0.0, above: bool = True, maximum: float | None = None) -> Callable[[str], float]:
+    """An argparse type: a finite number above ``minimum`` (at least it, with ``above=False``) and at
+    most ``maximum`` (``--latency-ms inf`` or ``nan`` is refused: no budget compares with them)."""
+    bound = f"> {minimum:g}" if above else f">= {minimum:g}"
+    if maximum is not None:
+        bound += f" and <= {maximum:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        low = value <= minimum if above else value < minimum
+        if not math.isfinite(value) or low or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"{text} is out of range; give a finite number {bound}")
+        return value
+
+    return parse
 
 
 def add_db(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -95,7 +140,7 @@ def add_backend(
     if tune_trials:
         p.add_argument(
             "--tune-trials",
-            type=int,
+            type=integer(1),
             metavar="N",
             help="with --backend tvm: MetaSchedule candidates per kernel, timed on the device "
             f"(default {DEFAULT_TUNE_TRIALS})",
@@ -104,9 +149,9 @@ def add_backend(
 
 def add_protocol(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("timing protocol")
-    g.add_argument("--repeat", type=int, help="repeats per op (default 9)")
-    g.add_argument("--min-repeat-ms", type=float, help="minimum length of one repeat (default 20)")
-    g.add_argument("--cooldown-ms", type=float, help="pause after each op (default 0)")
+    g.add_argument("--repeat", type=integer(1), help="repeats per op (default 9)")
+    g.add_argument("--min-repeat-ms", type=number(0), help="minimum length of one repeat (default 20)")
+    g.add_argument("--cooldown-ms", type=number(0, above=False), help="pause after each op (default 0)")
     g.add_argument("--quick", action="store_true", help="a short, less precise protocol for smoke runs")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 

@@ -47,24 +47,27 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     options.add_out(p, "predictor file to write")
     p.add_argument(
         "--sampled-kernels",
-        type=int,
+        type=options.integer(0),
         default=600,
         help="random kernel configurations measured for the regressor (default 600)",
     )
     p.add_argument(
         "--random-networks",
-        type=int,
+        type=options.integer(0),
         default=30,
         help="random networks whose kernels are measured for the regressor (default 30)",
     )
     p.add_argument(
         "--calibration-networks",
-        type=int,
+        type=options.integer(1),
         default=16,
         help="networks measured end to end to fit the overhead (default 16)",
     )
     p.add_argument(
-        "--passes", type=int, default=3, help="re-measure disturbed rows up to N times (default 3)"
+        "--passes",
+        type=options.integer(0),
+        default=3,
+        help="re-measure disturbed rows up to N times (default 3)",
     )
     options.add_dtypes(p)
     options.add_db(p)
@@ -82,7 +85,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--lenient",
         action="store_true",
-        help="leave ops the splitter does not know out (listed as warnings) instead of failing",
+        help="estimate ops the splitter does not know on the device's roofline (listed in "
+        "unsupported_ops) instead of failing",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object (latency_ms, kernels, ...)")
     p.set_defaults(func=cmd_predict)
@@ -106,7 +110,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="re-measure models already in the store")
     p.add_argument(
         "--repeats",
-        type=int,
+        type=options.integer(1),
         default=3,
         help="measure each model N times, in passes apart in time, and keep the median clean pass "
         "(the steady-state latency a plain runtime loop reports; default 3)",
@@ -119,8 +123,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--lenient",
         action="store_true",
-        help="predict models with ops the splitter does not know (estimated, listed) instead of leaving "
-        "them out",
+        help="predict models with ops the splitter does not know (estimated on the device's roofline, "
+        "listed) instead of leaving the models out",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     options.add_inventory(p)
@@ -181,6 +185,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"  {k.latency_ms:8.3f} ms  {k.source:9s} {k.key[:90]}")
     if pred.fallbacks:
         print(f"  {len(pred.fallbacks)} kernels are not in the table: predicted by the kernel regressor")
+    if pred.unsupported_ops:
+        estimated_ms = sum(u["latency_ms"] for u in pred.unsupported_ops)
+        print(
+            f"  {len(pred.unsupported_ops)} unsupported nodes estimated on the device's roofline: "
+            f"{estimated_ms:.3f} ms of the total"
+        )
     for w in pred.warnings:
         print(f"  warning: {w}", file=sys.stderr)
     return 0

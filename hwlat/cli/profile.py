@@ -43,13 +43,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--budget-minutes",
-        type=float,
+        type=options.number(0),
         default=10.0,
         help="with --adaptive: wall-clock budget in minutes (default 10)",
     )
     p.add_argument(
         "--resolution",
-        type=int,
+        type=options.integer(1),
         action="append",
         help="with --space: input resolutions (repeatable; default the space's own)",
     )
@@ -165,7 +165,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
             device, options.backend(args, device), store, options.protocol(args), show_progress=False
         ).measure_model(args.model)
     if not m.ok:
-        print(f"hwlat: error: measuring {args.model} failed: {m.error_msg}", file=sys.stderr)
+        reason = " ".join(m.error_msg.split())  # the runtime's message may span lines
+        print(f"hwlat: error: measuring {args.model} failed: {reason}", file=sys.stderr)
         return EXIT_FAILED
     out = {
         "model": str(args.model),

@@ -9,7 +9,7 @@ from pathlib import Path
 from hwlat.cli import options
 from hwlat.devices.inventory import resolve_device
 from hwlat.errors import EXIT_FAILED, ConfigError
-from hwlat.profiler.store.leases import HOLDER
+from hwlat.profiler.store.leases import holder_id
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +30,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--latency-ms",
-        type=float,
+        type=options.number(0),
         action="append",
         required=True,
         help="latency budget, one per --predictor in the same order",
@@ -38,7 +38,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--strategy", default="evolution", help="evolution, nsga2, rl or random (default evolution)"
     )
-    p.add_argument("--budget", type=int, default=1000, help="architectures to evaluate (default 1000)")
+    p.add_argument(
+        "--budget", type=options.integer(1), default=1000, help="architectures to evaluate (default 1000)"
+    )
     p.add_argument(
         "--objective",
         default="flops",
@@ -56,13 +58,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--study",
         help="name of the study in the store (default: the output folder's name); re-running resumes it",
     )
-    p.add_argument("--seed", type=int, default=0, help="strategy seed (default 0)")
-    p.add_argument("--batch-size", type=int, help="architectures per step (default: the strategy's)")
-    p.add_argument("--top", type=int, default=5, help="winners exported as ONNX (default 5)")
+    p.add_argument("--seed", type=options.integer(0), default=0, help="strategy seed (default 0)")
+    p.add_argument(
+        "--batch-size", type=options.integer(1), help="architectures per step (default: the strategy's)"
+    )
+    p.add_argument("--top", type=options.integer(0), default=5, help="winners exported as ONNX (default 5)")
     g = p.add_argument_group("verification on the device")
     g.add_argument(
         "--verify",
-        type=int,
+        type=options.integer(0),
         default=0,
         metavar="K",
         help="measure the top K winners on the device and compare with the prediction",
@@ -74,13 +78,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument(
         "--noise-band",
-        type=float,
+        type=options.number(0, above=False),
         default=0.05,
         help="measured latency up to budget x (1 + band) still passes (default 0.05)",
     )
     g.add_argument(
         "--verify-repeats",
-        type=int,
+        type=options.integer(1),
         default=3,
         help="times each winner is measured; the median clean pass is kept (default 3)",
     )
@@ -100,10 +104,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     options.add_device(p)
     p.add_argument("--backend", default="ort", help="ort (default; kernels are read from its profiler)")
     p.add_argument("--space", default="proxyless", help="search space (default proxyless)")
-    p.add_argument("--resolution", type=int, default=224, help="input resolution (default 224)")
-    p.add_argument("--latency-ms", type=float, help="latency budget (default: chosen from the space)")
-    p.add_argument("--evaluations", type=int, default=2000, help="architectures searched (default 2000)")
-    p.add_argument("--verify", type=int, default=5, help="winners measured on the device (default 5)")
+    p.add_argument(
+        "--resolution", type=options.integer(1), default=224, help="input resolution (default 224)"
+    )
+    p.add_argument(
+        "--latency-ms", type=options.number(0), help="latency budget (default: chosen from the space)"
+    )
+    p.add_argument(
+        "--evaluations", type=options.integer(1), default=2000, help="architectures searched (default 2000)"
+    )
+    p.add_argument(
+        "--verify", type=options.integer(0), default=5, help="winners measured on the device (default 5)"
+    )
     options.add_out(p, "report folder (default hwlat-report)", required=False, default=Path("hwlat-report"))
     options.add_db(p)
     options.add_wait(p)
@@ -146,7 +158,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             show_progress=not args.no_progress,
             store=store,
             study_name=args.study,
-            worker=HOLDER if args.worker else None,  # host:pid:random, unique per process
+            worker=holder_id() if args.worker else None,  # host:pid:random, unique per process
         )
         for name, minimum in study.minima.items():
             print(f"fastest network found for {name}: {minimum.value:.3f} ms")

@@ -37,7 +37,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     q.add_argument(
         "--resolution",
-        type=int,
+        type=options.integer(1),
         action="append",
         help="input resolutions (repeatable; default the space's own, e.g. 224 for proxyless)",
     )

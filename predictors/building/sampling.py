@@ -1,7 +1,8 @@
 """Random kernel configurations in the ranges CNNs use, for training kernel regressors.
 
 Each draw builds a short op pattern (a conv, a residual ``conv -> add -> relu``, a
-``concat -> shuffle -> split``, an SE block, ...) and groups it with the backend's fusion
+``concat -> shuffle -> split``, an SE block, a factorised or dilated conv, a transposed conv,
+a channels-last norm or linear layer, a pad, slice or upsampling, ...) and groups it with the backend's fusion
 rules, so the kernels sampled are the kernels the splitter produces for real networks.
 Channel counts are mostly multiples of 8 with a quarter arbitrary (ONNX Runtime switches
 convolution layouts on channel alignment, so the odd ones must be seen too).
@@ -19,8 +20,21 @@ from hwlat.profiler.kernel import Kernel
 from hwlat.profiler.opspec import InvalidOpSpecError, OpSpec
 
 MAX_FLOPS = 2e9  # keeps one measurement under a few hundred ms on a small CPU
-ACTIVATIONS = ("none", "relu", "relu6", "hardswish", "swish", "hardsigmoid", "sigmoid")
-_ACT_WEIGHTS = (4, 4, 2, 2, 2, 0.5, 0.5)
+ACTIVATIONS = (
+    "none",
+    "relu",
+    "relu6",
+    "hardswish",
+    "swish",
+    "hardsigmoid",
+    "sigmoid",
+    "gelu",
+    "mish",
+    "leakyrelu",
+    "elu",
+    "tanh",
+)
+_ACT_WEIGHTS = (4, 4, 2, 2, 2, 0.5, 0.5, 1, 0.5, 0.5, 0.3, 0.2)
 
 
 @dataclass
@@ -96,6 +110,103 @@ def _conv(rng: np.random.Generator) -> list[OpSpec]:
             bias=bool(rng.random() < 0.9),
         )
     ]
+
+
+def _shaped_conv(rng: np.random.Generator) -> list[OpSpec]:
+    """Factorised (1xk or kx1), dilated, and rectangular-input convs, dense or depthwise."""
+    hw = resolution(rng, 56)
+    h, w = (hw, hw) if rng.random() < 0.7 else (hw, max(4, int(hw * rng.uniform(0.5, 1.5))))
+    c = channels(rng, 8, 512)
+    depthwise = rng.random() < 0.3
+    kernel: int | tuple[int, int] = 3
+    padding: int | tuple[int, int] = 1
+    dilation = 1
+    if rng.random() < 0.5:
+        k = int(rng.choice([3, 5, 7]))
+        kernel, padding = ((1, k), (0, k // 2)) if rng.random() < 0.5 else ((k, 1), (k // 2, 0))
+    else:
+        dilation = int(rng.choice([2, 3, 4, 6]))
+        padding = dilation
+    return [
+        OpSpec(
+            "conv",
+            (1, c, h, w),
+            out_channels=c if depthwise else channels(rng, 8, 512),
+            kernel=kernel,
+            padding=padding,
+            dilation=dilation,
+            groups=c if depthwise else 1,
+            activation=activation(rng),
+        )
+    ]
+
+
+def _deconv(rng: np.random.Generator) -> list[OpSpec]:
+    hw = resolution(rng, 56)
+    k, s = [(2, 2), (4, 2), (3, 1), (3, 2)][int(rng.integers(4))]
+    p = 1 if (k, s) in ((4, 2), (3, 1)) else 0
+    return [
+        OpSpec(
+            "deconv",
+            (1, channels(rng, 8, 512), hw, hw),
+            out_channels=channels(rng, 8, 256),
+            kernel=k,
+            stride=s,
+            padding=p,
+            activation=str(rng.choice(["none", "relu", "relu"])),
+        )
+    ]
+
+
+def _channels_last(rng: np.random.Generator) -> list[OpSpec]:
+    """A transformer-style block on (N, H, W, C) or (N, L, C): norm, linear, activation."""
+    c = channels(rng, 16, 768)
+    hw = resolution(rng, 56)
+    shape = (1, hw, hw, c) if rng.random() < 0.5 else (1, hw * hw, c)
+    choice = str(rng.choice(["layernorm", "gemm", "gemm", "softmax", "act", "add"]))
+    if choice == "gemm":
+        return [
+            OpSpec("gemm", shape, out_channels=channels(rng, 16, 3072), activation=activation(rng)),
+        ]
+    if choice == "act":
+        return [OpSpec("act", shape, activation=str(rng.choice(ACTIVATIONS[1:])))]
+    if choice == "add":
+        return [OpSpec("add", shape, broadcast=str(rng.choice(["none", "channel"])))]
+    return [OpSpec(choice, shape)]
+
+
+def _layout(rng: np.random.Generator) -> list[OpSpec]:
+    """Data movement between blocks: transposes, channel slices, pads, upsampling."""
+    hw = resolution(rng, 112)
+    c = channels(rng, 8, 512)
+    x = (1, c, hw, hw)
+    choice = str(rng.choice(["transpose", "slice", "pad", "resize", "resize"]))
+    if choice == "transpose":
+        return [OpSpec("transpose", x, perm=(0, 2, 3, 1) if rng.random() < 0.7 else (0, 3, 1, 2))]
+    if choice == "slice":
+        return [OpSpec("slice", x, out_channels=max(1, int(c * rng.uniform(0.2, 0.9))))]
+    if choice == "pad":
+        return [
+            OpSpec(
+                "pad",
+                x,
+                padding=int(rng.choice([1, 1, 2, 3])),
+                mode=str(rng.choice(["constant", "reflect", "edge"])),
+            )
+        ]
+    return [
+        OpSpec("resize", x, stride=int(rng.choice([2, 2, 4])), mode=str(rng.choice(["nearest", "linear"])))
+    ]
+
+
+def _norm(rng: np.random.Generator) -> list[OpSpec]:
+    """A batch norm no conv absorbs (pre-activation networks), usually with its activation."""
+    hw = resolution(rng)
+    x = (1, channels(rng), hw, hw)
+    ops = [OpSpec("bn", x)]
+    if rng.random() < 0.7:
+        ops.append(OpSpec("act", x, activation=str(rng.choice(["relu", "relu", "swish", "gelu"]))))
+    return ops
 
 
 def _stem(rng: np.random.Generator) -> list[OpSpec]:
@@ -188,7 +299,8 @@ def _pool(rng: np.random.Generator) -> list[OpSpec]:
 
 
 def _gap(rng: np.random.Generator) -> list[OpSpec]:
-    return [OpSpec("globalavgpool", (1, channels(rng, 16, 2048), resolution(rng, 56), resolution(rng, 56)))]
+    op = "globalavgpool" if rng.random() < 0.8 else "globalmaxpool"
+    return [OpSpec(op, (1, channels(rng, 16, 2048), resolution(rng, 56), resolution(rng, 56)))]
 
 
 def _eltwise(rng: np.random.Generator) -> list[OpSpec]:
@@ -279,6 +391,11 @@ PATTERNS: dict[str, Callable[[np.random.Generator], list[OpSpec]]] = {
     "shuffle": _shuffle,
     "shuffle_block": _shuffle_block,
     "se": _se,
+    "shaped_conv": _shaped_conv,
+    "deconv": _deconv,
+    "channels_last": _channels_last,
+    "layout": _layout,
+    "norm": _norm,
 }
 DEFAULT_WEIGHTS = {
     "conv": 30,
@@ -295,4 +412,9 @@ DEFAULT_WEIGHTS = {
     "shuffle": 3,
     "shuffle_block": 5,
     "se": 8,
+    "shaped_conv": 5,
+    "deconv": 2,
+    "channels_last": 5,
+    "layout": 4,
+    "norm": 3,
 }

@@ -36,6 +36,7 @@ from hwlat.predictors.kernels.tvm_fusion import tvm_fusion_rules
 from hwlat.predictors.metrics import accuracy
 from hwlat.predictors.models.kernel_regressor import KernelRegressor
 from hwlat.predictors.models.memory import MemoryModel, onnx_footprint
+from hwlat.predictors.models.roofline import Roofline, RooflineError
 from hwlat.predictors.models.table import LatencyTable
 from hwlat.predictors.predictor import LatencyPredictor
 from hwlat.profiler.backends import cache_dir
@@ -221,7 +222,13 @@ def train_predictor(
         table, profiler, calibration, rules, config.model_protocol, log, config.model_repeats
     )
     rows = store.measurements(device.name, backend, "kernel")
+    try:
+        roofline = Roofline.fit(kernels, ms).to_dict()
+    except RooflineError as exc:
+        log(f"no roofline (unsupported nodes cannot be estimated with --lenient): {exc}")
+        roofline = None
     meta = {
+        "roofline": roofline,
         "settings": device.settings(),
         "backend_version": _backend_version(rows),
         "host": rows[-1].host if rows else {},

@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from hwlat.errors import HwlatError
+from hwlat.profiler.opspec import OP_TYPES, InvalidOpSpecError, OpSpec
 
 FORMATS = ("ofa-yaml", "csv", "json")
 _EXTENSIONS = {".yaml": "ofa-yaml", ".yml": "ofa-yaml", ".csv": "csv", ".json": "json"}
@@ -130,35 +131,85 @@ def parse_ofa_yaml(text: str, source: str = "<table>") -> list[TableEntry]:
         raise TableFormatError(f"{source}: {exc}") from None
     except yaml.YAMLError as exc:
         raise TableFormatError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise TableFormatError(f"{source}: not readable YAML (nested too deep)") from None
     if not isinstance(data, dict):
         raise TableFormatError(f"{source}: a table maps each block key to count/mean/std")
     lines = {n.value: n.start_mark.line + 1 for n, _ in root.value} if root is not None else {}
     entries = []
     for key, fields in data.items():
-        where = f"{source}:{lines.get(key, 0)}"
+        where = f"{source}:{lines[str(key)]}" if str(key) in lines else source
         if not isinstance(fields, dict):
             raise TableFormatError(f"{where}: {key!r} must map to count/mean/std, got {fields!r}")
-        entries.append(_entry(str(key), fields, where))
+        entries.append(_entry(key, fields, where))
     return entries
 
 
-def _entry(key: str, fields: dict, where: str) -> TableEntry:
+MAX_KEY_CHARS = 1000
+# Stored in an INTEGER column, 32 bits on PostgreSQL.
+MAX_COUNT = 2**31 - 1
+
+
+def _check_key(key: object, where: str) -> str:
+    """A block key is any printable text (it is a primary key); hwlat's own op keys must parse."""
+    if (
+        not isinstance(key, str)
+        or not 0 < len(key) <= MAX_KEY_CHARS
+        or not key.isprintable()
+        or key != key.strip()
+    ):
+        raise TableFormatError(
+            f"{where}: {key!r} is not a block key",
+            f"keys are printable text of 1 to {MAX_KEY_CHARS} characters without spaces at either end",
+        )
+    op = key.split("-", 1)[0]
+    if op in OP_TYPES and key.startswith(f"{op}-in:"):
+        try:
+            OpSpec.from_key(key)
+        except InvalidOpSpecError as exc:
+            raise TableFormatError(f"{where}: {exc}", "fix the key or leave the entry out") from None
+    return key
+
+
+def _number(value: object) -> float | None:
+    """A float from a number or numeric text (inf and nan included); None for anything else."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _entry(key: object, fields: dict, where: str) -> TableEntry:
+    key = _check_key(key, where)
     unknown = sorted(set(fields) - {"mean", "std", "count"})
     if unknown:
         raise TableFormatError(f"{where}: {key!r} has unknown fields {unknown}; expected mean, std, count")
     if "mean" not in fields:
         raise TableFormatError(f"{where}: {key!r} has no 'mean' (the latency in ms)")
-    try:
-        mean = float(fields["mean"])
-        std = float(fields.get("std", 0.0))
-        count = int(float(fields.get("count", 1)))
-    except (TypeError, ValueError):
+    mean, std, count = (
+        _number(fields.get(name, default)) for name, default in (("mean", 0), ("std", 0), ("count", 1))
+    )
+    if mean is None or std is None or count is None:
+        raise TableFormatError(f"{where}: {key!r}: mean, std and count must be numbers, got {fields}")
+    if not (0 <= mean < math.inf and 0 <= std < math.inf):
         raise TableFormatError(
-            f"{where}: {key!r}: mean, std and count must be numbers, got {fields}"
-        ) from None
-    if not math.isfinite(mean) or mean < 0 or not math.isfinite(std) or std < 0:
-        raise TableFormatError(f"{where}: {key!r}: mean and std must be finite and >= 0, got {fields}")
-    return TableEntry(key, mean, std, count)
+            f"{where}: {key!r}: mean and std must be finite and >= 0, got {fields}",
+            "give milliseconds as plain numbers",
+        )
+    if not (1 <= count <= MAX_COUNT and count.is_integer()):
+        raise TableFormatError(
+            f"{where}: {key!r}: count must be a whole number from 1 to {MAX_COUNT}, got {fields['count']!r}",
+            "give how many runs the mean is over",
+        )
+    return TableEntry(key, mean, std, int(count))
+
+
+def _refuse_duplicate(key: str, where: str, first: str) -> None:
+    raise TableFormatError(
+        f"{where}: key {key!r} is given twice (first on {first})", "keep one of them; nothing was imported"
+    )
 
 
 def _parse_csv(text: str, source: str) -> list[TableEntry]:
@@ -168,22 +219,39 @@ def _parse_csv(text: str, source: str) -> list[TableEntry]:
             f"{source}: a CSV table needs the columns key and mean_ms "
             f"(std_ms and count optional); found {reader.fieldnames}"
         )
-    entries = []
+    entries, first_line = [], {}
     for row in reader:
         fields = {"mean": row["mean_ms"]}
         if row.get("std_ms"):
             fields["std"] = row["std_ms"]
         if row.get("count"):
             fields["count"] = row["count"]
-        entries.append(_entry(row["key"], fields, f"{source}:{reader.line_num}"))
+        where = f"{source}:{reader.line_num}"
+        entry = _entry(row["key"], fields, where)
+        if entry.key in first_line:
+            _refuse_duplicate(entry.key, where, f"line {first_line[entry.key]}")
+        first_line[entry.key] = reader.line_num
+        entries.append(entry)
     return entries
 
 
 def _parse_json(text: str, source: str) -> list[TableEntry]:
+    def no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+        seen: dict = {}
+        for key, value in pairs:
+            if key in seen:
+                lines = [n for n, line in enumerate(text.splitlines(), 1) if json.dumps(key) in line]
+                where = f"{source}:{lines[-1]}" if len(lines) > 1 else source
+                _refuse_duplicate(key, where, f"line {lines[0]}" if len(lines) > 1 else "an earlier line")
+            seen[key] = value
+        return seen
+
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=no_duplicates)
     except json.JSONDecodeError as exc:
         raise TableFormatError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except (ValueError, RecursionError) as exc:  # a number of thousands of digits, or nested too deep
+        raise TableFormatError(f"{source}: not readable JSON ({str(exc).split(':')[0]})") from None
     body = data.get("entries") if isinstance(data, dict) else None
     if not isinstance(body, dict):
         raise TableFormatError(

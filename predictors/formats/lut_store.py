@@ -62,23 +62,21 @@ def table_from_store(space, store: Store, device: str, backend: str) -> TableBui
 
 
 def import_table(entries: Iterable[TableEntry], store: Store, device: str, backend: str, source: str) -> int:
-    """Store each entry as a block row for (device, backend); an existing row is replaced."""
-    n = 0
-    for e in entries:
-        store.save(
-            Measurement(
-                device=device,
-                backend=backend,
-                key=e.key,
-                kind=BLOCK_KIND,
-                samples_ms=[e.mean_ms],
-                number=e.count,
-                backend_version=IMPORTED_VERSION,
-                extra={"mean_ms": e.mean_ms, "std_ms": e.std_ms, "count": e.count, "source": source},
-            )
+    """Store each entry as a block row for (device, backend), all in one transaction (an import
+    that fails half-way changes nothing); an existing row is replaced."""
+    return store.save_all(
+        Measurement(
+            device=device,
+            backend=backend,
+            key=e.key,
+            kind=BLOCK_KIND,
+            samples_ms=[e.mean_ms],
+            number=e.count,
+            backend_version=IMPORTED_VERSION,
+            extra={"mean_ms": e.mean_ms, "std_ms": e.std_ms, "count": e.count, "source": source},
         )
-        n += 1
-    return n
+        for e in entries
+    )
 
 
 def _block_entry(m: Measurement) -> TableEntry:

@@ -5,18 +5,23 @@ Three passes:
      only from constants and tensor shapes (the legacy torch exporter's ``Shape -> Gather ->
      Div -> Slice`` for ``chunk``, Clip bounds, Reshape targets), are evaluated with numpy,
      as the runtime folds them at load time; they cost nothing.
-  2. *Map nodes to ops* (OpSpecs). Conv with its batch-norm, per-channel constant add/mul
-     and activation (Relu, Clip(0, 6), HardSwish, HardSigmoid, Sigmoid, and Sigmoid-Mul
-     swish) is one conv; MatMul + bias is a gemm; two Slices of one tensor along channels
-     are one split; Reshape -> Transpose -> Reshape is a channel shuffle; Flatten, Reshape,
-     Squeeze, Unsqueeze and Softmax are *glue* nodes (executed, but no compute: they cost
-     the per-node overhead); Identity and Dropout vanish.
+  2. *Map nodes to ops* (OpSpecs). Conv (any kernel, stride, dilation, groups; ConvTranspose
+     too) with its batch-norm, per-channel constant add/mul, a zero Pad before it (ONNX
+     Runtime's PadFusion) and its activation (Relu, Clip(0, 6), HardSwish, HardSigmoid, Sigmoid,
+     Tanh, LeakyRelu, Elu, and the exporter's multi-node SiLU, GELU and Mish) is one conv;
+     MatMul + bias is a gemm, on (N, C) or channels-last (N, ..., C) tensors; Slices of one
+     tensor along channels are one split, or one slice; Reshape -> Transpose -> Reshape is a
+     channel shuffle; BatchNormalization no conv absorbs, LayerNormalization, Softmax, Pad,
+     Resize, Transpose and pooling are ops of their own; Flatten, Reshape, Squeeze and
+     Unsqueeze are *glue* nodes (executed, but no compute: they cost the per-node overhead);
+     Identity, Dropout and a Slice that keeps everything vanish.
   3. *Group ops into kernels* with the backend's measured fusion rules
      (predictors/kernels/fusion.py), and squeeze-and-excitation blocks (globalavgpool -> conv ->
      conv -> mul of the pooled tensor) into one kernel.
 
-Ops it does not know are listed by type and node name in ``UnsupportedOpsError`` (or in
-``SplitResult.warnings`` with ``strict=False``, where they are left out of the sum).
+Ops it does not know are listed by type and node name in ``UnsupportedOpsError``; with
+``strict=False`` each becomes a ``FallbackNode`` (its FLOPs and bytes, for the predictor's
+roofline estimate), so that nothing is silently left out of the sum.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from hwlat.profiler.onnx_models.graph import (
 )
 from hwlat.profiler.opspec import InvalidOpSpecError, OpSpec
 
-GLUE_OPS = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Softmax", "LogSoftmax")
+GLUE_OPS = ("Flatten", "Reshape", "Squeeze", "Unsqueeze")
 
 
 class UnsupportedOpsError(HwlatError):
@@ -64,12 +69,24 @@ class SplitKernel:
     nodes: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class FallbackNode:
+    """A node no kernel describes (``strict=False``): what a roofline estimate needs."""
+
+    node: str
+    op_type: str
+    reason: str
+    flops: int  # one operation per output element, the least such a node can do
+    bytes_moved: int  # float32 inputs read plus outputs written (0 where a shape is unknown)
+
+
 @dataclass
 class SplitResult:
     kernels: list[SplitKernel]
     glue_nodes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     unsupported: list[str] = field(default_factory=list)
+    fallback: list[FallbackNode] = field(default_factory=list)
 
     @property
     def ops(self) -> list[OpSpec]:
@@ -104,15 +121,21 @@ class ModelSplitter:
         unsupported = sorted(set(mapper.unsupported))
         if unsupported and self.strict:
             raise UnsupportedOpsError(
-                f"the model has ops hwlat cannot map to kernels: {'; '.join(unsupported)}. "
-                "Supported: Conv, Gemm/MatMul, pooling, Add/Mul, Concat, Split/Slice, channel "
-                "shuffle, activations (Relu, Clip, HardSwish, HardSigmoid, Sigmoid, swish), "
-                "BatchNormalization and reshape-like nodes; pass --lenient (strict=False) to predict "
-                "without them"
+                f"the model has ops hwlat cannot map to kernels: {'; '.join(unsupported)}",
+                "supported: Conv/ConvTranspose, Gemm/MatMul, pooling, Add/Mul, Concat, "
+                "Split/Slice/Gather, channel shuffle, BatchNormalization, LayerNormalization, "
+                "Softmax, Pad, Resize, Transpose, activations (Relu, Clip, HardSwish, HardSigmoid, "
+                "Sigmoid, SiLU, GELU, Mish, Tanh, LeakyRelu, Elu) and reshape-like nodes; pass "
+                "--lenient (strict=False) to estimate the others on the device's roofline",
             )
-        result = SplitResult(kernels=[], warnings=graph.warnings + mapper.warnings, unsupported=unsupported)
+        result = SplitResult(
+            kernels=[],
+            warnings=graph.warnings + mapper.warnings,
+            unsupported=unsupported,
+            fallback=mapper.fallback,
+        )
         if unsupported:
-            result.warnings.append(f"left out (unsupported): {'; '.join(unsupported)}")
+            result.warnings.append(f"estimated on the roofline (unsupported): {'; '.join(unsupported)}")
         result.glue_nodes = [n for it in items if it.spec is None for n in it.nodes]
         result.kernels = _group(
             [it for it in items if it.spec is not None], graph, self.fusion_rules or FusionRules("none")
@@ -137,6 +160,9 @@ class _Mapper:
                 if name and not graph.is_static(name):
                     self.consumers.setdefault(name, []).append(node)
         self.int8, self.fused_qdq = _quantized_regions(graph, self.consumers)
+        self.fallback: list[FallbackNode] = []
+        self.padded: dict[int, tuple[int, int, int, int]] = {}  # conv/pool -> the Pad folded into it
+        self.patterns = _activation_patterns(graph, self.consumers)
 
     def run(self) -> list[_Item]:
         for node in self.g.data_nodes:
@@ -145,7 +171,7 @@ class _Mapper:
             try:
                 self._map(node)
             except (_Unmappable, InvalidOpSpecError) as exc:
-                self.unsupported.append(f"{node.op_type} ({node.name or 'unnamed'}: {exc})")
+                self._unsupported(node, str(exc))
         if self.ceil_mode_nodes:
             self.warnings.append(
                 f"{len(self.ceil_mode_nodes)} pooling nodes use ceil_mode, timed as floor "
@@ -154,6 +180,25 @@ class _Mapper:
         return self.items
 
     # -- helpers --
+    def _unsupported(self, node: onnx.NodeProto, reason: str = "") -> None:
+        name = node.name or "unnamed"
+        self.unsupported.append(
+            f"{node.op_type} ({name}: {reason})" if reason else f"{node.op_type} ({name})"
+        )
+        ins = [self.g.shapes.get(self._root(i)) for i in node.input if i and not self.g.is_static(i)]
+        outs = [self.g.shapes.get(o) for o in node.output if o]
+        known = [s for s in ins + outs if s is not None]
+        self.fallback.append(
+            FallbackNode(
+                name,
+                node.op_type,
+                reason or "no kernel describes this op",
+                sum(math.prod(s) for s in outs if s is not None),
+                4 * sum(math.prod(s) for s in known),
+            )
+        )
+        self.done.add(id(node))
+
     def _root(self, name: str) -> str:
         while name in self.alias:
             name = self.alias[name]
@@ -230,6 +275,9 @@ class _Mapper:
                 self.alias[node.output[1]] = self._root(node.input[0])
             self.done.add(id(node))
             return
+        if id(node) in self.patterns:
+            self._map_pattern(node)
+            return
         handler = getattr(self, f"_map_{op}", None)
         if op in ACTIVATION_OPS:
             handler = self._map_activation
@@ -238,34 +286,98 @@ class _Mapper:
         elif op in GLUE_OPS and handler is None:
             handler = self._map_glue
         if handler is None:
-            self.unsupported.append(f"{op} ({node.name or 'unnamed'})")
-            self.done.add(id(node))
+            self._unsupported(node)
             return
         handler(node)
 
     def _map_Conv(self, node: onnx.NodeProto) -> None:
+        self._map_conv(node, "conv")
+
+    def _map_ConvTranspose(self, node: onnx.NodeProto) -> None:
+        a = attrs(node)
+        if any(a.get("output_padding", [0, 0])) or "output_shape" in a:
+            self.warnings.append(
+                f"{node.name!r}: ConvTranspose output_padding/output_shape timed without the extra row"
+            )
+        if any(d != 1 for d in a.get("dilations", [1, 1])):
+            raise _Unmappable("dilated transposed convolutions are not supported")
+        self._map_conv(node, "deconv")
+
+    def _map_conv(self, node: onnx.NodeProto, op: str) -> None:
         x = self._shape(node.input[0])
         w = self._known(node.input[1])
         a = attrs(node)
         if len(x) != 4:
             raise _Unmappable(f"only 2-D convolutions (4-D tensors) are supported, input is {x}")
-        if w[2] != w[3]:
-            raise _Unmappable(f"non-square kernel {w[2]}x{w[3]}")
-        strides = a.get("strides", [1, 1])
-        out = self._known(node.output[0])
-        pad = _symmetric_pad(a, x, w[2], strides[0], a.get("dilations", [1, 1])[0], out)
+        groups = a.get("group", 1)
+        kernel, strides = tuple(w[2:]), tuple(a.get("strides", [1, 1]))
+        dilations = tuple(a.get("dilations", [1, 1]))
+        if op == "conv":
+            out = self._known(node.output[0])
+            pads = _add_pads(a.get("pads", [0, 0, 0, 0]), self.padded.get(id(node)))
+            padding = _symmetric_pads(pads, x, kernel, strides, dilations, out)
+            cout = w[0]
+        else:
+            pads = a.get("pads", [0, 0, 0, 0])
+            padding = ((pads[0] + pads[2]) // 2, (pads[1] + pads[3]) // 2)
+            cout = w[1] * groups
         spec = OpSpec(
-            "conv",
+            op,
             x,
-            out_channels=w[0],
-            kernel=w[2],
-            stride=strides[0],
-            padding=pad,
-            dilation=a.get("dilations", [1, 1])[0],
-            groups=a.get("group", 1),
+            out_channels=cout,
+            kernel=kernel,
+            stride=strides,
+            padding=padding,
+            dilation=dilations if op == "conv" else 1,
+            groups=groups,
             bias=len(node.input) > 2 and bool(node.input[2]),
         )
         self._add(spec, [node.input[0]], [node.output[0]], [node])
+
+    def _map_Pad(self, node: onnx.NodeProto) -> None:
+        """A zero Pad read only by a conv or pooling is folded into it (ONNX Runtime's PadFusion,
+        TVM's FoldExplicitPadding); any other Pad is an op of its own."""
+        x = self._shape(node.input[0])
+        a = attrs(node)
+        pads = self.g.value(node.input[1]) if len(node.input) > 1 and node.input[1] else a.get("pads")
+        pads = [int(v) for v in np.ravel(pads)] if pads is not None else None
+        if pads is None or len(x) != 4 or len(pads) != 8 or any(pads[i] for i in (0, 1, 4, 5)):
+            raise _Unmappable(f"only spatial padding of 4-D tensors is supported (pads {pads})")
+        if min(pads) < 0:
+            raise _Unmappable(f"negative pads {pads} crop the tensor")
+        mode = a.get("mode", b"constant")
+        mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+        value = self.g.value(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        zero = mode == "constant" and (value is None or float(np.ravel(value)[0]) == 0.0)
+        reader = self._only_consumer(node.output[0])
+        spatial = (pads[2], pads[3], pads[6], pads[7])
+        if zero and reader is not None and reader.op_type in ("Conv", "MaxPool", "AveragePool"):
+            self.padded[id(reader)] = spatial
+            self.alias[node.output[0]] = self._root(node.input[0])
+            self.done.add(id(node))
+            return
+        if mode not in ("constant", "reflect", "edge"):
+            raise _Unmappable(f"pad mode {mode!r}")
+        if pads[2] != pads[6] or pads[3] != pads[7]:
+            self.warnings.append(f"{node.name!r}: asymmetric Pad {spatial} timed as symmetric")
+        padding = ((pads[2] + pads[6] + 1) // 2, (pads[3] + pads[7] + 1) // 2)
+        self._add(OpSpec("pad", x, padding=padding, mode=mode), [node.input[0]], [node.output[0]], [node])
+
+    def _map_Resize(self, node: onnx.NodeProto) -> None:
+        x = self._shape(node.input[0])
+        y = self._known(node.output[0])
+        mode = attrs(node).get("mode", b"nearest")
+        mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+        if len(x) != 4 or y[:2] != x[:2] or y[2] % x[2] or y[3] % x[3]:
+            raise _Unmappable(f"only whole-number spatial upsampling is supported ({x} -> {y})")
+        if mode == "cubic":
+            self.warnings.append(f"{node.name!r}: cubic Resize timed as linear")
+            mode = "linear"
+        spec = OpSpec("resize", x, stride=(y[2] // x[2], y[3] // x[3]), mode=mode)
+        self._add(spec, [node.input[0]], [node.output[0]], [node])
+
+    def _map_Upsample(self, node: onnx.NodeProto) -> None:
+        self._map_Resize(node)
 
     def _map_QuantizeLinear(self, node: onnx.NodeProto) -> None:
         """A quantize not fused into an 8-bit kernel: float32 entering an 8-bit region."""
@@ -278,12 +390,36 @@ class _Mapper:
         self._add(spec, [node.input[0]], [node.output[0]], [node])
 
     def _map_BatchNormalization(self, node: onnx.NodeProto) -> None:
-        item = self._foldable(node.input[0], ("conv",))
-        if item is not None:
+        item = self._foldable(node.input[0], ("conv", "deconv"))
+        if item is not None and item.spec.activation == "none":
             self._fold(item, dataclasses.replace(item.spec, bias=True), node.output[0], [node])
             return
-        shape = self._shape(node.input[0])
-        self._add(OpSpec("mul", shape, broadcast="channel"), [node.input[0]], [node.output[0]], [node])
+        self._add(OpSpec("bn", self._shape(node.input[0])), [node.input[0]], [node.output[0]], [node])
+
+    def _map_LayerNormalization(self, node: onnx.NodeProto) -> None:
+        x = self._shape(node.input[0])
+        if attrs(node).get("axis", -1) % len(x) != len(x) - 1:
+            raise _Unmappable("only a layer norm over the last axis is supported")
+        self._add(OpSpec("layernorm", x), [node.input[0]], [node.output[0]], [node])
+
+    def _map_Softmax(self, node: onnx.NodeProto) -> None:
+        x = self._shape(node.input[0])
+        if attrs(node).get("axis", -1) % len(x) != len(x) - 1:
+            self.warnings.append(
+                f"{node.name!r}: {node.op_type} over axis {attrs(node)['axis']} timed as last"
+            )
+        self._add(OpSpec("softmax", x), [node.input[0]], [node.output[0]], [node])
+
+    def _map_LogSoftmax(self, node: onnx.NodeProto) -> None:
+        self._map_Softmax(node)
+
+    def _map_Transpose(self, node: onnx.NodeProto) -> None:
+        x = self._shape(node.input[0])
+        perm = tuple(attrs(node).get("perm", reversed(range(len(x)))))
+        if len(x) == 2 or all(x[p] == 1 or p == i for i, p in enumerate(perm)):
+            self._map_glue(node)  # moves no data (or a 2-D view): executed as a copy at most
+            return
+        self._add(OpSpec("transpose", x, perm=perm), [node.input[0]], [node.output[0]], [node])
 
     def _map_activation(self, node: onnx.NodeProto) -> None:
         """Fold into the conv/gemm before it when that conv feeds nothing else; ``x * sigmoid(x)``
@@ -306,17 +442,24 @@ class _Mapper:
         )
         if gated:
             activation = "swish" if node.op_type == "Sigmoid" else "hardswish"
-            nodes, output = [node, gate], gate.output[0]
+            self._activation(src, activation, [node, gate], gate.output[0])
         else:
-            activation, nodes, output = self._activation_name(node), [node], node.output[0]
+            self._activation(src, self._activation_name(node), [node], node.output[0])
+
+    def _map_pattern(self, node: onnx.NodeProto) -> None:
+        """A multi-node activation the exporter writes (GELU's erf form, Mish)."""
+        activation, nodes = self.patterns[id(node)]
+        self._activation(self._root(node.input[0]), activation, nodes, nodes[-1].output[0])
+
+    def _activation(self, src: str, activation: str, nodes: list[onnx.NodeProto], output: str) -> None:
         item = self.producer.get(src)
         if (
             item is not None
             and item.spec is not None
-            and item.spec.op in ("conv", "gemm")
+            and item.spec.op in ("conv", "deconv", "gemm")
             and item.spec.activation == "none"
             and len(item.outputs) == 1
-            and self._uses(src) == len(nodes)
+            and self._uses(src) == sum(src in map(self._root, n.input) for n in nodes)
         ):
             self._fold(item, dataclasses.replace(item.spec, activation=activation), output, nodes)
             return
@@ -335,9 +478,7 @@ class _Mapper:
             if (lo, hi) != (0.0, 6.0):
                 self.warnings.append(f"Clip({lo}, {hi}) at {node.name!r} is timed as relu6")
             return "relu6"
-        return {"Relu": "relu", "HardSwish": "hardswish", "HardSigmoid": "hardsigmoid", "Sigmoid": "sigmoid"}[
-            op
-        ]
+        return _ACTIVATION_NAMES[op]
 
     def _map_Gemm(self, node: onnx.NodeProto) -> None:
         x = self._shape(node.input[0])
@@ -351,25 +492,27 @@ class _Mapper:
 
     def _map_MatMul(self, node: onnx.NodeProto) -> None:
         x = self._shape(node.input[0])
-        if not self.g.is_static(node.input[1]) or len(x) != 2 or len(self._known(node.input[1])) != 2:
-            raise _Unmappable("only MatMul of a 2-D activation by a 2-D weight is supported")
+        if not self.g.is_static(node.input[1]) or len(self._known(node.input[1])) != 2:
+            raise _Unmappable(
+                "only a linear layer (MatMul by a 2-D weight) is supported, not two activations"
+            )
         spec = OpSpec("gemm", x, out_channels=self._known(node.input[1])[1], bias=False)
         self._add(spec, [node.input[0]], [node.output[0]], [node])
 
     def _map_pool(self, node: onnx.NodeProto, op: str) -> None:
         x = self._shape(node.input[0])
         a = attrs(node)
-        k = a["kernel_shape"]
-        if len(x) != 4 or k[0] != k[1]:
-            raise _Unmappable(f"only square 2-D pooling is supported (kernel {k}, input {x})")
-        s = a.get("strides", [1, 1])[0]
-        pad = _symmetric_pad(a, x, k[0], s, 1, self._known(node.output[0]))
-        pad = min(pad, k[0] // 2)
+        if len(x) != 4:
+            raise _Unmappable(f"only 2-D pooling (4-D tensors) is supported, input is {x}")
+        kernel, strides = tuple(a["kernel_shape"]), tuple(a.get("strides", [1, 1]))
+        pads = _add_pads(a.get("pads", [0, 0, 0, 0]), self.padded.get(id(node)))
+        out = self._known(node.output[0])
+        padding = _symmetric_pads(pads, x, kernel, strides, (1, 1), out)
+        padding = tuple(min(p, k // 2) for p, k in zip(padding, kernel, strict=True))
         if a.get("ceil_mode"):
             self.ceil_mode_nodes.append(node.name or node.op_type)
-        self._add(
-            OpSpec(op, x, kernel=k[0], stride=s, padding=pad), [node.input[0]], [node.output[0]], [node]
-        )
+        spec = OpSpec(op, x, kernel=kernel, stride=strides, padding=padding)
+        self._add(spec, [node.input[0]], [node.output[0]], [node])
 
     def _map_MaxPool(self, node: onnx.NodeProto) -> None:
         self._map_pool(node, "maxpool")
@@ -383,17 +526,24 @@ class _Mapper:
         )
 
     def _map_GlobalMaxPool(self, node: onnx.NodeProto) -> None:
-        self.warnings.append(f"{node.name!r}: GlobalMaxPool timed as GlobalAveragePool")
-        self._map_GlobalAveragePool(node)
+        self._add(
+            OpSpec("globalmaxpool", self._shape(node.input[0])), [node.input[0]], [node.output[0]], [node]
+        )
 
     def _map_ReduceMean(self, node: onnx.NodeProto) -> None:
+        self._map_reduce(node, self._map_GlobalAveragePool)
+
+    def _map_ReduceMax(self, node: onnx.NodeProto) -> None:
+        self._map_reduce(node, self._map_GlobalMaxPool)
+
+    def _map_reduce(self, node: onnx.NodeProto, pool) -> None:
         x = self._shape(node.input[0])
         axes = sorted(
             ax % len(x) for ax in axes_of([None, *(self.g.value(i) for i in node.input[1:])], attrs(node))
         )
         if len(x) != 4 or axes != [2, 3]:
-            raise _Unmappable(f"only a mean over H and W is supported (axes {axes})")
-        self._map_GlobalAveragePool(node)
+            raise _Unmappable(f"only a reduction over H and W is supported (axes {axes})")
+        pool(node)
 
     def _map_binary(self, node: onnx.NodeProto) -> None:
         kind = BINARY_OPS[node.op_type]
@@ -403,7 +553,7 @@ class _Mapper:
             raise _Unmappable("both inputs are constant")
         if any(static):
             data = ins[static.index(False)]
-            item = self._foldable(data, ("conv",))
+            item = self._foldable(data, ("conv", "deconv"))
             const = self.g.shapes.get(ins[static.index(True)], ())
             if (
                 item is not None
@@ -418,7 +568,7 @@ class _Mapper:
                     self._fold(gemm, dataclasses.replace(gemm.spec, bias=True), node.output[0], [node])
                     return
             shape = self._shape(data)
-            bcast = "channel" if len(shape) == 4 else "none"
+            bcast = "none" if math.prod(const) == math.prod(shape) else "channel"
             self._add(OpSpec(kind, shape, broadcast=bcast), [data], [node.output[0]], [node])
             return
         a, b = (self._shape(i) for i in ins)
@@ -428,10 +578,10 @@ class _Mapper:
             bcast = "none"
         elif len(a) == 4 and b in ((a[0], a[1], 1, 1), (a[1], 1, 1)):
             bcast = "channel"
+        elif len(a) != 4 and b[-1:] == a[-1:] and math.prod(b) == a[-1]:
+            bcast = "channel"  # channels last: (C,) onto (N, ..., C)
         else:
             raise _Unmappable(f"broadcast of {b} onto {a} (only same shape or per-channel)")
-        if len(a) != 4:
-            raise _Unmappable(f"element-wise ops are supported on 4-D tensors, got {a}")
         self._add(OpSpec(kind, a, broadcast=bcast), ins, [node.output[0]], [node])
 
     def _map_Concat(self, node: onnx.NodeProto) -> None:
@@ -459,8 +609,14 @@ class _Mapper:
         )
 
     def _map_Slice(self, node: onnx.NodeProto) -> None:
+        """Channel slices of one tensor that cover it are one split; a lone channel range is a
+        slice; a slice that keeps the whole tensor (``x[:, :c]`` of c channels) is nothing."""
         src = self._root(node.input[0])
         x = self._shape(src)
+        if self._known(node.output[0]) == x:
+            self.alias[node.output[0]] = src
+            self.done.add(id(node))
+            return
         slices = [n for n in self.consumers.get(src, []) if n.op_type == "Slice" and id(n) not in self.done]
         slices = [
             n
@@ -468,15 +624,34 @@ class _Mapper:
             if len(self.g.shapes.get(n.output[0], ())) == 4
             and self._known(n.output[0])[2:] == x[2:]
             and self._known(n.output[0])[0] == x[0]
+            and self._known(n.output[0]) != x
         ]
         if node not in slices or len(x) != 4:
             raise _Unmappable(f"only channel slices of 4-D tensors are supported (input {x})")
         parts = [self._known(n.output[0])[1] for n in slices]
+        if len(slices) == 1:
+            self._add(OpSpec("slice", x, out_channels=parts[0]), [src], [node.output[0]], [node])
+            return
         if sum(parts) < x[1]:
             parts.append(x[1] - sum(parts))
         if len(parts) < 2 or sum(parts) != x[1]:
             raise _Unmappable(f"channel slices {parts} of {x[1]} channels are not a split")
         self._add(OpSpec("split", x, parts=tuple(parts)), [src], [n.output[0] for n in slices], slices)
+
+    def _map_Gather(self, node: onnx.NodeProto) -> None:
+        """``x[:, [i, i+1, ...]]``: a channel range taken by index is a slice."""
+        x = self._shape(node.input[0])
+        index = self.g.value(node.input[1])
+        axis = attrs(node).get("axis", 0) % max(len(x), 1)
+        if index is None or len(x) != 4 or axis != 1 or index.ndim != 1:
+            raise _Unmappable("only a Gather of constant channel indices of a 4-D tensor is supported")
+        if len(index) == x[1] and np.array_equal(index % x[1], np.arange(x[1])):
+            self.alias[node.output[0]] = self._root(node.input[0])
+            self.done.add(id(node))
+            return
+        if len(index) and not np.array_equal(np.diff(index), np.ones(len(index) - 1)):
+            self.warnings.append(f"{node.name!r}: Gather of scattered channels timed as a slice")
+        self._add(OpSpec("slice", x, out_channels=len(index)), [node.input[0]], [node.output[0]], [node])
 
     def _map_Reshape(self, node: onnx.NodeProto) -> None:
         x = self._shape(node.input[0])
@@ -503,13 +678,72 @@ class _Mapper:
         self._add(None, [node.input[0]], list(node.output), [node])
 
 
-def _symmetric_pad(node_attrs: dict, x: tuple[int, ...], k: int, s: int, d: int, out: tuple[int, ...]) -> int:
-    """The symmetric padding that gives the node's output height (asymmetric pads rounded)."""
-    for pad in range(0, k + 1):
-        if conv_out(x[2], k, s, 2 * pad, d) == out[2]:
-            return pad
-    pads = node_attrs.get("pads", [0, 0, 0, 0])
-    return (pads[0] + pads[2] + 1) // 2
+def _add_pads(pads: list[int], extra: tuple[int, int, int, int] | None) -> list[int]:
+    """A node's pads plus those of a Pad folded into it (both ONNX order: begins, then ends)."""
+    return list(pads) if extra is None else [p + e for p, e in zip(pads, extra, strict=True)]
+
+
+def _symmetric_pads(
+    pads: list[int],
+    x: tuple[int, ...],
+    kernel: tuple[int, int],
+    strides: tuple[int, int],
+    dilations: tuple[int, int],
+    out: tuple[int, ...],
+) -> tuple[int, int]:
+    """Per axis, the symmetric padding that gives the node's output size (asymmetric pads, as
+    TensorFlow-style "same" padding writes them, rounded)."""
+    found = []
+    for axis in (0, 1):
+        size, k, s, d = x[2 + axis], kernel[axis], strides[axis], dilations[axis]
+        match = [p for p in range(0, k + 1) if conv_out(size, k, s, 2 * p, d) == out[2 + axis]]
+        found.append(match[0] if match else (pads[axis] + pads[axis + 2] + 1) // 2)
+    return found[0], found[1]
+
+
+_ACTIVATION_NAMES = {
+    "Relu": "relu",
+    "HardSwish": "hardswish",
+    "HardSigmoid": "hardsigmoid",
+    "Sigmoid": "sigmoid",
+    "Tanh": "tanh",
+    "LeakyRelu": "leakyrelu",
+    "Elu": "elu",
+    "Gelu": "gelu",
+    "Mish": "mish",
+}
+
+
+def _activation_patterns(
+    graph: OnnxGraph, consumers: dict[str, list[onnx.NodeProto]]
+) -> dict[int, tuple[str, list[onnx.NodeProto]]]:
+    """Multi-node activations as torch's exporter writes them, keyed by their first node:
+    GELU ``x / sqrt2 -> Erf -> + 1 -> * x -> * 0.5`` and Mish ``Softplus -> Tanh -> * x``."""
+
+    def only(name: str, op_type: str) -> onnx.NodeProto | None:
+        readers = consumers.get(name, [])
+        return readers[0] if len(readers) == 1 and readers[0].op_type == op_type else None
+
+    def const(node: onnx.NodeProto, value: float) -> bool:
+        values = [graph.value(i) for i in node.input if graph.is_static(i)]
+        return len(values) == 1 and values[0].size == 1 and abs(float(values[0].ravel()[0]) - value) < 1e-3
+
+    found: dict[int, tuple[str, list[onnx.NodeProto]]] = {}
+    for node in graph.data_nodes:
+        if node.op_type == "Div" and const(node, 2**0.5) and not graph.is_static(node.input[0]):
+            x = node.input[0]
+            erf = only(node.output[0], "Erf")
+            add = erf and only(erf.output[0], "Add")
+            mul = add and const(add, 1.0) and only(add.output[0], "Mul")
+            half = mul and x in mul.input and only(mul.output[0], "Mul")
+            if half and const(half, 0.5):
+                found[id(node)] = ("gelu", [node, erf, add, mul, half])
+        elif node.op_type == "Softplus":
+            tanh = only(node.output[0], "Tanh")
+            mul = tanh and only(tanh.output[0], "Mul")
+            if mul and node.input[0] in mul.input:
+                found[id(node)] = ("mish", [node, tanh, mul])
+    return found
 
 
 # ----- quantized (QDQ) networks -----------------------------------------------------------------

@@ -14,25 +14,37 @@ import math
 import numpy as np
 
 from hwlat.profiler.kernel import Kernel
-from hwlat.profiler.opspec import ACTIVATIONS, INT_DTYPES
+from hwlat.profiler.opspec import ACTIVATIONS, INT_DTYPES, OpSpec
 
 FAMILIES = {
     "conv": "conv",
     "dwconv": "dwconv",
+    "deconv": "deconv",
     "gemm": "gemm",
     "maxpool": "pool",
     "avgpool": "pool",
-    "globalavgpool": "globalavgpool",
+    "globalavgpool": "globalpool",
+    "globalmaxpool": "globalpool",
     "add": "eltwise",
     "mul": "eltwise",
     "act": "eltwise",
+    "bn": "eltwise",
+    "layernorm": "norm",
+    "softmax": "norm",
     "concat": "memory",
     "split": "memory",
+    "slice": "memory",
     "shuffle": "memory",
+    "pad": "memory",
+    "resize": "memory",
+    "transpose": "memory",
     "se": "se",
     "quantize": "convert",
     "dequantize": "convert",
 }
+# Ops whose tensors are channels last, (N, ..., C): linear layers and the normalisations of
+# transformer-style blocks; element-wise ops too when their input is not 4-D.
+_CHANNELS_LAST = ("gemm", "layernorm", "softmax")
 
 FEATURES = (
     "log_flops",
@@ -51,9 +63,13 @@ FEATURES = (
     "log_cout",
     "log_hw",
     "log_hwout",
-    "kernel",
-    "stride",
-    "padding",
+    "kernel_h",
+    "kernel_w",
+    "stride_h",
+    "stride_w",
+    "padding_h",
+    "padding_w",
+    "dilation",
     "groups",
     "cin_per_group",
     "depthwise",
@@ -81,23 +97,7 @@ FEATURES = (
     "bits",
     "unsigned",
 )
-_OPS = (
-    "conv",
-    "dwconv",
-    "gemm",
-    "maxpool",
-    "avgpool",
-    "globalavgpool",
-    "add",
-    "mul",
-    "act",
-    "concat",
-    "split",
-    "shuffle",
-    "se",
-    "quantize",
-    "dequantize",
-)
+_OPS = tuple(FAMILIES)
 
 
 def family(kernel: Kernel) -> str:
@@ -109,12 +109,8 @@ def family(kernel: Kernel) -> str:
 
 def kernel_features(kernel: Kernel) -> np.ndarray:
     head = kernel.head
-    shape = head.input_shape
-    cin = shape[1]
-    h, w = (shape[2], shape[3]) if len(shape) == 4 else (1, 1)
-    out = head.output_shapes[0]
-    cout = out[1]
-    hout, wout = (out[2], out[3]) if len(out) == 4 else (1, 1)
+    cin, h, w = _channels_hw(head, head.input_shape)
+    cout, hout, wout = _channels_hw(head, head.output_shapes[0])
     flops, nbytes = kernel.flops, kernel.bytes_moved
     tail = [o.op for o in kernel.ops[1:]]
     in_elems = sum(math.prod(s) for s in kernel.input_shapes)
@@ -138,9 +134,13 @@ def kernel_features(kernel: Kernel) -> np.ndarray:
         "log_cout": math.log2(cout),
         "log_hw": math.log2(h * w),
         "log_hwout": math.log2(hout * wout),
-        "kernel": head.kernel,
-        "stride": head.stride,
-        "padding": head.padding,
+        "kernel_h": head.kernel_hw[0],
+        "kernel_w": head.kernel_hw[1],
+        "stride_h": head.stride_hw[0],
+        "stride_w": head.stride_hw[1],
+        "padding_h": head.padding_hw[0],
+        "padding_w": head.padding_hw[1],
+        "dilation": max(head.dilation_hw),
         "groups": head.groups,
         "cin_per_group": cin // head.groups,
         "depthwise": float(kernel.op == "dwconv"),
@@ -175,6 +175,15 @@ def feature_matrix(kernels: list[Kernel]) -> np.ndarray:
     if not kernels:
         return np.zeros((0, len(FEATURES)))
     return np.stack([kernel_features(k) for k in kernels])
+
+
+def _channels_hw(head: OpSpec, shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """Channels and spatial size of a tensor of the kernel: NCHW, or (N, ..., C) channels last."""
+    if head.op in _CHANNELS_LAST or len(head.input_shape) != 4:
+        spatial = shape[1:-1] if len(shape) > 2 else ()
+        h = spatial[0] if spatial else 1
+        return shape[-1], h, math.prod(spatial[1:]) if len(spatial) > 1 else 1
+    return shape[1], shape[2] if len(shape) == 4 else 1, shape[3] if len(shape) == 4 else 1
 
 
 def _pad(c: int, block: int) -> int:

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.optimize import lsq_linear
 
-COMPUTE_OPS = ("conv", "gemm")  # Kernel.op values whose cost scales with the compute term
+COMPUTE_OPS = ("conv", "deconv", "gemm")  # Kernel.op values whose cost scales with the compute term
 MIN_MODELS_FOR_SCALES = 15
 
 

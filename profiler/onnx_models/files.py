@@ -62,7 +62,42 @@ def load_model(model: onnx.ModelProto | str | Path, load_weights: bool = True) -
         raise ModelFileError(f"cannot read {path} ({exc.strerror or exc}); check the file") from None
     if not loaded.graph.node or not loaded.graph.output:
         raise ModelFileError(f"{path} holds no ONNX graph (no nodes or no outputs); pass an exported model")
+    _check_known(loaded, path)
     return loaded
+
+
+def _check_known(model: onnx.ModelProto, path: Path) -> None:
+    """A file that parses can still be damaged (a name that is not UTF-8), from an ONNX newer than
+    this one, or hold an op ONNX does not define: refused here, before any device time."""
+    if model.ir_version > onnx.IR_VERSION:
+        raise ModelFileError(
+            f"{path} has ONNX IR version {model.ir_version}; this ONNX ({onnx.__version__}) reads up to "
+            f"{onnx.IR_VERSION}",
+            f"export it with IR version <= {onnx.IR_VERSION}, or upgrade onnx",
+        )
+    newest = onnx.defs.onnx_opset_version()
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version > newest:
+            raise ModelFileError(
+                f"{path} uses ONNX opset {opset.version}; this ONNX ({onnx.__version__}) knows up to "
+                f"{newest}",
+                f"export it with opset <= {newest} (hwlat writes {OPSET})",
+            )
+    graph = model.graph
+    names = [v.name for v in (*graph.input, *graph.output, *graph.initializer)]
+    for node in graph.node:
+        names += [node.name, node.op_type, node.domain, *node.input, *node.output]
+        if (
+            isinstance(node.op_type, str)
+            and node.domain in ("", "ai.onnx")
+            and not onnx.defs.has(node.op_type)
+        ):
+            raise ModelFileError(
+                f"{path}: node {node.name or '(unnamed)'!r} is a {node.op_type!r}, which is not an ONNX op",
+                "export the model again; custom ops need their own domain",
+            )
+    if not all(isinstance(n, str) for n in names):
+        raise ModelFileError(f"{path} is damaged (a name is not UTF-8 text)", "export it again")
 
 
 def random_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:

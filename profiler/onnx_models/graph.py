@@ -18,7 +18,18 @@ from onnx import numpy_helper
 
 from hwlat.errors import HwlatError
 
-ACTIVATION_OPS = ("Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid")
+ACTIVATION_OPS = (
+    "Relu",
+    "Clip",
+    "HardSwish",
+    "HardSigmoid",
+    "Sigmoid",
+    "Tanh",
+    "LeakyRelu",
+    "Elu",
+    "Gelu",
+    "Mish",
+)
 FREE_OPS = ("Identity", "Dropout")
 BINARY_OPS = {"Add": "add", "Sub": "add", "Mul": "mul", "Div": "mul"}
 
@@ -49,6 +60,7 @@ class OnnxGraph:
                     )
             self.shapes[inp.name] = tuple(dims)
         self.outputs = {o.name for o in g.output}
+        self.inferred = _onnx_inferred_shapes(model)
         self.nodes = _toposort(g)
         self.static: set[str] = set(self.initializers)
         self.data_nodes: list[onnx.NodeProto] = []
@@ -96,11 +108,27 @@ class OnnxGraph:
         for i, name in enumerate(node.output):
             if shapes is not None and i < len(shapes) and shapes[i] is not None:
                 self.shapes[name] = tuple(int(v) for v in shapes[i])
+            elif name in self.inferred:  # an op hwlat does not model: ONNX's own inference
+                self.shapes[name] = self.inferred[name]
 
     def _set_static(self, name: str, value: np.ndarray) -> None:
         self.values[name] = value
         self.shapes[name] = tuple(value.shape)
         self.static.add(name)
+
+
+def _onnx_inferred_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Fully known tensor shapes from ONNX's shape inference (empty where it fails)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # a model ONNX cannot infer: hwlat's own inference still runs
+        return {}
+    shapes = {}
+    for info in [*inferred.graph.value_info, *inferred.graph.output]:
+        dims = info.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
+            shapes[info.name] = tuple(d.dim_value for d in dims)
+    return shapes
 
 
 def _toposort(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
@@ -242,6 +270,32 @@ def _infer_shapes(node: onnx.NodeProto, g: OnnxGraph) -> list[tuple[int, ...] | 
     if op == "Conv":
         w = g.shapes[node.input[1]]
         return [(x[0], w[0], *_spatial(node, x, w[2:]))]
+    if op == "ConvTranspose":
+        w = g.shapes[node.input[1]]
+        if "output_shape" in a:
+            return [(x[0], w[1] * a.get("group", 1), *a["output_shape"][-2:])]
+        strides, pads = a.get("strides", [1, 1]), a.get("pads", [0, 0, 0, 0])
+        extra, dil = a.get("output_padding", [0, 0]), a.get("dilations", [1, 1])
+        size = [
+            (x[2 + i] - 1) * strides[i] - pads[i] - pads[i + 2] + dil[i] * (w[2 + i] - 1) + 1 + extra[i]
+            for i in (0, 1)
+        ]
+        return [(x[0], w[1] * a.get("group", 1), *size)]
+    if op == "Pad":
+        pads = g.value(node.input[1]) if len(node.input) > 1 and node.input[1] else a.get("pads")
+        pads = [int(v) for v in np.ravel(pads)]
+        return [tuple(d + pads[i] + pads[i + len(x)] for i, d in enumerate(x))]
+    if op in ("Resize", "Upsample"):
+        inputs = list(node.input) + [""] * 4
+        scales_name, sizes_name = (inputs[1], "") if op == "Upsample" else (inputs[2], inputs[3])
+        if sizes_name:
+            return [tuple(int(v) for v in g.value(sizes_name))]
+        scales = np.ravel(g.value(scales_name))
+        return [tuple(int(math.floor(d * float(f))) for d, f in zip(x, scales, strict=True))]
+    if op == "Gather":
+        index_shape = g.shapes[node.input[1]]
+        axis = a.get("axis", 0) % len(x)
+        return [(*x[:axis], *index_shape, *x[axis + 1 :])]
     if op in ("MaxPool", "AveragePool"):
         return [(x[0], x[1], *_spatial(node, x, a["kernel_shape"]))]
     if op in ("GlobalAveragePool", "GlobalMaxPool"):
@@ -261,7 +315,8 @@ def _infer_shapes(node: onnx.NodeProto, g: OnnxGraph) -> list[tuple[int, ...] | 
     if (
         op in ACTIVATION_OPS
         or op in FREE_OPS
-        or op in ("BatchNormalization", "Softmax", "LogSoftmax", "LeakyRelu", "Tanh", "Elu", "PRelu", "Erf")
+        or op
+        in ("BatchNormalization", "LayerNormalization", "Softmax", "LogSoftmax", "PRelu", "Erf", "Softplus")
         or op in ("QuantizeLinear", "DequantizeLinear")
     ):
         return [x]

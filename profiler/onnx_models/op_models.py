@@ -37,7 +37,7 @@ def build_model(spec: OpSpec, seed: int = 0) -> onnx.ModelProto:
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
     head = _core_nodes(spec, rng, nodes, inits)
-    if spec.op in ("conv", "gemm", "act"):
+    if spec.op in ("conv", "deconv", "gemm", "act"):
         head = _activation_nodes(spec.activation, head, nodes, inits)
     if spec.op != "split":
         _rename(nodes, head, "y0")
@@ -68,46 +68,24 @@ def _weight(name: str, array: np.ndarray, inits: list) -> str:
 
 
 def _core_nodes(spec: OpSpec, rng: np.random.Generator, nodes: list, inits: list) -> str:
-    """Append the op's main node(s); return the name of the tensor they produce."""
+    """Append the op's main node(s) as torch's exporter writes them; return the tensor they produce."""
     op = spec.op
-    if op == "conv":
-        cin = spec.input_shape[1]
-        fan_in = cin // spec.groups * spec.kernel**2
-        w = rng.standard_normal((spec.out_channels, cin // spec.groups, spec.kernel, spec.kernel))
-        ins = ["x0", _weight("w", w / np.sqrt(fan_in), inits)]
-        if spec.bias:
-            ins.append(_weight("b", rng.standard_normal(spec.out_channels) * 0.1, inits))
-        nodes.append(
-            helper.make_node(
-                "Conv",
-                ins,
-                ["conv_out"],
-                kernel_shape=[spec.kernel] * 2,
-                strides=[spec.stride] * 2,
-                pads=[spec.padding] * 4,
-                dilations=[spec.dilation] * 2,
-                group=spec.groups,
-            )
-        )
-        return "conv_out"
+    if op in ("conv", "deconv"):
+        return _conv_nodes(spec, rng, nodes, inits)
     if op == "gemm":
-        cin = spec.input_shape[1]
-        w = rng.standard_normal((spec.out_channels, cin)) / np.sqrt(cin)
-        ins = ["x0", _weight("w", w, inits)]
-        if spec.bias:
-            ins.append(_weight("b", rng.standard_normal(spec.out_channels) * 0.1, inits))
-        nodes.append(helper.make_node("Gemm", ins, ["gemm_out"], transB=1))
-        return "gemm_out"
+        return _linear_nodes(spec, rng, nodes, inits)
     if op in ("maxpool", "avgpool"):
-        attrs = dict(kernel_shape=[spec.kernel] * 2, strides=[spec.stride] * 2, pads=[spec.padding] * 4)
+        (kh, kw), (ph, pw) = spec.kernel_hw, spec.padding_hw
+        attrs = dict(kernel_shape=[kh, kw], strides=list(spec.stride_hw), pads=[ph, pw, ph, pw])
         if op == "avgpool":
             attrs["count_include_pad"] = 0
         nodes.append(
             helper.make_node("MaxPool" if op == "maxpool" else "AveragePool", ["x0"], ["pool_out"], **attrs)
         )
         return "pool_out"
-    if op == "globalavgpool":
-        nodes.append(helper.make_node("GlobalAveragePool", ["x0"], ["pool_out"]))
+    if op in ("globalavgpool", "globalmaxpool"):
+        name = "GlobalAveragePool" if op == "globalavgpool" else "GlobalMaxPool"
+        nodes.append(helper.make_node(name, ["x0"], ["pool_out"]))
         return "pool_out"
     if op in ("add", "mul"):
         nodes.append(helper.make_node(op.capitalize(), ["x0", "x1"], ["elt_out"]))
@@ -123,6 +101,13 @@ def _core_nodes(spec: OpSpec, rng: np.random.Generator, nodes: list, inits: list
             helper.make_node("Split", ["x0", sizes], [f"y{i}" for i in range(len(spec.parts))], axis=1)
         )
         return ""
+    if op == "slice":  # x[:, :out], a ghost module's or a pruned branch's channel range
+        bounds = [
+            _weight_int64(f"slice_{n}", [v], inits)
+            for n, v in (("starts", 0), ("ends", spec.out_channels), ("axes", 1))
+        ]
+        nodes.append(helper.make_node("Slice", ["x0", *bounds], ["slice_out"]))
+        return "slice_out"
     if op == "shuffle":
         # The exporter's form of ShuffleNet's channel shuffle: Reshape -> Transpose -> Reshape.
         n, c, h, w = spec.input_shape
@@ -133,9 +118,85 @@ def _core_nodes(spec: OpSpec, rng: np.random.Generator, nodes: list, inits: list
         nodes.append(helper.make_node("Transpose", ["grouped"], ["swapped"], perm=[0, 2, 1, 3, 4]))
         nodes.append(helper.make_node("Reshape", ["swapped", s2], ["shuffle_out"]))
         return "shuffle_out"
+    if op == "bn":
+        c = spec.input_shape[1]
+        params = [
+            _weight("bn_scale", rng.uniform(0.5, 1.5, c), inits),
+            _weight("bn_bias", rng.standard_normal(c) * 0.1, inits),
+            _weight("bn_mean", rng.standard_normal(c) * 0.1, inits),
+            _weight("bn_var", rng.uniform(0.5, 1.5, c), inits),
+        ]
+        nodes.append(helper.make_node("BatchNormalization", ["x0", *params], ["bn_out"]))
+        return "bn_out"
+    if op == "layernorm":
+        c = spec.input_shape[-1]
+        scale = _weight("ln_scale", rng.uniform(0.5, 1.5, c), inits)
+        bias = _weight("ln_bias", rng.standard_normal(c) * 0.1, inits)
+        nodes.append(
+            helper.make_node("LayerNormalization", ["x0", scale, bias], ["ln_out"], axis=-1, epsilon=1e-5)
+        )
+        return "ln_out"
+    if op == "softmax":
+        nodes.append(helper.make_node("Softmax", ["x0"], ["softmax_out"], axis=-1))
+        return "softmax_out"
+    if op == "pad":
+        (ph, pw) = spec.padding_hw
+        pads = _weight_int64("pads", [0, 0, ph, pw, 0, 0, ph, pw], inits)
+        nodes.append(helper.make_node("Pad", ["x0", pads], ["pad_out"], mode=spec.mode))
+        return "pad_out"
+    if op == "resize":  # F.interpolate(scale_factor=s) as the exporter writes it
+        sh, sw = spec.stride_hw
+        scales = _weight("resize_scales", np.array([1.0, 1.0, sh, sw]), inits)
+        attrs = {"mode": spec.mode}
+        if spec.mode == "nearest":
+            attrs.update(coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+        else:
+            attrs.update(coordinate_transformation_mode="pytorch_half_pixel")
+        nodes.append(helper.make_node("Resize", ["x0", "", scales], ["resize_out"], **attrs))
+        return "resize_out"
+    if op == "transpose":
+        nodes.append(helper.make_node("Transpose", ["x0"], ["transpose_out"], perm=list(spec.perm)))
+        return "transpose_out"
     if op in ("act", "quantize", "dequantize"):
         return "x0"
     raise AssertionError(f"no ONNX form for op {op!r}")
+
+
+def _conv_nodes(spec: OpSpec, rng: np.random.Generator, nodes: list, inits: list) -> str:
+    """Conv or ConvTranspose (batch-norm folded into weights and bias, as exported)."""
+    cin, cout, g = spec.input_shape[1], spec.out_channels, spec.groups
+    (kh, kw), (ph, pw) = spec.kernel_hw, spec.padding_hw
+    if spec.op == "conv":
+        shape, fan_in = (cout, cin // g, kh, kw), cin // g * kh * kw
+    else:
+        shape, fan_in = (cin, cout // g, kh, kw), cin // g * kh * kw
+    ins = ["x0", _weight("w", rng.standard_normal(shape) / np.sqrt(fan_in), inits)]
+    if spec.bias:
+        ins.append(_weight("b", rng.standard_normal(cout) * 0.1, inits))
+    attrs = dict(kernel_shape=[kh, kw], strides=list(spec.stride_hw), pads=[ph, pw, ph, pw], group=g)
+    if spec.op == "conv":
+        attrs["dilations"] = list(spec.dilation_hw)
+    name = "Conv" if spec.op == "conv" else "ConvTranspose"
+    nodes.append(helper.make_node(name, ins, ["conv_out"], **attrs))
+    return "conv_out"
+
+
+def _linear_nodes(spec: OpSpec, rng: np.random.Generator, nodes: list, inits: list) -> str:
+    """nn.Linear: Gemm on (N, C); MatMul then a bias Add on (N, ..., C), as the exporter writes it."""
+    cin = spec.input_shape[-1]
+    w = rng.standard_normal((spec.out_channels, cin)) / np.sqrt(cin)
+    bias = rng.standard_normal(spec.out_channels) * 0.1
+    if len(spec.input_shape) == 2:
+        ins = ["x0", _weight("w", w, inits)]
+        if spec.bias:
+            ins.append(_weight("b", bias, inits))
+        nodes.append(helper.make_node("Gemm", ins, ["gemm_out"], transB=1))
+        return "gemm_out"
+    nodes.append(helper.make_node("MatMul", ["x0", _weight("w", w.T, inits)], ["matmul_out"]))
+    if not spec.bias:
+        return "matmul_out"
+    nodes.append(helper.make_node("Add", [_weight("b", bias, inits), "matmul_out"], ["gemm_out"]))
+    return "gemm_out"
 
 
 def _weight_int64(name: str, values: list[int], inits: list) -> str:
@@ -162,6 +223,29 @@ def _activation_nodes(activation: str, head: str, nodes: list, inits: list) -> s
     elif activation == "swish":
         nodes.append(helper.make_node("Sigmoid", [head], [f"{out}_gate"]))
         nodes.append(helper.make_node("Mul", [head, f"{out}_gate"], [out]))
+    elif activation == "gelu":  # x * 0.5 * (1 + erf(x / sqrt(2))); ORT fuses it into one Gelu
+        root2 = _weight("gelu_sqrt2", np.array(np.sqrt(2.0)), inits)
+        one = _weight("gelu_one", np.array(1.0), inits)
+        half = _weight("gelu_half", np.array(0.5), inits)
+        nodes += [
+            helper.make_node("Div", [head, root2], [f"{out}_scaled"]),
+            helper.make_node("Erf", [f"{out}_scaled"], [f"{out}_erf"]),
+            helper.make_node("Add", [f"{out}_erf", one], [f"{out}_shift"]),
+            helper.make_node("Mul", [head, f"{out}_shift"], [f"{out}_prod"]),
+            helper.make_node("Mul", [f"{out}_prod", half], [out]),
+        ]
+    elif activation == "mish":  # x * tanh(softplus(x))
+        nodes += [
+            helper.make_node("Softplus", [head], [f"{out}_softplus"]),
+            helper.make_node("Tanh", [f"{out}_softplus"], [f"{out}_tanh"]),
+            helper.make_node("Mul", [head, f"{out}_tanh"], [out]),
+        ]
+    elif activation == "tanh":
+        nodes.append(helper.make_node("Tanh", [head], [out]))
+    elif activation == "leakyrelu":
+        nodes.append(helper.make_node("LeakyRelu", [head], [out], alpha=0.01))
+    elif activation == "elu":
+        nodes.append(helper.make_node("Elu", [head], [out], alpha=1.0))
     return out
 
 

@@ -136,14 +136,25 @@ class Store:
         for attempt in range(5):
             try:
                 with self.engine.begin() as conn:
-                    if conn.dialect.name == "postgresql" and not self.readonly:
-                        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7418)")  # one creator at a time
+                    if not self.readonly:
+                        self._lock_schema(conn)
                     self._check_schema(conn)
                 return
             except (sa.exc.IntegrityError, sa.exc.OperationalError) as exc:
                 if attempt == 4 or "already exists" not in str(exc.orig) and "UNIQUE" not in str(exc.orig):
                     raise
                 time.sleep(0.1 * (attempt + 1))  # another process created it a moment ago: look again
+
+    def _lock_schema(self, conn: sa.Connection) -> None:
+        """One process creates or migrates the schema at a time, in one transaction: without it, a
+        process opening a new SQLite file while another creates its tables (16 campaigns started
+        at once) saw them half-made and refused or "migrated" the store."""
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7418)")
+            return
+        if self._new_file:
+            conn.exec_driver_sql("PRAGMA journal_mode=WAL")  # a file hwlat creates; not inside a transaction
+        conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock now, so the DDL below is all or nothing
 
     def _check_schema(self, conn: sa.Connection) -> None:
         version = schema.stored_version(conn)
@@ -168,8 +179,6 @@ class Store:
                 )
             return
         if version == 0:
-            if self.path is not None:
-                conn.exec_driver_sql("PRAGMA journal_mode=WAL")  # a file hwlat creates
             schema.create(conn)
         elif version < SCHEMA_VERSION:
             log.warning("migrating the store %s from schema %d to %d", self.location, version, SCHEMA_VERSION)
@@ -203,19 +212,28 @@ class Store:
     # ----- writing ----------------------------------------------------------
     def save(self, m: Measurement) -> None:
         """Replace the row for (device, backend, kind, key) and commit at once."""
-        values = {**asdict(m), **{name: getattr(m, name) for name in STATS}}
-        row = {c: json.dumps(values[c]) if c in JSON_COLUMNS else values[c] for c in _COLUMNS}
+        self.save_all([m])
+
+    def save_all(self, items: Iterable[Measurement]) -> int:
+        """Replace the rows of all ``items`` in one transaction: every one is stored, or (a write
+        that fails half-way) none. Returns how many."""
         t = schema.measurements
+        n = 0
         with self._lock, self._write() as conn:
-            conn.execute(
-                sa.delete(t).where(
-                    (t.c.device == m.device)
-                    & (t.c.backend == m.backend)
-                    & (t.c.kind == m.kind)
-                    & (t.c.key == m.key)
+            for m in items:
+                values = {**asdict(m), **{name: getattr(m, name) for name in STATS}}
+                row = {c: json.dumps(values[c]) if c in JSON_COLUMNS else values[c] for c in _COLUMNS}
+                conn.execute(
+                    sa.delete(t).where(
+                        (t.c.device == m.device)
+                        & (t.c.backend == m.backend)
+                        & (t.c.kind == m.kind)
+                        & (t.c.key == m.key)
+                    )
                 )
-            )
-            conn.execute(sa.insert(t).values(row))
+                conn.execute(sa.insert(t).values(row))
+                n += 1
+        return n
 
     def canary_reference(self, device: str, backend: str, settings: dict) -> float | None:
         t = schema.canary_reference

@@ -34,7 +34,18 @@ log = logging.getLogger(__name__)
 
 LEASE_TTL_ENV = "HWLAT_LEASE_TTL_S"
 DEFAULT_TTL_S = 30.0
-HOLDER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # this process
+
+
+def _new_holder() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+_holder = _new_holder()
+
+
+def holder_id() -> str:
+    """Who this process is in the leases table and as a search worker: ``host:pid:random``."""
+    return _holder
 
 
 class DeviceBusyError(HwlatError):
@@ -79,7 +90,7 @@ def _try_acquire(engine: sa.Engine, device: str, command: str, ttl: float) -> Le
     t = schema.leases
     now = time.time()
     mine = {
-        "holder": HOLDER,
+        "holder": holder_id(),
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "command": command,
@@ -96,13 +107,13 @@ def _try_acquire(engine: sa.Engine, device: str, command: str, ttl: float) -> Le
         held = conn.execute(sa.select(t).where(t.c.device == device)).first()
         if held is None:
             return _try_acquire(engine, device, command, ttl)  # released in between
-        stale = held.expires_at < now or held.holder == HOLDER or _dead_here(held.host, held.pid)
+        stale = held.expires_at < now or held.holder == holder_id() or _dead_here(held.host, held.pid)
         if stale:
             taken = conn.execute(
                 sa.update(t).where((t.c.device == device) & (t.c.holder == held.holder)).values(**mine)
             )
             if taken.rowcount == 1:
-                if held.holder != HOLDER:
+                if held.holder != holder_id():
                     log.warning("took over the lease on %s from %s, which is gone", device, held.holder)
                 return None
         return Lease(**held._asdict())
@@ -117,7 +128,18 @@ def _dead_here(host: str, pid: int) -> bool:
         return True
     except PermissionError:
         return False
-    return False
+    return _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Dead but not yet reaped (its parent, e.g. a script that started campaigns with Popen, has not
+    waited for it): it still answers kill(pid, 0), yet holds nothing. Linux only (/proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in ("Z", "X")
 
 
 class _Held:
@@ -138,7 +160,7 @@ class _Held:
                 with self.engine.begin() as conn:
                     renewed = conn.execute(
                         sa.update(t)
-                        .where((t.c.device == self.device) & (t.c.holder == HOLDER))
+                        .where((t.c.device == self.device) & (t.c.holder == holder_id()))
                         .values(expires_at=time.time() + self.ttl)
                     )
             except sa.exc.DBAPIError as exc:  # the database is briefly unreachable: try again
@@ -155,13 +177,26 @@ class _Held:
         t = schema.leases
         try:
             with self.engine.begin() as conn:
-                conn.execute(sa.delete(t).where((t.c.device == self.device) & (t.c.holder == HOLDER)))
+                conn.execute(sa.delete(t).where((t.c.device == self.device) & (t.c.holder == holder_id())))
         except sa.exc.DBAPIError:
             pass  # it expires by itself
 
 
 _HELD: dict[tuple[str, str], _Held] = {}
 _HELD_LOCK = threading.Lock()
+
+
+def _forked() -> None:
+    """A forked child (multiprocessing's default on Linux) is another holder: its own id, and none
+    of its parent's leases, whose renewal threads stayed in the parent. Sharing the parent's id
+    would let it take the parent's device, or a sibling's, as its own."""
+    global _holder, _HELD_LOCK
+    _holder = _new_holder()
+    _HELD.clear()
+    _HELD_LOCK = threading.Lock()  # another thread of the parent may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 class DeviceLease:

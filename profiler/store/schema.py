@@ -137,7 +137,7 @@ def stored_version(conn: sa.Connection) -> int | None:
     names = set(inspector.get_table_names())
     if "hwlat_meta" in names:
         value = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
-        return int(value) if value is not None else None
+        return int(value) if isinstance(value, str) and value.isdigit() else None
     if not names:
         return 0
     for table, needed in _V1_MARKERS.items():

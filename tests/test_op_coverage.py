@@ -1,0 +1,215 @@
+"""The CNN building blocks users have: each new op's model runs in ONNX Runtime with the shape
+its OpSpec says, the splitter maps what torch's exporter writes for it, the ORT harness profiles
+it (kernel nodes attributed, none of the harness), and an op no kernel describes is named
+(strict) or estimated on the device's roofline and listed (lenient), never dropped."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper
+from torch import nn
+
+from hwlat import cli as hwlat_cli
+from hwlat import zoo
+from hwlat.devices.device import local_device
+from hwlat.predictors import Kernel, ModelSplitter, UnsupportedOpsError
+from hwlat.predictors.building.profiling import KernelProfiler
+from hwlat.predictors.kernels.fusion import FusionRules
+from hwlat.predictors.models.roofline import Roofline, RooflineError
+from hwlat.predictors.predictor import PredictorScopeError
+from hwlat.profiler.backends.ort.harness import HARNESS_PREFIX
+from hwlat.profiler.onnx_models import build_model, torch_to_onnx
+from hwlat.profiler.onnx_models.graph import OnnxGraph
+from hwlat.profiler.opspec import OpSpec
+from hwlat.profiler.store import Store
+from tests.synthetic import synthetic_predictor
+
+NEW_OPS = [
+    OpSpec("conv", (1, 16, 14, 14), out_channels=32, kernel=(1, 7), padding=(0, 3), activation="gelu"),
+    OpSpec("conv", (1, 16, 14, 14), out_channels=16, kernel=3, padding=2, dilation=2, groups=4),
+    OpSpec("conv", (1, 16, 14, 14), out_channels=16, kernel=3, padding=1, activation="mish"),
+    OpSpec("deconv", (1, 16, 14, 14), out_channels=8, kernel=4, stride=2, padding=1, activation="relu"),
+    OpSpec("gemm", (1, 49, 64), out_channels=128, activation="gelu"),
+    OpSpec("gemm", (1, 7, 7, 64), out_channels=32),
+    OpSpec("maxpool", (1, 16, 8, 6), kernel=(8, 6), stride=(8, 6)),
+    OpSpec("avgpool", (1, 16, 14, 14), kernel=(1, 3), padding=(0, 1)),
+    OpSpec("globalmaxpool", (1, 16, 7, 7)),
+    OpSpec("slice", (1, 16, 7, 7), out_channels=8),
+    OpSpec("bn", (1, 16, 7, 7)),
+    OpSpec("layernorm", (1, 7, 7, 64)),
+    OpSpec("softmax", (1, 49, 10)),
+    OpSpec("pad", (1, 16, 7, 7), padding=1, mode="reflect"),
+    OpSpec("resize", (1, 16, 7, 7), stride=2, mode="linear"),
+    OpSpec("resize", (1, 16, 7, 7), stride=2),
+    OpSpec("transpose", (1, 16, 7, 7), perm=(0, 2, 3, 1)),
+    OpSpec("act", (1, 49, 64), activation="tanh"),
+    OpSpec("act", (1, 16, 7, 7), activation="leakyrelu"),
+    OpSpec("act", (1, 16, 7, 7), activation="elu"),
+    OpSpec("add", (1, 49, 64), broadcast="channel"),
+]
+
+
+@pytest.mark.parametrize("spec", NEW_OPS, ids=lambda s: s.key)
+def test_op_model_runs_with_the_spec_shapes(spec: OpSpec) -> None:
+    assert OpSpec.from_key(spec.key) == spec
+    session = ort.InferenceSession(build_model(spec).SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {i.name: np.random.rand(*i.shape).astype(np.float32) for i in session.get_inputs()}
+    outputs = session.run(None, feeds)
+    assert tuple(outputs[0].shape) == spec.output_shapes[0]
+
+
+def test_op_models_compute_what_torch_computes() -> None:
+    """The exporter-shaped activations are the functions their names say."""
+    x = np.linspace(-4, 4, 16 * 9, dtype=np.float32).reshape(1, 16, 3, 3)
+    reference = {
+        "gelu": nn.functional.gelu,
+        "mish": nn.functional.mish,
+        "tanh": torch.tanh,
+        "leakyrelu": nn.functional.leaky_relu,
+        "elu": nn.functional.elu,
+    }
+    for name, fn in reference.items():
+        model = build_model(OpSpec("act", x.shape, activation=name))
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        np.testing.assert_allclose(
+            session.run(None, {"x0": x})[0], fn(torch.from_numpy(x)).numpy(), atol=1e-5
+        )
+
+
+class _Blocks(nn.Module):
+    """One of each block the zoo does not build, as users write them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asym = nn.Conv2d(16, 16, (1, 7), padding=(0, 3))
+        self.dilated = nn.Conv2d(16, 16, 3, padding=2, dilation=2, groups=4)
+        self.bn = nn.BatchNorm2d(16)
+        self.ln = nn.LayerNorm(16)
+        self.fc = nn.Linear(16, 32)
+        self.up = nn.ConvTranspose2d(16, 8, 4, 2, 1)
+        self.same = nn.Conv2d(16, 16, 3, stride=2)
+
+    def forward(self, x: torch.Tensor):
+        y = nn.functional.mish(nn.functional.gelu(self.asym(x)))
+        y = self.dilated(self.bn(y + x))  # pre-activation: a batch norm no conv absorbs
+        z = self.fc(self.ln(y.permute(0, 2, 3, 1))).softmax(-1)  # channels-last linear layer
+        u = nn.functional.interpolate(self.up(y), scale_factor=2, mode="nearest")
+        p = nn.functional.pad(y, (1, 1, 1, 1), mode="reflect")
+        q = self.same(nn.functional.pad(y, (0, 1, 0, 1)))  # TF "same": a zero pad folded into the conv
+        ghost = torch.cat([y, y], 1)[:, :16]  # a ghost module's slice
+        whole = y[:, :16]  # a slice of every channel: nothing
+        m = nn.functional.adaptive_max_pool2d(y, 1) + y.amax((2, 3), keepdim=True)
+        return z, u, p, q, ghost, whole, m
+
+
+def test_splitter_maps_the_blocks_torch_exports() -> None:
+    model = torch_to_onnx(_Blocks(), (1, 16, 8, 8))
+    split = ModelSplitter(FusionRules("none")).split(model)
+    keys = [k.kernel.key for k in split.kernels]
+    expected = [
+        "conv-in:1x16x8x8-out:16-k:1x7-s:1-p:0x3-d:1-g:1-bias:1-act:gelu-dtype:float32",
+        "act-in:1x16x8x8-act:mish-dtype:float32",
+        "bn-in:1x16x8x8-dtype:float32",
+        "conv-in:1x16x8x8-out:16-k:3-s:1-p:2-d:2-g:4-bias:1-act:none-dtype:float32",
+        "transpose-in:1x16x8x8-perm:0+2+3+1-dtype:float32",
+        "layernorm-in:1x8x8x16-dtype:float32",
+        "gemm-in:1x8x8x16-out:32-bias:1-act:none-dtype:float32",
+        "softmax-in:1x8x8x32-dtype:float32",
+        "deconv-in:1x16x8x8-out:8-k:4-s:2-p:1-g:1-bias:1-act:none-dtype:float32",
+        "resize-in:1x8x16x16-s:2-mode:nearest-dtype:float32",
+        "pad-in:1x16x8x8-p:1-mode:reflect-dtype:float32",
+        "conv-in:1x16x8x8-out:16-k:3-s:2-p:1-d:1-g:1-bias:1-act:none-dtype:float32",
+        "concat-in:1x32x8x8-parts:16+16-dtype:float32",
+        "slice-in:1x32x8x8-out:16-dtype:float32",
+        "maxpool-in:1x16x8x8-k:8-s:8-p:0-dtype:float32",
+        "globalmaxpool-in:1x16x8x8-dtype:float32",
+    ]
+    for key in expected:
+        assert key in keys, key
+    assert not split.unsupported and not split.fallback
+    ops = [op.op for op in split.ops]
+    assert ops.count("slice") == 1  # the whole-tensor slice vanished
+    graph = OnnxGraph(model)
+    accounted = {n for k in split.kernels for n in k.nodes} | set(split.glue_nodes)
+    vanished = {n.op_type for n in graph.data_nodes if n.name not in accounted}
+    assert vanished == {"Pad", "Slice"}  # the zero pad folded into its conv, the whole-tensor slice
+
+
+def test_harness_profiles_the_new_ops(tmp_path, quick_protocol) -> None:
+    kernels = [Kernel((spec,)) for spec in NEW_OPS[::3]]
+    with Store(tmp_path / "k.db") as store:
+        report = KernelProfiler(local_device(), store, quick_protocol).measure(kernels)
+        assert report.measured == len(kernels) and report.failed == 0
+        rows = {m.key: m for m in store.measurements("local", "ort", "kernel")}
+    for kernel in kernels:
+        nodes = rows[kernel.key].extra["kernel_nodes"]
+        assert nodes and not any(n["name"].startswith(HARNESS_PREFIX) for n in nodes), kernel.key
+        assert rows[kernel.key].median_ms is not None and rows[kernel.key].median_ms >= 0
+
+
+def _model_with(op_type: str, **attributes) -> object:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node(op_type, ["r"], ["y"], name="odd", **attributes),
+    ]
+    graph = helper.make_graph(nodes, "g", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_lenient_estimates_unknown_ops_on_the_roofline() -> None:
+    model = _model_with("LRN", size=3)
+    predictor = synthetic_predictor(120)
+    with pytest.raises(UnsupportedOpsError, match=r"LRN \(odd\)"):
+        predictor.predict(model)
+    predictor.roofline = None  # as a predictor trained before rooflines were fitted
+    with pytest.raises(PredictorScopeError, match="no roofline"):
+        predictor.predict(model, strict=False)
+    predictor.meta["roofline"] = {"gflops": 10.0, "gbps": 2.0}
+    predictor.roofline = Roofline.from_dict(predictor.meta["roofline"])
+    pred = predictor.predict(model, strict=False)
+    [odd] = pred.unsupported_ops
+    assert odd["node"] == "odd" and odd["op_type"] == "LRN"
+    # 2 x 8x16x16 float32 tensors moved at 2 GB/s, more than 2048 FLOPs at 10 GFLOP/s
+    assert odd["latency_ms"] == pytest.approx(2 * 4 * 2048 / 2e6)
+    relu = [k for k in pred.kernels if k.source != "roofline"]
+    assert pred.latency_ms == pytest.approx(sum(k.latency_ms for k in relu) + odd["latency_ms"])
+
+
+def test_cli_predict_lenient_lists_unsupported_ops(tmp_path, capsys) -> None:
+    import onnx
+
+    predictor = synthetic_predictor(120)
+    predictor.meta["roofline"] = {"gflops": 10.0, "gbps": 2.0}
+    path = predictor.save(tmp_path / "p.json")
+    model_path = tmp_path / "odd.onnx"
+    onnx.save(_model_with("LRN", size=3), model_path)
+    base = ["predict", str(model_path), "--predictor", str(path), "--json"]
+    assert hwlat_cli.main(base) == 2
+    assert "hwlat: error:" in capsys.readouterr().err
+    assert hwlat_cli.main([*base, "--lenient"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [u["op_type"] for u in out["unsupported_ops"]] == ["LRN"]
+    assert out["latency_ms"] > out["unsupported_ops"][0]["latency_ms"] > 0
+
+
+def test_roofline_fit_reads_the_device_limits() -> None:
+    conv = Kernel((OpSpec("conv", (1, 64, 28, 28), out_channels=64, kernel=3, padding=1),))
+    add = Kernel((OpSpec("add", (1, 64, 56, 56)),))
+    roofline = Roofline.fit([conv, add], [conv.head.flops / 20e6, add.bytes_moved / 5e6])
+    assert roofline.gflops == pytest.approx(20.0) and roofline.gbps == pytest.approx(5.0)
+    with pytest.raises(RooflineError):
+        Roofline.fit([conv], [1.0])
+
+
+@pytest.mark.parametrize("name", list(zoo.FAMILIES))
+def test_cnn_families_outside_the_zoo_map_strictly(name: str, family_paths) -> None:
+    """Every family of the never-seen benchmark is answered without --lenient: all its ops known."""
+    split = ModelSplitter(FusionRules("none")).split(family_paths[name])
+    assert split.kernels and not split.unsupported and not split.fallback
