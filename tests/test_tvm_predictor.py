@@ -37,16 +37,28 @@ LENIENT = TimingProtocol(
 
 
 def example(op_cls: str, x: tuple[int, ...]) -> OpSpec:
-    """An op of the class ``op_cls`` reading ``x`` and writing a tensor of the same shape."""
+    """An op of the class ``op_cls`` reading ``x`` (a linear layer: ``x`` channels last)."""
     c = x[1]
     return {
         "conv": lambda: OpSpec("conv", x, out_channels=c, kernel=1),
         "conv_act": lambda: OpSpec(
             "conv", x, out_channels=c, kernel=3, padding=1, groups=c, activation="relu6"
         ),
+        "deconv": lambda: OpSpec("deconv", x, out_channels=c, kernel=3, padding=1),
+        # a channels-last linear layer (its output is 4-D, so 4-D ops can follow it)
+        "gemm": lambda: OpSpec("gemm", (x[0], x[2], x[3], x[1]), out_channels=c),
+        "gemm_act": lambda: OpSpec("gemm", (x[0], x[2], x[3], x[1]), out_channels=c, activation="gelu"),
         "maxpool": lambda: OpSpec("maxpool", x, kernel=3, padding=1),
         "avgpool": lambda: OpSpec("avgpool", x, kernel=3, padding=1),
         "globalavgpool": lambda: OpSpec("globalavgpool", x),
+        "globalmaxpool": lambda: OpSpec("globalmaxpool", x),
+        "layernorm": lambda: OpSpec("layernorm", x),
+        "softmax": lambda: OpSpec("softmax", x),
+        "bn": lambda: OpSpec("bn", x),
+        "slice": lambda: OpSpec("slice", x, out_channels=c // 2),
+        "pad": lambda: OpSpec("pad", x, padding=1),
+        "resize": lambda: OpSpec("resize", x, stride=2),
+        "transpose": lambda: OpSpec("transpose", x, perm=(0, 1, 3, 2)),
         "add": lambda: OpSpec("add", x),
         "mul": lambda: OpSpec("mul", x, broadcast="channel"),
         "act": lambda: OpSpec("act", x, activation="hardswish"),
