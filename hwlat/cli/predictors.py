@@ -32,9 +32,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--tune-trials",
-        type=int,
+        type=options.integer(1),
         metavar="N",
-        help="with --backend tvm: MetaSchedule candidates per kernel, timed on the device (default 64)",
+        help="with --backend tvm: MetaSchedule candidates per kernel, timed on the device "
+        f"(default {options.DEFAULT_TUNE_TRIALS})",
     )
     p.add_argument("--space", help="search space whose cells go into the table exactly")
     p.add_argument(
