@@ -9,6 +9,7 @@ import json
 import math
 from pathlib import Path
 
+import onnx
 import pytest
 
 from hwlat import cli as hwlat_cli
@@ -22,6 +23,8 @@ from hwlat.profiler.backends.tvm.backend import TvmUntunedBackend
 from hwlat.profiler.backends.tvm.tune import load_tvm
 from hwlat.profiler.kernel import Kernel, op_class
 from hwlat.profiler.onnx_models import build_kernel_model, load_model
+from hwlat.profiler.onnx_models.fold import fold_shape_arithmetic
+from hwlat.profiler.onnx_models.torch_export import torch_to_onnx
 from hwlat.profiler.opspec import OpSpec
 from hwlat.profiler.protocol import TimingProtocol
 from hwlat.profiler.store import Store
@@ -134,6 +137,32 @@ def test_a_kernel_compiled_alone_computes_what_onnxruntime_does(kernel: Kernel) 
     library = TvmUntunedBackend(local_device()).artifact(kernel)
     assert library.name.startswith("kernel-")
     assert_matches_onnxruntime(library, build_kernel_model(kernel))
+
+
+def test_a_channel_split_by_shape_arithmetic_compiles_in_tvm(tmp_path: Path) -> None:
+    """``x.chunk(2, dim=1)`` exports as Shape -> Gather -> Add -> Div -> Mul -> Slice, which TVM's
+    importer leaves dynamic and cannot legalize; folded, the whole model compiles and computes
+    what ONNX Runtime does (ShuffleNetV2's units split so)."""
+    import torch
+    from torch import nn
+
+    class Half(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a, b = x.chunk(2, dim=1)
+            return torch.cat([a, self.conv(b)], 1)
+
+    model = torch_to_onnx(Half().eval(), (1, 8, 6, 6))
+    path = tmp_path / "half.onnx"
+    onnx.save(model, path)
+    assert "Shape" in {n.op_type for n in model.graph.node}
+    folded = fold_shape_arithmetic(model)
+    assert not {"Shape", "Gather", "Div"} & {n.op_type for n in folded.graph.node}
+    library = TvmUntunedBackend(local_device()).model_artifact(path)
+    assert_matches_onnxruntime(library, model)
 
 
 def test_a_tvm_predictor_is_trained_used_and_validated(tmp_path: Path, capsys) -> None:

@@ -41,6 +41,7 @@ from hwlat.profiler.backends.tvm.target import cross_compiler, device_target, ta
 from hwlat.profiler.backends.tvm.tune import Tuner, TuningError, load_tvm, local_runner
 from hwlat.profiler.kernel import Kernel
 from hwlat.profiler.onnx_models import build_kernel_model, build_model, load_model
+from hwlat.profiler.onnx_models.fold import fold_shape_arithmetic
 from hwlat.profiler.opspec import OpSpec
 from hwlat.profiler.progress import Progress
 
@@ -229,6 +230,7 @@ class TvmBackend(HostBackend):
         record = self.records.setdefault(key, BuildRecord(key, cached=False))
         started = time.monotonic()
         try:
+            model = fold_shape_arithmetic(model)
             mod = from_onnx(model, shape_dict=_static_shapes(model))
             with tvm_target(self.target):
                 return self.tvm.transform.Sequential(
