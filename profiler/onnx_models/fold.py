@@ -4,7 +4,8 @@ PyTorch's exporter writes a channel split such as ``x[:, : x.shape[1] // 2]`` as
 ``Shape -> Gather -> Div -> Slice``. With static input shapes the slice bounds are constants,
 but TVM 0.27's Relax importer does not fold them: it emits a ``dynamic_strided_slice`` whose
 output shape is unknown, and legalizing it fails ("emit_te now only supports Tensor that has
-ShapeExpr shape"). ``fold_shape_arithmetic`` evaluates every ``Shape`` of a statically shaped
+ShapeExpr shape"); ``F.pad``'s pads, computed likewise, are refused as "dynamic pads".
+``fold_shape_arithmetic`` evaluates every ``Shape`` of a statically shaped
 tensor, and every node of the small integer ops that follows from constants only, with ONNX's
 reference evaluator, and replaces them by initializers; nothing else in the graph changes.
 """
@@ -16,7 +17,9 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 from onnx.reference import ReferenceEvaluator
 
-# Ops that only do shape arithmetic in exported CNNs (never a layer's compute).
+# Ops that only do shape arithmetic in exported CNNs when all their inputs are constants (a
+# chunk's split points, F.pad's pads: Constant -> ConstantOfShape -> Concat -> Reshape -> Slice ->
+# Transpose -> Reshape -> Cast).
 _FOLDABLE = {
     "Cast",
     "Concat",
@@ -31,13 +34,14 @@ _FOLDABLE = {
     "Slice",
     "Floor",
     "Ceil",
+    "Reshape",
+    "Transpose",
+    "ConstantOfShape",
 }
 
 
 def fold_shape_arithmetic(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` with its shape arithmetic folded (the model itself when there is none)."""
-    if not any(n.op_type == "Shape" for n in model.graph.node):
-        return model
     inferred = shape_inference.infer_shapes(model)
     shapes = {}
     for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
