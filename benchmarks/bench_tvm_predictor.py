@@ -111,7 +111,9 @@ def main() -> None:
     protocol = LENIENT if args.lenient else None
     results: dict = {"backend": args.backend, "load_start": load(), "lenient": args.lenient}
     print(f"{args.backend} on {device.name}; {results['load_start']}")
-    with Store(args.work / "hwlat.db") as store:
+    # Two stores: the regressor is fitted on every kernel row of its store, so the evaluation
+    # networks' kernels (for the table) must not land there.
+    with Store(args.work / "hwlat.db") as store, Store(args.work / "eval.db") as eval_store:
         started = time.monotonic()
         config = TrainingConfig(
             kind="gbdt",
@@ -135,7 +137,7 @@ def main() -> None:
             args.eval_random,
             args.max_resolution,
         )
-        profiler = KernelProfiler(device, store, protocol, args.backend, tune_trials=args.tune_trials)
+        profiler = KernelProfiler(device, eval_store, protocol, args.backend, tune_trials=args.tune_trials)
         started = time.monotonic()
         models = profiler.measure_models(paths, protocol, repeats=args.repeats)
         kept = [(p, m.median_ms) for p, m in zip(paths, models, strict=True) if m.median_ms and m.ok]
