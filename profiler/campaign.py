@@ -55,10 +55,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# What the agent is asked for each kind of row: "op" times the artifact end to end; "kernel"
-# (ONNX Runtime only) profiles it and keeps the kernel time of the unit it holds
-# (profiler/backends/ort/harness.py).
-AGENT_COMMANDS = {"op": "measure", "kernel": "profile_kernels"}
+# Kinds of rows: an "op" is timed end to end; a "kernel" as its backend says (``kernel_command``):
+# ONNX Runtime profiles a harness model and keeps the kernel time of the unit it holds
+# (profiler/backends/ort/harness.py), TVM times the kernel compiled alone end to end.
+KINDS = ("op", "kernel")
 
 # An op whose tensors and weights need more than this share of the memory available (on the
 # host that builds it, or the device that runs it) is refused instead of sent.
@@ -118,8 +118,8 @@ class Campaign:
         kind: str = "op",
         wait_for_device: bool | None = None,
     ) -> None:
-        if kind not in AGENT_COMMANDS:
-            raise ValueError(f"unknown measurement kind {kind!r}; use one of {', '.join(AGENT_COMMANDS)}")
+        if kind not in KINDS:
+            raise ValueError(f"unknown measurement kind {kind!r}; use one of {', '.join(KINDS)}")
         self.kind = kind
         self.device = device
         self.backend = get_backend(backend, device) if isinstance(backend, str) else backend
@@ -252,9 +252,7 @@ class Campaign:
             if spec.key not in self._staged:
                 self._stage_batch(batch)
             started_at = time.time()
-            result = session.measure(
-                spec.key, artifact, self.protocol.op_timeout_s, cmd=AGENT_COMMANDS[self.kind]
-            )
+            result = session.measure(spec.key, artifact, self.protocol.op_timeout_s, cmd=self._command)
         except ConnectionLost as exc:
             self._close()
             if not self._ever_connected:
@@ -281,6 +279,10 @@ class Campaign:
             self._wait_for_agent(report, exc)
             return None
         return self._from_result(spec.key, result, self.kind, started_at)
+
+    @property
+    def _command(self) -> str:
+        return self.backend.kernel_command if self.kind == "kernel" else "measure"
 
     def _artifact(self, spec: OpSpec) -> Path:
         """Built once per campaign; a build error is remembered, not retried."""

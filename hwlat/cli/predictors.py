@@ -23,7 +23,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "save the predictor (JSON). Re-running resumes from the store.",
     )
     options.add_device(p)
-    p.add_argument("--backend", default="ort", help="ort (default; kernels are read from its profiler)")
+    p.add_argument(
+        "--backend",
+        default="ort",
+        help="ort (default; kernels are read from its profiler), tvm (TVM, every kernel tuned: "
+        "--tune-trials) or tvm-untuned (TVM's default schedules); TVM kernels are compiled alone "
+        "and timed end to end",
+    )
+    p.add_argument(
+        "--tune-trials",
+        type=options.integer(1),
+        metavar="N",
+        help="with --backend tvm: MetaSchedule candidates per kernel, timed on the device "
+        f"(default {options.DEFAULT_TUNE_TRIALS})",
+    )
     p.add_argument("--space", help="search space whose cells go into the table exactly")
     p.add_argument(
         "--kind",
@@ -144,6 +157,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         calibration_networks=args.calibration_networks,
         passes=args.passes,
         dtypes=options.dtypes(args),
+        tune_trials=args.tune_trials,
         kernel_protocol=TimingProtocol.quick() if args.quick else None,
         model_protocol=options.protocol(args),
     )
@@ -151,11 +165,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         predictor = train_predictor(device, store, config, space, args.backend)
     predictor.save(args.out)
     t = predictor.meta["training"]
+    compiled = f", {t['compile_seconds'] / 60:.1f} compile-minutes" if t["compile_seconds"] else ""
+    tuned = f", {t['tune_seconds'] / 60:.1f} tuning-minutes" if t["tune_seconds"] else ""
     print(
         f"wrote {args.out}: {predictor.kind} predictor for {device.name}/{args.backend}, "
         f"{len(predictor.table)} table entries, regressor on {t['kernels']} kernels, overhead fitted on "
         f"{predictor.table.overhead.fitted_on} networks, {t['kernel_device_seconds'] / 60:.1f} "
-        f"device-minutes of kernel profiling"
+        f"device-minutes of kernel profiling{compiled}{tuned}"
     )
     return 0
 
@@ -249,8 +265,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
         )
     measured = []
     if paths:
+        # tuned TVM: the models are tuned with the predictor's budget (its kernels' schedules
+        # are in the shared database already)
+        trials = predictor.meta.get("training", {}).get("tune_trials") if backend == "tvm" else None
         with options.open_store(args) as store:
-            profiler = KernelProfiler(device, store, backend=backend)
+            profiler = KernelProfiler(device, store, backend=backend, tune_trials=trials)
             measured = profiler.measure_models(
                 paths, options.protocol(args), force=args.force, repeats=args.repeats
             )

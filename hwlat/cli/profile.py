@@ -145,6 +145,7 @@ def cmd_profile_adaptive(args: argparse.Namespace) -> int:
             TimingProtocol.quick() if args.quick else None,
             args.backend,
             show_progress=not args.no_progress,
+            tune_trials=args.tune_trials,
         )
         dtypes = options.dtypes(args)
         rules = fusion_rules(profiler, dtypes=dtypes)

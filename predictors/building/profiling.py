@@ -1,13 +1,25 @@
 """KernelProfiler: the measurements predictors are built from, on one device, into the store.
 
-Kernels are timed as harness models (profiler/backends/ort/harness.py) with the agent's
-``profile_kernels`` and stored as ``kind="kernel"`` rows keyed by the kernel key; whole
-networks are timed end to end as ``kind="model"`` rows (Campaign.measure_model). Only clean
-rows (not flagged disturbed) are read back, so a re-run re-measures what noise spoiled.
+Kernels are stored as ``kind="kernel"`` rows keyed by the kernel key; whole networks are timed
+end to end as ``kind="model"`` rows (Campaign.measure_model). Only clean rows (not flagged
+disturbed) are read back, so a re-run re-measures what noise spoiled. How a kernel is measured
+depends on the backend:
 
-The agent's per-run statistics shrug off contention that comes in bursts shorter than one
-run; a kernel whose single run lasts longer (``confirm_ms``) spans bursts, so it is measured a
-second time and the faster clean value is kept (contention only ever slows a kernel down).
+* ONNX Runtime: as a harness model (profiler/backends/ort/harness.py) profiled by the agent's
+  ``profile_kernels``, which keeps the kernel's own nodes' time in context.
+* TVM (``tvm``, tuned, or ``tvm-untuned``): compiled alone, as TVM compiles that kernel inside a
+  network (predictors/kernels/tvm_fusion.py: TVM's fusions are rules, so a kernel of the
+  splitter is one fused function, or the SE block's three), and timed end to end. TVM has no
+  per-function profiler any more (0.27: the Relax VM's only hook is a Python callback around
+  every call, which costs more than a small kernel), and there are no layout conversions
+  between kernels to capture in context, so the kernel alone is the kernel in the network,
+  less what the VM spends on the call itself. That per-call overhead is measured once per
+  device (``call_overhead_ms``: a model of one ReLU on one element) and subtracted.
+
+The agent's per-run statistics in ``profile_kernels`` shrug off contention that comes in bursts
+shorter than one run; a kernel whose single run lasts longer (``confirm_ms``) spans bursts, so
+it is measured a second time and the faster clean value is kept (contention only ever slows a
+kernel down). End-to-end timing (TVM) judges every repeat with the canary instead.
 
 ONNX Runtime's profiler adds a fixed amount to every node it records (about 1.8 us here, for
 nodes whose real cost, scheduling included, is 0.2 us): 25-30% of a small kernel. It is
@@ -22,18 +34,21 @@ from pathlib import Path
 
 from hwlat.devices.device import Device
 from hwlat.errors import ConfigError, HwlatError
-from hwlat.profiler.backends import cache_dir
+from hwlat.profiler.backends import HostBackend, cache_dir, get_backend
 from hwlat.profiler.backends.ort.harness import HarnessBackend, ProbeModel, relu_chain
 from hwlat.profiler.campaign import Campaign, CampaignReport, model_key
 from hwlat.profiler.kernel import Kernel
 from hwlat.profiler.measurement import Measurement
+from hwlat.profiler.opspec import OpSpec
 from hwlat.profiler.protocol import TimingProtocol
 from hwlat.profiler.store import Store
 
-KERNEL_BACKENDS = ("ort",)
+KERNEL_BACKENDS = ("ort", "tvm", "tvm-untuned")
 CONFIRM_MS = 1.0
 PROFILER_RESOLUTION_MS = 0.001  # ONNX Runtime's profiler records whole microseconds
 PROBE_NODES = 101
+# A kernel that costs next to nothing: compiled alone and timed, it is the VM's per-call overhead.
+CALL_PROBE = Kernel((OpSpec("act", (1, 1, 1, 1), activation="relu"),))
 
 
 class ProbeFailed(HwlatError):
@@ -41,6 +56,9 @@ class ProbeFailed(HwlatError):
 
 
 class KernelProfiler:
+    """Kernel rows and whole-model rows of one device and backend (``tune_trials``: with ``tvm``,
+    MetaSchedule candidates per kernel; the database is shared with every TVM campaign)."""
+
     def __init__(
         self,
         device: Device,
@@ -49,24 +67,37 @@ class KernelProfiler:
         backend: str = "ort",
         show_progress: bool = False,
         confirm_ms: float = CONFIRM_MS,
+        tune_trials: int | None = None,
     ) -> None:
         if backend not in KERNEL_BACKENDS:
             raise ConfigError(
-                f"kernel profiling reads ONNX Runtime's profiler; backend {backend!r} is "
-                f"not supported (use one of {', '.join(KERNEL_BACKENDS)})"
+                f"kernels cannot be profiled with backend {backend!r}",
+                f"use one of {', '.join(KERNEL_BACKENDS)}",
             )
+        if tune_trials is not None and backend != "tvm":
+            raise ConfigError(f"--tune-trials applies to --backend tvm, not {backend!r}")
         self.device = device
         self.store = store
         self.protocol = protocol or TimingProtocol(
             warmup_ms=10.0, min_repeat_ms=10.0, repeat=5, max_retries=2
         )
         self.backend = backend
+        self.tune_trials = tune_trials
         self.show_progress = show_progress
         self.confirm_ms = confirm_ms
         self._node_overhead_ms: float | None = None
+        self._call_overhead_ms: float | None = None
+        self._host: HostBackend | None = None
+
+    @property
+    def in_context(self) -> bool:
+        """Kernels are profiled inside a harness (ONNX Runtime), not timed alone (TVM)."""
+        return self.backend == "ort"
 
     def measure(self, kernels: Iterable[Kernel], force: bool = False) -> CampaignReport:
         kernels = list(kernels)
+        if not self.in_context:  # the call-overhead probe rides along (one agent start, not two)
+            return self._campaign().run([CALL_PROBE, *kernels], force=force)
         report = self._campaign().run(kernels, force=force)
         rows = self.rows()
         confirm = [
@@ -86,10 +117,31 @@ class KernelProfiler:
                 self.store.save(best)
         return report
 
+    def host_backend(self) -> HostBackend:
+        """What builds the artifacts: one for the profiler's life, so TVM's compile and tuning
+        records (``build_seconds``) cover every kernel and model it built."""
+        if self._host is None:
+            options = {"tune_trials": self.tune_trials} if self.tune_trials is not None else {}
+            self._host = (
+                HarnessBackend(self.device)
+                if self.in_context
+                else get_backend(self.backend, self.device, **options)
+            )
+        return self._host
+
+    def build_seconds(self) -> dict[str, float]:
+        """Host seconds spent compiling and tuning (TVM) the artifacts built by this profiler so
+        far; what came from the cache costs nothing."""
+        records = getattr(self.host_backend(), "records", {}) if not self.in_context else {}
+        return {
+            "compile_seconds": round(sum(r.compile_s for r in records.values()), 1),
+            "tune_seconds": round(sum(r.tune_s for r in records.values()), 1),
+        }
+
     def _campaign(self) -> Campaign:
         return Campaign(
             self.device,
-            HarnessBackend(self.device),
+            self.host_backend(),
             self.store,
             self.protocol,
             show_progress=self.show_progress,
@@ -105,20 +157,45 @@ class KernelProfiler:
 
     def costs(self, kernels: Iterable[Kernel] | None = None) -> dict[str, float]:
         """In-context time (ms) of each measured kernel (all, or those asked for): the median of
-        its row less the profiler's overhead for each of its nodes. A kernel below the profiler's
-        resolution (ORT records whole microseconds; every run of a tiny kernel can read 0) costs
-        half the resolution: an estimate, never a zero to take a log or a ratio of."""
+        its row less what measuring it added (ONNX Runtime: the profiler's overhead for each of
+        its nodes; TVM: the VM's per-call overhead). Never under a tenth of the row's median,
+        and, for ONNX Runtime, a kernel below the profiler's resolution (it records whole
+        microseconds; every run of a tiny kernel can read 0) costs half the resolution: an
+        estimate, never a zero to take a log or a ratio of."""
         rows = self.rows()
         keys = rows if kernels is None else [k.key for k in kernels]
-        per_node = self.profiler_overhead_ms()
+        if self.in_context:
+            per_node, floor_ms = self.profiler_overhead_ms(), PROFILER_RESOLUTION_MS / 2
+        else:
+            per_call, floor_ms = self.call_overhead_ms(), 0.0
         out = {}
         for key in keys:
             m = rows.get(key)
-            if m is None or m.median_ms is None or key.startswith("probe-"):
+            if m is None or m.median_ms is None or key.startswith("probe-") or key == CALL_PROBE.key:
                 continue
-            nodes = max(1, len(m.extra.get("kernel_nodes", ())))
-            out[key] = max(0.1 * m.median_ms, m.median_ms - nodes * per_node, PROFILER_RESOLUTION_MS / 2)
+            if self.in_context:
+                overhead = max(1, len(m.extra.get("kernel_nodes", ()))) * per_node
+            else:
+                overhead = per_call
+            out[key] = max(0.1 * m.median_ms, m.median_ms - overhead, floor_ms)
         return out
+
+    def call_overhead_ms(self, passes: int = 3) -> float:
+        """What timing a kernel alone adds to its cost in a network (TVM): the VM's call of
+        ``main``, its allocations and return, measured once as the time of a kernel that does
+        next to nothing (``CALL_PROBE``); later calls read the stored row."""
+        if self._call_overhead_ms is not None:
+            return self._call_overhead_ms
+        for _ in range(passes):
+            self._campaign().run([CALL_PROBE])
+            row = self.rows().get(CALL_PROBE.key)
+            if row is not None:
+                self._call_overhead_ms = row.median_ms
+                return row.median_ms
+        raise ProbeFailed(
+            f"the call-overhead probe stayed disturbed in {passes} passes on "
+            f"{self.device.name}; run again when the device is quieter"
+        )
 
     def profiler_overhead_ms(self, passes: int = 3) -> float:
         """What the profiler adds to each node's recorded time on this device, in ms (measured once;
@@ -168,7 +245,11 @@ class KernelProfiler:
         """
         paths = [Path(p) for p in paths]
         campaign = Campaign(
-            self.device, self.backend, self.store, protocol or TimingProtocol(), show_progress=False
+            self.device,
+            self.backend if self.in_context else self.host_backend(),
+            self.store,
+            protocol or TimingProtocol(),
+            show_progress=False,
         )
         best: dict[Path, Measurement] = {}
         for path in paths:

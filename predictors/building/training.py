@@ -1,7 +1,8 @@
 """Building a predictor for one device: what to measure, in which order, and the fits.
 
 ``train_predictor``:
-  1. probe which op pairs the backend fuses (predictors/kernels/fusion.py);
+  1. probe which op pairs the backend fuses (predictors/kernels/fusion.py; TVM's are rules,
+     predictors/kernels/tvm_fusion.py, and need no probe);
   2. measure kernels in context: the cells of a search space (for a table) and a training
      set for the kernel regressor (random kernel configurations and the kernels of random
      networks built from published CNN blocks, hwlat/zoo/published.py);
@@ -26,11 +27,12 @@ import numpy as np
 
 from hwlat import zoo
 from hwlat.devices.device import Device
-from hwlat.errors import HwlatError
+from hwlat.errors import ConfigError, HwlatError
 from hwlat.predictors.building.profiling import KernelProfiler, device_seconds
 from hwlat.predictors.building.sampling import KernelSampler
 from hwlat.predictors.kernels.fusion import FusionRules, decide, default_probes, probe_kernels
 from hwlat.predictors.kernels.splitter import ModelSplitter
+from hwlat.predictors.kernels.tvm_fusion import tvm_fusion_rules
 from hwlat.predictors.metrics import accuracy
 from hwlat.predictors.models.kernel_regressor import KernelRegressor
 from hwlat.predictors.models.memory import MemoryModel, onnx_footprint
@@ -64,11 +66,25 @@ class TrainingConfig:
     dtypes: tuple[str, ...] = ("float32",)  # with "int8" (or "uint8"): 8-bit kernels too, and
     # half the calibration networks quantized (hwlat.compress.quantize_model)
     exclude_ops: frozenset[str] = frozenset()  # op keys no training kernel may contain (held-out nets)
+    tune_trials: int | None = None  # backend "tvm": MetaSchedule candidates per kernel (default 64)
 
 
 def fusion_rules(
     profiler: KernelProfiler, passes: int = 3, log: Log = print, dtypes: tuple[str, ...] = ("float32",)
 ) -> FusionRules:
+    """The backend's fusion rules: probed by measurement (ONNX Runtime), or TVM's own rules."""
+    if not profiler.in_context:
+        eight_bit = [d for d in dtypes if d != "float32"]
+        if eight_bit:
+            raise ConfigError(
+                f"TVM kernels are float32 only (its ONNX importer lowers quantize/dequantize to "
+                f"float arithmetic), not {', '.join(eight_bit)}",
+                "use --dtypes float32 with a TVM backend, or --backend ort for 8-bit kernels",
+            )
+        rules = tvm_fusion_rules(profiler.backend)
+        fused = sum(rules.fused.values())
+        log(f"fusion rules: TVM's ({fused} fused pairs, predictors/kernels/tvm_fusion.py)")
+        return rules
     probes = default_probes(dtypes)
     kernels = probe_kernels(probes)
     for _ in range(passes):
@@ -180,7 +196,7 @@ def train_predictor(
     log: Log = print,
 ) -> LatencyPredictor:
     config = config or TrainingConfig()
-    profiler = KernelProfiler(device, store, config.kernel_protocol, backend)
+    profiler = KernelProfiler(device, store, config.kernel_protocol, backend, tune_trials=config.tune_trials)
     started = time.monotonic()
     rules = fusion_rules(profiler, config.passes, log, config.dtypes)
     eight_bit = [d for d in config.dtypes if d != "float32"]
@@ -244,6 +260,8 @@ def train_predictor(
             "excluded_ops": len(config.exclude_ops),
             "kernel_device_seconds": round(device_seconds(rows), 1),
             "wall_seconds": round(time.monotonic() - started, 1),
+            "tune_trials": getattr(profiler.host_backend(), "trials", None) if backend == "tvm" else None,
+            **profiler.build_seconds(),
         },
     }
     return LatencyPredictor(table, rules, device.name, backend, config.kind, meta, fitted.memory)

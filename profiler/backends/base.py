@@ -36,6 +36,9 @@ class HostBackend:
 
     name = ""
     version_key = ""  # which entry of the agent's hello "versions" is this backend's version
+    # The agent command that measures a kernel's artifact (Campaign kind "kernel"): the kernel
+    # compiled alone is timed end to end; ONNX Runtime's harness backend profiles instead.
+    kernel_command = "measure"
 
     def __init__(self, device: Device) -> None:
         self.device = device

@@ -11,6 +11,7 @@ from hwlat.profiler.onnx_models.files import (
     save_once,
 )
 from hwlat.profiler.onnx_models.graph import GraphError, OnnxGraph
+from hwlat.profiler.onnx_models.kernel_models import build_kernel_model
 from hwlat.profiler.onnx_models.op_models import build_model, model_path
 from hwlat.profiler.onnx_models.torch_export import is_torch_module, torch_to_onnx
 
@@ -20,6 +21,7 @@ __all__ = [
     "GraphError",
     "ModelFileError",
     "OnnxGraph",
+    "build_kernel_model",
     "build_model",
     "is_torch_module",
     "load_model",

@@ -31,7 +31,8 @@ from hwlat.profiler.agent import HARNESS_PREFIX
 from hwlat.profiler.backends.base import cache_dir
 from hwlat.profiler.backends.ort.backend import OrtBackend
 from hwlat.profiler.kernel import Kernel
-from hwlat.profiler.onnx_models import build_model, make_model, save_once
+from hwlat.profiler.onnx_models import make_model, save_once
+from hwlat.profiler.onnx_models.kernel_models import inline_kernel
 from hwlat.profiler.onnx_models.op_models import ACTIVATION_SCALE
 from hwlat.profiler.opspec import INT_DTYPES, OpSpec
 
@@ -57,19 +58,7 @@ def build_harness(kernel: Kernel, seed: int = 0) -> onnx.ModelProto:
             return name
         return _depthwise(f"{HARNESS_PREFIX}_pre{i}", name, shape[1], True, rng, nodes, inits)
 
-    kernel_input = ""
-    previous: list[str] = []
-    for j, spec in enumerate(kernel.ops):
-        sources: list[str] = []
-        if j == 0:
-            sources = [external(s, spec) for s in spec.input_shapes]
-            kernel_input = sources[0]
-        elif kernel.is_se and j == len(kernel.ops) - 1:
-            sources = [kernel_input, previous[0]]
-        else:
-            sources = [previous[0], *(external(s, spec) for s in spec.input_shapes[1:])]
-        previous = _inline(spec, f"u{j}", sources, seed + j, nodes, inits)
-
+    previous = inline_kernel(kernel, external, seed, nodes, inits)
     last = kernel.ops[-1]
     for k, (name, shape) in enumerate(zip(previous, kernel.output_shapes, strict=True)):
         out = f"{HARNESS_PREFIX}_y{k}"  # ORT names a blocked conv after its output tensor
@@ -110,6 +99,8 @@ class HarnessBackend(OrtBackend):
 
     Use with ``Campaign(..., kind="kernel")`` so the agent profiles instead of timing end to end.
     """
+
+    kernel_command = "profile_kernels"
 
     def artifact(self, spec: OpSpec | Kernel | ProbeModel) -> Path:  # type: ignore[override]
         if isinstance(spec, Kernel):
@@ -164,31 +155,6 @@ def _depthwise(
     if relu:
         nodes.append(helper.make_node("Relu", [conv_out], [out], name=f"{name}_act"))
     return out
-
-
-def _inline(spec: OpSpec, prefix: str, sources: list[str], seed: int, nodes: list, inits: list) -> list[str]:
-    """Copy the op's one-op model (profiler/onnx_models/op_models.py) into the graph with its inputs
-    wired to ``sources``; return the names of its outputs."""
-    model = build_model(spec, seed=seed)
-    graph = model.graph
-    rename = {f"x{i}": src for i, src in enumerate(sources)}
-
-    def name_of(tensor: str) -> str:
-        return rename.get(tensor) or (f"{prefix}_{tensor}" if tensor else tensor)
-
-    for init in graph.initializer:
-        copy = onnx.TensorProto()
-        copy.CopyFrom(init)
-        copy.name = name_of(init.name)
-        inits.append(copy)
-    for n, node in enumerate(graph.node):
-        copy = onnx.NodeProto()
-        copy.CopyFrom(node)
-        copy.name = f"{prefix}_{node.op_type}_{n}"
-        copy.input[:] = [name_of(t) for t in node.input]
-        copy.output[:] = [name_of(t) for t in node.output]
-        nodes.append(copy)
-    return [name_of(o.name) for o in graph.output]
 
 
 # ----- 8-bit harness: producers and consumers in the QDQ form, at the op models' one scale ----------

@@ -39,7 +39,9 @@ from hwlat.devices.device import Device
 from hwlat.profiler.backends.base import ArtifactError, HostBackend, cache_dir, register_backend
 from hwlat.profiler.backends.tvm.target import cross_compiler, device_target, target_id, tvm_target
 from hwlat.profiler.backends.tvm.tune import Tuner, TuningError, load_tvm, local_runner
-from hwlat.profiler.onnx_models import build_model, load_model
+from hwlat.profiler.kernel import Kernel
+from hwlat.profiler.onnx_models import build_kernel_model, build_model, load_model
+from hwlat.profiler.onnx_models.fold import fold_shape_arithmetic
 from hwlat.profiler.opspec import OpSpec
 from hwlat.profiler.progress import Progress
 
@@ -55,7 +57,7 @@ class BuildRecord:
     key: str
     cached: bool
     tune_s: float = 0.0
-    compile_s: float = 0.0
+    compile_s: float = 0.0  # importing into Relax (each time) and compiling
     tasks: int = 0
     tuned_tasks: int = 0
     error: str = ""
@@ -97,8 +99,8 @@ class TvmBackend(HostBackend):
     def via_tracker(self) -> bool:
         return self.device.uses_tracker
 
-    def artifact(self, spec: OpSpec) -> Path:
-        return self._artifact(spec.key, self._op_path(spec), partial(build_model, spec))
+    def artifact(self, spec: OpSpec | Kernel) -> Path:
+        return self._artifact(spec.key, self._op_path(spec), partial(_onnx_model, spec))
 
     def model_artifact(self, onnx_path: Path) -> Path:
         onnx_path = Path(onnx_path)
@@ -106,7 +108,7 @@ class TvmBackend(HostBackend):
         path = self.lib_dir / f"model-{onnx_path.stem}-{digest}.so"
         return self._artifact(f"model:{onnx_path}", path, partial(load_model, onnx_path))
 
-    def prefetch(self, specs: list[OpSpec], progress: bool = False) -> None:
+    def prefetch(self, specs: list[OpSpec | Kernel], progress: bool = False) -> None:
         """Tune every op not built yet (the device is busy while it does), then compile ahead.
 
         A build error is kept and raised by ``artifact`` for its op, so that the campaign
@@ -121,7 +123,7 @@ class TvmBackend(HostBackend):
             with self.tuner() as tuner:
                 for spec in todo:
                     try:
-                        self._tune(tuner, spec.key, self._import(spec.key, build_model(spec)))
+                        self._tune(tuner, spec.key, self._import(spec.key, _onnx_model(spec)))
                     except ArtifactError as exc:
                         errors[spec.key] = exc
                     if bar:
@@ -159,12 +161,12 @@ class TvmBackend(HostBackend):
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hwlat-tvm")
             return self._pool.submit(fn, *args)
 
-    def _compile_tuned(self, spec: OpSpec, error: ArtifactError | None) -> Path:
+    def _compile_tuned(self, spec: OpSpec | Kernel, error: ArtifactError | None) -> Path:
         """A prefetched op: tuned already (or failed to), so only compiled here."""
         if error is not None:
             raise error
         path = self._op_path(spec)
-        self._compile(spec.key, self._import(spec.key, build_model(spec)), path)
+        self._compile(spec.key, self._import(spec.key, _onnx_model(spec)), path)
         return path
 
     def _build(self, key: str, path: Path, load_onnx: Callable[[], onnx.ModelProto]) -> Path:
@@ -225,7 +227,10 @@ class TvmBackend(HostBackend):
         from tvm import relax
         from tvm.relax.frontend.onnx import from_onnx
 
+        record = self.records.setdefault(key, BuildRecord(key, cached=False))
+        started = time.monotonic()
         try:
+            model = fold_shape_arithmetic(model)
             mod = from_onnx(model, shape_dict=_static_shapes(model))
             with tvm_target(self.target):
                 return self.tvm.transform.Sequential(
@@ -236,9 +241,10 @@ class TvmBackend(HostBackend):
                     ]
                 )(mod)
         except Exception as exc:
-            error = f"TVM could not import it: {_message(exc)}"
-            self.records.setdefault(key, BuildRecord(key, cached=False)).error = error
-            raise ArtifactError(error) from exc
+            record.error = f"TVM could not import it: {_message(exc)}"
+            raise ArtifactError(record.error) from exc
+        finally:
+            record.compile_s += time.monotonic() - started
 
     def _compile(self, key: str, mod, path: Path) -> None:
         """Apply the tuning database (tvm), compile for the target, export the library."""
@@ -258,7 +264,7 @@ class TvmBackend(HostBackend):
         except Exception as exc:  # TVM raises many types; the op is stored as failed with the text
             record.error = f"TVM could not compile it for {self.target}: {_message(exc)}"
             raise ArtifactError(record.error) from exc
-        record.compile_s = time.monotonic() - started
+        record.compile_s += time.monotonic() - started
 
     def _apply_database(self, mod):
         from tvm import relax
@@ -270,8 +276,9 @@ class TvmBackend(HostBackend):
         with tvm_target(self.target), self._database[1], self.tvm.transform.PassContext(opt_level=3):
             return relax.transform.MetaScheduleApplyDatabase()(mod)
 
-    def _op_path(self, spec: OpSpec) -> Path:
-        return self.lib_dir / f"{spec.op}-{hashlib.sha256(spec.key.encode()).hexdigest()[:16]}.so"
+    def _op_path(self, spec: OpSpec | Kernel) -> Path:
+        kind = "kernel-" if isinstance(spec, Kernel) else ""
+        return self.lib_dir / f"{kind}{spec.op}-{hashlib.sha256(spec.key.encode()).hexdigest()[:16]}.so"
 
 
 @register_backend
@@ -279,6 +286,11 @@ class TvmUntunedBackend(TvmBackend):
     """TVM's default pipeline, nothing tuned: what tuning buys, never TVM's number."""
 
     name = "tvm-untuned"
+
+
+def _onnx_model(spec: OpSpec | Kernel) -> onnx.ModelProto:
+    """An op's one-op model, or a kernel alone (nothing around it for TVM to fuse into it)."""
+    return build_kernel_model(spec) if isinstance(spec, Kernel) else build_model(spec)
 
 
 def _with_example_inputs(mod):
