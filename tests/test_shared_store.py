@@ -75,13 +75,24 @@ def _profile(db: str, ops: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _leased(db: str) -> bool:
+    try:
+        with Store(db, readonly=True) as store:
+            return bool(current_leases(store.engine))
+    except StoreError:  # not created yet
+        return False
+
+
 @pytest.mark.parametrize("kind", ["postgresql", "sqlite"])
 def test_two_campaigns_on_one_device_take_turns(kind, tmp_path, request) -> None:
     db = request.getfixturevalue("pg_url") if kind == "postgresql" else str(tmp_path / "m.db")
-    write_jsonl(small_ops(6), tmp_path / "a.jsonl")
+    # The first campaign lasts long enough (16 ops, ~10 s) for the second to start while it runs.
+    write_jsonl(small_ops(16), tmp_path / "a.jsonl")
     write_jsonl([OpSpec("add", (1, 16 + 8 * i, 14, 14)) for i in range(6)], tmp_path / "b.jsonl")
     first = _profile(db, tmp_path / "a.jsonl")
-    time.sleep(1.0)
+    deadline = time.monotonic() + 120
+    while not _leased(db) and time.monotonic() < deadline:  # the first holds the device first
+        time.sleep(0.2)
     second = _profile(db, tmp_path / "b.jsonl")
     out_a, err_a = first.communicate(timeout=300)
     out_b, err_b = second.communicate(timeout=300)
@@ -106,7 +117,7 @@ def test_two_campaigns_on_one_device_take_turns(kind, tmp_path, request) -> None
         capture_output=True,
     )
     rows = json.loads((tmp_path / "out.json").read_text())
-    assert len(rows) == 12 and len({r["key"] for r in rows}) == 12
+    assert len(rows) == 22 and len({r["key"] for r in rows}) == 22
     a = [r for r in rows if r["key"].startswith("conv")]
     b = [r for r in rows if r["key"].startswith("add")]
     windows = sorted((r["started_at"], r["created_at"], r["key"][:3]) for r in rows)

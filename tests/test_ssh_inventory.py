@@ -48,7 +48,7 @@ def test_an_unknown_key_names_the_line_and_the_known_keys(tmp_path) -> None:
         ('port = "22"', "devices.pi.port = '22' has the wrong type; it must be an integer port"),
         ('trust_on_first_use = "yes"', "it must be true or false"),
         ("connect_timeout_s = true", "it must be a number of seconds"),
-        ("connect_timeout_s = 0", "devices.pi.connect_timeout_s: must be > 0"),
+        ("connect_timeout_s = 0", "devices.pi.connect_timeout_s: must be a finite number of seconds > 0"),
         ("known_hosts = 1", "it must be a path to a known_hosts file"),
     ],
 )

@@ -162,7 +162,9 @@ def test_tuning_fills_a_database_that_later_builds_reuse(tmp_path) -> None:
     assert again.records[f"model:{model_path}"].tuned_tasks == 0
 
 
-def test_an_uncompilable_op_is_stored_as_failed_and_the_campaign_goes_on(tmp_path, quick_protocol) -> None:
+def test_an_op_that_cannot_be_built_fails_alone_and_the_campaign_goes_on(tmp_path, quick_protocol) -> None:
+    """An op TVM could not compile (its sizes exceed int64) is now refused before it is built:
+    no host has the memory for it. Either way it is one failed row and the campaign goes on."""
     specs = [OpSpec("add", (1, 8, 14, 14)), UNCOMPILABLE, OpSpec("globalavgpool", (1, 8, 14, 14))]
     with Store(tmp_path / "m.db") as store:
         report = Campaign(local_device(), "tvm-untuned", store, quick_protocol, show_progress=False).run(
@@ -172,7 +174,7 @@ def test_an_uncompilable_op_is_stored_as_failed_and_the_campaign_goes_on(tmp_pat
         failed = store.get("local", "tvm-untuned", UNCOMPILABLE.key)
         ok = store.get("local", "tvm-untuned", specs[0].key)
     assert failed.status == "failed"
-    assert "TVM could not compile it" in failed.error_msg and "exceeds range of int64" in failed.error_msg
+    assert "it was not built or measured" in failed.error_msg
     assert ok.ok and ok.median_ms > 0 and ok.backend_version == load_tvm().__version__
 
 
