@@ -308,7 +308,9 @@ def main() -> None:
         "--uniform", type=float, nargs="+", default=[0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0]
     )
     parser.add_argument("--verify", type=int, default=3, help="winners measured per run")
-    parser.add_argument("--repeats", type=int, default=3, help="measurements per model, fastest clean kept")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="measurements per model (median clean pass kept)"
+    )
     parser.add_argument("--resolution", type=int, default=224, help="input resolution of the zoo networks")
     parser.add_argument("--device", default="local")
     parser.add_argument("--inventory", type=Path)

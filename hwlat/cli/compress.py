@@ -182,7 +182,7 @@ def add_compress_parser(sub: argparse._SubParsersAction) -> None:
         help="measured up to budget x (1 + band) still passes (default 0.05)",
     )
     g.add_argument(
-        "--verify-repeats", type=options.integer(1), default=3, help="measurements per winner, fastest kept"
+        "--verify-repeats", type=options.integer(1), default=3, help="measurements per winner (median pass)"
     )
     options.add_backend(g, tune_trials=False)
     options.add_inventory(g)

@@ -3,7 +3,7 @@ peak memory, and the budget verdict with the noise band (as search/verify.py doe
 
 Each winner's deployable ONNX (int8 QDQ where the policy says int8) is timed end to end by
 ``Campaign.measure_models`` (fresh agent per model, the device's timing protocol, disturbance
-detection; the fastest clean of ``repeats`` measurements kept) and stored as kind "model".
+detection; the median clean pass of ``repeats`` kept) and stored as kind "model".
 Measured memory is the model's own resident memory, ``peak_rss_mb - baseline_rss_mb``: what
 the device's memory model predicts. A winner passes a budget when its measurement is within
 it, and "within noise" when within budget x (1 + noise_band).
