@@ -430,3 +430,18 @@ def test_training_end_to_end_holds_out_networks_and_keeps_calibration_residuals(
     assert predictor.safety_margin_pct() >= 0
     loaded = LatencyPredictor.load(predictor.save(tmp_path / "p.json"))
     assert loaded.predict(held_out).latency_ms == pytest.approx(predictor.predict(held_out).latency_ms)
+
+
+def test_training_skips_networks_the_splitter_cannot_map(tmp_path, zoo_dir) -> None:
+    """A training network with an op no kernel describes is one skipped sample, named in the log."""
+    from hwlat.predictors.building.training import mappable
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])
+    odd = tmp_path / "odd.onnx"
+    graph = helper.make_graph([helper.make_node("LRN", ["x"], ["y"], name="lrn", size=3)], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), odd)
+    lines: list[str] = []
+    good = zoo_dir / "squeezenet_1_1.onnx"
+    assert mappable([good, odd], ModelSplitter(RULES), lines.append) == [good]
+    assert len(lines) == 1 and "skipped odd.onnx" in lines[0] and "LRN (lrn)" in lines[0]

@@ -31,7 +31,7 @@ from hwlat.errors import ConfigError, HwlatError
 from hwlat.predictors.building.profiling import KernelProfiler, device_seconds
 from hwlat.predictors.building.sampling import KernelSampler
 from hwlat.predictors.kernels.fusion import FusionRules, decide, default_probes, probe_kernels
-from hwlat.predictors.kernels.splitter import ModelSplitter
+from hwlat.predictors.kernels.splitter import ModelSplitter, UnsupportedOpsError
 from hwlat.predictors.kernels.tvm_fusion import tvm_fusion_rules
 from hwlat.predictors.metrics import accuracy
 from hwlat.predictors.models.kernel_regressor import KernelRegressor
@@ -173,6 +173,21 @@ def network_ops(paths: Sequence[Path], rules: FusionRules) -> frozenset[str]:
     return frozenset(o.key for path in paths for s in splitter.split(path).kernels for o in s.kernel.ops)
 
 
+def mappable(paths: Sequence[Path], splitter: ModelSplitter, log: Log = print) -> list[Path]:
+    """The networks the splitter maps; a training or calibration network it cannot (e.g. a
+    quantized GELU, whose QDQ nodes break the activation pattern) is skipped with a line, since
+    it is one sample among many, not the user's model."""
+    kept = []
+    for path in paths:
+        try:
+            splitter.split(path)
+        except UnsupportedOpsError as exc:
+            log(f"skipped {Path(path).name} (not used for training): {str(exc)[:200]}")
+            continue
+        kept.append(path)
+    return kept
+
+
 def _excluded(kernel: Kernel, ops: frozenset[str]) -> bool:
     return bool(ops) and any(o.key in ops for o in kernel.ops)
 
@@ -207,7 +222,7 @@ def train_predictor(
     networks = random_networks(config.random_networks)
     for dtype in eight_bit:  # the same networks quantized: their 8-bit kernels and conversions
         networks += quantized_networks(networks[: config.random_networks // 2], dtype)
-    for path in networks:
+    for path in mappable(networks, splitter, log):
         wanted += [s.kernel for s in splitter.split(path).kernels]
     sampler = KernelSampler(rules, config.random_state, dtypes=config.dtypes)
     wanted += sampler.sample(config.sampled_kernels * len(config.dtypes))
@@ -237,6 +252,7 @@ def train_predictor(
     )
     for dtype in eight_bit:  # calibrated on quantized networks as well
         calibration += quantized_networks(calibration[: max(2, config.calibration_networks // 2)], dtype)
+    calibration = mappable(calibration, splitter, log)
     fitted = fit_overhead(
         table, profiler, calibration, rules, config.model_protocol, log, config.model_repeats
     )
