@@ -67,23 +67,30 @@ def export(work: Path) -> dict[str, Path]:
     return folders
 
 
-def overlap(db: Path, predictor: LatencyPredictor, path: Path) -> tuple[float, float]:
-    """Shares of the network's kernels (by key) and ops that the store's clean kernel rows hold."""
+def trained_keys(db: Path, predictor: LatencyPredictor) -> tuple[set[str], set[str]]:
+    """The kernel keys and op keys of the store's clean kernel rows (what training reads)."""
     with Store(db, readonly=True) as store:
         rows = store.measurements(predictor.device, predictor.backend, "kernel", clean_only=True)
-    trained, trained_ops = set(), set()
+    kernels, ops = set(), set()
     for m in rows:
         try:
             kernel = Kernel.from_key(m.key)
         except InvalidKernelError:
             continue
-        trained.add(kernel.key)
-        trained_ops.update(o.key for o in kernel.ops)
-    kernels = [s.kernel for s in ModelSplitter(predictor.fusion_rules, strict=False).split(path).kernels]
-    ops = [o.key for k in kernels for o in k.ops]
+        kernels.add(kernel.key)
+        ops.update(o.key for o in kernel.ops)
+    return kernels, ops
+
+
+def overlap(
+    trained: tuple[set[str], set[str]], predictor: LatencyPredictor, path: Path
+) -> tuple[float, float]:
+    """Shares of the network's kernels (by key) and ops that the training rows hold."""
+    split = ModelSplitter(predictor.fusion_rules, strict=False).split(path)
+    kernels, ops = split.network[0], split.ops
     return (
-        sum(k.key in trained for k in kernels) / max(1, len(kernels)),
-        sum(o in trained_ops for o in ops) / max(1, len(ops)),
+        sum(k.key in trained[0] for k in kernels) / max(1, len(kernels)),
+        sum(o.key in trained[1] for o in ops) / max(1, len(ops)),
     )
 
 
@@ -154,6 +161,7 @@ def main() -> None:
 
     normal = LatencyPredictor.load(work / PREDICTORS["normal"])
     leakfree = LatencyPredictor.load(work / PREDICTORS["leak-free"])
+    trained = trained_keys(db, normal)
     print(f"\n## Per network ({load()})\n")
     print(
         "| group | network | measured ms | normal ms | err % | leak-free ms | err % "
@@ -164,7 +172,7 @@ def main() -> None:
         leak_rows = {r["name"]: r for r in results["leak-free", group]["rows"]}
         for row in results["normal", group]["rows"]:
             other = leak_rows.get(row["name"])
-            kernels_seen, ops_seen = overlap(db, normal, folder / f"{row['name']}.onnx")
+            kernels_seen, ops_seen = overlap(trained, normal, folder / f"{row['name']}.onnx")
             leak = f"{other['predicted_ms']:.2f} | {100 * other['error']:+.1f}" if other else "- | -"
             print(
                 f"| {group} | {row['name']} | {row['measured_ms']:.2f} | {row['predicted_ms']:.2f} | "

@@ -52,6 +52,12 @@ class Objective(ABC):
         return f"{type(self).__name__}({self.describe()})"
 
 
+def searched_budget_ms(budget_ms: float, margin_pct: float) -> float:
+    """The budget a search runs under so that a network predicted at it and measured up to
+    ``margin_pct`` slower than predicted still meets ``budget_ms``."""
+    return budget_ms / (1 + margin_pct / 100)
+
+
 class LatencyObjective(Objective):
     """Predicted latency (ms) on one device; ``budget_ms`` makes it a constraint too."""
 

@@ -173,7 +173,7 @@ def summarize_verification(results: list[Verification]) -> str:
     margin = next((r for r in results if r.budget_ms and r.searched_under_ms), None)
     searched = (
         f"; searched under {margin.searched_under_ms:.3f} ms "
-        f"({100 * (1 - margin.searched_under_ms / margin.budget_ms):.1f}% safety margin)"
+        f"({100 * (margin.budget_ms / margin.searched_under_ms - 1):.1f}% safety margin)"
         if margin and margin.searched_under_ms < margin.budget_ms
         else ""
     )

@@ -230,7 +230,7 @@ def predictor(synthetic_regressor, zoo_dir) -> LatencyPredictor:
     networks = []
     for name in ("resnet18", "squeezenet_1_1", "mobilenet_v2"):
         s = ModelSplitter(RULES).split(zoo_dir / f"{name}.onnx")
-        networks.append(([k.kernel for k in s.kernels], len(s.glue_nodes)))
+        networks.append(s.network)
     table.fit_overhead(networks, [1.1 * table.predict(k, g) + 0.05 for k, g in networks])
     return LatencyPredictor(table, RULES, "local", "ort", "lut", {"note": "synthetic"})
 
@@ -434,7 +434,7 @@ def test_training_end_to_end_holds_out_networks_and_keeps_calibration_residuals(
 
 def test_training_skips_networks_the_splitter_cannot_map(tmp_path, zoo_dir) -> None:
     """A training network with an op no kernel describes is one skipped sample, named in the log."""
-    from hwlat.predictors.building.training import mappable
+    from hwlat.predictors.building.training import split_networks
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])
@@ -443,5 +443,6 @@ def test_training_skips_networks_the_splitter_cannot_map(tmp_path, zoo_dir) -> N
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), odd)
     lines: list[str] = []
     good = zoo_dir / "squeezenet_1_1.onnx"
-    assert mappable([good, odd], ModelSplitter(RULES), lines.append) == [good]
+    splits = split_networks([good, odd], ModelSplitter(RULES), lines.append)
+    assert list(splits) == [good] and splits[good].network[0]
     assert len(lines) == 1 and "skipped odd.onnx" in lines[0] and "LRN (lrn)" in lines[0]

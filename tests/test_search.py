@@ -537,3 +537,19 @@ def test_search_takes_the_predictors_safety_margin_off_the_budget(predictor_file
         front = json.loads((out / "pareto.json").read_text())["front"]
         latencies = [v for member in front for k, v in member["values"].items() if k.startswith("latency")]
         assert latencies and max(latencies) <= budget / (1 + expected / 100) + 1e-9
+
+
+def test_the_verification_summary_states_the_margin_the_search_took() -> None:
+    from hwlat.search.objectives import searched_budget_ms
+    from hwlat.search.verify import Verification, summarize_verification
+
+    searched = searched_budget_ms(10.0, 10.0)
+    rows = [
+        Verification(
+            1, r, [0], "w.onnx", "local", "ort", searched, measured, None, None, 10.0, searched, 0.05, False
+        )
+        for r, measured in ((1, 9.0), (2, 10.2))
+    ]
+    line = summarize_verification(rows)
+    assert "1 within the budget itself, 1 only within the noise band" in line
+    assert f"searched under {searched:.3f} ms (10.0% safety margin)" in line

@@ -18,7 +18,7 @@ from hwlat.devices.device import Device
 from hwlat.predictors.building.training import TrainingConfig, train_predictor
 from hwlat.profiler.protocol import TimingProtocol
 from hwlat.profiler.store import Store
-from hwlat.search.objectives import LatencyObjective
+from hwlat.search.objectives import LatencyObjective, searched_budget_ms
 from hwlat.search.proxies import get_proxy
 from hwlat.search.runner import run_search
 from hwlat.search.spaces import get_space
@@ -98,11 +98,12 @@ def run_quickstart(
         f"(accuracy proxy) under the budget"
     )
     margin_pct = predictor.safety_margin_pct()
+    searched_ms = searched_budget_ms(budget, margin_pct)
     log(
-        f"searching under {budget / (1 + margin_pct / 100):.2f} ms: the budget less the predictor's "
+        f"searching under {searched_ms:.2f} ms: the budget less the predictor's "
         f"{margin_pct:.1f}% safety margin (90th percentile of its calibration residuals)"
     )
-    latency = LatencyObjective(predictor, budget_ms=budget / (1 + margin_pct / 100), device=device.name)
+    latency = LatencyObjective(predictor, budget_ms=searched_ms, device=device.name)
     study, report = run_search(
         space,
         [get_proxy("flops"), latency],
@@ -154,7 +155,7 @@ def run_quickstart(
         *(f"{i}. {s}" for i, s in enumerate(steps, 1)),
         "",
         f"- predictor: `{predictor_path}`",
-        f"- budget: {budget:.2f} ms ({how}); searched under {budget / (1 + margin_pct / 100):.2f} ms, "
+        f"- budget: {budget:.2f} ms ({how}); searched under {searched_ms:.2f} ms, "
         f"the budget less the predictor's {margin_pct:.1f}% safety margin",
         f"- search results (Pareto front JSON/PNG, hypervolume, trials, winners' ONNX): "
         f"`{out_dir / 'search'}`",

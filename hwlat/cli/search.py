@@ -132,7 +132,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from hwlat.predictors import LatencyPredictor
-    from hwlat.search.objectives import LatencyObjective
+    from hwlat.search.objectives import LatencyObjective, searched_budget_ms
     from hwlat.search.runner import run_search
     from hwlat.search.spaces import get_space
     from hwlat.search.strategies import get_strategy
@@ -151,7 +151,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         args.safety_margin if args.safety_margin is not None else p.safety_margin_pct() for p in predictors
     ]
     latencies = [
-        LatencyObjective(p, budget / (1 + margin / 100))
+        LatencyObjective(p, searched_budget_ms(budget, margin))
         for p, budget, margin in zip(predictors, args.latency_ms, margins, strict=True)
     ]
     strategy = get_strategy(args.strategy, random_state=args.seed)

@@ -31,7 +31,7 @@ from hwlat.errors import ConfigError, HwlatError
 from hwlat.predictors.building.profiling import KernelProfiler, device_seconds
 from hwlat.predictors.building.sampling import KernelSampler
 from hwlat.predictors.kernels.fusion import FusionRules, decide, default_probes, probe_kernels
-from hwlat.predictors.kernels.splitter import ModelSplitter, UnsupportedOpsError
+from hwlat.predictors.kernels.splitter import ModelSplitter, SplitResult, UnsupportedOpsError
 from hwlat.predictors.kernels.tvm_fusion import tvm_fusion_rules
 from hwlat.predictors.metrics import accuracy
 from hwlat.predictors.models.kernel_regressor import KernelRegressor
@@ -41,6 +41,7 @@ from hwlat.predictors.models.table import LatencyTable
 from hwlat.predictors.predictor import LatencyPredictor
 from hwlat.profiler.backends import cache_dir
 from hwlat.profiler.kernel import InvalidKernelError, Kernel
+from hwlat.profiler.measurement import Measurement
 from hwlat.profiler.protocol import TimingProtocol
 from hwlat.profiler.store import Store
 from hwlat.zoo.random_nets import GENERATOR_VERSION
@@ -170,22 +171,22 @@ def network_ops(paths: Sequence[Path], rules: FusionRules) -> frozenset[str]:
     """The op keys of these networks' kernels, for ``TrainingConfig.exclude_ops``: op keys do not
     depend on the fusion rules, so a held-out network stays unseen whichever kernels are fused."""
     splitter = ModelSplitter(rules, strict=False)
-    return frozenset(o.key for path in paths for s in splitter.split(path).kernels for o in s.kernel.ops)
+    return frozenset(o.key for path in paths for o in splitter.split(path).ops)
 
 
-def mappable(paths: Sequence[Path], splitter: ModelSplitter, log: Log = print) -> list[Path]:
-    """The networks the splitter maps; a training or calibration network it cannot (e.g. a
-    quantized GELU, whose QDQ nodes break the activation pattern) is skipped with a line, since
-    it is one sample among many, not the user's model."""
-    kept = []
+def split_networks(
+    paths: Sequence[Path], splitter: ModelSplitter, log: Log = print
+) -> dict[Path, SplitResult]:
+    """The split of each network the splitter maps; a training or calibration network it cannot
+    (e.g. a quantized GELU, whose QDQ nodes break the activation pattern) is skipped with a line,
+    since it is one sample among many, not the user's model."""
+    splits = {}
     for path in paths:
         try:
-            splitter.split(path)
+            splits[path] = splitter.split(path)
         except UnsupportedOpsError as exc:
             log(f"skipped {Path(path).name} (not used for training): {str(exc)[:200]}")
-            continue
-        kept.append(path)
-    return kept
+    return splits
 
 
 def _excluded(kernel: Kernel, ops: frozenset[str]) -> bool:
@@ -222,8 +223,8 @@ def train_predictor(
     networks = random_networks(config.random_networks)
     for dtype in eight_bit:  # the same networks quantized: their 8-bit kernels and conversions
         networks += quantized_networks(networks[: config.random_networks // 2], dtype)
-    for path in mappable(networks, splitter, log):
-        wanted += [s.kernel for s in splitter.split(path).kernels]
+    for split in split_networks(networks, splitter, log).values():
+        wanted += split.network[0]
     sampler = KernelSampler(rules, config.random_state, dtypes=config.dtypes)
     wanted += sampler.sample(config.sampled_kernels * len(config.dtypes))
     wanted = [k for k in dict.fromkeys(wanted) if not _excluded(k, config.exclude_ops)]
@@ -252,7 +253,7 @@ def train_predictor(
     )
     for dtype in eight_bit:  # calibrated on quantized networks as well
         calibration += quantized_networks(calibration[: max(2, config.calibration_networks // 2)], dtype)
-    calibration = mappable(calibration, splitter, log)
+    calibration = list(split_networks(calibration, splitter, log))
     fitted = fit_overhead(
         table, profiler, calibration, rules, config.model_protocol, log, config.model_repeats
     )
@@ -318,8 +319,7 @@ def fit_overhead(
             memory_mb.append(m.peak_rss_mb - m.baseline_rss_mb)
         if not m.clean:
             continue
-        split = splitter.split(path)
-        networks.append(([s.kernel for s in split.kernels], len(split.glue_nodes)))
+        networks.append(splitter.split(path).network)
         ms.append(m.median_ms)
     memory = MemoryModel().fit(footprints, memory_mb)
     log(f"memory model fitted on {memory.fitted_on} networks: {memory}")
@@ -418,8 +418,8 @@ def adaptive_profile(
     deadline = time.monotonic() + 60 * budget_minutes
     report = AdaptiveReport()
     seconds = 0.0
-    validation = _validation_networks(profiler, rules, validation_networks)
-    seconds += sum(m.wall_s or 0.0 for m in validation[2])
+    validation, validation_ms, validation_rows = _validation_networks(profiler, rules, validation_networks)
+    seconds += device_seconds(validation_rows)
     first = sampler.sample(2 * batch)
     seconds += _measured_seconds(profiler, first)
     while True:  # the first round is always scored, however little budget the first batch left
@@ -436,7 +436,7 @@ def adaptive_profile(
         scored = [k for k in fresh if k.key in costs]
         if scored:
             acc = accuracy(current.predict(scored), [costs[k.key] for k in scored])
-            nets = _network_accuracy(current, validation[0], validation[1])
+            nets = _network_accuracy(current, validation, validation_ms)
             report.rounds.append(
                 AdaptiveRound(
                     len(known) + len(scored),
@@ -483,9 +483,9 @@ VALIDATION_SEED = 100_000  # random-network seeds for validation: training uses 
 
 def _validation_networks(
     profiler: KernelProfiler, rules: FusionRules, count: int
-) -> tuple[list[tuple[list[Kernel], int]], list[float], list]:
-    """Random networks measured end to end (median clean pass of 3): their kernels, glue
-    counts and latencies, for the adaptive profiler's network-level accuracy."""
+) -> tuple[list[tuple[list[Kernel], int]], list[float], list[Measurement]]:
+    """Random networks measured end to end (median clean pass of 3): the clean ones' kernels and
+    glue counts, their latencies, and every row, for the adaptive profiler's network accuracy."""
     if count < 3:
         return [], [], []
     paths = random_networks(count, start=VALIDATION_SEED)
@@ -494,8 +494,7 @@ def _validation_networks(
     networks, ms = [], []
     for path, m in zip(paths, measured, strict=True):
         if m.ok and m.clean:
-            split = splitter.split(path)
-            networks.append(([s.kernel for s in split.kernels], len(split.glue_nodes)))
+            networks.append(splitter.split(path).network)
             ms.append(m.median_ms)
     return networks, ms, measured
 

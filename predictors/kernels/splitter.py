@@ -92,6 +92,11 @@ class SplitResult:
     def ops(self) -> list[OpSpec]:
         return [op for k in self.kernels for op in k.kernel.ops]
 
+    @property
+    def network(self) -> tuple[list[Kernel], int]:
+        """(kernels, glue node count): what ``LatencyTable.predict`` and ``fit_overhead`` take."""
+        return [k.kernel for k in self.kernels], len(self.glue_nodes)
+
 
 @dataclass
 class _Item:
