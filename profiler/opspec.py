@@ -86,7 +86,7 @@ INT8_OPS = (
     "dequantize",
 )
 # An activation an 8-bit conv or gemm needs no kernel for: the quantization range clips it.
-_RANGE_ACTIVATIONS = ("relu", "relu6")
+RANGE_ACTIVATIONS = ("relu", "relu6")
 
 # Which fields appear in the key of each op type, in key order. "in" is always first.
 _KEY_FIELDS: dict[str, tuple[str, ...]] = {
@@ -184,7 +184,7 @@ class OpSpec:
         object.__setattr__(self, "bias", bool(self.bias))
         for name in _PAIRS:
             object.__setattr__(self, name, _pair_or_int(getattr(self, name)))
-        if self.dtype in INT_DTYPES and self.op in ("conv", "gemm") and self.activation in _RANGE_ACTIVATIONS:
+        if self.dtype in INT_DTYPES and self.op in ("conv", "gemm") and self.activation in RANGE_ACTIVATIONS:
             object.__setattr__(self, "activation", "none")
         if self.mode == "none" and self.op in ("pad", "resize"):
             object.__setattr__(self, "mode", "constant" if self.op == "pad" else "nearest")
@@ -400,7 +400,7 @@ class OpSpec:
         if dtype == self.dtype:
             return self
         activation = self.activation
-        if dtype in INT_DTYPES and self.op in ("conv", "gemm") and activation in _RANGE_ACTIVATIONS:
+        if dtype in INT_DTYPES and self.op in ("conv", "gemm") and activation in RANGE_ACTIVATIONS:
             activation = "none"
         return replace(self, dtype=dtype, activation=activation)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -14,8 +16,12 @@ from hwlat.compress import quantizable_nodes, quantize_model
 from hwlat.devices.device import local_device
 from hwlat.predictors import Kernel, ModelSplitter
 from hwlat.predictors.building import KernelProfiler, KernelSampler
+from hwlat.predictors.building.training import qdq_rules
+from hwlat.predictors.kernels import FusionRules
+from hwlat.profiler.backends.ort.harness import qdq_fanout_probe
 from hwlat.profiler.onnx_models import build_model, random_inputs, torch_to_onnx
 from hwlat.profiler.opspec import InvalidOpSpecError, OpSpec
+from hwlat.profiler.protocol import TimingProtocol
 from hwlat.profiler.store import Store
 from tests.synthetic import RULES, synthetic_ms, synthetic_predictor
 
@@ -139,6 +145,59 @@ def test_8bit_kernels_are_measured_in_context_as_the_qlinear_kernel_alone(tmp_pa
             if kernel.head.op in ORT_KERNEL:
                 assert ops == [ORT_KERNEL[kernel.head.op]], (kernel.key, ops)
             assert row.median_ms > 0
+
+
+def _ort_ops(path, tmp_path) -> Counter:
+    """The node types ONNX Runtime's graph optimiser leaves in a model (the QDQ fusions are
+    "extended" optimisations; "all" only adds layout changes)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / f"optimized-{Path(path).stem}.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+
+
+@pytest.fixture(scope="module")
+def probed_rules(tmp_path_factory):
+    """The QDQ rules of this machine, probed as ``hwlat train`` probes them."""
+    rules = FusionRules("ort", dict(RULES.fused))
+    protocol = TimingProtocol(warmup_ms=5.0, min_repeat_ms=5.0, repeat=3, max_retries=1)
+    with Store(tmp_path_factory.mktemp("probe") / "p.db") as store:
+        profiler = KernelProfiler(local_device(), store, protocol)
+        for dtype in ("int8", "uint8"):
+            qdq_rules(profiler, dtype, rules)
+    return rules
+
+
+def test_the_qdq_probe_reads_which_convs_the_runtime_fuses(probed_rules, tmp_path) -> None:
+    """The probe's answer is what ORT's optimiser does with the probe model on this machine;
+    a uint8 conv fuses whether or not its tensors branch (on x86 an int8 one does not)."""
+    for dtype in ("int8", "uint8"):
+        ops = _ort_ops(qdq_fanout_probe(dtype, tmp_path), tmp_path)
+        single, branching = (probed_rules.qdq_fuses(dtype, branching=b) for b in (False, True))
+        fused = single + 3 * branching
+        assert ops["QLinearConv"] == fused and ops["Conv"] == 4 - fused, (dtype, ops)
+    assert probed_rules.qdq_fuses("uint8", branching=True) and probed_rules.qdq_fuses("int8", branching=False)
+
+
+@pytest.mark.parametrize("name", ["squeezenet_1_1", "mobilenet_v2", "shufflenet_v2"])
+def test_the_splitter_runs_in_8_bits_the_convs_the_runtime_fuses(name, probed_rules, tmp_path) -> None:
+    """With the probed rules, the split of an S8S8 network has the runtime's QLinearConvs, float
+    convs, and the DequantizeLinear and QuantizeLinear nodes it runs (weights' and biases' too,
+    in front of a float conv), node for node."""
+    float_path = tmp_path / f"{name}.onnx"
+    float_path.write_bytes(torch_to_onnx(zoo.build(name), (1, 3, 64, 64)).SerializeToString())
+    int8_path = quantize_model(float_path, tmp_path / f"{name}_int8.onnx", random_batches=1)
+    split = ModelSplitter(probed_rules).split(int8_path)
+    assert split.unsupported == []
+    ops = Counter(
+        (spec.op.replace("dwconv", "conv"), spec.dtype) for k in split.kernels for spec in k.kernel.ops
+    )
+    ort_ops = _ort_ops(int8_path, tmp_path)
+    assert ops[("conv", "int8")] == ort_ops["QLinearConv"]
+    assert ops[("conv", "float32")] == ort_ops["Conv"]
+    assert ops[("dequantize", "int8")] == ort_ops["DequantizeLinear"]
+    assert ops[("quantize", "int8")] == ort_ops["QuantizeLinear"]
 
 
 def test_the_sampler_draws_8bit_kernels_and_conversions() -> None:

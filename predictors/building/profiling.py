@@ -35,7 +35,13 @@ from pathlib import Path
 from hwlat.devices.device import Device
 from hwlat.errors import ConfigError, HwlatError
 from hwlat.profiler.backends import HostBackend, cache_dir, get_backend
-from hwlat.profiler.backends.ort.harness import HarnessBackend, ProbeModel, relu_chain
+from hwlat.profiler.backends.ort.harness import (
+    QDQ_PROBE_CONVS,
+    HarnessBackend,
+    ProbeModel,
+    qdq_fanout_probe,
+    relu_chain,
+)
 from hwlat.profiler.campaign import Campaign, CampaignReport, model_key
 from hwlat.profiler.kernel import Kernel
 from hwlat.profiler.measurement import Measurement
@@ -230,6 +236,24 @@ class KernelProfiler:
         real = (e2e[1].median_ms - e2e[0].median_ms) / (PROBE_NODES - 1)
         self._node_overhead_ms = max(0.0, recorded - real)
         return self._node_overhead_ms
+
+    def qdq_convs_fused(self, dtype: str) -> dict[str, bool]:
+        """Which convs of the QDQ fan-out probe (``qdq_fanout_probe``) ONNX Runtime runs as one
+        QLinearConv on this device, by conv name: the kernels its profile records. The answer
+        is the runtime's, so a disturbed run answers it as well as a clean one."""
+        probe = ProbeModel(f"probe-qdq-fanout-{dtype}", qdq_fanout_probe(dtype, cache_dir() / "probes"))
+        self._campaign().run([probe])
+        row = self.store.get(self.device.name, self.backend, probe.key, "kernel")
+        if row is None or row.status != "ok":
+            raise ProbeFailed(
+                f"the {dtype} QDQ fan-out probe failed on {self.device.name}: "
+                f"{row.error_msg if row is not None else 'no result'}"
+            )
+        nodes = row.extra.get("kernel_nodes", [])
+        return {
+            conv: any(n["op"] == "QLinearConv" and n["name"].startswith(conv) for n in nodes)
+            for conv in QDQ_PROBE_CONVS
+        }
 
     def measure_models(
         self,

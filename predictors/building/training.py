@@ -40,6 +40,7 @@ from hwlat.predictors.models.roofline import Roofline, RooflineError
 from hwlat.predictors.models.table import LatencyTable
 from hwlat.predictors.predictor import LatencyPredictor
 from hwlat.profiler.backends import cache_dir
+from hwlat.profiler.backends.ort.harness import QDQ_PROBE_CONVS
 from hwlat.profiler.kernel import InvalidKernelError, Kernel
 from hwlat.profiler.measurement import Measurement
 from hwlat.profiler.protocol import TimingProtocol
@@ -94,11 +95,24 @@ def fusion_rules(
         if all(k.key in costs for k in kernels):
             break
     rules = decide(probes, profiler.backend, lambda k: costs.get(k.key))
+    for dtype in (d for d in dtypes if d != "float32"):
+        qdq_rules(profiler, dtype, rules)
     log(
-        f"fusion rules ({len(rules.evidence)} of {len(probes)} probes clean): "
+        f"fusion rules ({len(rules.evidence)} of {len(probes) + 2 * len(dtypes) - 2} probes clean): "
         + ", ".join(f"{r}={'fused' if f else 'apart'}" for r, f in sorted(rules.fused.items()))
     )
     return rules
+
+
+def qdq_rules(profiler: KernelProfiler, dtype: str, rules: FusionRules) -> None:
+    """Whether the device's ONNX Runtime runs the QDQ convs of a quantized network as 8-bit
+    kernels, with and without a branching 8-bit tensor next to them (``FusionRules.qdq_fuses``),
+    from the kernels its profile records for the probe model."""
+    fused = profiler.qdq_convs_fused(dtype)
+    single, *branching = QDQ_PROBE_CONVS
+    rules.fused[f"qdq:{dtype}"] = fused[single]
+    rules.fused[f"qdq-branching:{dtype}"] = all(fused[c] for c in branching)
+    rules.evidence.append({"rule": f"qdq:{dtype}", "fused_convs": fused})
 
 
 def random_networks(count: int, start: int = 0) -> list[Path]:

@@ -40,6 +40,12 @@ class FusionRules:
             return self.fused[exact]
         return self.fused.get(f"{signature.split(SEPARATOR)[-1]}>{consumer}", False)
 
+    def qdq_fuses(self, dtype: str, branching: bool) -> bool:
+        """Whether the runtime fuses a QDQ op of ``dtype`` into one 8-bit kernel, when one of its
+        8-bit tensors has several readers (``branching``) or none has. Probed on the device
+        (``qdq_rules``); a predictor from before the probe took every QDQ op as fused."""
+        return self.fused.get(f"qdq-branching:{dtype}" if branching else f"qdq:{dtype}", True)
+
     def group(self, ops: Sequence[OpSpec]) -> list[Kernel]:
         """Kernels of a flat op list in execution order (a search space's ``ops(arch)``).
 

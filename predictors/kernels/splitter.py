@@ -48,7 +48,7 @@ from hwlat.profiler.onnx_models.graph import (
     axes_of,
     conv_out,
 )
-from hwlat.profiler.opspec import InvalidOpSpecError, OpSpec
+from hwlat.profiler.opspec import INT_DTYPES, RANGE_ACTIVATIONS, InvalidOpSpecError, OpSpec
 
 GLUE_OPS = ("Flatten", "Reshape", "Squeeze", "Unsqueeze")
 
@@ -121,7 +121,7 @@ class ModelSplitter:
             graph = OnnxGraph(model)
         except GraphError as exc:
             raise UnsupportedOpsError(str(exc)) from None
-        mapper = _Mapper(graph)
+        mapper = _Mapper(graph, self.fusion_rules or FusionRules("none"))
         items = mapper.run()
         unsupported = sorted(set(mapper.unsupported))
         if unsupported and self.strict:
@@ -150,7 +150,7 @@ class ModelSplitter:
 
 # ----- pass 2: nodes -> ops -----------------------------------------------------------------
 class _Mapper:
-    def __init__(self, graph: OnnxGraph) -> None:
+    def __init__(self, graph: OnnxGraph, rules: FusionRules) -> None:
         self.g = graph
         self.items: list[_Item] = []
         self.producer: dict[str, _Item] = {}
@@ -164,7 +164,14 @@ class _Mapper:
             for name in node.input:
                 if name and not graph.is_static(name):
                     self.consumers.setdefault(name, []).append(node)
-        self.int8, self.fused_qdq = _quantized_regions(graph, self.consumers)
+        self.int8, self.fused_qdq = _quantized_regions(graph, self.consumers, rules)
+        # 8-bit weights a DequantizeLinear turns into float32: folded into an 8-bit kernel, but
+        # run on every inference in front of a conv or gemm the runtime keeps in float32
+        self.weight_dequantize = {
+            n.output[0]: n
+            for n in graph.nodes
+            if n.op_type == "DequantizeLinear" and graph.is_static(n.input[0])
+        }
         self.fallback: list[FallbackNode] = []
         self.padded: dict[int, tuple[int, int, int, int]] = {}  # conv/pool -> the Pad folded into it
         self.patterns = _activation_patterns(graph, self.consumers)
@@ -337,7 +344,22 @@ class _Mapper:
             groups=groups,
             bias=len(node.input) > 2 and bool(node.input[2]),
         )
+        self._dequantized_constants(node)
         self._add(spec, [node.input[0]], [node.output[0]], [node])
+
+    def _dequantized_constants(self, node: onnx.NodeProto) -> None:
+        """The DequantizeLinears of a conv's or gemm's weight and bias: kernels of their own
+        when it stays float32. An int32 bias is timed as an int8 tensor of its size (a node
+        that small costs its launch, whatever the type)."""
+        if id(node) in self.int8:
+            return
+        for name in node.input[1:3]:
+            dq = self.weight_dequantize.get(name)
+            if dq is not None:
+                value = self.g.value(dq.input[0])
+                dtype = "int8" if value is not None and value.dtype == np.int32 else _int_dtype(self.g, dq)
+                shape = _elementwise_shape(self._known(dq.input[0]))
+                self._add(OpSpec("dequantize", shape, dtype=dtype), [], [], [dq])
 
     def _map_Pad(self, node: onnx.NodeProto) -> None:
         """A zero Pad read only by a conv or pooling is folded into it (ONNX Runtime's PadFusion,
@@ -386,13 +408,26 @@ class _Mapper:
 
     def _map_QuantizeLinear(self, node: onnx.NodeProto) -> None:
         """A quantize not fused into an 8-bit kernel: float32 entering an 8-bit region."""
-        spec = OpSpec("quantize", self._shape(node.input[0]), dtype=_int_dtype(self.g, node))
+        spec = OpSpec(
+            "quantize", _elementwise_shape(self._shape(node.input[0])), dtype=_int_dtype(self.g, node)
+        )
         self._add(spec, [node.input[0]], [node.output[0]], [node])
 
     def _map_DequantizeLinear(self, node: onnx.NodeProto) -> None:
-        """A dequantize not fused into an 8-bit kernel: an 8-bit tensor leaving for float32 ops."""
-        spec = OpSpec("dequantize", self._shape(node.input[0]), dtype=_int_dtype(self.g, node))
+        """A dequantize not fused into an 8-bit kernel: an 8-bit tensor leaving for float32 ops.
+        ONNX Runtime gives each reader its own copy of a DequantizeLinear, so one read by several
+        float32 ops runs once for each."""
+        spec = OpSpec(
+            "dequantize", _elementwise_shape(self._shape(node.input[0])), dtype=_int_dtype(self.g, node)
+        )
         self._add(spec, [node.input[0]], [node.output[0]], [node])
+        float_readers = [
+            r
+            for r in self.consumers.get(node.output[0], [])
+            if id(r) not in self.int8 and r.op_type != "QuantizeLinear"
+        ]
+        for _ in float_readers[1:]:
+            self._add(spec, [], [], [])
 
     def _map_BatchNormalization(self, node: onnx.NodeProto) -> None:
         item = self._foldable(node.input[0], ("conv", "deconv"))
@@ -465,7 +500,8 @@ class _Mapper:
             and item.spec.activation == "none"
             and len(item.outputs) == 1
             and self._uses(src) == sum(src in map(self._root, n.input) for n in nodes)
-        ):
+            and not (item.spec.dtype in INT_DTYPES and activation not in RANGE_ACTIVATIONS)
+        ):  # an 8-bit conv is followed by its 8-bit sigmoid, not fused with it
             self._fold(item, dataclasses.replace(item.spec, activation=activation), output, nodes)
             return
         self._add(OpSpec("act", self._shape(src), activation=activation), [src], [output], nodes)
@@ -493,6 +529,7 @@ class _Mapper:
             raise _Unmappable(f"Gemm needs a 2-D (N, C) input without transA, got {x}")
         out = w[0] if a.get("transB") else w[1]
         spec = OpSpec("gemm", x, out_channels=out, bias=len(node.input) > 2 and bool(node.input[2]))
+        self._dequantized_constants(node)
         self._add(spec, [node.input[0]], [node.output[0]], [node])
 
     def _map_MatMul(self, node: onnx.NodeProto) -> None:
@@ -502,6 +539,7 @@ class _Mapper:
                 "only a linear layer (MatMul by a 2-D weight) is supported, not two activations"
             )
         spec = OpSpec("gemm", x, out_channels=self._known(node.input[1])[1], bias=False)
+        self._dequantized_constants(node)
         self._add(spec, [node.input[0]], [node.output[0]], [node])
 
     def _map_pool(self, node: onnx.NodeProto, op: str) -> None:
@@ -663,21 +701,25 @@ class _Mapper:
         y = self.g.shapes.get(node.output[0], ())
         transpose = self._only_consumer(node.output[0])
         back = self._only_consumer(transpose.output[0]) if transpose is not None else None
-        if (
+        if not (
             len(x) == 4
             and len(y) == 5
             and transpose is not None
             and transpose.op_type == "Transpose"
             and list(attrs(transpose).get("perm", [])) == [0, 2, 1, 3, 4]
             and back is not None
-            and back.op_type == "Reshape"
-            and self.g.shapes.get(back.output[0]) == x
         ):
-            self._add(
-                OpSpec("shuffle", x, groups=y[1]), [node.input[0]], [back.output[0]], [node, transpose, back]
-            )
+            self._map_glue(node)
             return
-        self._map_glue(node)
+        spec = OpSpec("shuffle", x, groups=y[1])
+        if back.op_type == "Reshape" and self.g.shapes.get(back.output[0]) == x:
+            self._add(spec, [node.input[0]], [back.output[0]], [node, transpose, back])
+        elif back.op_type == "DequantizeLinear" and id(transpose) in self.int8:
+            # an 8-bit shuffle leaving for float32 before the reshape back: the dequantize and
+            # the reshape come after it
+            self._add(spec, [node.input[0]], [transpose.output[0]], [node, transpose])
+        else:
+            self._map_glue(node)
 
     def _map_glue(self, node: onnx.NodeProto) -> None:
         self._add(None, [node.input[0]], list(node.output), [node])
@@ -752,42 +794,33 @@ def _activation_patterns(
 
 
 # ----- quantized (QDQ) networks -----------------------------------------------------------------
-# Ops ONNX Runtime runs as 8-bit kernels when DequantizeLinear feeds them and QuantizeLinear reads them.
-_INT8_CAPABLE = frozenset(
-    {
-        "Conv",
-        "Gemm",
-        "MatMul",
-        "Add",
-        "Mul",
-        "Concat",
-        "MaxPool",
-        "AveragePool",
-        "GlobalAveragePool",
-        "Sigmoid",
-        "Split",
-        "Slice",
-        "Reshape",
-        "Transpose",
-        "Flatten",
-        "Squeeze",
-        "Unsqueeze",
-        "Relu",
-        "Clip",
-    }
+# Ops ONNX Runtime replaces, with the DQ before and the Q after them, by one QLinear kernel ...
+_QLINEAR_OPS = frozenset(
+    {"Conv", "Gemm", "MatMul", "Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "Sigmoid"}
+)
+# ... and ops it runs on the 8-bit tensor itself, dropping the DQ before and the Q after them.
+_DROP_QDQ_OPS = frozenset(
+    {"MaxPool", "Split", "Slice", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Relu", "Clip"}
 )
 
 
 def _quantized_regions(
-    graph: OnnxGraph, consumers: dict[str, list[onnx.NodeProto]]
+    graph: OnnxGraph, consumers: dict[str, list[onnx.NodeProto]], rules: FusionRules
 ) -> tuple[dict[int, str], set[int]]:
     """Which ops run in 8 bits (id -> int8/uint8), and which Q/DQ nodes are fused into them.
 
     An op runs in 8 bits when every data input comes from a DequantizeLinear and every reader
-    of its outputs is a QuantizeLinear: ORT fuses DQ -> op -> Q into one QLinear kernel. A
-    QuantizeLinear after such an op (or after a DequantizeLinear: a pair that cancels) is part
-    of it; one after a float op is a real kernel (float32 entering 8 bits). A DequantizeLinear
-    read only by 8-bit ops or quantizes is fused; one read by a float op is a real kernel.
+    of its outputs is a QuantizeLinear, and the device's runtime fuses that pattern: ONNX
+    Runtime turns DQ -> op -> Q into one QLinear kernel (or drops the DQ and Q around a pooling
+    or reshape). Whether it does when one of the op's 8-bit tensors has several readers is
+    the device's, measured (``FusionRules.qdq_fuses``): on x86 ORT fuses uint8 only and turns
+    an int8 Q -> DQ pair into uint8 only where the Q has one reader, so an int8 conv next to
+    a branching tensor runs as a float conv between DequantizeLinear and QuantizeLinear.
+
+    A QuantizeLinear after an 8-bit op (or after a DequantizeLinear: a pair that cancels) is
+    part of it; one after a float op is a real kernel (float32 entering 8 bits). A
+    DequantizeLinear read only by 8-bit ops or quantizes is fused; one read by a float op is a
+    real kernel.
     """
     producer = {out: n for n in graph.data_nodes for out in n.output}
 
@@ -795,35 +828,66 @@ def _quantized_regions(
         node = producer.get(name)
         return node.op_type if node is not None else ""
 
+    def readers(name: str) -> int:
+        """Nodes (and graph outputs) reading a tensor, through the DequantizeLinears on it."""
+        count = int(name in graph.outputs)
+        for node in consumers.get(name, []):
+            count += readers(node.output[0]) if node.op_type == "DequantizeLinear" else 1
+        return count
+
+    def branches(quantized: str) -> bool:
+        """An 8-bit tensor that is not one quantize read by one node."""
+        return kind(quantized) != "QuantizeLinear" or readers(quantized) != 1
+
     int8: dict[int, str] = {}
     for node in graph.data_nodes:
-        if node.op_type not in _INT8_CAPABLE:
+        if node.op_type not in _QLINEAR_OPS | _DROP_QDQ_OPS:
             continue
         data_inputs = [i for i in node.input if i and not graph.is_static(i)]
-        readers = [r for o in node.output if o for r in consumers.get(o, [])]
-        if (
+        outputs = [r for o in node.output if o for r in consumers.get(o, [])]
+        if not (
             data_inputs
             and all(kind(i) == "DequantizeLinear" for i in data_inputs)
-            and readers
-            and all(r.op_type == "QuantizeLinear" for r in readers)
+            and outputs
+            and all(r.op_type == "QuantizeLinear" for r in outputs)
             and not any(o in graph.outputs for o in node.output)
         ):
-            int8[id(node)] = _int_dtype(graph, producer[data_inputs[0]])
-    fused: set[int] = set()
+            continue
+        dtype = _int_dtype(graph, producer[data_inputs[0]])
+        tensors = [producer[i].input[0] for i in data_inputs] + [q.output[0] for q in outputs]
+        branching = [branches(t) for t in tensors]
+        if node.op_type in _QLINEAR_OPS:
+            fused = rules.qdq_fuses(dtype, branching=any(branching))
+        else:  # the DQ and Q it drops must be alike: all of them converted, or none
+            fused = all(branching) or not any(branching) or rules.qdq_fuses(dtype, branching=True)
+        if fused:
+            int8[id(node)] = dtype
+    fused_qdq: set[int] = set()
     for node in graph.data_nodes:
         if node.op_type == "QuantizeLinear":
             source = producer.get(node.input[0])
             if source is not None and (id(source) in int8 or source.op_type == "DequantizeLinear"):
-                fused.add(id(node))
+                fused_qdq.add(id(node))
         elif node.op_type == "DequantizeLinear" and not graph.is_static(node.input[0]):
-            readers = consumers.get(node.output[0], [])
+            dq_readers = consumers.get(node.output[0], [])
             if (
-                readers
+                dq_readers
                 and node.output[0] not in graph.outputs
-                and all(id(r) in int8 or r.op_type == "QuantizeLinear" for r in readers)
+                and all(id(r) in int8 or r.op_type == "QuantizeLinear" for r in dq_readers)
             ):
-                fused.add(id(node))
-    return int8, fused
+                fused_qdq.add(id(node))
+    return int8, fused_qdq
+
+
+def _elementwise_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A tensor's shape as the 2-D or 4-D shape an elementwise op's OpSpec takes (same size)."""
+    if len(shape) in (2, 4):
+        return shape
+    if len(shape) < 2:
+        return (1, math.prod(shape))
+    if len(shape) == 3:
+        return (*shape, 1)
+    return (shape[0], math.prod(shape[1:-2]), shape[-2], shape[-1])
 
 
 def _int_dtype(graph: OnnxGraph, node: onnx.NodeProto) -> str:

@@ -110,6 +110,84 @@ class HarnessBackend(OrtBackend):
         return super().artifact(spec)
 
 
+# The convs of the QDQ fan-out probe: each conv's name, and whether its input and its output
+# tensor are read by one node (ONNX Runtime names the QLinearConv it fuses after the conv).
+QDQ_PROBE_CONVS = {
+    "qdq_probe_single": "one reader in and out",
+    "qdq_probe_fans_out": "output read by two convs",
+    "qdq_probe_fanned_a": "input read by two convs",
+    "qdq_probe_fanned_b": "input read by two convs",
+}
+
+
+def qdq_fanout_probe(dtype: str, directory: str | Path) -> Path:
+    """Four QDQ convs as ONNX Runtime's static quantizer writes them (one Q and one DQ per
+    tensor, per-channel 8-bit weights), where two of the tensors between them are read by two
+    convs. Whether ORT runs each conv as QLinearConv depends on the platform: on x86 it turns
+    int8 Q->DQ pairs with one reader into uint8 and fuses uint8 only, so an int8 conv next to a
+    tensor with two readers stays a float Conv between DequantizeLinear and QuantizeLinear."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    channels, hw = 32, 28
+    shape = [1, channels, hw, hw]
+
+    def build() -> onnx.ModelProto:
+        rng = np.random.default_rng(0)
+        nodes: list[onnx.NodeProto] = []
+        inits: list[onnx.TensorProto] = []
+
+        def quantized(source: str, name: str) -> str:
+            scale, zero = _qparams(name, dtype, inits)
+            nodes.append(
+                helper.make_node("QuantizeLinear", [source, scale, zero], [f"{name}_q"], name=f"{name}_q")
+            )
+            nodes.append(
+                helper.make_node(
+                    "DequantizeLinear", [f"{name}_q", scale, zero], [f"{name}_dq"], name=f"{name}_dq"
+                )
+            )
+            return f"{name}_dq"
+
+        def conv(source: str, name: str) -> str:
+            inits.extend(
+                [
+                    numpy_helper.from_array(
+                        rng.integers(-127, 127, (channels, channels, 1, 1)).astype(np.int8), f"{name}_wq"
+                    ),
+                    numpy_helper.from_array(np.full(channels, 1.0 / 1024, np.float32), f"{name}_wscale"),
+                    numpy_helper.from_array(np.zeros(channels, np.int8), f"{name}_wzero"),
+                ]
+            )
+            nodes.append(
+                helper.make_node(
+                    "DequantizeLinear",
+                    [f"{name}_wq", f"{name}_wscale", f"{name}_wzero"],
+                    [f"{name}_w"],
+                    name=f"{name}_wdq",
+                    axis=0,
+                )
+            )
+            nodes.append(
+                helper.make_node("Conv", [source, f"{name}_w"], [f"{name}_y"], name=name, kernel_shape=[1, 1])
+            )
+            return quantized(f"{name}_y", f"{name}_out")
+
+        single, fans_out, fanned_a, fanned_b = QDQ_PROBE_CONVS
+        shared = conv(conv(quantized("x", "qdq_probe_in"), single), fans_out)
+        outputs = [conv(shared, fanned_a), conv(shared, fanned_b)]
+        return make_model(
+            helper.make_graph(
+                nodes,
+                "qdq_fanout_probe",
+                [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                [helper.make_tensor_value_info(o, TensorProto.FLOAT, shape) for o in outputs],
+                initializer=inits,
+            )
+        )
+
+    return save_once(directory / f"qdq_fanout_probe_{dtype}_v1.onnx", build)
+
+
 def relu_chain(nodes: int, directory: str | Path) -> Path:
     """``nodes`` ReLUs in a row on a 1x16x1x1 tensor: nodes that cost next to nothing, so that a
     profiled run shows what the profiler itself adds to each node's recorded time."""
