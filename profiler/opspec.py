@@ -56,6 +56,8 @@ ACTIVATIONS = (
     "tanh",
     "leakyrelu",
     "elu",
+    "erf",  # the pieces of GELU and Mish that a quantized network runs apart (Q/DQ between them)
+    "softplus",
 )
 BROADCASTS = ("none", "channel")
 PAD_MODES = ("constant", "reflect", "edge")
@@ -87,6 +89,8 @@ INT8_OPS = (
 )
 # An activation an 8-bit conv or gemm needs no kernel for: the quantization range clips it.
 RANGE_ACTIVATIONS = ("relu", "relu6")
+# Activations ONNX Runtime has an 8-bit kernel for (QLinearSigmoid, QLinearLeakyRelu).
+QLINEAR_ACTIVATIONS = ("sigmoid", "leakyrelu")
 
 # Which fields appear in the key of each op type, in key order. "in" is always first.
 _KEY_FIELDS: dict[str, tuple[str, ...]] = {
@@ -421,6 +425,8 @@ _ACTIVATION_FLOPS = {
     "tanh": 6,
     "leakyrelu": 2,
     "elu": 5,
+    "erf": 6,
+    "softplus": 4,
 }
 
 
@@ -524,10 +530,10 @@ def _validate(spec: OpSpec) -> None:
             f"an 8-bit {spec.op} cannot carry {spec.activation}: ONNX Runtime runs it in float32 "
             "between a dequantize and a quantize (give it as its own float32 act op)"
         )
-    if spec.dtype in INT_DTYPES and spec.op == "act" and spec.activation != "sigmoid":
+    if spec.dtype in INT_DTYPES and spec.op == "act" and spec.activation not in QLINEAR_ACTIVATIONS:
         fail(
-            f"8-bit activations are sigmoid only ({spec.activation} is folded into the quantization "
-            "range, or runs in float32)"
+            f"8-bit activations are {' and '.join(QLINEAR_ACTIVATIONS)} only ({spec.activation} is "
+            "folded into the quantization range, or runs in float32)"
         )
     ranks = _RANKS.get(spec.op, (4,))
     if len(spec.input_shape) not in ranks:

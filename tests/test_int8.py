@@ -40,6 +40,7 @@ EIGHT_BIT = [
     OpSpec("avgpool", X, kernel=2, stride=2, dtype="int8"),
     OpSpec("globalavgpool", X, dtype="int8"),
     OpSpec("act", X, activation="sigmoid", dtype="int8"),
+    OpSpec("act", X, activation="leakyrelu", dtype="int8"),
     OpSpec("quantize", X, dtype="int8"),
     OpSpec("dequantize", X, dtype="uint8"),
     OpSpec("quantize", (1, 1280), dtype="int8"),
@@ -52,8 +53,8 @@ ORT_KERNEL = {
     "concat": "QLinearConcat",
     "avgpool": "QLinearAveragePool",
     "globalavgpool": "QLinearGlobalAveragePool",
-    "act": "QLinearSigmoid",
 }
+QLINEAR_ACT = {"sigmoid": "QLinearSigmoid", "leakyrelu": "QLinearLeakyRelu"}
 
 
 @pytest.mark.parametrize("spec", EIGHT_BIT, ids=lambda s: s.key)
@@ -69,8 +70,9 @@ def test_8bit_keys_round_trip_and_ort_runs_the_8bit_kernel(spec: OpSpec, tmp_pat
     with open(session.end_profiling()) as fh:
         events = json.load(fh)
     ran = {e["args"]["op_name"] for e in events if e.get("cat") == "Node"}
-    if spec.op in ORT_KERNEL:
-        assert ORT_KERNEL[spec.op] in ran  # DQ -> op -> Q was fused into the 8-bit kernel
+    expected = QLINEAR_ACT[spec.activation] if spec.op == "act" else ORT_KERNEL.get(spec.op)
+    if expected is not None:
+        assert expected in ran  # DQ -> op -> Q was fused into the 8-bit kernel
 
 
 def test_8bit_specs_fold_range_activations_and_refuse_what_has_no_8bit_kernel() -> None:
@@ -135,7 +137,7 @@ def test_a_predictor_trained_with_8bit_kernels_predicts_quantized_networks_faste
 
 
 def test_8bit_kernels_are_measured_in_context_as_the_qlinear_kernel_alone(tmp_path, quick_protocol) -> None:
-    kernels = [Kernel((spec,)) for spec in EIGHT_BIT[:3] + [EIGHT_BIT[4], EIGHT_BIT[11], EIGHT_BIT[13]]]
+    kernels = [Kernel((spec,)) for spec in EIGHT_BIT[:3] + [EIGHT_BIT[4], EIGHT_BIT[11], EIGHT_BIT[14]]]
     with Store(tmp_path / "k.db") as store:
         report = KernelProfiler(local_device(), store, quick_protocol).measure(kernels)
         assert report.failed == 0
@@ -180,13 +182,18 @@ def test_the_qdq_probe_reads_which_convs_the_runtime_fuses(probed_rules, tmp_pat
     assert probed_rules.qdq_fuses("uint8", branching=True) and probed_rules.qdq_fuses("int8", branching=False)
 
 
-@pytest.mark.parametrize("name", ["squeezenet_1_1", "mobilenet_v2", "shufflenet_v2"])
+# zoo CNNs, and random networks with a GELU, a Mish, 8-bit LeakyReLUs and batch norms of their own
+@pytest.mark.parametrize("name", ["squeezenet_1_1", "mobilenet_v2", "shufflenet_v2", 9, 12, 14])
 def test_the_splitter_runs_in_8_bits_the_convs_the_runtime_fuses(name, probed_rules, tmp_path) -> None:
     """With the probed rules, the split of an S8S8 network has the runtime's QLinearConvs, float
     convs, and the DequantizeLinear and QuantizeLinear nodes it runs (weights' and biases' too,
     in front of a float conv), node for node."""
     float_path = tmp_path / f"{name}.onnx"
-    float_path.write_bytes(torch_to_onnx(zoo.build(name), (1, 3, 64, 64)).SerializeToString())
+    if isinstance(name, int):
+        module, resolution = zoo.random_network(name)
+        zoo.export_onnx(module, float_path, resolution)
+    else:
+        float_path.write_bytes(torch_to_onnx(zoo.build(name), (1, 3, 64, 64)).SerializeToString())
     int8_path = quantize_model(float_path, tmp_path / f"{name}_int8.onnx", random_batches=1)
     split = ModelSplitter(probed_rules).split(int8_path)
     assert split.unsupported == []

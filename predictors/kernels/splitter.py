@@ -344,16 +344,16 @@ class _Mapper:
             groups=groups,
             bias=len(node.input) > 2 and bool(node.input[2]),
         )
-        self._dequantized_constants(node)
+        self._dequantized_constants(node, list(node.input[1:3]))
         self._add(spec, [node.input[0]], [node.output[0]], [node])
 
-    def _dequantized_constants(self, node: onnx.NodeProto) -> None:
-        """The DequantizeLinears of a conv's or gemm's weight and bias: kernels of their own
-        when it stays float32. An int32 bias is timed as an int8 tensor of its size (a node
-        that small costs its launch, whatever the type)."""
+    def _dequantized_constants(self, node: onnx.NodeProto, names: list[str]) -> None:
+        """The DequantizeLinears of constants (a conv's or gemm's weight and bias, an add's
+        operand): kernels of their own when ``node`` stays float32. An int32 bias is timed as
+        an int8 tensor of its size (a node that small costs its launch, whatever the type)."""
         if id(node) in self.int8:
             return
-        for name in node.input[1:3]:
+        for name in names:
             dq = self.weight_dequantize.get(name)
             if dq is not None:
                 value = self.g.value(dq.input[0])
@@ -434,6 +434,7 @@ class _Mapper:
         if item is not None and item.spec.activation == "none":
             self._fold(item, dataclasses.replace(item.spec, bias=True), node.output[0], [node])
             return
+        self._dequantized_constants(node, list(node.input[1:]))
         self._add(OpSpec("bn", self._shape(node.input[0])), [node.input[0]], [node.output[0]], [node])
 
     def _map_LayerNormalization(self, node: onnx.NodeProto) -> None:
@@ -529,7 +530,7 @@ class _Mapper:
             raise _Unmappable(f"Gemm needs a 2-D (N, C) input without transA, got {x}")
         out = w[0] if a.get("transB") else w[1]
         spec = OpSpec("gemm", x, out_channels=out, bias=len(node.input) > 2 and bool(node.input[2]))
-        self._dequantized_constants(node)
+        self._dequantized_constants(node, list(node.input[1:3]))
         self._add(spec, [node.input[0]], [node.output[0]], [node])
 
     def _map_MatMul(self, node: onnx.NodeProto) -> None:
@@ -539,7 +540,7 @@ class _Mapper:
                 "only a linear layer (MatMul by a 2-D weight) is supported, not two activations"
             )
         spec = OpSpec("gemm", x, out_channels=self._known(node.input[1])[1], bias=False)
-        self._dequantized_constants(node)
+        self._dequantized_constants(node, list(node.input[1:3]))
         self._add(spec, [node.input[0]], [node.output[0]], [node])
 
     def _map_pool(self, node: onnx.NodeProto, op: str) -> None:
@@ -612,6 +613,7 @@ class _Mapper:
                     return
             shape = self._shape(data)
             bcast = "none" if math.prod(const) == math.prod(shape) else "channel"
+            self._dequantized_constants(node, [ins[static.index(True)]])
             self._add(OpSpec(kind, shape, broadcast=bcast), [data], [node.output[0]], [node])
             return
         a, b = (self._shape(i) for i in ins)
@@ -758,6 +760,8 @@ _ACTIVATION_NAMES = {
     "Elu": "elu",
     "Gelu": "gelu",
     "Mish": "mish",
+    "Erf": "erf",
+    "Softplus": "softplus",
 }
 
 
@@ -796,7 +800,18 @@ def _activation_patterns(
 # ----- quantized (QDQ) networks -----------------------------------------------------------------
 # Ops ONNX Runtime replaces, with the DQ before and the Q after them, by one QLinear kernel ...
 _QLINEAR_OPS = frozenset(
-    {"Conv", "Gemm", "MatMul", "Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "Sigmoid"}
+    {
+        "Conv",
+        "Gemm",
+        "MatMul",
+        "Add",
+        "Mul",
+        "Concat",
+        "AveragePool",
+        "GlobalAveragePool",
+        "Sigmoid",
+        "LeakyRelu",
+    }
 )
 # ... and ops it runs on the 8-bit tensor itself, dropping the DQ before and the Q after them.
 _DROP_QDQ_OPS = frozenset(
@@ -823,6 +838,9 @@ def _quantized_regions(
     real kernel.
     """
     producer = {out: n for n in graph.data_nodes for out in n.output}
+    constant_dq = {
+        n.output[0] for n in graph.nodes if n.op_type == "DequantizeLinear" and graph.is_static(n.input[0])
+    }
 
     def kind(name: str) -> str:
         node = producer.get(name)
@@ -856,6 +874,8 @@ def _quantized_regions(
         dtype = _int_dtype(graph, producer[data_inputs[0]])
         tensors = [producer[i].input[0] for i in data_inputs] + [q.output[0] for q in outputs]
         branching = [branches(t) for t in tensors]
+        if node.op_type in BINARY_OPS:  # a constant operand's lone DQ is not a pair ORT converts
+            branching += [True for i in node.input if i in constant_dq]
         if node.op_type in _QLINEAR_OPS:
             fused = rules.qdq_fuses(dtype, branching=any(branching))
         else:  # the DQ and Q it drops must be alike: all of them converted, or none

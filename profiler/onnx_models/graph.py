@@ -29,6 +29,8 @@ ACTIVATION_OPS = (
     "Elu",
     "Gelu",
     "Mish",
+    "Erf",
+    "Softplus",
 )
 FREE_OPS = ("Identity", "Dropout")
 BINARY_OPS = {"Add": "add", "Sub": "add", "Mul": "mul", "Div": "mul"}
@@ -315,8 +317,7 @@ def _infer_shapes(node: onnx.NodeProto, g: OnnxGraph) -> list[tuple[int, ...] | 
     if (
         op in ACTIVATION_OPS
         or op in FREE_OPS
-        or op
-        in ("BatchNormalization", "LayerNormalization", "Softmax", "LogSoftmax", "PRelu", "Erf", "Softplus")
+        or op in ("BatchNormalization", "LayerNormalization", "Softmax", "LogSoftmax", "PRelu")
         or op in ("QuantizeLinear", "DequantizeLinear")
     ):
         return [x]

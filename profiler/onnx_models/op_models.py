@@ -246,6 +246,10 @@ def _activation_nodes(activation: str, head: str, nodes: list, inits: list) -> s
         nodes.append(helper.make_node("LeakyRelu", [head], [out], alpha=0.01))
     elif activation == "elu":
         nodes.append(helper.make_node("Elu", [head], [out], alpha=1.0))
+    elif activation == "erf":
+        nodes.append(helper.make_node("Erf", [head], [out]))
+    elif activation == "softplus":
+        nodes.append(helper.make_node("Softplus", [head], [out]))
     return out
 
 
