@@ -16,7 +16,8 @@ from hwlat.devices.connection import DeviceError, PythonMissing, connect
 from hwlat.devices.device import Device
 from hwlat.profiler.agent_client import AgentCrashed, AgentSession, AgentTimeout, agent_start_error
 from hwlat.profiler.backends import OrtBackend, cache_dir
-from hwlat.profiler.opspec import OpSpec
+from hwlat.profiler.backends.ort.harness import QDQ_PROBE_CONVS, qdq_fanout_probe
+from hwlat.profiler.opspec import INT_DTYPES, OpSpec
 from hwlat.profiler.protocol import TimingProtocol
 
 RUNTIME_OF = {"ort": "onnxruntime", "tvm": "tvm"}
@@ -59,7 +60,7 @@ def _check_agent(device: Device) -> dict:
             report.update(session.hello["versions"])
             report.update(_workdir_facts(device, connection))
             if "ort" in device.backends and report.get("onnxruntime"):
-                report["int8_over_fp32_speedup"] = _int8_speedup(device, connection)
+                report.update(_int8_facts(device, connection))
     except DeviceError as exc:
         report["error"] = type(exc).__name__
         report["diagnosis"] = str(exc).splitlines()[0]
@@ -117,23 +118,41 @@ def _problem(device: Device, report: dict) -> tuple[str, str] | None:
 REFERENCE_CONV = OpSpec("conv", (1, 64, 56, 56), out_channels=64, kernel=3, padding=1)
 
 
-def _int8_speedup(device: Device, connection) -> float | None:
-    """How many times faster the device's ONNX Runtime runs the int8 reference conv than float32
-    (above 1: int8 pays). None when it could not be timed."""
+def _int8_facts(device: Device, connection) -> dict:
+    """Whether int8 pays on the device: how many times faster its ONNX Runtime runs the int8
+    reference conv than float32 (above 1: int8 pays; None when it could not be timed), and
+    whether it runs 8-bit QDQ convs next to a tensor with several readers as one 8-bit kernel,
+    per activation type (x86 fuses uint8 only and leaves such int8 convs in float32, where an
+    S8S8 network can run slower than float32)."""
     backend = OrtBackend(device)
     artifacts = [backend.artifact(REFERENCE_CONV), backend.artifact(REFERENCE_CONV.as_dtype("int8"))]
     config = {**backend.agent_config(), "protocol": TimingProtocol.quick().to_dict()}
+    facts: dict = {"int8_over_fp32_speedup": None, "qdq_branching_fused": {}}
     session = AgentSession(connection, config, hello_timeout_s=60)
     try:
         session.start()
         medians = []
         for artifact in artifacts:
             result = session.measure(REFERENCE_CONV.key, artifact, timeout_s=120)
-            if result.get("status") != "ok":
-                return None
-            medians.append(statistics.median(result["samples_ms"]))
+            if result.get("status") == "ok":
+                medians.append(statistics.median(result["samples_ms"]))
+        if len(medians) == 2:
+            facts["int8_over_fp32_speedup"] = round(medians[0] / medians[1], 2)
+        for dtype in INT_DTYPES:
+            probe = qdq_fanout_probe(dtype, cache_dir() / "probes")
+            result = session.measure(f"probe-qdq-fanout-{dtype}", probe, timeout_s=120, cmd="profile_kernels")
+            if result.get("status") == "ok":
+                fused = [n["name"] for n in result["kernel_nodes"] if n["op"] == "QLinearConv"]
+                facts["qdq_branching_fused"][dtype] = all(
+                    any(name.startswith(conv) for name in fused) for conv in list(QDQ_PROBE_CONVS)[1:]
+                )
     except (AgentCrashed, AgentTimeout):
-        return None
+        pass
     finally:
         session.close()
-    return round(medians[0] / medians[1], 2)
+    if facts["qdq_branching_fused"].get("int8") is False and facts["qdq_branching_fused"].get("uint8"):
+        facts["int8_note"] = (
+            "int8 (S8S8) convs next to branching tensors run in float32 here; "
+            "hwlat quantize --activation-type uint8 (U8S8) runs them in 8 bits"
+        )
+    return facts

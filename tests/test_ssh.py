@@ -54,6 +54,9 @@ def test_devices_check_reports_the_remote_runtime_versions(sshd_a, tmp_path, cap
     for key in ("os", "arch", "cpu_model", "cores", "governor", "numpy", "tvm", "disk_free_gb"):
         assert key in facts
     assert float(facts["disk_free_gb"]) > 0
+    # int8 on the device: the reference conv timed, the QDQ probe pushed and profiled there
+    assert float(facts["int8_over_fp32_speedup"]) > 0
+    assert "'uint8': True" in facts["qdq_branching_fused"]
 
 
 def test_devices_check_with_a_wrong_key_fails_with_one_line(sshd_a, sshd_b, tmp_path, capsys) -> None:
