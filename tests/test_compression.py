@@ -132,6 +132,13 @@ def test_int8_is_searched_only_with_a_predictor_that_costs_int8_kernels(predicto
     with_int8 = PredictorCostModel(synthetic_predictor(120, ("float32", "int8")))
     assert with_int8.supports("int8") and with_int8.dtypes() == ("int8", "float32")
     _env(digits_model, with_int8, method="haq")
+    # one trained on U8S8 kernels costs int8 layers as U8S8 and quantizes them so
+    u8s8 = PredictorCostModel(synthetic_predictor(120, ("float32", "uint8")))
+    assert u8s8.supports("int8") and u8s8.activation_type == "uint8"
+    env = _env(digits_model, u8s8, method="haq")
+    quantized = env.compress(env.uniform(1.0, "int8")).onnx
+    zero_points = [t for t in quantized.graph.initializer if t.name.endswith("zero_point") and not t.dims]
+    assert zero_points and all(t.data_type == onnx.TensorProto.UINT8 for t in zero_points)
 
 
 def test_the_wall_keeps_every_episode_within_budget_and_canonical_policies_are_fixed(

@@ -65,6 +65,8 @@ class CostModel(ABC):
 
     device: str = "device"
     backend: str = "ort"
+    # The activations of an "int8" layer: int8 (S8S8) or uint8 (U8S8); its weights are int8 either way.
+    activation_type: str = INT8
 
     @abstractmethod
     def predict(self, model: onnx.ModelProto) -> Any:
@@ -90,7 +92,12 @@ class CostModel(ABC):
         return Cost(float(prediction.latency_ms), float(memory) if memory is not None else math.nan)
 
     def describe(self) -> dict:
-        return {"device": self.device, "backend": self.backend, "dtypes": list(self.dtypes())}
+        return {
+            "device": self.device,
+            "backend": self.backend,
+            "dtypes": list(self.dtypes()),
+            "activation_type": self.activation_type,
+        }
 
 
 def with_dtype(kernel: Kernel, dtype: str) -> Kernel:
@@ -119,6 +126,10 @@ class PredictorCostModel(CostModel):
         self.device = str(getattr(predictor, "device", "device"))
         self.backend = str(getattr(predictor, "backend", "ort"))
         self._dtypes = tuple(dtypes) if dtypes is not None else None
+        # a predictor trained on U8S8 kernels (hwlat train --dtypes float32,uint8) costs "int8"
+        # layers as U8S8, and the search quantizes them so
+        trained = getattr(predictor, "dtypes", (FLOAT,))
+        self.activation_type = "uint8" if "uint8" in trained and INT8 not in trained else INT8
 
     @classmethod
     def load(cls, path: Any, dtypes: Sequence[str] | None = None) -> PredictorCostModel:
@@ -130,7 +141,10 @@ class PredictorCostModel(CostModel):
         return self.predictor.predict(model)
 
     def kernel_latency_ms(self, kernels: Sequence[Kernel], dtypes: Sequence[str]) -> np.ndarray:
-        typed = [with_dtype(k, d) for k, d in zip(kernels, dtypes, strict=True)]
+        typed = [
+            with_dtype(k, self.activation_type if d == INT8 else d)
+            for k, d in zip(kernels, dtypes, strict=True)
+        ]
         return np.asarray(self.predictor.kernel_latency_ms(typed), dtype=float)
 
     def memory_mb(self, footprint: Footprint) -> float:
@@ -143,8 +157,9 @@ class PredictorCostModel(CostModel):
 
     def supports(self, dtype: str) -> bool:
         """Can this predictor cost layers at ``dtype``: was it trained on such kernels
-        (``hwlat train --dtypes float32,int8``)?"""
-        return dtype == FLOAT or dtype in getattr(self.predictor, "dtypes", (FLOAT,))
+        (``hwlat train --dtypes float32,int8``, or ``uint8`` for U8S8 "int8" layers)?"""
+        kernel_dtype = self.activation_type if dtype == INT8 else dtype
+        return dtype == FLOAT or kernel_dtype in getattr(self.predictor, "dtypes", (FLOAT,))
 
 
 # ----- the per-layer cost table of the action wall ---------------------------------------------

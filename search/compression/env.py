@@ -744,6 +744,7 @@ class CompressionEnv:
                 Path(folder) / "int8.onnx",
                 calibration=self._calibration_dir(),
                 exclude=excluded,
+                activation_type=self.cost_model.activation_type,
             )
             quantized = onnx.load(str(path))
         return Compressed(policy, torch_model, float_onnx, quantized, excluded)
