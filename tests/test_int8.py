@@ -182,9 +182,16 @@ def test_the_qdq_probe_reads_which_convs_the_runtime_fuses(probed_rules, tmp_pat
     assert probed_rules.qdq_fuses("uint8", branching=True) and probed_rules.qdq_fuses("int8", branching=False)
 
 
-# zoo CNNs, and random networks with a GELU, a Mish, 8-bit LeakyReLUs and batch norms of their own
-@pytest.mark.parametrize("name", ["squeezenet_1_1", "mobilenet_v2", "shufflenet_v2", 9, 12, 14])
-def test_the_splitter_runs_in_8_bits_the_convs_the_runtime_fuses(name, probed_rules, tmp_path) -> None:
+# zoo CNNs (S8S8, and a U8S8 ShuffleNet), and random networks with a GELU, a Mish, 8-bit LeakyReLUs
+# and batch norms of their own
+@pytest.mark.parametrize(
+    "name, activation",
+    [(n, "int8") for n in ("squeezenet_1_1", "mobilenet_v2", "shufflenet_v2", 9, 12, 14)]
+    + [("shufflenet_v2", "uint8")],
+)
+def test_the_splitter_runs_in_8_bits_the_convs_the_runtime_fuses(
+    name, activation, probed_rules, tmp_path
+) -> None:
     """With the probed rules, the split of an S8S8 network has the runtime's QLinearConvs, float
     convs, and the DequantizeLinear and QuantizeLinear nodes it runs (weights' and biases' too,
     in front of a float conv), node for node."""
@@ -194,17 +201,19 @@ def test_the_splitter_runs_in_8_bits_the_convs_the_runtime_fuses(name, probed_ru
         zoo.export_onnx(module, float_path, resolution)
     else:
         float_path.write_bytes(torch_to_onnx(zoo.build(name), (1, 3, 64, 64)).SerializeToString())
-    int8_path = quantize_model(float_path, tmp_path / f"{name}_int8.onnx", random_batches=1)
+    int8_path = quantize_model(
+        float_path, tmp_path / f"{name}_8bit.onnx", random_batches=1, activation_type=activation
+    )
     split = ModelSplitter(probed_rules).split(int8_path)
     assert split.unsupported == []
     ops = Counter(
         (spec.op.replace("dwconv", "conv"), spec.dtype) for k in split.kernels for spec in k.kernel.ops
     )
     ort_ops = _ort_ops(int8_path, tmp_path)
-    assert ops[("conv", "int8")] == ort_ops["QLinearConv"]
+    assert ops[("conv", activation)] == ort_ops["QLinearConv"]
     assert ops[("conv", "float32")] == ort_ops["Conv"]
-    assert ops[("dequantize", "int8")] == ort_ops["DequantizeLinear"]
-    assert ops[("quantize", "int8")] == ort_ops["QuantizeLinear"]
+    assert ops[("dequantize", activation)] == ort_ops["DequantizeLinear"]
+    assert ops[("quantize", activation)] == ort_ops["QuantizeLinear"]
 
 
 def test_the_sampler_draws_8bit_kernels_and_conversions() -> None:

@@ -34,6 +34,7 @@ from hwlat.predictors.building.profiling import KernelProfiler
 from hwlat.predictors.building.sampling import KernelSampler
 from hwlat.predictors.kernels.fusion import decide, default_probes
 from hwlat.predictors.models.overhead import OverheadModel
+from hwlat.predictors.models.table import weight_mb
 from hwlat.profiler.backends.ort.harness import (
     HARNESS_PREFIX,
     HarnessBackend,
@@ -378,6 +379,18 @@ def test_overhead_model_recovers_its_terms():
     assert fitted.compute_scale == pytest.approx(1.05, abs=1e-3)
     assert fitted.memory_scale == pytest.approx(1.10, abs=1e-3)
     assert fitted.weight_ms_per_mb == pytest.approx(0.01, abs=1e-4) and fitted.fitted_on == 20
+    assert fitted.eight_bit_scale == 1.0  # no 8-bit kernels: nothing to tell it from
+    # quantized networks among them: 8-bit convs slow down by their own factor
+    eight_bit = np.where(np.arange(20) % 2 == 0, rng.uniform(1, 10, 20), 0.0)
+    fitted = OverheadModel().fit(compute, memory, weights, counts, measured + 1.3 * eight_bit, eight_bit)
+    assert fitted.eight_bit_scale == pytest.approx(1.3, abs=1e-3)
+    assert fitted.compute_scale == pytest.approx(1.05, abs=1e-3)
+
+
+def test_an_8bit_kernel_streams_one_byte_per_weight():
+    conv = OpSpec("conv", (1, 64, 14, 14), out_channels=64, kernel=3, padding=1)
+    mb = weight_mb([Kernel((conv,)), Kernel((conv.as_dtype("int8"),)), Kernel((conv.as_dtype("uint8"),))])
+    assert mb[0] == pytest.approx(4 * mb[1]) and mb[1] == mb[2] == pytest.approx(conv.params / 1e6)
 
 
 def test_adaptive_profiling_scores_validation_networks_end_to_end(tmp_path, quick_protocol) -> None:

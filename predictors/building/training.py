@@ -244,6 +244,8 @@ def train_predictor(
     wanted = [k for k in dict.fromkeys(wanted) if not _excluded(k, config.exclude_ops)]
     measure_until_clean(profiler, wanted, config.passes, log)
     kernels, ms = measured_kernels(profiler)
+    of_dtypes = [i for i, k in enumerate(kernels) if all(o.dtype in config.dtypes for o in k.ops)]
+    kernels, ms = [kernels[i] for i in of_dtypes], ms[of_dtypes]  # a float32 predictor: float32 kernels
     if config.exclude_ops:
         kept = [i for i, k in enumerate(kernels) if not _excluded(k, config.exclude_ops)]
         log(

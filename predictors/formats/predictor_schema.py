@@ -279,7 +279,8 @@ _OVERHEAD = record(
         "compute_scale": number(),
         "memory_scale": number(),
         "fitted_on": integer(0),
-    }
+    },
+    {"eight_bit_scale": number()},
 )
 _ROOFLINE = record(
     {"gflops": number(0, above=True), "gbps": number(0, above=True)}, {"fitted_on": integer(0)}

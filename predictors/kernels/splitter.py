@@ -662,7 +662,9 @@ class _Mapper:
             self.alias[node.output[0]] = src
             self.done.add(id(node))
             return
-        slices = [n for n in self.consumers.get(src, []) if n.op_type == "Slice" and id(n) not in self.done]
+        readers = self.consumers.get(node.input[0], []) + self.consumers.get(src, [])  # (through a fused DQ)
+        unique = list({id(n): n for n in readers}.values())
+        slices = [n for n in unique if n.op_type == "Slice" and id(n) not in self.done]
         slices = [
             n
             for n in slices

@@ -17,6 +17,7 @@ from hwlat.errors import HwlatError, PredictorFormatError
 from hwlat.predictors.models.kernel_regressor import KernelRegressor
 from hwlat.predictors.models.overhead import COMPUTE_OPS, OverheadModel
 from hwlat.profiler.kernel import Kernel
+from hwlat.profiler.opspec import INT_DTYPES
 
 
 class MissingKernelError(HwlatError):
@@ -70,8 +71,8 @@ class LatencyTable:
                     "(hwlat profile) or train with --kind gbdt"
                 )
             raw[missing] = self.fallback.predict(lacking)
-        compute = np.array([k.op in COMPUTE_OPS for k in kernels], dtype=bool)
-        return Costs(raw, self.overhead.kernel_ms(raw, compute, weight_mb(kernels)), missing)
+        compute, eight_bit = compute_classes(kernels)
+        return Costs(raw, self.overhead.kernel_ms(raw, compute, weight_mb(kernels), eight_bit), missing)
 
     def predict(self, kernels: Sequence[Kernel], glue_nodes: int = 0) -> float:
         """End-to-end latency (ms) of a network made of these kernels and glue nodes."""
@@ -84,21 +85,33 @@ class LatencyTable:
         self, networks: Sequence[tuple[Sequence[Kernel], int]], measured_ms: Sequence[float]
     ) -> OverheadModel:
         """Fit the overhead model from networks (kernels, glue node count) measured end to end."""
-        compute, memory, weights, counts = [], [], [], []
+        compute, memory, eight_bit, weights, counts = [], [], [], [], []
         for kernels, glue in networks:
             costs = self.costs(kernels)
-            is_compute = np.array([k.op in COMPUTE_OPS for k in kernels], dtype=bool)
-            compute.append(float(costs.raw_ms[is_compute].sum()))
+            is_compute, is_eight_bit = compute_classes(kernels)
+            compute.append(float(costs.raw_ms[is_compute & ~is_eight_bit].sum()))
+            eight_bit.append(float(costs.raw_ms[is_eight_bit].sum()))
             memory.append(float(costs.raw_ms[~is_compute].sum()))
             weights.append(float(weight_mb(kernels).sum()))
             counts.append(len(kernels) + glue)
-        self.overhead = OverheadModel().fit(compute, memory, weights, counts, measured_ms)
+        self.overhead = OverheadModel().fit(compute, memory, weights, counts, measured_ms, eight_bit)
         return self.overhead
 
     def to_dict(self) -> dict:
         return {"entries": dict(sorted(self.entries.items())), "overhead": self.overhead.to_dict()}
 
 
+def compute_classes(kernels: Sequence[Kernel]) -> tuple[np.ndarray, np.ndarray]:
+    """Which kernels are compute kernels (convs, gemms), and which of those run in 8 bits."""
+    compute = np.array([k.op in COMPUTE_OPS for k in kernels], dtype=bool)
+    eight_bit = np.array([k.head.dtype in INT_DTYPES for k in kernels], dtype=bool)
+    return compute, compute & eight_bit
+
+
 def weight_mb(kernels: Sequence[Kernel]) -> np.ndarray:
-    """Each kernel's weights in MB (float32), what it streams from memory once per inference."""
-    return np.array([4e-6 * k.params for k in kernels], dtype=np.float64)
+    """Each kernel's weights in MB, what it streams from memory once per inference: 4 bytes a
+    weight, 1 for an 8-bit op's (whose int32 bias is as small a share as float32's)."""
+    return np.array(
+        [1e-6 * sum(op.params * (1 if op.dtype in INT_DTYPES else 4) for op in k.ops) for k in kernels],
+        dtype=np.float64,
+    )
