@@ -347,6 +347,13 @@ def test_the_command_writes_the_report_resumes_and_rejects_impossible_budgets(
     pruned.load_state_dict(torch.load(out / "winners" / rank1["state_dict"]))
     assert digits.evaluate(pruned) == pytest.approx(rank1["accuracy"])
 
+    # a safety margin: the search runs under budget / 1.1, so measured winners may run 10% slow
+    margin = [*args[:-4], "--episodes", "2", "--safety-margin", "10", "--out", str(tmp_path / "m")]
+    assert main(margin) == 0
+    assert "searched at 0.04545 ms: the predictor's 10.0% safety margin" in capsys.readouterr().out
+    searched = [r for r in csv.DictReader(open(tmp_path / "m" / "policies.csv")) if r["source"] == "ddpg"]
+    assert searched and all(float(r["latency_ms"]) <= 0.05 / 1.1 for r in searched)
+
     impossible = [*args[:-4], "--episodes", "2", "--latency-ms", "0.0001", "--out", str(tmp_path / "x")]
     assert main(impossible) == 2
     err = capsys.readouterr().err.strip().splitlines()

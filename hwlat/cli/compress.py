@@ -110,6 +110,14 @@ def add_compress_parser(sub: argparse._SubParsersAction) -> None:
         "--method", choices=("amc", "haq", "joint"), default="amc", help="what to search (default amc)"
     )
     p.add_argument("--latency-ms", type=options.number(0), help="latency budget on the device")
+    p.add_argument(
+        "--safety-margin",
+        type=options.number(0, above=False, maximum=100),
+        metavar="PCT",
+        help="search under the latency budget less this percentage, so that measured winners meet the "
+        "budget itself (default: the predictor's own, the 90th percentile of how much slower than "
+        "predicted its calibration networks ran; 0 searches at the budget)",
+    )
     p.add_argument("--memory-mb", type=options.number(0), help="peak memory budget on the device")
     p.add_argument(
         "--eval",
@@ -201,6 +209,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         format_verification,
         verify_winners,
     )
+    from hwlat.search.objectives import searched_budget_ms
 
     if args.latency_ms is None and args.memory_mb is None:
         raise ConfigError("no budget", "give --latency-ms, --memory-mb or both")
@@ -212,12 +221,16 @@ def cmd_compress(args: argparse.Namespace) -> int:
     evaluate = options.load_callable(args.eval) if args.eval else None
     finetune = options.load_callable(args.finetune) if args.finetune else None
     calibration = _calibration(args.calibration) if args.calibration else None
+    margin_pct = args.safety_margin
+    if margin_pct is None:
+        margin_pct = cost_model.predictor.safety_margin_pct() if args.latency_ms is not None else 0.0
+    searched_ms = searched_budget_ms(args.latency_ms, margin_pct) if args.latency_ms is not None else None
     env = CompressionEnv(
         model,
         input_shape,
         cost_model,
         method=args.method,
-        latency_ms=args.latency_ms,
+        latency_ms=searched_ms,
         memory_mb=args.memory_mb,
         evaluate=evaluate,
         finetune=finetune,
@@ -234,6 +247,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         for name, value, unit in (("latency", args.latency_ms, "ms"), ("memory", args.memory_mb, "MB"))
         if value is not None
     )
+    if margin_pct:
+        budgets += f" (searched at {searched_ms:.4g} ms: the predictor's {margin_pct:.1f}% safety margin)"
     print(
         f"{args.method} compression of {label} ({env.analysis.summary()}) on {cost_model.device}, "
         f"{args.strategy}, {args.episodes} episodes, layer dtypes {'/'.join(env.supported_dtypes)}, "
@@ -271,6 +286,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             protocol=options.protocol(args),
             noise_band=args.noise_band,
             repeats=args.verify_repeats,
+            latency_budget_ms=args.latency_ms,
         )
         print(f"verified on {device.name}/{args.backend} (predicted vs measured):")
         print(format_verification(results))

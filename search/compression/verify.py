@@ -87,8 +87,11 @@ def verify_winners(
     protocol=None,
     noise_band: float = DEFAULT_NOISE_BAND,
     repeats: int = 3,
+    latency_budget_ms: float | None = None,
 ) -> list[CompressionVerification]:
-    """Measure the top ``k`` winners on ``device``; writes verify-<device>.json into ``out_dir``."""
+    """Measure the top ``k`` winners on ``device``; writes verify-<device>.json into ``out_dir``.
+    The verdict is against ``latency_budget_ms`` (default: the budget searched under; a search
+    that took a safety margin passes the user's budget)."""
     import onnx
 
     from hwlat.profiler.campaign import Campaign
@@ -123,7 +126,7 @@ def verify_winners(
                 p90_ms=m.p90_ms,
                 predicted_memory_mb=r.memory_mb,
                 measured_memory_mb=memory,
-                latency_budget_ms=env.latency_budget,
+                latency_budget_ms=latency_budget_ms if latency_budget_ms is not None else env.latency_budget,
                 memory_budget_mb=env.memory_budget,
                 noise_band=noise_band,
                 disturbed=m.disturbed,
