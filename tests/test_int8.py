@@ -120,6 +120,20 @@ def test_mixed_precision_runs_conversions_between_8bit_and_float_layers(quantize
     assert ops[("quantize", "int8")] > 5 and ops[("dequantize", "int8")] > 5
 
 
+def test_a_mixed_u8s8_network_runs_uint8_kernels_only(quantized, tmp_path) -> None:
+    """Its weights are int8, but what dequantizes them in front of a float32 conv is timed as the
+    network's uint8 kernels (a uint8 predictor has no int8 ones)."""
+    float_path = quantized[0]
+    convs = [n for n in quantizable_nodes(float_path) if n.endswith("Conv")]
+    mixed = quantize_model(
+        float_path, tmp_path / "u8.onnx", random_batches=1, exclude=convs[1::2], activation_type="uint8"
+    )
+    ops = Counter(
+        (k.kernel.op, o.dtype) for k in ModelSplitter(RULES).split(mixed).kernels for o in k.kernel.ops
+    )
+    assert {dtype for _, dtype in ops} == {"float32", "uint8"} and ops[("dequantize", "uint8")] > 5
+
+
 @pytest.fixture(scope="module")
 def predictor8():
     return synthetic_predictor(200, ("float32", "int8"))

@@ -167,6 +167,8 @@ class _Mapper:
         self.int8, self.fused_qdq = _quantized_regions(graph, self.consumers, rules)
         # 8-bit weights a DequantizeLinear turns into float32: folded into an 8-bit kernel, but
         # run on every inference in front of a conv or gemm the runtime keeps in float32
+        quantizes = [n for n in graph.data_nodes if n.op_type == "QuantizeLinear"]
+        self.activation_dtype = _int_dtype(graph, quantizes[0]) if quantizes else "int8"
         self.weight_dequantize = {
             n.output[0]: n
             for n in graph.nodes
@@ -349,15 +351,15 @@ class _Mapper:
 
     def _dequantized_constants(self, node: onnx.NodeProto, names: list[str]) -> None:
         """The DequantizeLinears of constants (a conv's or gemm's weight and bias, an add's
-        operand): kernels of their own when ``node`` stays float32. An int32 bias is timed as
-        an int8 tensor of its size (a node that small costs its launch, whatever the type)."""
+        operand): kernels of their own when ``node`` stays float32. Each is timed as a dequantize
+        of the network's 8-bit activation type (a U8S8 network's weights are int8, its kernels
+        uint8; dequantizing either costs the same, an int32 bias as little: its launch)."""
         if id(node) in self.int8:
             return
         for name in names:
             dq = self.weight_dequantize.get(name)
             if dq is not None:
-                value = self.g.value(dq.input[0])
-                dtype = "int8" if value is not None and value.dtype == np.int32 else _int_dtype(self.g, dq)
+                dtype = self.activation_dtype
                 shape = _elementwise_shape(self._known(dq.input[0]))
                 self._add(OpSpec("dequantize", shape, dtype=dtype), [], [], [dq])
 
