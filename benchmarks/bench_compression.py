@@ -125,6 +125,14 @@ def recalibrate_batchnorm(model, input_shape, batches: int = 4, batch: int = 16,
     return model.eval()
 
 
+def mobilenet_v2_224():
+    """The zoo's MobileNetV2 with batch-norm statistics re-estimated, as a factory for the command
+    line: ``PYTHONPATH=. hwlat compress --model benchmarks.bench_compression:mobilenet_v2_224``."""
+    from hwlat import zoo
+
+    return recalibrate_batchnorm(zoo.build("mobilenet_v2"), (1, 3, 224, 224))
+
+
 def make_env(setup: ModelSetup, cost_model, method: str, budget_ms: float, analysis=None, seed: int = 0):
     return CompressionEnv(
         setup.model,
