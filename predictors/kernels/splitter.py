@@ -167,13 +167,13 @@ class _Mapper:
         self.int8, self.fused_qdq = _quantized_regions(graph, self.consumers, rules)
         # 8-bit weights a DequantizeLinear turns into float32: folded into an 8-bit kernel, but
         # run on every inference in front of a conv or gemm the runtime keeps in float32
-        quantizes = [n for n in graph.data_nodes if n.op_type == "QuantizeLinear"]
-        self.activation_dtype = _int_dtype(graph, quantizes[0]) if quantizes else "int8"
         self.weight_dequantize = {
             n.output[0]: n
             for n in graph.nodes
             if n.op_type == "DequantizeLinear" and graph.is_static(n.input[0])
         }
+        quantizes = [n for n in graph.data_nodes if n.op_type == "QuantizeLinear"]
+        self.activation_dtype = _int_dtype(graph, quantizes[0]) if quantizes else "int8"
         self.fallback: list[FallbackNode] = []
         self.padded: dict[int, tuple[int, int, int, int]] = {}  # conv/pool -> the Pad folded into it
         self.patterns = _activation_patterns(graph, self.consumers)
