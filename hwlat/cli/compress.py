@@ -110,14 +110,7 @@ def add_compress_parser(sub: argparse._SubParsersAction) -> None:
         "--method", choices=("amc", "haq", "joint"), default="amc", help="what to search (default amc)"
     )
     p.add_argument("--latency-ms", type=options.number(0), help="latency budget on the device")
-    p.add_argument(
-        "--safety-margin",
-        type=options.number(0, above=False, maximum=100),
-        metavar="PCT",
-        help="search under the latency budget less this percentage, so that measured winners meet the "
-        "budget itself (default: the predictor's own, the 90th percentile of how much slower than "
-        "predicted its calibration networks ran; 0 searches at the budget)",
-    )
+    options.add_safety_margin(p, "the latency budget")
     p.add_argument("--memory-mb", type=options.number(0), help="peak memory budget on the device")
     p.add_argument(
         "--eval",
@@ -221,10 +214,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
     evaluate = options.load_callable(args.eval) if args.eval else None
     finetune = options.load_callable(args.finetune) if args.finetune else None
     calibration = _calibration(args.calibration) if args.calibration else None
-    margin_pct = args.safety_margin
-    if margin_pct is None:
-        margin_pct = cost_model.predictor.safety_margin_pct() if args.latency_ms is not None else 0.0
-    searched_ms = searched_budget_ms(args.latency_ms, margin_pct) if args.latency_ms is not None else None
+    margin_pct, searched_ms = 0.0, None
+    if args.latency_ms is not None:
+        margin_pct = options.safety_margin_pct(args, cost_model.predictor)
+        searched_ms = searched_budget_ms(args.latency_ms, margin_pct)
     env = CompressionEnv(
         model,
         input_shape,

@@ -94,6 +94,22 @@ def dtypes(args: argparse.Namespace) -> tuple[str, ...]:
     return chosen
 
 
+def add_safety_margin(p: argparse.ArgumentParser, budget: str) -> None:
+    p.add_argument(
+        "--safety-margin",
+        type=number(0, above=False, maximum=100),
+        metavar="PCT",
+        help=f"search under {budget} less this percentage, so that measured winners meet the budget "
+        "itself (default: the predictor's own, the 90th percentile of how much slower than predicted "
+        "its calibration networks ran; 0 searches at the budget)",
+    )
+
+
+def safety_margin_pct(args: argparse.Namespace, predictor) -> float:
+    """``--safety-margin``, or the predictor's own when it is not given."""
+    return args.safety_margin if args.safety_margin is not None else predictor.safety_margin_pct()
+
+
 def add_wait(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     p.add_argument(
         "--no-wait",

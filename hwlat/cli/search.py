@@ -35,14 +35,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="latency budget, one per --predictor in the same order",
     )
-    p.add_argument(
-        "--safety-margin",
-        type=options.number(0, above=False, maximum=100),
-        metavar="PCT",
-        help="search under each budget less this percentage, so that measured winners meet the budget "
-        "itself (default: the predictor's own, the 90th percentile of how much slower than predicted "
-        "its calibration networks ran; 0 searches at the budget)",
-    )
+    options.add_safety_margin(p, "each budget")
     p.add_argument(
         "--strategy", default="evolution", help="evolution, nsga2, rl or random (default evolution)"
     )
@@ -147,9 +140,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise ConfigError("give one --device per --predictor, or none to verify on each predictor's device")
     space = get_space(args.space)
     predictors = [LatencyPredictor.load(path) for path in args.predictor]
-    margins = [
-        args.safety_margin if args.safety_margin is not None else p.safety_margin_pct() for p in predictors
-    ]
+    margins = [options.safety_margin_pct(args, p) for p in predictors]
     latencies = [
         LatencyObjective(p, searched_budget_ms(budget, margin))
         for p, budget, margin in zip(predictors, args.latency_ms, margins, strict=True)
