@@ -16,7 +16,7 @@ from hwlat.devices.connection import DeviceError, PythonMissing, connect
 from hwlat.devices.device import Device
 from hwlat.profiler.agent_client import AgentCrashed, AgentSession, AgentTimeout, agent_start_error
 from hwlat.profiler.backends import OrtBackend, cache_dir
-from hwlat.profiler.backends.ort.harness import QDQ_PROBE_CONVS, qdq_fanout_probe
+from hwlat.profiler.backends.ort.harness import QDQ_PROBE_BRANCHING, qdq_fanout_probe, qdq_probe_fused
 from hwlat.profiler.opspec import INT_DTYPES, OpSpec
 from hwlat.profiler.protocol import TimingProtocol
 
@@ -142,10 +142,8 @@ def _int8_facts(device: Device, connection) -> dict:
             probe = qdq_fanout_probe(dtype, cache_dir() / "probes")
             result = session.measure(f"probe-qdq-fanout-{dtype}", probe, timeout_s=120, cmd="profile_kernels")
             if result.get("status") == "ok":
-                fused = [n["name"] for n in result["kernel_nodes"] if n["op"] == "QLinearConv"]
-                facts["qdq_branching_fused"][dtype] = all(
-                    any(name.startswith(conv) for name in fused) for conv in list(QDQ_PROBE_CONVS)[1:]
-                )
+                fused = qdq_probe_fused(result["kernel_nodes"])
+                facts["qdq_branching_fused"][dtype] = all(fused[c] for c in QDQ_PROBE_BRANCHING)
     except (AgentCrashed, AgentTimeout):
         pass
     finally:

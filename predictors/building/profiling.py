@@ -36,10 +36,10 @@ from hwlat.devices.device import Device
 from hwlat.errors import ConfigError, HwlatError
 from hwlat.profiler.backends import HostBackend, cache_dir, get_backend
 from hwlat.profiler.backends.ort.harness import (
-    QDQ_PROBE_CONVS,
     HarnessBackend,
     ProbeModel,
     qdq_fanout_probe,
+    qdq_probe_fused,
     relu_chain,
 )
 from hwlat.profiler.campaign import Campaign, CampaignReport, model_key
@@ -249,11 +249,7 @@ class KernelProfiler:
                 f"the {dtype} QDQ fan-out probe failed on {self.device.name}: "
                 f"{row.error_msg if row is not None else 'no result'}"
             )
-        nodes = row.extra.get("kernel_nodes", [])
-        return {
-            conv: any(n["op"] == "QLinearConv" and n["name"].startswith(conv) for n in nodes)
-            for conv in QDQ_PROBE_CONVS
-        }
+        return qdq_probe_fused(row.extra.get("kernel_nodes", []))
 
     def measure_models(
         self,

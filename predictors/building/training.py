@@ -40,7 +40,7 @@ from hwlat.predictors.models.roofline import Roofline, RooflineError
 from hwlat.predictors.models.table import LatencyTable
 from hwlat.predictors.predictor import LatencyPredictor
 from hwlat.profiler.backends import cache_dir
-from hwlat.profiler.backends.ort.harness import QDQ_PROBE_CONVS
+from hwlat.profiler.backends.ort.harness import QDQ_PROBE_BRANCHING, QDQ_PROBE_SINGLE
 from hwlat.profiler.kernel import InvalidKernelError, Kernel
 from hwlat.profiler.measurement import Measurement
 from hwlat.profiler.protocol import TimingProtocol
@@ -109,9 +109,8 @@ def qdq_rules(profiler: KernelProfiler, dtype: str, rules: FusionRules) -> None:
     kernels, with and without a branching 8-bit tensor next to them (``FusionRules.qdq_fuses``),
     from the kernels its profile records for the probe model."""
     fused = profiler.qdq_convs_fused(dtype)
-    single, *branching = QDQ_PROBE_CONVS
-    rules.fused[f"qdq:{dtype}"] = fused[single]
-    rules.fused[f"qdq-branching:{dtype}"] = all(fused[c] for c in branching)
+    rules.fused[f"qdq:{dtype}"] = fused[QDQ_PROBE_SINGLE]
+    rules.fused[f"qdq-branching:{dtype}"] = all(fused[c] for c in QDQ_PROBE_BRANCHING)
     rules.evidence.append({"rule": f"qdq:{dtype}", "fused_convs": fused})
 
 

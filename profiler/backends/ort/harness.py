@@ -110,14 +110,18 @@ class HarnessBackend(OrtBackend):
         return super().artifact(spec)
 
 
-# The convs of the QDQ fan-out probe: each conv's name, and whether its input and its output
-# tensor are read by one node (ONNX Runtime names the QLinearConv it fuses after the conv).
-QDQ_PROBE_CONVS = {
-    "qdq_probe_single": "one reader in and out",
-    "qdq_probe_fans_out": "output read by two convs",
-    "qdq_probe_fanned_a": "input read by two convs",
-    "qdq_probe_fanned_b": "input read by two convs",
-}
+# The convs of the QDQ fan-out probe: one whose input and output each have one reader, and
+# those next to a branching tensor (the first's output, the other two's input, has two readers).
+QDQ_PROBE_SINGLE = "qdq_probe_single"
+QDQ_PROBE_BRANCHING = ("qdq_probe_fans_out", "qdq_probe_fanned_a", "qdq_probe_fanned_b")
+
+
+def qdq_probe_fused(kernel_nodes: list[dict]) -> dict[str, bool]:
+    """Which of the probe's convs ONNX Runtime ran as one QLinearConv, from the kernel nodes of
+    its profile (it names the QLinearConv it fuses after the conv)."""
+    fused = [n["name"] for n in kernel_nodes if n["op"] == "QLinearConv"]
+    convs = (QDQ_PROBE_SINGLE, *QDQ_PROBE_BRANCHING)
+    return {conv: any(name.startswith(conv) for name in fused) for conv in convs}
 
 
 def qdq_fanout_probe(dtype: str, directory: str | Path) -> Path:
@@ -149,31 +153,14 @@ def qdq_fanout_probe(dtype: str, directory: str | Path) -> Path:
             return f"{name}_dq"
 
         def conv(source: str, name: str) -> str:
-            inits.extend(
-                [
-                    numpy_helper.from_array(
-                        rng.integers(-127, 127, (channels, channels, 1, 1)).astype(np.int8), f"{name}_wq"
-                    ),
-                    numpy_helper.from_array(np.full(channels, 1.0 / 1024, np.float32), f"{name}_wscale"),
-                    numpy_helper.from_array(np.zeros(channels, np.int8), f"{name}_wzero"),
-                ]
-            )
-            nodes.append(
-                helper.make_node(
-                    "DequantizeLinear",
-                    [f"{name}_wq", f"{name}_wscale", f"{name}_wzero"],
-                    [f"{name}_w"],
-                    name=f"{name}_wdq",
-                    axis=0,
-                )
-            )
-            nodes.append(
-                helper.make_node("Conv", [source, f"{name}_w"], [f"{name}_y"], name=name, kernel_shape=[1, 1])
-            )
-            return quantized(f"{name}_y", f"{name}_out")
+            weights = rng.integers(-127, 127, (channels, channels, 1, 1))
+            weight = _int8_weight(name, weights, 1.0 / 1024, nodes, inits)
+            y = f"{name}_y"
+            nodes.append(helper.make_node("Conv", [source, weight], [y], name=name, kernel_shape=[1, 1]))
+            return quantized(y, f"{name}_out")
 
-        single, fans_out, fanned_a, fanned_b = QDQ_PROBE_CONVS
-        shared = conv(conv(quantized("x", "qdq_probe_in"), single), fans_out)
+        fans_out, fanned_a, fanned_b = QDQ_PROBE_BRANCHING
+        shared = conv(conv(quantized("x", "qdq_probe_in"), QDQ_PROBE_SINGLE), fans_out)
         outputs = [conv(shared, fanned_a), conv(shared, fanned_b)]
         return make_model(
             helper.make_graph(
@@ -312,22 +299,10 @@ def _depthwise_int8(
     inits: list,
 ) -> str:
     """DQ'd input -> 1x1 depthwise conv with int8 weights -> Q -> DQ: one QLinearConv in ORT."""
-    w_scale = np.full(channels, 1.0 / 127, np.float32)
-    inits += [
-        numpy_helper.from_array(rng.integers(60, 127, (channels, 1, 1, 1)).astype(np.int8), f"{name}_wq"),
-        numpy_helper.from_array(w_scale, f"{name}_wscale"),
-        numpy_helper.from_array(np.zeros(channels, np.int8), f"{name}_wzero"),
-    ]
+    weight = _int8_weight(name, rng.integers(60, 127, (channels, 1, 1, 1)), 1.0 / 127, nodes, inits)
     nodes += [
         helper.make_node(
-            "DequantizeLinear",
-            [f"{name}_wq", f"{name}_wscale", f"{name}_wzero"],
-            [f"{name}_w"],
-            name=f"{name}_wdq",
-            axis=0,
-        ),
-        helper.make_node(
-            "Conv", [source, f"{name}_w"], [f"{name}_conv"], name=name, kernel_shape=[1, 1], group=channels
+            "Conv", [source, weight], [f"{name}_conv"], name=name, kernel_shape=[1, 1], group=channels
         ),
         helper.make_node("QuantizeLinear", [f"{name}_conv", scale, zero], [f"{name}_cq"], name=f"{name}_cq"),
         helper.make_node(
@@ -335,3 +310,17 @@ def _depthwise_int8(
         ),
     ]
     return f"{name}_cdq"
+
+
+def _int8_weight(name: str, values: np.ndarray, scale: float, nodes: list, inits: list) -> str:
+    """A conv weight as ORT's quantizer writes it: int8 values, one scale per output channel
+    (zero point 0), and the DequantizeLinear that makes it float32. Returns the float tensor."""
+    channels = values.shape[0]
+    inits += [
+        numpy_helper.from_array(values.astype(np.int8), f"{name}_wq"),
+        numpy_helper.from_array(np.full(channels, scale, np.float32), f"{name}_wscale"),
+        numpy_helper.from_array(np.zeros(channels, np.int8), f"{name}_wzero"),
+    ]
+    dequantize = [f"{name}_wq", f"{name}_wscale", f"{name}_wzero"]
+    nodes.append(helper.make_node("DequantizeLinear", dequantize, [f"{name}_w"], name=f"{name}_wdq", axis=0))
+    return f"{name}_w"
