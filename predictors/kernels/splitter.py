@@ -164,14 +164,14 @@ class _Mapper:
             for name in node.input:
                 if name and not graph.is_static(name):
                     self.consumers.setdefault(name, []).append(node)
-        self.int8, self.fused_qdq = _quantized_regions(graph, self.consumers, rules)
-        # 8-bit weights a DequantizeLinear turns into float32: folded into an 8-bit kernel, but
-        # run on every inference in front of a conv or gemm the runtime keeps in float32
-        self.weight_dequantize = {
+        # 8-bit constants (weights, biases, operands) a DequantizeLinear turns into float32:
+        # folded into an 8-bit kernel, but run on every inference in front of a float32 op
+        self.constant_dequantize = {
             n.output[0]: n
             for n in graph.nodes
             if n.op_type == "DequantizeLinear" and graph.is_static(n.input[0])
         }
+        self.int8, self.fused_qdq = _quantized_regions(graph, self.consumers, self.constant_dequantize, rules)
         quantizes = [n for n in graph.data_nodes if n.op_type == "QuantizeLinear"]
         self.activation_dtype = _int_dtype(graph, quantizes[0]) if quantizes else "int8"
         self.fallback: list[FallbackNode] = []
@@ -357,7 +357,7 @@ class _Mapper:
         if id(node) in self.int8:
             return
         for name in names:
-            dq = self.weight_dequantize.get(name)
+            dq = self.constant_dequantize.get(name)
             if dq is not None:
                 dtype = self.activation_dtype
                 shape = _elementwise_shape(self._known(dq.input[0]))
@@ -824,7 +824,10 @@ _DROP_QDQ_OPS = frozenset(
 
 
 def _quantized_regions(
-    graph: OnnxGraph, consumers: dict[str, list[onnx.NodeProto]], rules: FusionRules
+    graph: OnnxGraph,
+    consumers: dict[str, list[onnx.NodeProto]],
+    constant_dequantize: dict[str, onnx.NodeProto],
+    rules: FusionRules,
 ) -> tuple[dict[int, str], set[int]]:
     """Which ops run in 8 bits (id -> int8/uint8), and which Q/DQ nodes are fused into them.
 
@@ -842,9 +845,6 @@ def _quantized_regions(
     real kernel.
     """
     producer = {out: n for n in graph.data_nodes for out in n.output}
-    constant_dq = {
-        n.output[0] for n in graph.nodes if n.op_type == "DequantizeLinear" and graph.is_static(n.input[0])
-    }
 
     def kind(name: str) -> str:
         node = producer.get(name)
@@ -879,7 +879,7 @@ def _quantized_regions(
         tensors = [producer[i].input[0] for i in data_inputs] + [q.output[0] for q in outputs]
         branching = [branches(t) for t in tensors]
         if node.op_type in BINARY_OPS:  # a constant operand's lone DQ is not a pair ORT converts
-            branching += [True for i in node.input if i in constant_dq]
+            branching += [True for i in node.input if i in constant_dequantize]
         if node.op_type in _QLINEAR_OPS:
             fused = rules.qdq_fuses(dtype, branching=any(branching))
         else:  # the DQ and Q it drops must be alike: all of them converted, or none
