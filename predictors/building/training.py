@@ -75,8 +75,8 @@ def fusion_rules(
     profiler: KernelProfiler, passes: int = 3, log: Log = print, dtypes: tuple[str, ...] = ("float32",)
 ) -> FusionRules:
     """The backend's fusion rules: probed by measurement (ONNX Runtime), or TVM's own rules."""
+    eight_bit = [d for d in dtypes if d != "float32"]
     if not profiler.in_context:
-        eight_bit = [d for d in dtypes if d != "float32"]
         if eight_bit:
             raise ConfigError(
                 f"TVM kernels are float32 only (its ONNX importer lowers quantize/dequantize to "
@@ -95,10 +95,10 @@ def fusion_rules(
         if all(k.key in costs for k in kernels):
             break
     rules = decide(probes, profiler.backend, lambda k: costs.get(k.key))
-    for dtype in (d for d in dtypes if d != "float32"):
+    for dtype in eight_bit:  # one QDQ probe each, its answer one evidence entry
         qdq_rules(profiler, dtype, rules)
     log(
-        f"fusion rules ({len(rules.evidence)} of {len(probes) + 2 * len(dtypes) - 2} probes clean): "
+        f"fusion rules ({len(rules.evidence)} of {len(probes) + len(eight_bit)} probes clean): "
         + ", ".join(f"{r}={'fused' if f else 'apart'}" for r, f in sorted(rules.fused.items()))
     )
     return rules
