@@ -29,6 +29,7 @@ and timed without the profiler) and ``costs`` subtracts it for each of a kernel'
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -53,6 +54,7 @@ KERNEL_BACKENDS = ("ort", "tvm", "tvm-untuned")
 CONFIRM_MS = 1.0
 PROFILER_RESOLUTION_MS = 0.001  # ONNX Runtime's profiler records whole microseconds
 PROBE_NODES = 101
+PROBE_PAUSE_S = 1.0  # before the n-th retry of a disturbed probe, n times this
 # A kernel that costs next to nothing: compiled alone and timed, it is the VM's per-call overhead.
 CALL_PROBE = Kernel((OpSpec("act", (1, 1, 1, 1), activation="relu"),))
 
@@ -203,9 +205,10 @@ class KernelProfiler:
             f"{self.device.name}; run again when the device is quieter"
         )
 
-    def profiler_overhead_ms(self, passes: int = 3) -> float:
+    def profiler_overhead_ms(self, passes: int = 5) -> float:
         """What the profiler adds to each node's recorded time on this device, in ms (measured once;
-        later calls read the stored rows)."""
+        later calls read the stored rows). A disturbed pass is tried again after a growing pause,
+        so that a burst of contention can pass."""
         if self._node_overhead_ms is not None:
             return self._node_overhead_ms
         directory = cache_dir() / "probes"
@@ -213,7 +216,8 @@ class KernelProfiler:
         probes = [
             ProbeModel(f"probe-relu-chain-{n}", p) for n, p in zip((1, PROBE_NODES), paths, strict=True)
         ]
-        for _ in range(passes):
+        for i in range(passes):
+            time.sleep(PROBE_PAUSE_S * i)
             self._campaign().run(probes)
             rows = self.rows()
             if all(p.key in rows for p in probes):
@@ -223,7 +227,8 @@ class KernelProfiler:
                 f"the profiler-overhead probe stayed disturbed in {passes} passes on "
                 f"{self.device.name}; run again when the device is quieter"
             )
-        for _ in range(passes):  # a disturbed end-to-end time is measured again, a clean one kept
+        for i in range(passes):  # a disturbed end-to-end time is measured again, a clean one kept
+            time.sleep(PROBE_PAUSE_S * i)
             e2e = self.measure_models(paths, repeats=3)
             if all(m.clean for m in e2e):
                 break
