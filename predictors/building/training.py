@@ -341,8 +341,8 @@ def fit_overhead(
     if not networks:
         log("no clean end-to-end measurement: overhead model left at zero (predictions are sums)")
         return Calibration(memory, [])
-    predicted = leave_one_out(table, networks, ms)
-    residuals = [100.0 * (m - p) / p for m, p in zip(ms, predicted, strict=True)]
+    predicted = leave_one_out(table, networks, ms)  # none with fewer than 3 clean networks
+    residuals = [100.0 * (m - p) / p for m, p in zip(ms, predicted, strict=True)] if predicted else []
     overhead = table.fit_overhead(networks, ms)
     log(f"overhead fitted on {len(ms)} networks: {overhead}")
     return Calibration(memory, residuals)
