@@ -71,6 +71,41 @@ def accuracy(
     )
 
 
+def memory_accuracy(
+    predicted_mb: Sequence[float], measured_mb: Sequence[float], names: Sequence[str]
+) -> dict:
+    """Peak memory predicted against measured: the share within +-10%, signed bias, rows.
+
+    Measured memory is the model's own peak resident memory over the process's baseline; a
+    model measured at under 1 MB is left out (a relative error of a rounding is meaningless)."""
+    kept = [(n, p, m) for n, p, m in zip(names, predicted_mb, measured_mb, strict=True) if m >= 1.0]
+    if not kept:
+        nan = float("nan")
+        return {"n": 0, "within_10": nan, "bias_pct": nan, "rmspe": nan, "rows": []}
+    p = np.array([k[1] for k in kept])
+    m = np.array([k[2] for k in kept])
+    rel = p / m - 1
+    return {
+        "n": len(kept),
+        "within_10": float(np.mean(np.abs(rel) <= 0.10)),
+        "bias_pct": float(100 * np.mean(rel)),
+        "rmspe": float(100 * np.sqrt(np.mean(rel**2))),
+        "rows": [
+            {"name": n, "predicted_mb": float(pm), "measured_mb": float(mm), "error": float(pm / mm - 1)}
+            for (n, pm, mm) in kept
+        ],
+    }
+
+
+def memory_summary(report: dict) -> str:
+    if not report["n"]:
+        return "peak memory: no model measured at 1 MB or more"
+    return (
+        f"peak memory, {report['n']} networks: within +-10% {report['within_10']:.1%}, "
+        f"RMSPE {report['rmspe']:.1f}%, signed bias {report['bias_pct']:+.1f}%"
+    )
+
+
 def plot(report: AccuracyReport, path: str | Path, title: str = "") -> Path:
     """Predicted against measured, with the +-10% band."""
     import matplotlib

@@ -8,6 +8,7 @@ from onnx import TensorProto, helper
 
 from hwlat import zoo
 from hwlat.devices.device import local_device
+from hwlat.predictors.metrics import memory_accuracy, memory_summary
 from hwlat.predictors.models.memory import MemoryModel, liveness_peak, onnx_footprint
 from hwlat.profiler.campaign import Campaign
 from hwlat.profiler.onnx_models import make_model
@@ -84,3 +85,12 @@ def test_measured_peak_memory_is_the_models_own_with_and_without_the_arena(tmp_p
                 assert m.baseline_rss_mb < 200 and m.peak_rss_mb > m.baseline_rss_mb
             grow = [m.peak_rss_mb - m.baseline_rss_mb for m in (small, big)]
             assert grow[1] > grow[0] + 30  # resnet18 holds 45 MB of weights, squeezenet 5 MB
+
+
+def test_memory_accuracy_counts_within_ten_percent_and_leaves_out_sub_megabyte_models():
+    report = memory_accuracy([10.5, 30.0, 0.5], [10.0, 20.0, 0.2], ["a", "b", "tiny"])
+    assert report["n"] == 2 and [r["name"] for r in report["rows"]] == ["a", "b"]
+    assert report["within_10"] == 0.5
+    assert report["bias_pct"] == pytest.approx(100 * (0.05 + 0.5) / 2)
+    assert "within +-10% 50.0%" in memory_summary(report)
+    assert memory_accuracy([1.0], [0.5], ["tiny"])["n"] == 0

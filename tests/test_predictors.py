@@ -352,6 +352,9 @@ def test_cli_validate_writes_report_and_plot(predictor, zoo_dir, tmp_path, capsy
     report = json.loads(capsys.readouterr().out)
     assert report["n"] == 1 and report["rows"][0]["measured_ms"] > 0
     assert {"rmse_ms", "rmspe", "within_5", "within_10", "spearman"} <= set(report)
+    (memory,) = report["memory"]["rows"]  # SqueezeNet's 5 MB of weights: several MB over the baseline
+    assert memory["name"] == "squeezenet_1_1" and memory["measured_mb"] > 1 and memory["predicted_mb"] > 0
+    assert report["memory"]["n"] == 1 and 0 <= report["memory"]["within_10"] <= 1
     assert plot_path.stat().st_size > 0
 
 

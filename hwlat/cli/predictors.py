@@ -105,7 +105,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "validate",
         help="measure ONNX models end to end and compare with a predictor",
         description="Measure every model of a folder on the device and report the predictor's "
-        "accuracy (RMSE, RMSPE, share within 5%%/10%%, Spearman) with a plot.",
+        "accuracy (RMSE, RMSPE, share within 5%%/10%%, Spearman) with a plot, and its peak-memory "
+        "accuracy (share within 10%%, signed bias).",
     )
     p.add_argument("--predictor", type=Path, required=True, help="predictor file (hwlat train -o)")
     p.add_argument("--models", type=Path, required=True, help="folder of .onnx files")
@@ -238,7 +239,7 @@ def _held_out_ops(paths: list[Path], backend: str) -> frozenset[str]:
 def cmd_validate(args: argparse.Namespace) -> int:
     from hwlat.predictors import LatencyPredictor
     from hwlat.predictors.building import KernelProfiler
-    from hwlat.predictors.metrics import accuracy, plot
+    from hwlat.predictors.metrics import accuracy, memory_accuracy, memory_summary, plot
 
     predictor = LatencyPredictor.load(args.predictor)
     if not args.models.is_dir():
@@ -274,7 +275,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 paths, options.protocol(args), force=args.force, repeats=args.repeats
             )
     names, pred_ms, meas_ms = [], [], []
+    memory_names, pred_mb, meas_mb = [], [], []
     for path, m in zip(paths, measured, strict=True):
+        peak_mb = predicted[path].peak_memory_mb
+        if m.ok and peak_mb is not None and m.peak_rss_mb is not None and m.baseline_rss_mb is not None:
+            # memory does not depend on contention: disturbed runs count here
+            memory_names.append(path.stem)
+            pred_mb.append(peak_mb)
+            meas_mb.append(m.peak_rss_mb - m.baseline_rss_mb)
         if not m.ok or (m.disturbed and not args.include_disturbed):
             skipped.append(f"{path.name}: {m.error_msg or m.disturbance}")
             continue
@@ -285,14 +293,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print("hwlat: error: no model was measured cleanly:\n  " + "\n  ".join(skipped), file=sys.stderr)
         return EXIT_FAILED
     report = accuracy(pred_ms, meas_ms, names)
+    memory = memory_accuracy(pred_mb, meas_mb, memory_names)
     plot(report, args.plot, f"{predictor.device}/{predictor.backend}: {report.summary()}")
     if args.json:
-        print(json.dumps({**report.to_dict(), "skipped": skipped, "plot": str(args.plot)}))
+        print(json.dumps({**report.to_dict(), "memory": memory, "skipped": skipped, "plot": str(args.plot)}))
         return 0
+    mb = {row["name"]: row for row in memory["rows"]}
     for n, p, m in zip(names, pred_ms, meas_ms, strict=True):
-        print(f"  {n:32s} predicted {p:9.3f} ms  measured {m:9.3f} ms  {100 * (p / m - 1):+6.1f}%")
+        row = mb.get(n)
+        peak = (
+            f"  peak {row['predicted_mb']:6.1f} MB vs {row['measured_mb']:6.1f} MB"
+            f" {100 * row['error']:+6.1f}%"
+            if row
+            else ""
+        )
+        print(f"  {n:32s} predicted {p:9.3f} ms  measured {m:9.3f} ms  {100 * (p / m - 1):+6.1f}%{peak}")
     for line in skipped:
         print(f"  left out {line}")
     print(report.summary())
+    print(memory_summary(memory))
     print(f"plot: {args.plot}")
     return 0
