@@ -162,6 +162,21 @@ def format_verification(results: list[Verification]) -> str:
     return "\n".join(lines)
 
 
+def corrected_margin_pct(results: list[Verification], margin_pct: float) -> float | None:
+    """The safety margin for a second search when winners ran over the budget itself, else None.
+
+    Winners of one search sit in one corner of the space, where the predictor's error is shared
+    rather than spread like the calibration networks' residuals. Their measured slowdown over
+    the prediction is the direct evidence: the worst of it (at least the margin used) is the
+    margin under which a network like them, predicted at the searched budget, meets the budget.
+    """
+    measured = [r for r in results if r.measured_ms is not None]
+    if not measured or all(r.meets_budget for r in measured):
+        return None
+    worst = max(100.0 * (r.measured_ms / r.predicted_ms - 1) for r in measured)
+    return max(margin_pct, worst)
+
+
 def summarize_verification(results: list[Verification]) -> str:
     """The predictor's signed error on the winners and how many met the budget itself: a
     systematic bias shows here, where the noise band would hide it."""

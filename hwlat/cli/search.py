@@ -129,7 +129,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from hwlat.search.runner import run_search
     from hwlat.search.spaces import get_space
     from hwlat.search.strategies import get_strategy
-    from hwlat.search.verify import format_verification, verify_winners
+    from hwlat.search.verify import corrected_margin_pct, format_verification, verify_winners
 
     if len(args.latency_ms) != len(args.predictor):
         raise ConfigError(
@@ -198,6 +198,13 @@ def cmd_search(args: argparse.Namespace) -> int:
             )
             print(f"verified on {device.name}/{args.backend} (predicted vs measured):")
             print(format_verification(results))
+            corrected = corrected_margin_pct(results, 100 * (budget / objective.budget - 1))
+            if corrected is not None:
+                print(
+                    f"winners ran up to {corrected:.1f}% slower than predicted: the predictor errs alike "
+                    f"on networks in this corner of the space; search again with --safety-margin "
+                    f"{corrected:.1f} (and a new --out) for winners within the budget itself"
+                )
             if not all(r.meets_budget_within_noise for r in results):
                 status = EXIT_FAILED
     return status

@@ -172,17 +172,22 @@ class MemoryModel:
         )
 
     def fit(self, footprints: Sequence[Footprint], measured_mb: Sequence[float]) -> MemoryModel:
-        """Least squares on the measured extra resident memory; scales kept within [0.5, 4]."""
+        """Least squares on the relative error of the measured extra resident memory (a budget,
+        and the +-10% a user checks, are relative: an absolute fit lets the largest calibration
+        networks set an offset that swamps small ones); scales kept within [0.5, 4]. Models
+        measured at under 1 MB carry no relative information and are left out."""
         from scipy.optimize import lsq_linear
 
         y = np.asarray(measured_mb, dtype=float)
+        X = np.array([[1.0, f.weights_mb, f.activations_mb] for f in footprints]).reshape(-1, 3)
+        keep = y >= 1.0
+        y, X = y[keep], X[keep]
         if len(y) == 0:
             return self
-        X = np.array([[1.0, f.weights_mb, f.activations_mb] for f in footprints])
         if len(y) < 4:  # too few points for three terms: the offset only
             self.offset_mb = float(np.median(y - X[:, 1] - X[:, 2]))
         else:
-            fit = lsq_linear(X, y, bounds=([-1e6, 0.5, 0.5], [1e6, 4.0, 4.0]))
+            fit = lsq_linear(X / y[:, None], np.ones_like(y), bounds=([-1e6, 0.5, 0.5], [1e6, 4.0, 4.0]))
             self.offset_mb, self.weight_scale, self.activation_scale = (float(v) for v in fit.x)
         self.fitted_on = len(y)
         return self

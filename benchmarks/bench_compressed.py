@@ -1,0 +1,177 @@
+"""Pruned and 8-bit networks, predicted against measured: latency and peak memory (issue 11).
+
+Builds, from code, MobileNetV2 and ResNet-18 (224x224) pruned with ``hwlat.compress.prune`` at
+uniform keep ratios 0.25, 0.5, 0.75 and 1.0 and at random per-layer keep ratios drawn from
+[0.25, 1.0] (``--random-policies`` per network), exports them, and quantizes each with
+``hwlat.compress.quantize_model`` (QDQ, all layers 8-bit) plus the unpruned ones with every
+other quantizable layer left float32 (half the layers 8-bit). Then, as a user would:
+
+    hwlat validate --predictor FLOAT --models WORK/float32 --repeats 3 --lenient --json
+    hwlat validate --predictor EIGHT_BIT --models WORK/8bit --repeats 3 --lenient --json
+
+and prints per network the predicted and measured latency (the median clean pass of 3) and
+peak memory (the model's own peak resident memory over the agent's baseline), the share within
++-10% of each, and the device-minutes the store spent on 8-bit kernels and calibration networks
+(what adding 8 bits to an existing float32 predictor cost this device).
+
+    nice -n -15 python -m benchmarks.bench_compressed --work /tmp/bench-cmp --db STORE \\
+        --float-predictor P.json --eight-bit-predictor P8.json --activation-type uint8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+NETWORKS = ("mobilenet_v2", "resnet18")
+UNIFORM_KEEP = (0.25, 0.5, 0.75, 1.0)
+SHAPE = (1, 3, 224, 224)
+
+
+def load() -> str:
+    return "load average " + " / ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def build(work: Path, random_policies: int, activation_type: str) -> dict[str, Path]:
+    """The float32 and 8-bit folders, built once (a re-run reuses the files)."""
+    import torch
+
+    from hwlat import zoo
+    from hwlat.compress import prunable_layers, prune, quantizable_nodes, quantize_model
+    from hwlat.profiler.onnx_models import save_once, torch_to_onnx
+
+    folders = {"float32": work / "float32", "8bit": work / "8bit"}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    example = torch.zeros(*SHAPE)
+    for name in NETWORKS:
+        model = zoo.build(name)
+        layers = prunable_layers(model, example)
+        policies = {f"{name}_keep{keep:g}": [keep] * len(layers) for keep in UNIFORM_KEEP}
+        for seed in range(random_policies):
+            rng = np.random.default_rng(seed)
+            policies[f"{name}_random{seed}"] = [float(r) for r in rng.uniform(0.25, 1.0, len(layers))]
+        for stem, ratios in policies.items():
+            path = save_once(
+                folders["float32"] / f"{stem}.onnx",
+                lambda m=model, r=ratios: torch_to_onnx(prune(m, r, example, round_to=8), SHAPE),
+            )
+            quantized = folders["8bit"] / f"{stem}_{activation_type}.onnx"
+            if not quantized.exists():
+                quantize_model(path, quantized, random_batches=8, activation_type=activation_type)
+            if ratios == [1.0] * len(layers):
+                half = folders["8bit"] / f"{name}_half_{activation_type}.onnx"
+                if not half.exists():
+                    quantize_model(
+                        path,
+                        half,
+                        random_batches=8,
+                        activation_type=activation_type,
+                        exclude=quantizable_nodes(path)[1::2],
+                    )
+    return folders
+
+
+def validate(predictor: Path, models: Path, db: Path, log: Path) -> dict:
+    args = ["validate", "--predictor", str(predictor), "--models", str(models), "--db", str(db)]
+    args += ["--repeats", "3", "--lenient", "--json", "--plot", str(models.with_suffix(".png"))]
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "hwlat.cli", *args], capture_output=True, text=True)
+    with log.open("a") as f:
+        f.write(f"$ hwlat {' '.join(args)}  ({time.monotonic() - started:.0f} s, rc {proc.returncode})\n")
+        f.write(proc.stderr + "\n")
+    if proc.returncode != 0:
+        sys.exit(f"hwlat validate failed (rc {proc.returncode}); see {log}:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout)
+
+
+def eight_bit_device_minutes(db: Path) -> dict[str, float]:
+    """Device time the store spent on what a float32 predictor does not need."""
+    from hwlat.profiler.store import Store
+
+    with Store(db, readonly=True) as store:
+        kernels = store.measurements("local", "ort", "kernel")
+        models = store.measurements("local", "ort", "model")
+        eight_bit = ("dtype:int8", "dtype:uint8")
+        return {
+            "8-bit kernels": sum(m.wall_s or 0 for m in kernels if any(d in m.key for d in eight_bit)) / 60,
+            "8-bit calibration networks": sum(
+                m.wall_s or 0 for m in models if ".int8" in m.key or ".uint8" in m.key
+            )
+            / 60,
+            "float32 kernels": sum(m.wall_s or 0 for m in kernels if "dtype:float32" in m.key) / 60,
+        }
+
+
+def table(title: str, report: dict) -> str:
+    memory = {row["name"]: row for row in report["memory"]["rows"]}
+    lines = [
+        f"### {title}",
+        "",
+        "| network | measured ms | predicted ms | error | measured MB | predicted MB | error |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in sorted(report["rows"], key=lambda r: r["name"]):
+        mem = memory.get(row["name"])
+        mem_cells = (
+            f"{mem['measured_mb']:.1f} | {mem['predicted_mb']:.1f} | {100 * mem['error']:+.1f}%"
+            if mem
+            else "- | - | -"
+        )
+        lines.append(
+            f"| {row['name']} | {row['measured_ms']:.3f} | {row['predicted_ms']:.3f} | "
+            f"{100 * row['error']:+.1f}% | {mem_cells} |"
+        )
+    m = report["memory"]
+    lines += [
+        "",
+        f"Latency: {report['n']} networks, within +-10% {report['within_10']:.0%}, "
+        f"RMSPE {report['rmspe']:.1f}%, "
+        f"signed bias {report['bias_pct']:+.1f}%, Spearman {report['spearman']:.3f}. "
+        f"Peak memory: {m['n']} networks, within +-10% {m['within_10']:.0%}, RMSPE {m['rmspe']:.1f}%, "
+        f"signed bias {m['bias_pct']:+.1f}%.",
+    ]
+    if report["skipped"]:
+        lines.append("Left out: " + "; ".join(report["skipped"]))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--db", type=Path, required=True, help="the store the predictors were trained on")
+    parser.add_argument("--float-predictor", type=Path, required=True)
+    parser.add_argument("--eight-bit-predictor", type=Path, required=True)
+    parser.add_argument("--activation-type", choices=("int8", "uint8"), default="int8")
+    parser.add_argument("--random-policies", type=int, default=3)
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    log = args.work / "commands.log"
+    started, load_before = time.monotonic(), load()
+    folders = build(args.work, args.random_policies, args.activation_type)
+    sections = [
+        table("float32, pruned", validate(args.float_predictor, folders["float32"], args.db, log)),
+        table(
+            f"8-bit ({args.activation_type} activations), pruned, and half the layers 8-bit",
+            validate(args.eight_bit_predictor, folders["8bit"], args.db, log),
+        ),
+    ]
+    minutes = eight_bit_device_minutes(args.db)
+    sections.append(
+        "### Device time\n\n" + "\n".join(f"- {k}: {v:.1f} device-minutes" for k, v in minutes.items())
+    )
+    print("\n\n".join(sections))
+    print(f"\n{load_before} before, {load()} after; {(time.monotonic() - started) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
