@@ -162,19 +162,30 @@ def format_verification(results: list[Verification]) -> str:
     return "\n".join(lines)
 
 
-def corrected_margin_pct(results: list[Verification], margin_pct: float) -> float | None:
+def corrected_margin_pct(
+    results: list[Verification], margin_pct: float, confidence: float = 0.95
+) -> float | None:
     """The safety margin for a second search when winners ran over the budget itself, else None.
 
     Winners of one search sit in one corner of the space, where the predictor's error is shared
-    rather than spread like the calibration networks' residuals. Their measured slowdown over
-    the prediction is the direct evidence: the worst of it (at least the margin used) is the
-    margin under which a network like them, predicted at the searched budget, meets the budget.
+    rather than spread like the calibration networks' residuals. Their measured slowdowns over
+    the prediction are the direct evidence; the margin is the one-sided upper prediction bound
+    at ``confidence`` for the slowdown of one more network like them (mean + t * sd * sqrt(1 +
+    1/n)), and never less than the worst slowdown seen or the margin used. The worst of n alone
+    would be exceeded by about 1 in n + 1 new winners.
     """
+    from scipy.stats import t
+
     measured = [r for r in results if r.measured_ms is not None]
     if not measured or all(r.meets_budget for r in measured):
         return None
-    worst = max(100.0 * (r.measured_ms / r.predicted_ms - 1) for r in measured)
-    return max(margin_pct, worst)
+    slowdowns = np.array([100.0 * (r.measured_ms / r.predicted_ms - 1) for r in measured])
+    bound = slowdowns.max()
+    if len(slowdowns) >= 2:
+        n = len(slowdowns)
+        spread = float(slowdowns.std(ddof=1)) * np.sqrt(1 + 1 / n)
+        bound = max(bound, float(slowdowns.mean() + t.ppf(confidence, n - 1) * spread))
+    return max(margin_pct, float(bound))
 
 
 def summarize_verification(results: list[Verification]) -> str:
