@@ -201,9 +201,9 @@ def cmd_search(args: argparse.Namespace) -> int:
             corrected = corrected_margin_pct(results, 100 * (budget / objective.budget - 1))
             if corrected is not None:
                 print(
-                    f"winners ran up to {corrected:.1f}% slower than predicted: the predictor errs alike "
-                    f"on networks in this corner of the space; search again with --safety-margin "
-                    f"{corrected:.1f} (and a new --out) for winners within the budget itself"
+                    "winners ran over the budget: the predictor errs alike on networks in this corner "
+                    f"of the space; search again with --safety-margin {corrected:.1f} (the 95% upper "
+                    "prediction bound of their slowdowns) and a new --out for winners within the budget"
                 )
             if not all(r.meets_budget_within_noise for r in results):
                 status = EXIT_FAILED
