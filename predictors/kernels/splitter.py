@@ -818,6 +818,7 @@ _QLINEAR_OPS = frozenset(
     }
 )
 # ... and ops it runs on the 8-bit tensor itself, dropping the DQ before and the Q after them.
+_WEIGHTED_OPS = frozenset({"Conv", "Gemm", "MatMul"})  # 8-bit only with 8-bit weights
 _DROP_QDQ_OPS = frozenset(
     {"MaxPool", "Split", "Slice", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Relu", "Clip"}
 )
@@ -867,6 +868,9 @@ def _quantized_regions(
             continue
         data_inputs = [i for i in node.input if i and not graph.is_static(i)]
         outputs = [r for o in node.output if o for r in consumers.get(o, [])]
+        weight = node.input[1] if node.op_type in _WEIGHTED_OPS and len(node.input) > 1 else ""
+        if weight and graph.is_static(weight) and weight not in constant_dequantize:
+            continue  # float weights: a layer left float32 between 8-bit ones (mixed precision)
         if not (
             data_inputs
             and all(kind(i) == "DequantizeLinear" for i in data_inputs)
