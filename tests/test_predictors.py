@@ -4,6 +4,7 @@ the (shared) machine gives; accuracy goals live in benchmarks/bench_predictors.p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -403,8 +404,11 @@ def test_adaptive_profiling_scores_validation_networks_end_to_end(tmp_path, quic
     from hwlat.predictors.building.training import VALIDATION_SEED
 
     lines: list[str] = []
+    # The rounds' mechanics are under test, not the timings: on a busy shared machine the canary
+    # would flag enough of the first 32 kernels to stop the run before its first round.
+    tolerant = dataclasses.replace(quick_protocol, canary_tolerance=1.0, max_cv=1.0)
     with Store(tmp_path / "a.db") as store:
-        profiler = KernelProfiler(local_device(), store, quick_protocol)
+        profiler = KernelProfiler(local_device(), store, tolerant)
         report = adaptive_profile(
             profiler, RULES, budget_minutes=0.3, target_within_10=1.01, batch=16, holdout=8,
             committee=2, pool=60, validation_networks=3, log=lines.append,

@@ -86,10 +86,11 @@ def _leased(db: str) -> bool:
 @pytest.mark.parametrize("kind", ["postgresql", "sqlite"])
 def test_two_campaigns_on_one_device_take_turns(kind, tmp_path, request) -> None:
     db = request.getfixturevalue("pg_url") if kind == "postgresql" else str(tmp_path / "m.db")
-    # The first campaign lasts long enough (16 ops, ~10 s) for the second to start while it runs.
+    # The first campaign lasts long enough (16 ops of at least 9 x 120 ms, ~20 s) for the second
+    # to start (a new interpreter, imports) and find it running, however fast the machine.
     write_jsonl(small_ops(16), tmp_path / "a.jsonl")
     write_jsonl([OpSpec("add", (1, 16 + 8 * i, 14, 14)) for i in range(6)], tmp_path / "b.jsonl")
-    first = _profile(db, tmp_path / "a.jsonl")
+    first = _profile(db, tmp_path / "a.jsonl", "--min-repeat-ms", "120")
     deadline = time.monotonic() + 120
     while not _leased(db) and time.monotonic() < deadline:  # the first holds the device first
         time.sleep(0.2)
