@@ -22,21 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.bench_generalisation import hwlat, load
+
 NETWORKS = ("mobilenet_v2", "resnet18")
 UNIFORM_KEEP = (0.25, 0.5, 0.75, 1.0)
 SHAPE = (1, 3, 224, 224)
-
-
-def load() -> str:
-    return "load average " + " / ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def build(work: Path, random_policies: int, activation_type: str) -> dict[str, Path]:
@@ -93,32 +88,28 @@ def every_other_conv(path: Path) -> list[str]:
 def validate(predictor: Path, models: Path, db: Path, log: Path) -> dict:
     args = ["validate", "--predictor", str(predictor), "--models", str(models), "--db", str(db)]
     args += ["--repeats", "3", "--lenient", "--json", "--plot", str(models.with_suffix(".png"))]
-    started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "hwlat.cli", *args], capture_output=True, text=True)
-    with log.open("a") as f:
-        f.write(f"$ hwlat {' '.join(args)}  ({time.monotonic() - started:.0f} s, rc {proc.returncode})\n")
-        f.write(proc.stderr + "\n")
-    if proc.returncode != 0:
-        sys.exit(f"hwlat validate failed (rc {proc.returncode}); see {log}:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout)
+    return json.loads(hwlat(*args, log=log).stdout)
 
 
-def eight_bit_device_minutes(db: Path) -> dict[str, float]:
-    """Device time the store spent on what a float32 predictor does not need."""
+def device_minutes_by_dtype(db: Path) -> dict[str, float]:
+    """Device-minutes the store spent per kernel dtype (a kernel with a uint8 op counts as uint8,
+    else with an int8 op as int8), and on the quantized calibration networks: what a float32
+    predictor does not need."""
     from hwlat.profiler.store import Store
 
+    def dtype(key: str) -> str:
+        return next((d for d in ("uint8", "int8") if f"dtype:{d}" in key), "float32")
+
+    minutes = {"float32 kernels": 0.0, "int8 kernels": 0.0, "uint8 kernels": 0.0}
     with Store(db, readonly=True) as store:
-        kernels = store.measurements("local", "ort", "kernel")
-        models = store.measurements("local", "ort", "model")
-        eight_bit = ("dtype:int8", "dtype:uint8")
-        return {
-            "8-bit kernels": sum(m.wall_s or 0 for m in kernels if any(d in m.key for d in eight_bit)) / 60,
-            "8-bit calibration networks": sum(
-                m.wall_s or 0 for m in models if ".int8" in m.key or ".uint8" in m.key
-            )
-            / 60,
-            "float32 kernels": sum(m.wall_s or 0 for m in kernels if "dtype:float32" in m.key) / 60,
-        }
+        for m in store.measurements("local", "ort", "kernel"):
+            minutes[f"{dtype(m.key)} kernels"] += (m.wall_s or 0) / 60
+        minutes["8-bit calibration networks"] = sum(
+            (m.wall_s or 0) / 60
+            for m in store.measurements("local", "ort", "model")
+            if ".int8" in m.key or ".uint8" in m.key
+        )
+    return minutes
 
 
 def table(title: str, report: dict) -> str:
@@ -176,7 +167,7 @@ def main() -> None:
             validate(args.eight_bit_predictor, folders["8bit"], args.db, log),
         ),
     ]
-    minutes = eight_bit_device_minutes(args.db)
+    minutes = device_minutes_by_dtype(args.db)
     sections.append(
         "### Device time\n\n" + "\n".join(f"- {k}: {v:.1f} device-minutes" for k, v in minutes.items())
     )

@@ -50,6 +50,14 @@ class Measurement:
         return self.ok and not self.disturbed
 
     @property
+    def model_rss_mb(self) -> float | None:
+        """A whole model's own resident memory: its peak over the process's baseline (None when
+        the measurement failed or recorded no memory)."""
+        if not self.ok or self.peak_rss_mb is None or self.baseline_rss_mb is None:
+            return None
+        return self.peak_rss_mb - self.baseline_rss_mb
+
+    @property
     def median_ms(self) -> float | None:
         return statistics.median(self.samples_ms) if self.samples_ms else None
 

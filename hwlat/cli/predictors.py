@@ -278,11 +278,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     memory_names, pred_mb, meas_mb = [], [], []
     for path, m in zip(paths, measured, strict=True):
         peak_mb = predicted[path].peak_memory_mb
-        if m.ok and peak_mb is not None and m.peak_rss_mb is not None and m.baseline_rss_mb is not None:
+        if peak_mb is not None and m.model_rss_mb is not None:
             # memory does not depend on contention: disturbed runs count here
             memory_names.append(path.stem)
             pred_mb.append(peak_mb)
-            meas_mb.append(m.peak_rss_mb - m.baseline_rss_mb)
+            meas_mb.append(m.model_rss_mb)
         if not m.ok or (m.disturbed and not args.include_disturbed):
             skipped.append(f"{path.name}: {m.error_msg or m.disturbance}")
             continue

@@ -188,8 +188,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
         "peak_rss_mb": m.peak_rss_mb,
         "baseline_rss_mb": m.baseline_rss_mb,
     }
-    if out["peak_rss_mb"] is not None:
-        out["model_rss_mb"] = out["peak_rss_mb"] - out["baseline_rss_mb"]
+    if m.model_rss_mb is not None:
+        out["model_rss_mb"] = m.model_rss_mb
     if args.json:
         print(json.dumps(out))
     else:

@@ -181,7 +181,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             return 0
         status = 0
         names = args.device or [o.device for o in latencies]
-        for objective, name, budget in zip(latencies, names, args.latency_ms, strict=True):
+        for objective, name, budget, margin in zip(latencies, names, args.latency_ms, margins, strict=True):
             device = resolve_device(name, args.inventory)
             results = verify_winners(
                 study,
@@ -198,7 +198,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             )
             print(f"verified on {device.name}/{args.backend} (predicted vs measured):")
             print(format_verification(results))
-            corrected = corrected_margin_pct(results, 100 * (budget / objective.budget - 1))
+            corrected = corrected_margin_pct(results, margin)
             if corrected is not None:
                 print(
                     "winners ran over the budget: the predictor errs alike on networks in this corner "

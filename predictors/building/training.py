@@ -329,9 +329,9 @@ def fit_overhead(
     for path, m in zip(paths, measured, strict=True):
         if not m.ok:
             continue
-        if m.peak_rss_mb is not None and m.baseline_rss_mb is not None:
+        if m.model_rss_mb is not None:
             footprints.append(onnx_footprint(path))  # memory does not depend on contention
-            memory_mb.append(m.peak_rss_mb - m.baseline_rss_mb)
+            memory_mb.append(m.model_rss_mb)
         if not m.clean:
             continue
         networks.append(splitter.split(path).network)

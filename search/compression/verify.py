@@ -4,7 +4,7 @@ peak memory, and the budget verdict with the noise band (as search/verify.py doe
 Each winner's deployable ONNX (int8 QDQ where the policy says int8) is timed end to end by
 ``Campaign.measure_models`` (fresh agent per model, the device's timing protocol, disturbance
 detection; the median clean pass of ``repeats`` kept) and stored as kind "model".
-Measured memory is the model's own resident memory, ``peak_rss_mb - baseline_rss_mb``: what
+Measured memory is the model's own resident memory, ``Measurement.model_rss_mb``: what
 the device's memory model predicts. A winner passes a budget when its measurement is within
 it, and "within noise" when within budget x (1 + noise_band).
 """
@@ -110,9 +110,6 @@ def verify_winners(
     measured = campaign.measure_models([p for _, _, p in winners], repeats)
     results = []
     for (rank, r, path), m in zip(winners, measured, strict=True):
-        memory = None
-        if m.ok and m.peak_rss_mb is not None and m.baseline_rss_mb is not None:
-            memory = m.peak_rss_mb - m.baseline_rss_mb
         results.append(
             CompressionVerification(
                 rank=rank,
@@ -125,7 +122,7 @@ def verify_winners(
                 p10_ms=m.p10_ms,
                 p90_ms=m.p90_ms,
                 predicted_memory_mb=r.memory_mb,
-                measured_memory_mb=memory,
+                measured_memory_mb=m.model_rss_mb,
                 latency_budget_ms=latency_budget_ms if latency_budget_ms is not None else env.latency_budget,
                 memory_budget_mb=env.memory_budget,
                 noise_band=noise_band,
