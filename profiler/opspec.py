@@ -133,7 +133,19 @@ _KEY_TO_ATTR = {
     "perm": "perm",
     "mode": "mode",
     "dtype": "dtype",
+    "w": "weights",
 }
+# Fields a key shows only when they differ from their default, so that adding one kept every
+# existing key (and the measurements stored under it) as it was.
+_OPTIONAL_KEY_FIELDS: dict[str, tuple[str, ...]] = {"conv": ("w",)}
+# How a conv's weights reach it. "constant": constants of the kernel's dtype (float32, or the
+# 8-bit weights ORT's quantizer writes, per output channel). "dequantized": a float32 conv whose
+# weights (and bias) are 8-bit constants dequantized on every run, which is how ONNX Runtime runs
+# an int8 conv it does not fuse (on x86, one next to a branching tensor), in the plain NCHW
+# layout (its NCHWc transform needs constant weights). "runtime": an 8-bit conv whose float32
+# weights ORT quantizes itself (its WeightBiasQuantization pass, per tensor), which is how a conv
+# left float32 between 8-bit layers runs.
+WEIGHT_SOURCES = ("constant", "dequantized", "runtime")
 _PAIRS = ("kernel", "stride", "padding", "dilation")  # an int, or (h, w)
 # The input ranks each op accepts (NCHW ops 4; linear layers and element-wise ops also the
 # (N, C) and (N, ..., C) tensors of classifiers and channels-last blocks).
@@ -162,6 +174,7 @@ class OpSpec:
     Only the fields listed for ``op`` in the key matter; the others keep their
     defaults so that two specs of the same kernel compare and hash equal. An 8-bit conv or
     gemm with a ReLU or ReLU6 is the same kernel as without it (the quantization range clips).
+    ``weights`` says how a conv's weights reach it (``WEIGHT_SOURCES``).
     """
 
     op: str
@@ -179,6 +192,7 @@ class OpSpec:
     perm: tuple[int, ...] = field(default=())
     mode: str = "none"
     dtype: str = "float32"
+    weights: str = "constant"
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -196,7 +210,7 @@ class OpSpec:
             raise InvalidOpSpecError(f"unknown op type {self.op!r}; known types: {', '.join(OP_TYPES)}")
         # Fields that do not matter for this op type go back to their defaults, so that
         # equal kernels hash equal whatever the caller passed.
-        relevant = {_KEY_TO_ATTR[s] for s in _KEY_FIELDS[self.op]}
+        relevant = {_KEY_TO_ATTR[s] for s in _KEY_FIELDS[self.op] + _OPTIONAL_KEY_FIELDS.get(self.op, ())}
         for f in fields(self):
             if f.name not in relevant and f.name not in ("op", "input_shape", "dtype"):
                 default = f.default if f.default_factory is MISSING else f.default_factory()
@@ -208,6 +222,8 @@ class OpSpec:
     def key(self) -> str:
         items = ["in:" + "x".join(str(v) for v in self.input_shape)]
         for short in _KEY_FIELDS[self.op]:
+            items.append(f"{short}:{_format_value(short, getattr(self, _KEY_TO_ATTR[short]))}")
+        for short in self._set_optional_fields():
             items.append(f"{short}:{_format_value(short, getattr(self, _KEY_TO_ATTR[short]))}")
         items.append(f"dtype:{self.dtype}")
         return "-".join([self.op, *items])
@@ -229,9 +245,10 @@ class OpSpec:
                 )
             values[_KEY_TO_ATTR[short]] = _parse_value(short, raw, key)
         expected = {"input_shape", "dtype", *(_KEY_TO_ATTR[s] for s in _KEY_FIELDS[op])}
-        if set(values) != expected:
+        optional = {_KEY_TO_ATTR[s] for s in _OPTIONAL_KEY_FIELDS.get(op, ())}
+        if not expected <= set(values) <= expected | optional:
             missing = sorted(expected - set(values))
-            extra = sorted(set(values) - expected)
+            extra = sorted(set(values) - expected - optional)
             raise InvalidOpSpecError(
                 f"key {key!r} for op {op!r} has missing fields {missing} / unexpected fields {extra}"
             )
@@ -239,7 +256,8 @@ class OpSpec:
 
     def to_dict(self) -> dict:
         """Only the fields that matter for this op type (what JSONL files hold)."""
-        attrs = ["op", "input_shape", *(_KEY_TO_ATTR[s] for s in _KEY_FIELDS[self.op]), "dtype"]
+        attrs = ["op", "input_shape", *(_KEY_TO_ATTR[s] for s in _KEY_FIELDS[self.op])]
+        attrs += [*(_KEY_TO_ATTR[s] for s in self._set_optional_fields()), "dtype"]
         data = asdict(self)
         return {a: list(data[a]) if isinstance(data[a], tuple) else data[a] for a in attrs}
 
@@ -261,6 +279,15 @@ class OpSpec:
             return cls(**data)
         except TypeError as exc:
             raise InvalidOpSpecError(f"bad OpSpec {data!r}: {exc}") from None
+
+    def _set_optional_fields(self) -> list[str]:
+        """The optional key fields (short names) that differ from their defaults."""
+        defaults = {f.name: f.default for f in fields(self)}
+        return [
+            short
+            for short in _OPTIONAL_KEY_FIELDS.get(self.op, ())
+            if getattr(self, _KEY_TO_ATTR[short]) != defaults[_KEY_TO_ATTR[short]]
+        ]
 
     # ----- spatial pairs ----------------------------------------------------
     @property
@@ -469,7 +496,7 @@ def _parse_value(short: str, raw: str, key: str) -> object:
             if raw not in ("0", "1"):
                 raise ValueError(raw)
             return raw == "1"
-        if short in ("act", "bcast", "dtype", "mode"):
+        if short in ("act", "bcast", "dtype", "mode", "w"):
             return raw
         return int(raw)
     except ValueError:
@@ -487,7 +514,7 @@ def _check_types(spec: OpSpec) -> None:
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise InvalidOpSpecError(f"invalid {spec.op} op: {name} must be an integer, got {value!r}")
 
-    for name in ("op", "activation", "broadcast", "dtype", "mode"):
+    for name in ("op", "activation", "broadcast", "dtype", "mode", "weights"):
         if not isinstance(getattr(spec, name), str):
             raise InvalidOpSpecError(
                 f"invalid {spec.op!r} op: {name} must be a string, got {getattr(spec, name)!r}"
@@ -530,6 +557,12 @@ def _validate(spec: OpSpec) -> None:
             f"an 8-bit {spec.op} cannot carry {spec.activation}: ONNX Runtime runs it in float32 "
             "between a dequantize and a quantize (give it as its own float32 act op)"
         )
+    if spec.weights not in WEIGHT_SOURCES:
+        fail(f"unknown weights {spec.weights!r}; use one of {', '.join(WEIGHT_SOURCES)}")
+    if spec.weights == "dequantized" and spec.dtype != "float32":
+        fail("weights 'dequantized' marks a float32 conv (an 8-bit conv reads its 8-bit weights)")
+    if spec.weights == "runtime" and spec.dtype not in INT_DTYPES:
+        fail("weights 'runtime' marks an 8-bit conv (the runtime quantizes its float32 weights)")
     if spec.dtype in INT_DTYPES and spec.op == "act" and spec.activation not in QLINEAR_ACTIVATIONS:
         fail(
             f"8-bit activations are {' and '.join(QLINEAR_ACTIVATIONS)} only ({spec.activation} is "

@@ -7,19 +7,21 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import helper
 
 from hwlat import zoo
-from hwlat.compress import quantizable_nodes, quantize_model
+from hwlat.compress import quantizable_nodes, quantize_model, requantized_by_runtime
 from hwlat.devices.device import local_device
 from hwlat.predictors import Kernel, ModelSplitter
 from hwlat.predictors.building import KernelProfiler, KernelSampler
 from hwlat.predictors.building.training import qdq_rules
 from hwlat.predictors.kernels import FusionRules
 from hwlat.profiler.backends.ort.harness import qdq_fanout_probe
-from hwlat.profiler.onnx_models import build_model, random_inputs, torch_to_onnx
+from hwlat.profiler.onnx_models import build_model, make_model, random_inputs, torch_to_onnx
 from hwlat.profiler.opspec import InvalidOpSpecError, OpSpec
 from hwlat.profiler.protocol import TimingProtocol
 from hwlat.profiler.store import Store
@@ -97,7 +99,9 @@ def quantized(tmp_path_factory):
     float_path.write_bytes(torch_to_onnx(zoo.build("mobilenet_v2"), (1, 3, 64, 64)).SerializeToString())
     all_int8 = quantize_model(float_path, directory / "int8.onnx", random_batches=2)
     convs = [n for n in quantizable_nodes(float_path) if n.endswith("Conv")]
-    mixed = quantize_model(float_path, directory / "mixed.onnx", random_batches=2, exclude=convs[::2])
+    mixed = quantize_model(
+        float_path, directory / "mixed.onnx", random_batches=2, exclude=convs[len(convs) // 2 :]
+    )
     return float_path, all_int8, mixed
 
 
@@ -126,7 +130,11 @@ def test_a_mixed_u8s8_network_runs_uint8_kernels_only(quantized, tmp_path) -> No
     float_path = quantized[0]
     convs = [n for n in quantizable_nodes(float_path) if n.endswith("Conv")]
     mixed = quantize_model(
-        float_path, tmp_path / "u8.onnx", random_batches=1, exclude=convs[1::2], activation_type="uint8"
+        float_path,
+        tmp_path / "u8.onnx",
+        random_batches=1,
+        exclude=convs[len(convs) // 2 :],
+        activation_type="uint8",
     )
     ops = Counter(
         (k.kernel.op, o.dtype) for k in ModelSplitter(RULES).split(mixed).kernels for o in k.kernel.ops
@@ -207,8 +215,8 @@ def test_the_splitter_runs_in_8_bits_the_convs_the_runtime_fuses(
     name, activation, probed_rules, tmp_path
 ) -> None:
     """With the probed rules, the split of an S8S8 network has the runtime's QLinearConvs, float
-    convs, and the DequantizeLinear and QuantizeLinear nodes it runs (weights' and biases' too,
-    in front of a float conv), node for node."""
+    convs, and the DequantizeLinear and QuantizeLinear nodes it runs (a float conv's weights and
+    bias are dequantized inside its kernel: ``weights="dequantized"``), node for node."""
     float_path = tmp_path / f"{name}.onnx"
     if isinstance(name, int):
         module, resolution = zoo.random_network(name)
@@ -226,38 +234,95 @@ def test_the_splitter_runs_in_8_bits_the_convs_the_runtime_fuses(
     ort_ops = _ort_ops(int8_path, tmp_path)
     assert ops[("conv", activation)] == ort_ops["QLinearConv"]
     assert ops[("conv", "float32")] == ort_ops["Conv"]
-    assert ops[("dequantize", activation)] == ort_ops["DequantizeLinear"]
+    specs = [spec for k in split.kernels for spec in k.kernel.ops]
+    parameters = sum(1 + spec.bias for spec in specs if spec.weights == "dequantized")
+    assert ops[("dequantize", activation)] + parameters == ort_ops["DequantizeLinear"]
     assert ops[("quantize", activation)] == ort_ops["QuantizeLinear"]
 
 
-def test_a_layer_left_float32_between_8bit_layers_runs_as_the_runtime_runs_it(probed_rules, tmp_path) -> None:
-    """Per-layer mixed precision (every other conv of ResNet-18 left float32, U8S8): a conv with
-    float weights between DequantizeLinear and QuantizeLinear is a float conv; the split matches
-    ORT's optimised graph node for node. (Not always so: ORT quantizes the weights of some such
-    layers itself, e.g. the last conv of MobileNetV2 and all of SqueezeNet's; which ones is not
-    modelled yet.)"""
-    name = "resnet18"
-    float_path = tmp_path / f"{name}.onnx"
-    float_path.write_bytes(torch_to_onnx(zoo.build(name), (1, 3, 64, 64)).SerializeToString())
-    convs = [n.name for n in onnx.load(str(float_path)).graph.node if n.op_type == "Conv"]
-    mixed = quantize_model(
-        float_path,
-        tmp_path / f"{name}_half.onnx",
-        random_batches=1,
-        exclude=convs[1::2],
-        activation_type="uint8",
-    )
-    split = ModelSplitter(probed_rules).split(mixed)
+@pytest.fixture(scope="module")
+def resnet18_float(tmp_path_factory) -> tuple[Path, list[str]]:
+    path = tmp_path_factory.mktemp("mixed") / "resnet18.onnx"
+    path.write_bytes(torch_to_onnx(zoo.build("resnet18"), (1, 3, 64, 64)).SerializeToString())
+    return path, [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"]
+
+
+def _split_matches_ort(path: Path, rules: FusionRules, tmp_path: Path) -> Counter:
+    """Split a quantized model, assert its 8-bit and float convs, quantizes and dequantizes are
+    the QLinearConvs, Convs, Qs and DQs of ORT's optimised graph; return ORT's node counts."""
+    split = ModelSplitter(rules).split(path)
     ops = Counter(
         (spec.op.replace("dwconv", "conv"), spec.dtype) for k in split.kernels for spec in k.kernel.ops
     )
-    ort_ops = _ort_ops(mixed, tmp_path)
-    assert ort_ops["Conv"] > 5 and ort_ops["QLinearConv"] > 5
+    ort_ops = _ort_ops(path, tmp_path)
+    ort_ops["Conv"] += ort_ops.pop("FusedConv", 0)  # a float conv with its residual add or activation
     assert (ops[("conv", "uint8")], ops[("conv", "float32")]) == (ort_ops["QLinearConv"], ort_ops["Conv"])
     assert (ops[("dequantize", "uint8")], ops[("quantize", "uint8")]) == (
         ort_ops["DequantizeLinear"],
         ort_ops["QuantizeLinear"],
     )
+    assert not [w for w in split.warnings if "computed at run time" in w]
+    return ort_ops
+
+
+def test_a_conv_left_float32_between_8bit_layers_runs_8bit(probed_rules, resnet18_float, tmp_path) -> None:
+    """Every other conv of ResNet-18 excluded (U8S8): each reads a dequantized tensor and is
+    requantized after its ReLU, so ORT quantizes its weights itself and runs it as QLinearConv;
+    the split says so, and ``requantized_by_runtime`` names every one of them."""
+    float_path, convs = resnet18_float
+    excluded = convs[1::2]
+    mixed = quantize_model(
+        float_path, tmp_path / "alternate.onnx", random_batches=1, exclude=excluded, activation_type="uint8"
+    )
+    ort_ops = _split_matches_ort(mixed, probed_rules, tmp_path)
+    assert ort_ops["Conv"] == 0 and ort_ops["QLinearConv"] == len(convs)
+    assert sorted(requantized_by_runtime(mixed, excluded)) == sorted(excluded)
+
+
+def test_a_float32_tail_after_8bit_layers_splits_as_the_runtime_runs_it(
+    probed_rules, resnet18_float, tmp_path
+) -> None:
+    """The second half of ResNet-18's convs excluded: a float32 region that reads float tensors,
+    which is how per-layer mixed precision really runs on ORT's CPU provider."""
+    float_path, convs = resnet18_float
+    excluded = convs[len(convs) // 2 :]
+    mixed = quantize_model(
+        float_path, tmp_path / "tail.onnx", random_batches=1, exclude=excluded, activation_type="uint8"
+    )
+    ort_ops = _split_matches_ort(mixed, probed_rules, tmp_path)
+    assert ort_ops["Conv"] > 5 and ort_ops["QLinearConv"] > 5
+    assert len(requantized_by_runtime(mixed, excluded)) == len(excluded) - ort_ops["Conv"]
+
+
+def test_a_float_conv_with_a_computed_bias_is_named_in_a_warning(tmp_path) -> None:
+    """A bias that is a DequantizeLinear's output keeps a conv float32 and out of ORT's NCHWc
+    layout (slower than the float32 kernel is timed): the split says so by name."""
+    shape, channels = [1, 16, 8, 8], 16
+    inits = [
+        onnx.numpy_helper.from_array(np.ones((channels, channels, 1, 1), np.float32), "w"),
+        onnx.numpy_helper.from_array(np.zeros(channels, np.uint8), "b_q"),
+        onnx.numpy_helper.from_array(np.array(0.1, np.float32), "scale"),
+        onnx.numpy_helper.from_array(np.array(0, np.uint8), "zero"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["x_q"]),
+        helper.make_node("DequantizeLinear", ["x_q", "scale", "zero"], ["x_dq"]),
+        helper.make_node("DequantizeLinear", ["b_q", "scale", "zero"], ["b"]),
+        helper.make_node("Conv", ["x_dq", "w", "b"], ["y"], name="computed_bias_conv"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "computed_bias",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, shape)],
+        initializer=inits,
+    )
+    path = tmp_path / "computed_bias.onnx"
+    onnx.save(make_model(graph), path)
+    split = ModelSplitter().split(path)
+    assert [k.kernel.head.dtype for k in split.kernels if k.kernel.op == "conv"] == ["float32"]
+    assert any("computed at run time" in w and "computed_bias_conv" in w for w in split.warnings)
+    assert _ort_ops(path, tmp_path)["Conv"] == 1
 
 
 def test_the_sampler_draws_8bit_kernels_and_conversions() -> None:

@@ -58,7 +58,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from hwlat.compress import quantizable_nodes, quantize_model
+    from hwlat.compress import quantizable_nodes, quantize_model, requantized_by_runtime
 
     if (args.calibration is None) == (args.random is None):
         both = args.random is not None
@@ -82,6 +82,13 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         f"wrote {out}: {len(names) - excluded} of {len(names)} quantizable nodes quantized "
         f"({args.activation_type} activations, int8 weights {weights}), {excluded} left float32 (excluded)"
     )
+    requantized = requantized_by_runtime(out, args.exclude)
+    if requantized:
+        print(
+            f"note: ONNX Runtime quantizes {len(requantized)} of the excluded layers itself and runs them "
+            "8-bit (they read and write 8-bit tensors); exclude the layer before each too to keep it "
+            f"float32: {', '.join(requantized)}"
+        )
     return 0
 
 

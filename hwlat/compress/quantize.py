@@ -178,6 +178,7 @@ def _prepare(model: onnx.ModelProto, folder: Path) -> tuple[Path, onnx.ModelProt
     onnx.save(model, raw)
     quant_pre_process(str(raw), str(prepared_path))
     prepared = onnx.load(prepared_path)
+    _untie_parameters(prepared.graph)
     taken = {n.name for n in prepared.graph.node}
     for index, node in enumerate(prepared.graph.node):
         if not node.name:
@@ -187,6 +188,67 @@ def _prepare(model: onnx.ModelProto, folder: Path) -> tuple[Path, onnx.ModelProt
             taken.add(node.name)
     onnx.save(prepared, prepared_path)
     return prepared_path, prepared
+
+
+_WEIGHTED_OP_TYPES = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+def _untie_parameters(graph: onnx.GraphProto) -> None:
+    """Give every layer its own copy of a weight or bias it shares with another node. Exporters
+    share identical constants (all the zero biases of an untrained network are one
+    initializer); quantizing one reader would turn the others' float bias into a
+    DequantizeLinear's output, and ONNX Runtime runs a conv with a computed bias differently
+    (no NCHWc layout, no weight quantization of its own): not what the layer is in a trained
+    network."""
+    initializers = {i.name: i for i in graph.initializer}
+    seen: set[str] = set()
+    for node in graph.node:
+        if node.op_type not in _WEIGHTED_OP_TYPES:
+            continue
+        for position in range(1, len(node.input)):
+            name = node.input[position]
+            if name not in initializers:
+                continue
+            if name in seen:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(initializers[name])
+                copy.name = f"{name}_{node.name or node.output[0]}"
+                graph.initializer.append(copy)
+                node.input[position] = copy.name
+            seen.add(name)
+
+
+def requantized_by_runtime(model: onnx.ModelProto | str | Path, exclude: Sequence[str]) -> list[str]:
+    """The excluded nodes of a quantized model that ONNX Runtime runs in 8 bits all the same: a
+    Conv or Gemm with float weights whose input is dequantized and whose output is quantized
+    again gets its weights quantized by ORT itself (its WeightBiasQuantization pass) and runs as
+    one QLinear kernel (a Relu or ReLU6 between it and the QuantizeLinear is dropped: the
+    quantization clips as much). A layer stays float32 only where it reads a float tensor, that
+    is where the layer before it is left float32 too."""
+    graph = load_model(model).graph
+    initializers = {i.name for i in graph.initializer}
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+
+    def quantized(tensor: str) -> bool:
+        after = readers.get(tensor, [])
+        if len(after) == 1 and after[0].op_type in ("Relu", "Clip"):
+            after = readers.get(after[0].output[0], [])
+        return bool(after) and all(n.op_type == "QuantizeLinear" for n in after)
+
+    excluded = set(exclude)
+    return [
+        node.name
+        for node in graph.node
+        if node.name in excluded
+        and node.op_type in ("Conv", "Gemm")
+        and producer.get(node.input[0]) == "DequantizeLinear"
+        and all(t in initializers for t in node.input[1:3] if t)
+        and quantized(node.output[0])
+    ]
 
 
 def _quantizable(model: onnx.ModelProto) -> list[str]:

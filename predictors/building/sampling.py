@@ -10,6 +10,7 @@ convolution layouts on channel alignment, so the odd ones must be seen too).
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from hwlat.predictors.kernels.fusion import FusionRules
 from hwlat.profiler.kernel import Kernel
-from hwlat.profiler.opspec import InvalidOpSpecError, OpSpec
+from hwlat.profiler.opspec import INT_DTYPES, InvalidOpSpecError, OpSpec
 
 MAX_FLOPS = 2e9  # keeps one measurement under a few hundred ms on a small CPU
 ACTIVATIONS = (
@@ -50,7 +51,8 @@ class KernelSampler:
         self._rng = np.random.default_rng(self.random_state)
 
     def sample(self, n: int) -> list[Kernel]:
-        """``n`` distinct kernels (a pattern that fuses into fewer kernels gives all of them)."""
+        """``n`` distinct kernels (a pattern that fuses into fewer kernels gives all of them), then
+        the weight twins of their 8-bit convs (``weight_twins``)."""
         weights = self.weights or DEFAULT_WEIGHTS
         names = list(weights)
         p = np.array([weights[k] for k in names], dtype=float)
@@ -73,7 +75,8 @@ class KernelSampler:
                 continue
             for kernel in self.rules.group(ops):
                 found.setdefault(kernel)
-        return list(found)[:n]
+        drawn = list(found)[:n]
+        return list(dict.fromkeys(drawn + [twin for k in drawn for twin in weight_twins(k)]))
 
 
 def channels(rng: np.random.Generator, lo: int = 8, hi: int = 1024) -> int:
@@ -374,6 +377,22 @@ def in_8_bits(ops: list[OpSpec], dtype: str, rng: np.random.Generator) -> list[O
         edge = out[0].input_shape if rng.random() < 0.5 else out[-1].output_shapes[0]
         out = [OpSpec(str(rng.choice(["quantize", "dequantize"])), edge, dtype=dtype)]
     return out
+
+
+def weight_twins(kernel: Kernel) -> list[Kernel]:
+    """For one 8-bit conv in four (chosen by its key, so that the random draws stay as they
+    were), the same conv as ONNX Runtime runs it with its other weight sources: its float32
+    weights quantized by the runtime (a layer left float32 between 8-bit ones), and for int8 the
+    float32 conv with dequantized weights that an unfused S8S8 conv runs as (``OpSpec.weights``)."""
+    head = kernel.head
+    if len(kernel.ops) != 1 or head.op != "conv" or head.dtype not in INT_DTYPES:
+        return []
+    if zlib.crc32(kernel.key.encode()) % 4:
+        return []
+    twins = [Kernel((replace(head, weights="runtime"),))]
+    if head.dtype == "int8":
+        twins.append(Kernel((replace(head, dtype="float32", weights="dequantized"),)))
+    return twins
 
 
 PATTERNS: dict[str, Callable[[np.random.Generator], list[OpSpec]]] = {

@@ -159,6 +159,7 @@ class _Mapper:
         self.unsupported: list[str] = []
         self.warnings: list[str] = []
         self.ceil_mode_nodes: list[str] = []
+        self.unblocked_convs: list[str] = []  # float convs ORT runs without its NCHWc layout
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
         for node in graph.data_nodes:
             for name in node.input:
@@ -190,6 +191,12 @@ class _Mapper:
             self.warnings.append(
                 f"{len(self.ceil_mode_nodes)} pooling nodes use ceil_mode, timed as floor "
                 f"mode (one row and column less at most): {', '.join(self.ceil_mode_nodes)}"
+            )
+        if self.unblocked_convs:
+            self.warnings.append(
+                f"{len(self.unblocked_convs)} float32 convs read a weight or bias computed at run "
+                "time (a DequantizeLinear's output): ONNX Runtime runs them without its blocked "
+                "NCHWc layout, slower than their kernels are timed: " + ", ".join(self.unblocked_convs)
             )
         return self.items
 
@@ -335,6 +342,14 @@ class _Mapper:
             pads = a.get("pads", [0, 0, 0, 0])
             padding = ((pads[0] + pads[2]) // 2, (pads[1] + pads[3]) // 2)
             cout = w[1] * groups
+        dtype = self.int8.get(id(node), "float32")
+        weights, parameter_dqs = "constant", []
+        if op == "conv" and dtype in INT_DTYPES and node.input[1] not in self.constant_dequantize:
+            weights = "runtime"  # float32 weights ORT quantizes itself
+        elif op == "conv" and dtype == "float32" and node.input[1] in self.constant_dequantize:
+            weights = "dequantized"  # an int8 conv ORT does not fuse: its DQs run in the kernel
+            dequantize = self.constant_dequantize
+            parameter_dqs = [dequantize[t] for t in node.input[1:3] if t in dequantize]
         spec = OpSpec(
             op,
             x,
@@ -345,9 +360,19 @@ class _Mapper:
             dilation=dilations if op == "conv" else 1,
             groups=groups,
             bias=len(node.input) > 2 and bool(node.input[2]),
+            dtype=dtype,
+            weights=weights,
         )
-        self._dequantized_constants(node, list(node.input[1:3]))
-        self._add(spec, [node.input[0]], [node.output[0]], [node])
+        if not parameter_dqs:
+            self._dequantized_constants(node, list(node.input[1:3]))
+        if (
+            op == "conv"
+            and dtype == "float32"
+            and weights == "constant"
+            and not all(_runtime_constant(t, self.g, self.constant_dequantize) for t in node.input[1:3] if t)
+        ):
+            self.unblocked_convs.append(node.name or "unnamed")
+        self._add(spec, [node.input[0]], [node.output[0]], [node, *parameter_dqs])
 
     def _dequantized_constants(self, node: onnx.NodeProto, names: list[str]) -> None:
         """The DequantizeLinears of constants (a conv's or gemm's weight and bias, an add's
@@ -512,11 +537,7 @@ class _Mapper:
     def _activation_name(self, node: onnx.NodeProto) -> str:
         op = node.op_type
         if op == "Clip":
-            a = attrs(node)
-            lo = self.g.value(node.input[1]) if len(node.input) > 1 and node.input[1] else a.get("min")
-            hi = self.g.value(node.input[2]) if len(node.input) > 2 and node.input[2] else a.get("max")
-            lo = None if lo is None else float(np.ravel(lo)[0])
-            hi = None if hi is None else float(np.ravel(hi)[0])
+            lo, hi = _clip_bounds(node, self.g)
             if lo == 0.0 and hi is None:
                 return "relu"
             if (lo, hi) != (0.0, 6.0):
@@ -818,7 +839,9 @@ _QLINEAR_OPS = frozenset(
     }
 )
 # ... and ops it runs on the 8-bit tensor itself, dropping the DQ before and the Q after them.
-_WEIGHTED_OPS = frozenset({"Conv", "Gemm", "MatMul"})  # 8-bit only with 8-bit weights
+_WEIGHTED_OPS = frozenset({"Conv", "Gemm", "MatMul"})  # 8-bit only with 8-bit weights (below)
+# ... and those whose float32 weights ONNX Runtime quantizes itself (its WeightBiasQuantization)
+_RUNTIME_QUANTIZED_OPS = frozenset({"Conv", "Gemm"})
 _DROP_QDQ_OPS = frozenset(
     {"MaxPool", "Split", "Slice", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Relu", "Clip"}
 )
@@ -867,10 +890,15 @@ def _quantized_regions(
         if node.op_type not in _QLINEAR_OPS | _DROP_QDQ_OPS:
             continue
         data_inputs = [i for i in node.input if i and not graph.is_static(i)]
-        outputs = [r for o in node.output if o for r in consumers.get(o, [])]
-        weight = node.input[1] if node.op_type in _WEIGHTED_OPS and len(node.input) > 1 else ""
-        if weight and graph.is_static(weight) and weight not in constant_dequantize:
-            continue  # float weights: a layer left float32 between 8-bit ones (mixed precision)
+        outputs, clips = [], []
+        for reader in (r for o in node.output if o for r in consumers.get(o, [])):
+            if _clip_before_quantize(reader, graph, consumers):  # ORT drops it: the Q clips
+                clips.append(reader)
+                outputs += consumers[reader.output[0]]
+            else:
+                outputs.append(reader)
+        if node.op_type in _WEIGHTED_OPS and not _weights_run_8bit(node, graph, constant_dequantize):
+            continue
         if not (
             data_inputs
             and all(kind(i) == "DequantizeLinear" for i in data_inputs)
@@ -889,7 +917,8 @@ def _quantized_regions(
         else:  # the DQ and Q it drops must be alike: all of them converted, or none
             fused = all(branching) or not any(branching) or rules.qdq_fuses(dtype, branching=True)
         if fused:
-            int8[id(node)] = dtype
+            for op in (node, *clips):
+                int8[id(op)] = dtype
     fused_qdq: set[int] = set()
     for node in graph.data_nodes:
         if node.op_type == "QuantizeLinear":
@@ -905,6 +934,64 @@ def _quantized_regions(
             ):
                 fused_qdq.add(id(node))
     return int8, fused_qdq
+
+
+def _clip_bounds(node: onnx.NodeProto, graph: OnnxGraph) -> tuple[float | None, float | None]:
+    """A Clip's (min, max), None where unbounded."""
+    a = attrs(node)
+    lo = graph.value(node.input[1]) if len(node.input) > 1 and node.input[1] else a.get("min")
+    hi = graph.value(node.input[2]) if len(node.input) > 2 and node.input[2] else a.get("max")
+    return (None if lo is None else float(np.ravel(lo)[0]), None if hi is None else float(np.ravel(hi)[0]))
+
+
+def _clip_before_quantize(
+    node: onnx.NodeProto, graph: OnnxGraph, consumers: dict[str, list[onnx.NodeProto]]
+) -> bool:
+    """A Relu or Clip whose one reader is a QuantizeLinear whose range lies within the clip:
+    ONNX Runtime removes it (ReluQuantFusion, ClipQuantFusion), since quantizing clips as much.
+    This is how a float32 layer before a quantized one ends: conv -> Relu -> Q."""
+    readers = consumers.get(node.output[0], [])
+    if node.op_type not in ("Relu", "Clip") or node.output[0] in graph.outputs or len(readers) != 1:
+        return False
+    quantize = readers[0]
+    if quantize.op_type != "QuantizeLinear" or len(quantize.input) < 3 or not quantize.input[2]:
+        return False
+    scale, zero = graph.value(quantize.input[1]), graph.value(quantize.input[2])
+    if scale is None or zero is None or np.size(scale) != 1:
+        return False
+    limits = np.iinfo(zero.dtype)
+    step, offset = float(np.ravel(scale)[0]), int(np.ravel(zero)[0])
+    lower, upper = step * (limits.min - offset), step * (limits.max - offset)
+    lo, hi = (0.0, None) if node.op_type == "Relu" else _clip_bounds(node, graph)
+    tolerance = 1e-6 * max(abs(lower), abs(upper), 1.0)
+    return (lo is None or lo <= lower + tolerance) and (hi is None or upper <= hi + tolerance)
+
+
+def _weights_run_8bit(
+    node: onnx.NodeProto, graph: OnnxGraph, constant_dequantize: dict[str, onnx.NodeProto]
+) -> bool:
+    """Whether a conv's, gemm's or matmul's weights can run in 8 bits: they come quantized (a
+    DequantizeLinear of a constant), or they are float32 constants that ONNX Runtime quantizes
+    itself when the op reads a dequantized input (its WeightBiasQuantization pass, per-tensor
+    int8): so a Conv or Gemm "left float32" between 8-bit layers still runs as QLinearConv. ORT
+    does that only for a Conv or Gemm whose bias is absent or a float constant;
+    a bias computed at run time (the DequantizeLinear of a bias the quantizer shared with a
+    quantized layer) keeps the layer float32."""
+    weight = node.input[1] if len(node.input) > 1 else ""
+    if weight in constant_dequantize:
+        return True
+    bias = node.input[2] if len(node.input) > 2 else ""
+    return (
+        node.op_type in _RUNTIME_QUANTIZED_OPS
+        and _runtime_constant(weight, graph, constant_dequantize)
+        and (not bias or _runtime_constant(bias, graph, constant_dequantize))
+    )
+
+
+def _runtime_constant(name: str, graph: OnnxGraph, constant_dequantize: dict[str, onnx.NodeProto]) -> bool:
+    """A tensor ONNX Runtime holds as an initializer: constant, and not a DequantizeLinear's
+    output (ORT's constant folding leaves those, to keep the QDQ pattern)."""
+    return bool(name) and graph.is_static(name) and name not in constant_dequantize
 
 
 def _elementwise_shape(shape: tuple[int, ...]) -> tuple[int, ...]:

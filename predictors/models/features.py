@@ -102,9 +102,13 @@ _OPS = tuple(FAMILIES)
 
 def family(kernel: Kernel) -> str:
     """Which per-type model predicts this kernel: 8-bit kernels are other code (ORT's QLinear
-    kernels, NHWC) than their float32 namesakes, so they get models of their own."""
+    kernels, NHWC) than their float32 namesakes, so they get models of their own, and so do
+    convs whose weights are dequantized on every run or quantized by the runtime (another
+    layout, another weight format: ``OpSpec.weights``)."""
     name = FAMILIES[kernel.op]
-    return name if kernel.head.dtype == "float32" or name == "convert" else f"{name}_8bit"
+    if kernel.head.dtype != "float32" and name != "convert":
+        name += "_8bit"
+    return name if kernel.head.weights == "constant" else f"{name}_{kernel.head.weights}"
 
 
 def kernel_features(kernel: Kernel) -> np.ndarray:

@@ -43,6 +43,8 @@ def build_model(spec: OpSpec, seed: int = 0) -> onnx.ModelProto:
         _rename(nodes, head, "y0")
     if spec.dtype in INT_DTYPES:
         inputs, outputs = _to_qdq(spec, nodes, inits, inputs, outputs)
+    elif spec.weights == "dequantized":
+        nodes[:0] = _dequantized_weights(inits)
     graph = helper.make_graph(nodes, spec.op, inputs, outputs, initializer=inits)
     model = make_model(graph)
     model.doc_string = spec.key
@@ -253,6 +255,34 @@ def _activation_nodes(activation: str, head: str, nodes: list, inits: list) -> s
     return out
 
 
+def _dequantized_weights(inits: list) -> list[onnx.NodeProto]:
+    """Replace the float32 weight ``w`` (and bias ``b``) in ``inits`` by the int8 (int32) constants
+    ORT's quantizer writes, per output channel; return the DequantizeLinear nodes that make
+    them float32 again."""
+    weights = {t.name: numpy_helper.to_array(t) for t in inits if t.name in ("w", "b")}
+    if "w" not in weights:
+        return []
+    w = weights["w"]
+    w_scale = np.maximum(np.abs(w.reshape(len(w), -1)).max(axis=1), 1e-8) / 127.0
+    w_q = np.clip(np.round(w / w_scale.reshape(-1, *[1] * (w.ndim - 1))), -127, 127).astype(np.int8)
+    inits[:] = [t for t in inits if t.name not in ("w", "b")]
+    inits += [
+        numpy_helper.from_array(w_q, "w_q"),
+        numpy_helper.from_array(w_scale.astype(np.float32), "w_scale"),
+        numpy_helper.from_array(np.zeros(len(w), np.int8), "w_zero"),
+    ]
+    nodes = [helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w"], axis=0)]
+    if "b" in weights:
+        b_scale = (ACTIVATION_SCALE * w_scale).astype(np.float32)
+        inits += [
+            numpy_helper.from_array(np.round(weights["b"] / b_scale).astype(np.int32), "b_q"),
+            numpy_helper.from_array(b_scale, "b_scale"),
+            numpy_helper.from_array(np.zeros(len(w), np.int32), "b_zero"),
+        ]
+        nodes.append(helper.make_node("DequantizeLinear", ["b_q", "b_scale", "b_zero"], ["b"], axis=0))
+    return nodes
+
+
 def _rename(nodes: list, old: str, new: str) -> None:
     for node in nodes:
         node.input[:] = [new if name == old else name for name in node.input]
@@ -280,26 +310,8 @@ def _to_qdq(spec: OpSpec, nodes: list, inits: list, inputs: list, outputs: list)
         ]
         for node in nodes:
             node.input[:] = [f"x{i}_dq" if name == f"x{i}" else name for name in node.input]
-    weights = {t.name: numpy_helper.to_array(t) for t in inits if t.name in ("w", "b")}
-    if "w" in weights:
-        w = weights["w"]
-        w_scale = np.maximum(np.abs(w.reshape(len(w), -1)).max(axis=1), 1e-8) / 127.0
-        w_q = np.clip(np.round(w / w_scale.reshape(-1, *[1] * (w.ndim - 1))), -127, 127).astype(np.int8)
-        inits[:] = [t for t in inits if t.name not in ("w", "b")]
-        inits += [
-            numpy_helper.from_array(w_q, "w_q"),
-            numpy_helper.from_array(w_scale.astype(np.float32), "w_scale"),
-            numpy_helper.from_array(np.zeros(len(w), np.int8), "w_zero"),
-        ]
-        front.append(helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w"], axis=0))
-        if "b" in weights:
-            b_scale = (ACTIVATION_SCALE * w_scale).astype(np.float32)
-            inits += [
-                numpy_helper.from_array(np.round(weights["b"] / b_scale).astype(np.int32), "b_q"),
-                numpy_helper.from_array(b_scale, "b_scale"),
-                numpy_helper.from_array(np.zeros(len(w), np.int32), "b_zero"),
-            ]
-            front.append(helper.make_node("DequantizeLinear", ["b_q", "b_scale", "b_zero"], ["b"], axis=0))
+    if spec.weights != "runtime":  # else float32 weights, which ORT quantizes itself
+        front += _dequantized_weights(inits)
     back = []
     for o in outputs:  # the op's result -> Q -> DQ -> y_i
         name = o.name

@@ -14,7 +14,10 @@ kernel's own add or activation into the harness. The agent's ``profile_kernels``
 counts every node that is not ``hwlat_ctx*``: the kernel's nodes and the layout reorders
 the kernel causes, but not the reorders at the graph's edges (profiler/agent.py,
 ``unit_kernel_times``). Inputs with fewer than 8 channels (the image) and 2-D inputs (a
-classifier after Flatten) come straight from the graph input, as they do in a network.
+classifier after Flatten) come straight from the graph input, as they do in a network, and so
+does a conv with dequantized weights (an int8 conv ORT leaves float32): it reads a
+DequantizeLinear's plain NCHW output in a network and writes a QuantizeLinear's input, with no
+layout change around it.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ def build_harness(kernel: Kernel, seed: int = 0) -> onnx.ModelProto:
     inits: list[onnx.TensorProto] = []
     graph_inputs: list[onnx.ValueInfoProto] = []
     graph_outputs: list[onnx.ValueInfoProto] = []
+    plain = kernel.head.weights == "dequantized"  # no producers or consumers: see above
 
     def external(shape: tuple[int, ...], consumer: OpSpec) -> str:
         i = len(graph_inputs)
@@ -54,7 +58,7 @@ def build_harness(kernel: Kernel, seed: int = 0) -> onnx.ModelProto:
         graph_inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape)))
         if consumer.dtype in INT_DTYPES and consumer.op != "quantize":  # an 8-bit tensor arrives
             return _int8_producer(f"{HARNESS_PREFIX}_pre{i}", name, shape, consumer, rng, nodes, inits)
-        if len(shape) != 4 or shape[1] < MIN_PRODUCED_CHANNELS:
+        if plain or len(shape) != 4 or shape[1] < MIN_PRODUCED_CHANNELS:
             return name
         return _depthwise(f"{HARNESS_PREFIX}_pre{i}", name, shape[1], True, rng, nodes, inits)
 
@@ -64,7 +68,7 @@ def build_harness(kernel: Kernel, seed: int = 0) -> onnx.ModelProto:
         out = f"{HARNESS_PREFIX}_y{k}"  # ORT names a blocked conv after its output tensor
         if last.dtype in INT_DTYPES and last.op != "dequantize":  # an 8-bit tensor leaves
             _int8_consumer(f"{HARNESS_PREFIX}_post{k}", name, shape, last, rng, nodes, inits, out)
-        elif len(shape) == 4:
+        elif len(shape) == 4 and not plain:
             _depthwise(f"{HARNESS_PREFIX}_post{k}", name, shape[1], False, rng, nodes, inits, out)
         else:
             nodes.append(helper.make_node("Identity", [name], [out], name=f"{HARNESS_PREFIX}_out{k}"))
