@@ -108,11 +108,13 @@ def validate(predictor: Path, models: Path, db: Path, log: Path) -> dict:
 
 def device_minutes_by_dtype(db: Path) -> dict[str, float]:
     """Device-minutes the store spent per kernel dtype (a kernel with a uint8 op counts as uint8,
-    else with an int8 op as int8), and on the quantized calibration networks: what a float32
-    predictor does not need."""
+    else with an int8 op, or a conv with dequantized int8 weights, as int8), and on the quantized
+    calibration networks: what a float32 predictor does not need."""
     from hwlat.profiler.store import Store
 
     def dtype(key: str) -> str:
+        if "w:dequantized" in key:  # an S8S8 conv ORT leaves float32: only int8 networks have it
+            return "int8"
         return next((d for d in ("uint8", "int8") if f"dtype:{d}" in key), "float32")
 
     minutes = {"float32 kernels": 0.0, "int8 kernels": 0.0, "uint8 kernels": 0.0}

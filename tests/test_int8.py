@@ -20,7 +20,7 @@ from hwlat.predictors import Kernel, ModelSplitter
 from hwlat.predictors.building import KernelProfiler, KernelSampler
 from hwlat.predictors.building.training import qdq_rules
 from hwlat.predictors.kernels import FusionRules
-from hwlat.profiler.backends.ort.harness import qdq_fanout_probe
+from hwlat.profiler.backends.ort.harness import build_harness, qdq_fanout_probe
 from hwlat.profiler.onnx_models import build_model, make_model, random_inputs, torch_to_onnx
 from hwlat.profiler.opspec import InvalidOpSpecError, OpSpec
 from hwlat.profiler.protocol import TimingProtocol
@@ -399,3 +399,77 @@ def test_haq_and_amc_tables_of_a_network(quantized, predictor8, tmp_path) -> Non
     assert len(rows) == 53 * 10 * 2
     layer = [float(r["latency_ms"]) for r in rows if r["layer"] == "5" and r["dtype"] == "float32"]
     assert layer[-1] > layer[0]  # keeping every channel costs more than keeping a tenth
+
+
+def _requantized_conv_model(weights: np.ndarray) -> onnx.ModelProto:
+    """x -> Q -> DQ -> Conv (float32 weights) -> Q -> DQ: a conv left float32 between 8-bit
+    tensors, which ORT quantizes itself."""
+    channels = weights.shape[0]
+    shape = [1, channels, 8, 8]
+    inits = [
+        onnx.numpy_helper.from_array(weights.astype(np.float32), "w"),
+        onnx.numpy_helper.from_array(np.array(0.05, np.float32), "scale"),
+        onnx.numpy_helper.from_array(np.array(128, np.uint8), "zero"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["x_q"]),
+        helper.make_node("DequantizeLinear", ["x_q", "scale", "zero"], ["x_dq"]),
+        helper.make_node("Conv", ["x_dq", "w"], ["y_f"], name="requantized"),
+        helper.make_node("QuantizeLinear", ["y_f", "scale", "zero"], ["y_q"]),
+        helper.make_node("DequantizeLinear", ["y_q", "scale", "zero"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "requantized",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, shape)],
+        initializer=inits,
+    )
+    return make_model(graph)
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["zero-point-0", "zero-point-off-0"])
+def test_a_conv_ort_quantizes_itself_is_8bit_and_slow_only_off_zero(symmetric, tmp_path) -> None:
+    """ORT quantizes the float32 weights per tensor, asymmetrically; a zero point other than 0
+    takes a slower path (``weights="runtime"``). The splitter's zero point is ORT's."""
+    weights = np.random.default_rng(0).standard_normal((16, 16, 1, 1))
+    largest = np.abs(weights).max()
+    weights.flat[0], weights.flat[1] = -largest if symmetric else -3 * largest, largest
+    path = tmp_path / "requantized.onnx"
+    onnx.save(_requantized_conv_model(weights), path)
+    (conv,) = [k.kernel.head for k in ModelSplitter().split(path).kernels if k.kernel.op == "conv"]
+    assert conv.dtype == "uint8" and conv.weights == ("constant" if symmetric else "runtime")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(options.optimized_model_filepath).graph
+    (qconv,) = [n for n in optimized.node if n.op_type == "QLinearConv"]
+    values = {i.name: onnx.numpy_helper.to_array(i) for i in optimized.initializer}
+    assert (int(values[qconv.input[5]]) == 0) == symmetric  # QLinearConv's w_zero_point
+
+
+def test_a_conv_with_dequantized_weights_is_timed_alone_in_plain_nchw(tmp_path) -> None:
+    """An unfused S8S8 conv reads a DequantizeLinear's NCHW output and writes a QuantizeLinear's
+    input: its harness has no producer or consumer, and ORT runs it without NCHWc reorders,
+    with its weights' and bias's DequantizeLinears inside the kernel."""
+    spec = OpSpec("conv", (1, 32, 14, 14), out_channels=32, kernel=3, padding=1, weights="dequantized")
+    model = build_harness(Kernel((spec,)))
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    assert conv.input[0] == model.graph.input[0].name
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    ops = Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+    assert ops["Conv"] == 1 and ops["DequantizeLinear"] == 2 and ops["ReorderInput"] == 0
+
+
+def test_the_sampler_adds_the_weight_twins_of_8bit_convs() -> None:
+    """One 8-bit conv in four also comes as ORT runs it with runtime-quantized weights (and for
+    int8 as a float32 conv with dequantized weights); the random draws stay as they were."""
+    plain = KernelSampler(RULES, 0, dtypes=("float32", "int8")).sample(300)
+    assert all(k.head.weights == "constant" for k in plain[:300])
+    twins = Counter((k.head.dtype, k.head.weights) for k in plain[300:])
+    eight_bit_convs = sum(1 for k in plain[:300] if k.head.op == "conv" and k.head.dtype == "int8")
+    assert twins[("int8", "runtime")] == twins[("float32", "dequantized")] > 0.1 * eight_bit_convs
+    assert set(twins) == {("int8", "runtime"), ("float32", "dequantized")}

@@ -43,6 +43,8 @@ def all_kinds() -> list[OpSpec]:
         OpSpec("split", (1, 232, 14, 14), parts=(116, 116)),
         OpSpec("shuffle", (1, 232, 14, 14), groups=2),
         *(OpSpec("act", (1, 32, 14, 14), activation=a) for a in acts[1:]),
+        OpSpec("conv", (1, 32, 14, 14), out_channels=32, kernel=3, padding=1, weights="dequantized"),
+        OpSpec("conv", (1, 32, 14, 14), out_channels=32, groups=32, weights="runtime", dtype="uint8"),
     ]
     return specs
 
@@ -61,6 +63,14 @@ def test_key_is_human_readable() -> None:
         "conv", (1, 16, 112, 112), out_channels=24, kernel=3, stride=2, padding=1, activation="relu6"
     )
     assert spec.key == "conv-in:1x16x112x112-out:24-k:3-s:2-p:1-d:1-g:1-bias:1-act:relu6-dtype:float32"
+
+
+def test_a_conv_shows_its_weight_source_only_when_not_constant() -> None:
+    """Adding ``weights`` kept every stored key as it was."""
+    spec = OpSpec("conv", (1, 16, 56, 56), out_channels=24)
+    assert spec.key == "conv-in:1x16x56x56-out:24-k:1-s:1-p:0-d:1-g:1-bias:1-act:none-dtype:float32"
+    dequantized = OpSpec("conv", (1, 16, 56, 56), out_channels=24, weights="dequantized")
+    assert dequantized.key == spec.key.replace("-dtype:", "-w:dequantized-dtype:") and dequantized != spec
 
 
 def test_irrelevant_fields_do_not_change_identity() -> None:
@@ -112,6 +122,15 @@ def test_costs_of_a_depthwise_conv_and_gemm() -> None:
         (dict(op="shuffle", input_shape=(1, 9, 4, 4), groups=2), "groups=2 must be >= 2 and divide"),
         (dict(op="maxpool", input_shape=(1, 4, 8, 8), kernel=3, padding=2), "at most half the kernel"),
         (dict(op="gemm", input_shape=(1, 4), out_channels=3, dtype="float16"), "dtype 'float16'"),
+        (dict(op="conv", input_shape=(1, 4, 8, 8), out_channels=4, weights="packed"), "unknown weights"),
+        (
+            dict(op="conv", input_shape=(1, 4, 8, 8), out_channels=4, weights="runtime"),
+            "marks an 8-bit conv",
+        ),
+        (
+            dict(op="conv", input_shape=(1, 4, 8, 8), out_channels=4, weights="dequantized", dtype="int8"),
+            "marks a float32 conv",
+        ),
     ],
 )
 def test_invalid_specs_say_what_is_wrong(kwargs: dict, message: str) -> None:
