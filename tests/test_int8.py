@@ -32,6 +32,7 @@ EIGHT_BIT = [
     OpSpec("conv", X, out_channels=48, kernel=3, padding=1, dtype="int8"),
     OpSpec("conv", X, out_channels=32, kernel=3, padding=1, groups=32, dtype="int8"),
     OpSpec("conv", X, out_channels=16, kernel=1, dtype="uint8"),
+    OpSpec("conv", X, out_channels=16, kernel=1, dtype="uint8", weights="runtime"),  # ORT quantizes
     OpSpec("gemm", (1, 256), out_channels=10, dtype="int8"),
     OpSpec("add", X, dtype="int8"),
     OpSpec("mul", X, broadcast="channel", dtype="int8"),

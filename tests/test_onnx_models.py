@@ -35,6 +35,10 @@ ACT = {
 def reference(spec: OpSpec, model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """The op computed with torch from the model's own weights."""
     w = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in model.graph.initializer}
+    for name in ("w", "b"):  # weights="dequantized": 8-bit constants, one scale per output channel
+        if f"{name}_q" in w:
+            scale = w[f"{name}_scale"].reshape(-1, *[1] * (w[f"{name}_q"].dim() - 1))
+            w[name] = (w[f"{name}_q"].double() * scale.double()).float()
     xs = [torch.from_numpy(feeds[f"x{i}"]) for i in range(len(spec.input_shapes))]
     x = xs[0]
     act = ACT[spec.activation]

@@ -44,7 +44,6 @@ def all_kinds() -> list[OpSpec]:
         OpSpec("shuffle", (1, 232, 14, 14), groups=2),
         *(OpSpec("act", (1, 32, 14, 14), activation=a) for a in acts[1:]),
         OpSpec("conv", (1, 32, 14, 14), out_channels=32, kernel=3, padding=1, weights="dequantized"),
-        OpSpec("conv", (1, 32, 14, 14), out_channels=32, groups=32, weights="runtime", dtype="uint8"),
     ]
     return specs
 
