@@ -311,15 +311,8 @@ def test_a_float_conv_with_a_computed_bias_is_named_in_a_warning(tmp_path) -> No
         helper.make_node("DequantizeLinear", ["b_q", "scale", "zero"], ["b"]),
         helper.make_node("Conv", ["x_dq", "w", "b"], ["y"], name="computed_bias_conv"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "computed_bias",
-        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, shape)],
-        initializer=inits,
-    )
     path = tmp_path / "computed_bias.onnx"
-    onnx.save(make_model(graph), path)
+    onnx.save(_one_input_model(nodes, inits, shape), path)
     split = ModelSplitter().split(path)
     assert [k.kernel.head.dtype for k in split.kernels if k.kernel.op == "conv"] == ["float32"]
     assert any("computed at run time" in w and "computed_bias_conv" in w for w in split.warnings)
@@ -419,9 +412,14 @@ def _requantized_conv_model(weights: np.ndarray) -> onnx.ModelProto:
         helper.make_node("QuantizeLinear", ["y_f", "scale", "zero"], ["y_q"]),
         helper.make_node("DequantizeLinear", ["y_q", "scale", "zero"], ["y"]),
     ]
+    return _one_input_model(nodes, inits, shape)
+
+
+def _one_input_model(nodes: list, inits: list, shape: list[int]) -> onnx.ModelProto:
+    """A model of ``nodes`` from float input ``x`` to float output ``y``, both of ``shape``."""
     graph = helper.make_graph(
         nodes,
-        "requantized",
+        "test",
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, shape)],
         initializer=inits,

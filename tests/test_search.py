@@ -506,18 +506,8 @@ def test_cli_search_verifies_winners_and_resumes(predictor_file, tmp_path, capsy
     assert f"Raise the budget to at least {fastest:.4g}" in capsys.readouterr().err
 
     budget = 1.5 * fastest
-    status = hwlat_cli.main(
-        [
-            *args,
-            "--latency-ms",
-            f"{budget}",
-            "--budget",
-            "40",
-            "--verify",
-            "1",
-            "--quick",
-        ]
-    )
+    verify_args = [*args, "--latency-ms", f"{budget}", "--budget", "40", "--verify", "1", "--quick"]
+    status = hwlat_cli.main(verify_args)
     out = capsys.readouterr().out
     assert "verified on local/ort" in out
     verified = json.loads((tmp_path / "out" / "verify-local.json").read_text())
@@ -534,19 +524,7 @@ def test_cli_search_verifies_winners_and_resumes(predictor_file, tmp_path, capsy
     else:  # the corrected margin left no network within the budget
         assert status == 1
     # with --no-second-round, the margin is printed instead
-    hwlat_cli.main(
-        [
-            *args,
-            "--latency-ms",
-            f"{budget}",
-            "--budget",
-            "40",
-            "--verify",
-            "1",
-            "--quick",
-            "--no-second-round",
-        ]
-    )
+    hwlat_cli.main([*verify_args, "--no-second-round"])
     assert ("search again with --safety-margin" in capsys.readouterr().out) == second_round
     for name in ("pareto.png", "pareto.json", "hypervolume.png", "trials.csv"):
         assert (tmp_path / "out" / name).exists()

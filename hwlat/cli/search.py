@@ -222,9 +222,9 @@ def cmd_search(args: argparse.Namespace) -> int:
             margins = [m if c is None else c for c, m in zip(corrected, margins, strict=True)]
             retry = ", ".join(f"{m:.1f}%" for m in margins)
             if not args.second_round:
-                print(
+                print(  # --safety-margin takes one value, for every predictor
                     "winners ran over the budget: the predictor errs alike on networks in this corner "
-                    f"of the space; search again with --safety-margin {retry} (the 95% upper "
+                    f"of the space; search again with --safety-margin {max(margins):.1f} (the 95% upper "
                     "prediction bound of their slowdowns) and a new --out for winners within the budget"
                 )
             else:

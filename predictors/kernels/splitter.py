@@ -890,6 +890,8 @@ def _quantized_regions(
     for node in graph.data_nodes:
         if node.op_type not in _QLINEAR_OPS | _DROP_QDQ_OPS:
             continue
+        if node.op_type in _WEIGHTED_OPS and not _weights_run_8bit(node, graph, constant_dequantize):
+            continue
         data_inputs = [i for i in node.input if i and not graph.is_static(i)]
         outputs, clips = [], []
         for reader in (r for o in node.output if o for r in consumers.get(o, [])):
@@ -898,8 +900,6 @@ def _quantized_regions(
                 outputs += consumers[reader.output[0]]
             else:
                 outputs.append(reader)
-        if node.op_type in _WEIGHTED_OPS and not _weights_run_8bit(node, graph, constant_dequantize):
-            continue
         if not (
             data_inputs
             and all(kind(i) == "DequantizeLinear" for i in data_inputs)
