@@ -618,8 +618,8 @@ def _validate(spec: OpSpec) -> None:
             fail(
                 f"parts={spec.parts} sum to {sum(spec.parts)}, but the channel count is {spec.input_shape[1]}"
             )
-    if spec.op == "slice" and spec.out_channels >= spec.input_shape[1]:
-        fail(f"out={spec.out_channels} must be fewer than the {spec.input_shape[1]} channels (all is no op)")
+    if spec.op == "slice" and spec.out_channels > spec.input_shape[1]:
+        fail(f"out={spec.out_channels} must be at most the {spec.input_shape[1]} channels")
     if spec.op == "shuffle" and (spec.groups < 2 or spec.input_shape[1] % spec.groups):
         fail(f"groups={spec.groups} must be >= 2 and divide the channels ({spec.input_shape[1]})")
     if spec.op == "pad" and spec.mode not in PAD_MODES:

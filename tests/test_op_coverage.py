@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from hwlat import cli as hwlat_cli
@@ -102,7 +103,7 @@ class _Blocks(nn.Module):
         p = nn.functional.pad(y, (1, 1, 1, 1), mode="reflect")
         q = self.same(nn.functional.pad(y, (0, 1, 0, 1)))  # TF "same": a zero pad folded into the conv
         ghost = torch.cat([y, y], 1)[:, :16]  # a ghost module's slice
-        whole = y[:, :16]  # a slice of every channel: nothing
+        whole = y[:, :16]  # a slice of every channel: a copy ONNX Runtime runs
         m = nn.functional.adaptive_max_pool2d(y, 1) + y.amax((2, 3), keepdim=True)
         return z, u, p, q, ghost, whole, m
 
@@ -126,18 +127,55 @@ def test_splitter_maps_the_blocks_torch_exports() -> None:
         "conv-in:1x16x8x8-out:16-k:3-s:2-p:1-d:1-g:1-bias:1-act:none-dtype:float32",
         "concat-in:1x32x8x8-parts:16+16-dtype:float32",
         "slice-in:1x32x8x8-out:16-dtype:float32",
+        "slice-in:1x16x8x8-out:16-dtype:float32",
         "maxpool-in:1x16x8x8-k:8-s:8-p:0-dtype:float32",
         "globalmaxpool-in:1x16x8x8-dtype:float32",
     ]
     for key in expected:
         assert key in keys, key
     assert not split.unsupported and not split.fallback
-    ops = [op.op for op in split.ops]
-    assert ops.count("slice") == 1  # the whole-tensor slice vanished
     graph = OnnxGraph(model)
     accounted = {n for k in split.kernels for n in k.nodes} | set(split.glue_nodes)
     vanished = {n.op_type for n in graph.data_nodes if n.name not in accounted}
-    assert vanished == {"Pad", "Slice"}  # the zero pad folded into its conv, the whole-tensor slice
+    assert vanished == {"Pad"}  # the zero pad folded into its conv
+
+
+def _whole_slice_model(opset: int, end: int) -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])
+    if opset < 10:  # Slice-1: the bounds are attributes
+        bounds = []
+        whole = helper.make_node("Slice", ["r"], ["c"], name="whole", starts=[0], ends=[end], axes=[1])
+    else:
+        bounds = [
+            numpy_helper.from_array(np.array([v], np.int64), n) for n, v in (("s", 0), ("e", end), ("a", 1))
+        ]
+        whole = helper.make_node("Slice", ["r", "s", "e", "a"], ["c"], name="whole")
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        whole,
+        helper.make_node("Relu", ["c"], ["y"], name="after"),
+    ]
+    graph = helper.make_graph(nodes, "g", [x], [y], initializer=bounds)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+@pytest.mark.parametrize("opset", [9, 11, 17])
+@pytest.mark.parametrize("end, runs", [(8, True), (2**63 - 1, False)])
+def test_a_whole_tensor_slice_is_a_copy_where_onnx_runtime_keeps_it(tmp_path, opset, end, runs) -> None:
+    """ORT's EliminateSlice removes only Slices from 0 to INT64_MAX; the splitter agrees with the
+    optimised graph ORT writes, and times a whole-tensor Slice with its true end (the exporter's
+    ``x[:, :c]``) as a copy."""
+    model = _whole_slice_model(opset, end)
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    kept = [n.op_type for n in onnx.load(tmp_path / "opt.onnx").graph.node].count("Slice")
+    split = ModelSplitter(FusionRules("none")).split(model)
+    assert kept == int(runs)
+    assert [op.key for op in split.ops if op.op == "slice"] == (
+        ["slice-in:1x8x16x16-out:8-dtype:float32"] if runs else []
+    )
 
 
 def test_harness_profiles_the_new_ops(tmp_path, quick_protocol) -> None:

@@ -34,6 +34,7 @@ from hwlat.predictors import (
 from hwlat.predictors.building.profiling import KernelProfiler
 from hwlat.predictors.building.sampling import KernelSampler
 from hwlat.predictors.kernels.fusion import decide, default_probes
+from hwlat.predictors.models.features import family
 from hwlat.predictors.models.overhead import OverheadModel
 from hwlat.predictors.models.table import weight_mb
 from hwlat.profiler.backends.ort.harness import (
@@ -212,6 +213,20 @@ def test_kernel_regressor_generalises(synthetic_regressor):
     rel = synthetic_regressor.predict(held_out) / truth - 1
     assert np.mean(np.abs(rel) <= 0.10) >= 0.8
     assert np.median(np.abs(rel)) < 0.05
+
+
+def test_kernel_regressor_never_predicts_below_the_fastest_kernel_of_its_family() -> None:
+    """Far below the sampled sizes the log-linear part would go to zero (a conv on one pixel at
+    0.1 us); every kernel launch has a fixed cost, so the fastest measured kernel is the floor."""
+    sampled = [k for k in KernelSampler(RULES, random_state=1).sample(400) if family(k) == "conv"]
+    launch_ms = 0.004
+    times = [launch_ms + k.flops / 40e9 * 1e3 for k in sampled]
+    regressor = KernelRegressor(max_iter=60, min_family_samples=10).fit(sampled, times)
+    one_pixel = Kernel((OpSpec("conv", (1, 20, 1, 1), out_channels=72, kernel=1),))
+    assert family(one_pixel) == "conv"
+    assert regressor.predict([one_pixel])[0] >= min(times) * (1 - 1e-9)
+    reloaded = KernelRegressor.from_dict(json.loads(json.dumps(regressor.to_dict())))
+    assert reloaded.predict([one_pixel])[0] == pytest.approx(regressor.predict([one_pixel])[0])
 
 
 def test_table_falls_back_and_reports(synthetic_regressor):

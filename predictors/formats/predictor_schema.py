@@ -269,7 +269,7 @@ _REGRESSOR = record(
         "n_samples": mapping(integer(0)),
         "models": _models,
     },
-    {"ranges": _ranges},
+    {"ranges": _ranges, "floors_log_ms": mapping(number())},
 )
 _OVERHEAD = record(
     {

@@ -14,7 +14,9 @@ Three passes:
      channel shuffle; BatchNormalization no conv absorbs, LayerNormalization, Softmax, Pad,
      Resize, Transpose and pooling are ops of their own; Flatten, Reshape, Squeeze and
      Unsqueeze are *glue* nodes (executed, but no compute: they cost the per-node overhead);
-     Identity, Dropout and a Slice that keeps everything vanish.
+     Identity and Dropout vanish (ONNX Runtime removes them). A Slice or Gather that keeps
+     every channel is a copy of the tensor, which ONNX Runtime runs, unless its EliminateSlice
+     rule applies (Slice before opset 13, starts 0, ends INT64_MAX), where it vanishes too.
   3. *Group ops into kernels* with the backend's measured fusion rules
      (predictors/kernels/fusion.py), and squeeze-and-excitation blocks (globalavgpool -> conv ->
      conv -> mul of the pooled tensor) into one kernel.
@@ -679,12 +681,16 @@ class _Mapper:
 
     def _map_Slice(self, node: onnx.NodeProto) -> None:
         """Channel slices of one tensor that cover it are one split; a lone channel range is a
-        slice; a slice that keeps the whole tensor (``x[:, :c]`` of c channels) is nothing."""
+        slice; a slice that keeps the whole tensor (``x[:, :c]`` of c channels) is a copy,
+        or nothing where ONNX Runtime removes it (``_runtime_removes_slice``)."""
         src = self._root(node.input[0])
         x = self._shape(src)
         if self._known(node.output[0]) == x:
-            self.alias[node.output[0]] = src
-            self.done.add(id(node))
+            if self._runtime_removes_slice(node):
+                self.alias[node.output[0]] = src
+                self.done.add(id(node))
+            else:
+                self._add(OpSpec("slice", x, out_channels=x[1]), [src], [node.output[0]], [node])
             return
         readers = self.consumers.get(node.input[0], []) + self.consumers.get(src, [])  # (through a fused DQ)
         unique = list({id(n): n for n in readers}.values())
@@ -709,6 +715,29 @@ class _Mapper:
             raise _Unmappable(f"channel slices {parts} of {x[1]} channels are not a split")
         self._add(OpSpec("split", x, parts=tuple(parts)), [src], [n.output[0] for n in slices], slices)
 
+    def _runtime_removes_slice(self, node: onnx.NodeProto) -> bool:
+        """ONNX Runtime's EliminateSlice: only a Slice from 0 to INT64_MAX with step 1 on every
+        axis, not a graph output (onnxruntime's ``slice_elimination.cc``, checked against the
+        graphs ORT 1.32 optimises); a Slice of a whole tensor with its true end (the exporter's
+        ``x[:, :c]``) is run as a copy."""
+        opset = next((o.version for o in self.g.model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        if node.output[0] in self.g.outputs:
+            return False
+        if opset < 10:  # Slice-1: bounds are attributes, no steps
+            starts, ends, steps = attrs(node).get("starts", []), attrs(node).get("ends", []), []
+        else:  # Slice-10/11: bounds are constant inputs (data, starts, ends, axes, steps)
+            inputs = [*node.input, "", "", "", ""]
+            starts, ends = self.g.value(inputs[1]), self.g.value(inputs[2])
+            steps = self.g.value(inputs[4]) if inputs[4] else []
+            if starts is None or ends is None or steps is None:
+                return False
+        return (
+            len(starts) > 0
+            and all(int(v) == 0 for v in starts)
+            and all(int(v) >= 2**63 - 1 for v in ends)
+            and all(int(v) == 1 for v in steps)
+        )
+
     def _map_Gather(self, node: onnx.NodeProto) -> None:
         """``x[:, [i, i+1, ...]]``: a channel range taken by index is a slice."""
         x = self._shape(node.input[0])
@@ -716,10 +745,6 @@ class _Mapper:
         axis = attrs(node).get("axis", 0) % max(len(x), 1)
         if index is None or len(x) != 4 or axis != 1 or index.ndim != 1:
             raise _Unmappable("only a Gather of constant channel indices of a 4-D tensor is supported")
-        if len(index) == x[1] and np.array_equal(index % x[1], np.arange(x[1])):
-            self.alias[node.output[0]] = self._root(node.input[0])
-            self.done.add(id(node))
-            return
         if len(index) and not np.array_equal(np.diff(index), np.ones(len(index) - 1)):
             self.warnings.append(f"{node.name!r}: Gather of scattered channels timed as a slice")
         self._add(OpSpec("slice", x, out_channels=len(index)), [node.input[0]], [node.output[0]], [node])

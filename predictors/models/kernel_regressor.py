@@ -5,8 +5,10 @@ data movement, squeeze-and-excitation), each a linear model on log cost features
 (log FLOPs, log bytes moved, ...) with gradient-boosted trees on its residual, all in log
 space (errors are relative). The linear part extrapolates sensibly beyond the sampled
 sizes, where trees alone would go flat; the trees learn what is not linear (layout
-switches on channel alignment, cache sizes). Families with too few samples are predicted
-by a model fitted on every kernel.
+switches on channel alignment, cache sizes). Below the sampled sizes it would not: every
+kernel launch has a fixed cost, so no prediction goes below the fastest kernel of its family
+that was measured (a 1x1-pixel conv is not 100 times faster than the smallest conv timed).
+Families with too few samples are predicted by a model fitted on every kernel.
 """
 
 from __future__ import annotations
@@ -78,11 +80,13 @@ class KernelRegressor:
         families = np.array([family(k) for k in kernels])
         self.models_: dict[str, _FamilyModel] = {ALL: self._fit_family(X, y)}
         self.ranges_: dict[str, tuple[np.ndarray, np.ndarray]] | None = {ALL: (X.min(0), X.max(0))}
+        self.floors_log_ms_: dict[str, float] | None = {ALL: float(y.min())}
         for name in sorted(set(families)):
             mask = families == name
             if mask.sum() >= self.min_family_samples:
                 self.models_[name] = self._fit_family(X[mask], y[mask])
                 self.ranges_[str(name)] = (X[mask].min(0), X[mask].max(0))
+                self.floors_log_ms_[str(name)] = float(y[mask].min())
         self.n_samples_ = {name: int((families == name).sum()) for name in sorted(set(families))}
         return self
 
@@ -96,9 +100,11 @@ class KernelRegressor:
             raise NotFittedError("fit the KernelRegressor (or load a predictor) before predicting")
         out = np.empty(len(X))
         families = np.asarray(families)
+        floors = getattr(self, "floors_log_ms_", None) or {}  # None: a file saved before floors
         for name in set(families.tolist()):
             mask = families == name
-            out[mask] = self.models_.get(name, self.models_[ALL]).predict(X[mask])
+            modelled = name if name in self.models_ else ALL
+            out[mask] = np.maximum(self.models_[modelled].predict(X[mask]), floors.get(modelled, -np.inf))
         return out
 
     def out_of_range(self, kernels: Sequence[Kernel]) -> list[dict[str, dict[str, float]]] | None:
@@ -150,6 +156,7 @@ class KernelRegressor:
             "n_samples": self.n_samples_,
             "models": {name: m.to_dict() for name, m in self.models_.items()},
             **({"ranges": self._ranges_dict()} if self.ranges_ is not None else {}),
+            **({"floors_log_ms": self.floors_log_ms_} if self.floors_log_ms_ is not None else {}),
         }
 
     def _ranges_dict(self) -> dict:
@@ -175,6 +182,8 @@ class KernelRegressor:
             if ranges is not None
             else None
         )
+        floors = data.get("floors_log_ms")
+        reg.floors_log_ms_ = {n: float(v) for n, v in floors.items()} if floors is not None else None
         return reg
 
 
