@@ -52,6 +52,7 @@ NEW_OPS = [
     OpSpec("act", (1, 16, 7, 7), activation="leakyrelu"),
     OpSpec("act", (1, 16, 7, 7), activation="elu"),
     OpSpec("add", (1, 49, 64), broadcast="channel"),
+    OpSpec("slice", (1, 16, 7, 7), out_channels=16),  # a whole-tensor copy (a ghost module's x[:, :c])
 ]
 
 
@@ -176,6 +177,28 @@ def test_a_whole_tensor_slice_is_a_copy_where_onnx_runtime_keeps_it(tmp_path, op
     assert [op.key for op in split.ops if op.op == "slice"] == (
         ["slice-in:1x8x16x16-out:8-dtype:float32"] if runs else []
     )
+
+
+def test_a_gather_of_every_channel_is_a_copy_onnx_runtime_runs(tmp_path) -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("Gather", ["r", "i"], ["c"], name="all", axis=1),
+        helper.make_node("Relu", ["c"], ["y"], name="after"),
+    ]
+    index = numpy_helper.from_array(np.arange(8, dtype=np.int64), "i")
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y], initializer=[index]),
+        opset_imports=[helper.make_opsetid("", 17)],
+        ir_version=8,
+    )
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    assert "Gather" in [n.op_type for n in onnx.load(tmp_path / "opt.onnx").graph.node]
+    split = ModelSplitter(FusionRules("none")).split(model)
+    assert [op.key for op in split.ops if op.op == "slice"] == ["slice-in:1x8x16x16-out:8-dtype:float32"]
 
 
 def test_harness_profiles_the_new_ops(tmp_path, quick_protocol) -> None:
