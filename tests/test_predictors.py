@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper
 from sklearn.model_selection import cross_val_score
 
@@ -33,7 +34,7 @@ from hwlat.predictors import (
 )
 from hwlat.predictors.building.profiling import KernelProfiler
 from hwlat.predictors.building.sampling import KernelSampler
-from hwlat.predictors.kernels.fusion import decide, default_probes
+from hwlat.predictors.kernels.fusion import decide, default_probes, epilogue_probes, probe_kernels
 from hwlat.predictors.models.features import family
 from hwlat.predictors.models.overhead import OverheadModel
 from hwlat.predictors.models.table import weight_mb
@@ -44,6 +45,7 @@ from hwlat.profiler.backends.ort.harness import (
     build_harness,
     relu_chain,
 )
+from hwlat.profiler.onnx_models import torch_to_onnx
 from hwlat.profiler.opspec import OpSpec
 from hwlat.profiler.store import Store
 from tests.synthetic import RULES, synthetic_ms
@@ -183,6 +185,31 @@ def test_harness_and_profile_kernels(tmp_path, quick_protocol):
     assert len(rows[kernels[0].key].extra["kernel_nodes"]) == 1
 
 
+def test_epilogue_probes_on_this_device_find_what_onnx_runtime_fuses(tmp_path, quick_protocol):
+    """ORT runs ReLU and HardSwish inside its conv (one node in the profile), ELU as a node of
+    its own whose time adds to the conv's; the probes read that from the profile."""
+    activations = ("relu", "hardswish", "elu")
+    probes = [p for p in epilogue_probes() if p.a.head.op == "conv" and p.b.activation in activations]
+    with Store(tmp_path / "k.db") as store:
+        profiler = KernelProfiler(local_device(), store, quick_protocol)
+        for _ in range(3):  # as training does: a row the canary flags is measured again
+            profiler.measure(probe_kernels(probes))
+            costs = profiler.costs()
+            if all(k.key in costs for k in probe_kernels(probes)):
+                break
+        rows = profiler.rows()
+    rules = decide(
+        probes,
+        "ort",
+        lambda k: costs.get(k.key),
+        lambda k: [n["op"] for n in rows[k.key].extra["kernel_nodes"]],
+    )
+    assert rules.fused == {"conv>act:relu": True, "conv>act:hardswish": True, "conv>act:elu": False}
+    elu = next(p for p in probes if p.b.activation == "elu")
+    a, b, ab = (costs[k.key] for k in elu.kernels)
+    assert ab == pytest.approx(a + b, rel=0.5)  # apart, the costs add up
+
+
 def test_fusion_decision_from_costs():
     def cost(kernel: Kernel) -> float:  # additive, except a conv followed by an add saves 0.35
         ops = kernel.ops
@@ -204,6 +231,52 @@ def test_fusion_decision_from_costs():
         OpSpec("add", (1, 16, 8, 8)),
     ]
     assert [k.signature for k in rules.group(ops)] == ["conv|add", "conv_act", "add"]
+
+
+def test_an_activation_the_runtime_runs_apart_is_a_kernel_of_its_own():
+    """Activation costs add up where the runtime runs them as nodes (ELU) and vanish where it
+    runs them inside the conv (ReLU): the probes tell the two apart, and the grouping and the
+    splitter take the activation out of the conv only for the first. A gate on one value per
+    channel stays in its squeeze-and-excitation kernel."""
+    act_ms = {"relu": 0.02, "elu": 0.20, "hardsigmoid": 0.03}
+
+    def cost(kernel: Kernel) -> float:
+        ops = kernel.ops
+        if len(ops) == 1 and ops[0].op == "act":
+            return act_ms.get(ops[0].activation, 0.05)
+        fused_epilogue = sum(o.activation in ("relu", "relu6") for o in ops if o.op in ("conv", "gemm"))
+        apart_epilogue = sum(
+            act_ms.get(o.activation, 0.05) for o in ops if o.op in ("conv", "gemm") and o.activation != "none"
+        )
+        return 0.06 * len(ops) + apart_epilogue - 0.02 * fused_epilogue
+
+    rules = decide(default_probes(), "ort", cost)
+    assert rules.fused["conv>act:relu"] and not rules.fused["conv>act:elu"]
+    x = (1, 16, 8, 8)
+    conv_elu = OpSpec("conv", x, out_channels=16, activation="elu")
+    conv_relu = OpSpec("conv", x, out_channels=16, activation="relu")
+    assert rules.unfold(conv_relu) == [conv_relu]
+    assert [o.key for o in rules.unfold(conv_elu)] == [
+        "conv-in:1x16x8x8-out:16-k:1-s:1-p:0-d:1-g:1-bias:1-act:none-dtype:float32",
+        "act-in:1x16x8x8-act:elu-dtype:float32",
+    ]
+    assert FusionRules("ort").unfold(conv_elu) == [conv_elu]  # never probed: stays in the conv
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(16, 16, 1)
+            self.reduce, self.expand = torch.nn.Conv2d(16, 4, 1), torch.nn.Conv2d(4, 16, 1)
+
+        def forward(self, x):
+            y = torch.nn.functional.elu(self.conv(x))
+            gate = torch.nn.functional.hardsigmoid(self.expand(torch.relu(self.reduce(y.mean((2, 3), True)))))
+            return y * gate
+
+    rules.fused["conv>act:hardsigmoid"] = False
+    split = ModelSplitter(rules).split(torch_to_onnx(Net(), x))
+    assert [k.kernel.op for k in split.kernels] == ["conv", "act", "se"]
+    assert split.kernels[0].kernel.head.activation == "none"
 
 
 # ----- tables, regressors, predictor --------------------------------------------------------------

@@ -13,19 +13,30 @@ predicted as one kernel; a pair that is not fused costs the sum of its parts.
 
 Rules are keyed ``"<kernel signature>><consumer class>"`` (``conv|add>act``); a signature
 that was not probed falls back to its last op (``add>act``); a pair never probed is not fused.
+
+An activation right after a float32 conv or gemm is probed per activation (``conv>act:elu``,
+``EpilogueProbe``): the splitter writes such a pair as one op, the activation in the conv's
+spec, where the runtime runs it inside the conv (ONNX Runtime's MLAS epilogues: ReLU, Clip,
+sigmoid, ...), and as a conv plus an activation kernel where it runs the activation as a node
+of its own (ELU, Mish, GELU, ...). Apart, the two costs add up, which a kernel regressor learns
+far better than a conv whose time an expensive activation dominates. An activation never
+probed stays in its conv, as before the probe existed.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from hwlat.errors import PredictorFormatError
 from hwlat.profiler.kernel import SEPARATOR, InvalidKernelError, Kernel, op_class
-from hwlat.profiler.opspec import OpSpec
+from hwlat.profiler.opspec import ACTIVATIONS, OpSpec
 
 FUSED_SAVING = 0.5
 RULES_VERSION = 1
+EPILOGUE_OPS = ("conv", "gemm")  # float32 ops whose spec can carry an activation the runtime runs apart
 
 
 @dataclass
@@ -46,13 +57,34 @@ class FusionRules:
         (``qdq_rules``); a predictor from before the probe took every QDQ op as fused."""
         return self.fused.get(f"qdq-branching:{dtype}" if branching else f"qdq:{dtype}", True)
 
+    def runs_apart(self, spec: OpSpec) -> bool:
+        """Whether the runtime runs the activation of ``spec``, a float32 conv or gemm, as a node
+        of its own (probed per activation; one never probed stays in its op). An activation on
+        one value per channel (a squeeze-and-excitation gate, a classifier's) stays too: it costs
+        nothing measurable, and the kernel around it is measured whole."""
+        if spec.op not in EPILOGUE_OPS or spec.activation == "none" or spec.dtype != "float32":
+            return False
+        out = spec.output_shapes[0]
+        per_channel = math.prod(out) // out[1 if spec.op == "conv" else -1]
+        return per_channel > 1 and not self.fused.get(f"{spec.op}>act:{spec.activation}", True)
+
+    def unfold(self, spec: OpSpec) -> list[OpSpec]:
+        """``spec``, or the conv or gemm without its activation and the activation, where the
+        runtime runs that apart (``runs_apart``)."""
+        if not self.runs_apart(spec):
+            return [spec]
+        bare = dataclasses.replace(spec, activation="none")
+        return [bare, OpSpec("act", bare.output_shapes[0], activation=spec.activation)]
+
     def group(self, ops: Sequence[OpSpec]) -> list[Kernel]:
         """Kernels of a flat op list in execution order (a search space's ``ops(arch)``).
 
-        An op joins the kernel before it when its input is that kernel's output and the
-        rules fuse the pair; ``globalavgpool, conv, conv, mul`` scaling the pool's input is
-        one squeeze-and-excitation kernel.
+        An activation the runtime runs apart from its conv is taken out of the conv's spec
+        (``unfold``). An op joins the kernel before it when its input is that kernel's output
+        and the rules fuse the pair; ``globalavgpool, conv, conv, mul`` scaling the pool's
+        input is one squeeze-and-excitation kernel.
         """
+        ops = [part for op in ops for part in self.unfold(op)]
         kernels: list[Kernel] = []
         current: list[OpSpec] = []
         i = 0
@@ -125,10 +157,39 @@ class FusionProbe:
         return self.a, Kernel((self.b,)), Kernel((*self.a.ops, self.b))
 
 
+@dataclass(frozen=True)
+class EpilogueProbe(FusionProbe):
+    """An activation ``b`` after a lone float32 conv or gemm ``a``: measured together as the
+    splitter writes the pair, one op carrying the activation (``conv>act:elu``)."""
+
+    @property
+    def rule(self) -> str:
+        return f"{self.a.head.op}>act:{self.b.activation}"
+
+    @property
+    def kernels(self) -> tuple[Kernel, Kernel, Kernel]:
+        joined = dataclasses.replace(self.a.head, activation=self.b.activation)
+        return self.a, Kernel((self.b,)), Kernel((joined,))
+
+
+def epilogue_probes() -> list[EpilogueProbe]:
+    """Every activation after a 1x1 conv and after a channels-last linear layer, on 100,352
+    outputs each (a 56x56 map of 32 channels): enough that an activation run apart shows."""
+    conv = OpSpec("conv", (1, 32, 56, 56), out_channels=32, kernel=1)
+    linear = OpSpec("gemm", (1, 3136, 32), out_channels=32)
+    return [
+        EpilogueProbe(Kernel((spec,)), OpSpec("act", spec.output_shapes[0], activation=activation))
+        for spec in (conv, linear)
+        for activation in ACTIVATIONS
+        if activation != "none"
+    ]
+
+
 def default_probes(dtypes: tuple[str, ...] = ("float32",)) -> list[FusionProbe]:
-    """The pairs CNNs contain, each at two shapes (one compute-heavy, one memory-heavy); for an
-    8-bit dtype also the pairs of a quantized network (ORT's QLinear kernels fuse otherwise)."""
-    probes = []
+    """The pairs CNNs contain, each at two shapes (one compute-heavy, one memory-heavy), and
+    each activation after a conv or gemm; for an 8-bit dtype also the pairs of a quantized
+    network (ORT's QLinear kernels fuse otherwise)."""
+    probes: list[FusionProbe] = []
     for c, hw in ((64, 56), (160, 14)):
         x = (1, c, hw, hw)
         conv = OpSpec("conv", x, out_channels=c, kernel=1)
@@ -152,6 +213,7 @@ def default_probes(dtypes: tuple[str, ...] = ("float32",)) -> list[FusionProbe]:
             FusionProbe(Kernel((shuffle,)), split),
             FusionProbe(Kernel((concat, shuffle)), split),
         ]
+    probes += epilogue_probes()
     for dtype in (d for d in dtypes if d != "float32"):
         for c, hw in ((64, 56), (160, 14)):
             x = (1, c, hw, hw)
@@ -176,9 +238,19 @@ def probe_kernels(probes: Iterable[FusionProbe]) -> list[Kernel]:
 
 
 def decide(
-    probes: Iterable[FusionProbe], backend: str, cost_ms: Callable[[Kernel], float | None]
+    probes: Iterable[FusionProbe],
+    backend: str,
+    cost_ms: Callable[[Kernel], float | None],
+    node_ops: Callable[[Kernel], list[str] | None] | None = None,
 ) -> FusionRules:
-    """Fusion rules from measured kernel costs; a probe with a missing cost is left out."""
+    """Fusion rules from measured kernel costs; a probe with a missing cost is left out.
+
+    An epilogue probe is decided by the runtime's own profile where ``node_ops`` gives it (the
+    op types the profiler recorded for a kernel): the activation runs apart when the conv with
+    it runs more nodes than the conv alone. A cheap activation that does run inside the conv
+    (ORT's HardSwish) saves about half its standalone time, too close to the cost threshold to
+    call from timings.
+    """
     rules = FusionRules(backend)
     votes: dict[str, list[bool]] = {}
     for probe in probes:
@@ -187,18 +259,20 @@ def decide(
             continue
         saving_ms = a + b - ab
         fused = saving_ms > FUSED_SAVING * b
+        evidence = {
+            "rule": probe.rule,
+            "a": probe.a.key,
+            "b": probe.b.key,
+            "a_ms": a,
+            "b_ms": b,
+            "ab_ms": ab,
+            "saving_ms": saving_ms,
+        }
+        nodes = [node_ops(probe.kernels[0]), node_ops(probe.kernels[2])] if node_ops else [None, None]
+        if isinstance(probe, EpilogueProbe) and nodes[0] is not None and nodes[1] is not None:
+            fused = len(nodes[1]) <= len(nodes[0])
+            evidence["ab_nodes"] = nodes[1]
         votes.setdefault(probe.rule, []).append(fused)
-        rules.evidence.append(
-            {
-                "rule": probe.rule,
-                "a": probe.a.key,
-                "b": probe.b.key,
-                "a_ms": a,
-                "b_ms": b,
-                "ab_ms": ab,
-                "saving_ms": saving_ms,
-                "fused": fused,
-            }
-        )
+        rules.evidence.append({**evidence, "fused": fused})
     rules.fused = {rule: any(v) for rule, v in votes.items()}
     return rules

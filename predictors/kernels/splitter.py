@@ -8,7 +8,9 @@ Three passes:
   2. *Map nodes to ops* (OpSpecs). Conv (any kernel, stride, dilation, groups; ConvTranspose
      too) with its batch-norm, per-channel constant add/mul, a zero Pad before it (ONNX
      Runtime's PadFusion) and its activation (Relu, Clip(0, 6), HardSwish, HardSigmoid, Sigmoid,
-     Tanh, LeakyRelu, Elu, and the exporter's multi-node SiLU, GELU and Mish) is one conv;
+     Tanh, LeakyRelu, Elu, and the exporter's multi-node SiLU, GELU and Mish) is one conv,
+     unless the fusion rules say the runtime runs that activation apart
+     (``FusionRules.runs_apart``: then it is an activation op of its own);
      MatMul + bias is a gemm, on (N, C) or channels-last (N, ..., C) tensors; Slices of one
      tensor along channels are one split, or one slice; Reshape -> Transpose -> Reshape is a
      channel shuffle; BatchNormalization no conv absorbs, LayerNormalization, Softmax, Pad,
@@ -154,6 +156,7 @@ class ModelSplitter:
 class _Mapper:
     def __init__(self, graph: OnnxGraph, rules: FusionRules) -> None:
         self.g = graph
+        self.rules = rules
         self.items: list[_Item] = []
         self.producer: dict[str, _Item] = {}
         self.alias: dict[str, str] = {}
@@ -531,8 +534,12 @@ class _Mapper:
             and item.spec.activation == "none"
             and len(item.outputs) == 1
             and self._uses(src) == sum(src in map(self._root, n.input) for n in nodes)
-            and not (item.spec.dtype in INT_DTYPES and activation not in RANGE_ACTIVATIONS)
-        ):  # an 8-bit conv is followed by its 8-bit sigmoid, not fused with it
+            and (
+                activation in RANGE_ACTIVATIONS  # an 8-bit conv is followed by its 8-bit sigmoid
+                if item.spec.dtype in INT_DTYPES
+                else not self.rules.runs_apart(dataclasses.replace(item.spec, activation=activation))
+            )
+        ):  # a float32 conv keeps the activations the runtime runs inside it
             self._fold(item, dataclasses.replace(item.spec, activation=activation), output, nodes)
             return
         self._add(OpSpec("act", self._shape(src), activation=activation), [src], [output], nodes)
