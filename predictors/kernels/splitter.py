@@ -18,7 +18,7 @@ Three passes:
      Unsqueeze are *glue* nodes (executed, but no compute: they cost the per-node overhead);
      Identity and Dropout vanish (ONNX Runtime removes them). A Slice or Gather that keeps
      every channel is a copy of the tensor, which ONNX Runtime runs, unless its EliminateSlice
-     rule applies (Slice before opset 13, starts 0, ends INT64_MAX), where it vanishes too.
+     rule applies (a Slice from 0 to INT64_MAX), where it vanishes too.
   3. *Group ops into kernels* with the backend's measured fusion rules
      (predictors/kernels/fusion.py), and squeeze-and-excitation blocks (globalavgpool -> conv ->
      conv -> mul of the pooled tensor) into one kernel.
@@ -732,7 +732,7 @@ class _Mapper:
             return False
         if opset < 10:  # Slice-1: bounds are attributes, no steps
             starts, ends, steps = attrs(node).get("starts", []), attrs(node).get("ends", []), []
-        else:  # Slice-10/11: bounds are constant inputs (data, starts, ends, axes, steps)
+        else:  # Slice-10 and later: bounds are constant inputs (data, starts, ends, axes, steps)
             inputs = [*node.input, "", "", "", ""]
             starts, ends = self.g.value(inputs[1]), self.g.value(inputs[2])
             steps = self.g.value(inputs[4]) if inputs[4] else []

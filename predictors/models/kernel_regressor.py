@@ -100,7 +100,7 @@ class KernelRegressor:
             raise NotFittedError("fit the KernelRegressor (or load a predictor) before predicting")
         out = np.empty(len(X))
         families = np.asarray(families)
-        floors = getattr(self, "floors_log_ms_", None) or {}  # None: a file saved before floors
+        floors = self.floors_log_ms_ or {}  # None: a file saved before floors were recorded
         for name in set(families.tolist()):
             mask = families == name
             modelled = name if name in self.models_ else ALL
