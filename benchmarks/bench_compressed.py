@@ -96,7 +96,7 @@ def float32_tail(path: Path) -> list[str]:
 
 
 def every_other_conv(path: Path) -> list[str]:
-    """Every other conv stays float32 (ORT quantizes them itself: ``requantized_by_runtime``)."""
+    """Every other conv is excluded (ORT quantizes them itself: ``SplitResult.eight_bit_nodes``)."""
     return _convs(path)[1][1::2]
 
 

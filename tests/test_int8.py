@@ -14,7 +14,7 @@ import pytest
 from onnx import helper
 
 from hwlat import zoo
-from hwlat.compress import quantizable_nodes, quantize_model, requantized_by_runtime
+from hwlat.compress import quantizable_nodes, quantize_model
 from hwlat.devices.device import local_device
 from hwlat.predictors import Kernel, ModelSplitter
 from hwlat.predictors.building import KernelProfiler, KernelSampler
@@ -269,7 +269,8 @@ def _split_matches_ort(path: Path, rules: FusionRules, tmp_path: Path) -> Counte
 def test_a_conv_left_float32_between_8bit_layers_runs_8bit(probed_rules, resnet18_float, tmp_path) -> None:
     """Every other conv of ResNet-18 excluded (U8S8): each reads a dequantized tensor and is
     requantized after its ReLU, so ORT quantizes its weights itself and runs it as QLinearConv;
-    the split says so, and ``requantized_by_runtime`` names every one of them."""
+    the split says so, and names every one of them among its 8-bit nodes (what ``hwlat quantize``
+    reports)."""
     float_path, convs = resnet18_float
     excluded = convs[1::2]
     mixed = quantize_model(
@@ -277,7 +278,8 @@ def test_a_conv_left_float32_between_8bit_layers_runs_8bit(probed_rules, resnet1
     )
     ort_ops = _split_matches_ort(mixed, probed_rules, tmp_path)
     assert ort_ops["Conv"] == 0 and ort_ops["QLinearConv"] == len(convs)
-    assert sorted(requantized_by_runtime(mixed, excluded)) == sorted(excluded)
+    eight_bit = ModelSplitter(probed_rules).split(mixed).eight_bit_nodes
+    assert sorted(n for n in excluded if n in eight_bit) == sorted(excluded)
 
 
 def test_a_float32_tail_after_8bit_layers_splits_as_the_runtime_runs_it(
@@ -292,7 +294,8 @@ def test_a_float32_tail_after_8bit_layers_splits_as_the_runtime_runs_it(
     )
     ort_ops = _split_matches_ort(mixed, probed_rules, tmp_path)
     assert ort_ops["Conv"] > 5 and ort_ops["QLinearConv"] > 5
-    assert len(requantized_by_runtime(mixed, excluded)) == len(excluded) - ort_ops["Conv"]
+    eight_bit = ModelSplitter(probed_rules).split(mixed).eight_bit_nodes
+    assert len([n for n in excluded if n in eight_bit]) == len(excluded) - ort_ops["Conv"]
 
 
 def test_a_float_conv_with_a_computed_bias_is_named_in_a_warning(tmp_path) -> None:

@@ -58,7 +58,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from hwlat.compress import quantizable_nodes, quantize_model, requantized_by_runtime
+    from hwlat.compress import quantizable_nodes, quantize_model
+    from hwlat.predictors import FusionRules, ModelSplitter
+    from hwlat.profiler.onnx_models import load_model
 
     if (args.calibration is None) == (args.random is None):
         both = args.random is not None
@@ -82,7 +84,12 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         f"wrote {out}: {len(names) - excluded} of {len(names)} quantizable nodes quantized "
         f"({args.activation_type} activations, int8 weights {weights}), {excluded} left float32 (excluded)"
     )
-    requantized = requantized_by_runtime(out, args.exclude)
+    # An excluded conv or gemm between 8-bit layers is quantized by ORT itself (its
+    # WeightBiasQuantization pass); the splitter follows ORT's passes.
+    quantized = load_model(out)
+    layers = {n.name for n in quantized.graph.node if n.op_type in ("Conv", "Gemm")}
+    eight_bit = ModelSplitter(FusionRules("ort"), strict=False).split(quantized).eight_bit_nodes
+    requantized = [n for n in dict.fromkeys(args.exclude) if n in layers and n in eight_bit]
     if requantized:
         print(
             f"note: ONNX Runtime quantizes {len(requantized)} of the excluded layers itself and runs them "

@@ -1,12 +1,7 @@
 """Model compression: int8 quantization with ONNX Runtime, structured channel pruning with Torch-Pruning."""
 
 from hwlat.compress.prune import prunable_groups, prunable_layers, prune
-from hwlat.compress.quantize import (
-    QUANTIZED_OP_TYPES,
-    quantizable_nodes,
-    quantize_model,
-    requantized_by_runtime,
-)
+from hwlat.compress.quantize import QUANTIZED_OP_TYPES, quantizable_nodes, quantize_model
 
 __all__ = [
     "QUANTIZED_OP_TYPES",
@@ -15,5 +10,4 @@ __all__ = [
     "prune",
     "quantizable_nodes",
     "quantize_model",
-    "requantized_by_runtime",
 ]

@@ -218,39 +218,6 @@ def _untie_parameters(graph: onnx.GraphProto) -> None:
             seen.add(name)
 
 
-def requantized_by_runtime(model: onnx.ModelProto | str | Path, exclude: Sequence[str]) -> list[str]:
-    """The excluded nodes of a quantized model that ONNX Runtime runs in 8 bits all the same: a
-    Conv or Gemm with float weights whose input is dequantized and whose output is quantized
-    again gets its weights quantized by ORT itself (its WeightBiasQuantization pass) and runs as
-    one QLinear kernel (a Relu or ReLU6 between it and the QuantizeLinear is dropped: the
-    quantization clips as much). A layer stays float32 only where it reads a float tensor, that
-    is where the layer before it is left float32 too."""
-    graph = load_model(model).graph
-    initializers = {i.name for i in graph.initializer}
-    producer = {o: n.op_type for n in graph.node for o in n.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-
-    def quantized(tensor: str) -> bool:
-        after = readers.get(tensor, [])
-        if len(after) == 1 and after[0].op_type in ("Relu", "Clip"):
-            after = readers.get(after[0].output[0], [])
-        return bool(after) and all(n.op_type == "QuantizeLinear" for n in after)
-
-    excluded = set(exclude)
-    return [
-        node.name
-        for node in graph.node
-        if node.name in excluded
-        and node.op_type in ("Conv", "Gemm")
-        and producer.get(node.input[0]) == "DequantizeLinear"
-        and all(t in initializers for t in node.input[1:3] if t)
-        and quantized(node.output[0])
-    ]
-
-
 def _quantizable(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type in QUANTIZED_OP_TYPES]
 

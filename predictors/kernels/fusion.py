@@ -254,7 +254,8 @@ def decide(
     rules = FusionRules(backend)
     votes: dict[str, list[bool]] = {}
     for probe in probes:
-        a, b, ab = (cost_ms(k) for k in probe.kernels)
+        kernels = probe.kernels
+        a, b, ab = (cost_ms(k) for k in kernels)
         if a is None or b is None or ab is None:
             continue
         saving_ms = a + b - ab
@@ -268,10 +269,11 @@ def decide(
             "ab_ms": ab,
             "saving_ms": saving_ms,
         }
-        nodes = [node_ops(probe.kernels[0]), node_ops(probe.kernels[2])] if node_ops else [None, None]
-        if isinstance(probe, EpilogueProbe) and nodes[0] is not None and nodes[1] is not None:
-            fused = len(nodes[1]) <= len(nodes[0])
-            evidence["ab_nodes"] = nodes[1]
+        if isinstance(probe, EpilogueProbe) and node_ops is not None:
+            alone, joined = node_ops(kernels[0]), node_ops(kernels[2])
+            if alone is not None and joined is not None:
+                fused = len(joined) <= len(alone)
+                evidence["ab_nodes"] = joined
         votes.setdefault(probe.rule, []).append(fused)
         rules.evidence.append({**evidence, "fused": fused})
     rules.fused = {rule: any(v) for rule, v in votes.items()}

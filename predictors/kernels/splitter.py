@@ -97,6 +97,12 @@ class SplitResult:
         return [op for k in self.kernels for op in k.kernel.ops]
 
     @property
+    def eight_bit_nodes(self) -> set[str]:
+        """The ONNX nodes the runtime runs in 8-bit kernels (a float32 conv between 8-bit layers
+        that ORT quantizes itself among them)."""
+        return {n for k in self.kernels if k.kernel.head.dtype in INT_DTYPES for n in k.nodes}
+
+    @property
     def network(self) -> tuple[list[Kernel], int]:
         """(kernels, glue node count): what ``LatencyTable.predict`` and ``fit_overhead`` take."""
         return [k.kernel for k in self.kernels], len(self.glue_nodes)
