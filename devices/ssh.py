@@ -15,6 +15,7 @@ Connection failures become one-line DeviceErrors; those that a retry may fix
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hashlib
 import logging
@@ -316,10 +317,13 @@ class SshConnection(Connection):
                     timeout_s=PROBE_TIMEOUT_S,
                 )
                 grace_s = 3.0
-        except (DeviceError, OSError, EOFError):
+        except (DeviceError, OSError, EOFError, paramiko.SSHException):
             pass  # the connection is gone: sshd ends the session and the process sees EOF
         finally:
-            channel.close()
+            # Another thread (the campaign's worker, seeing its agent end) may close the
+            # connection meanwhile; closing a channel on a dead transport raises EOFError.
+            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                channel.close()
 
     def run(self, argv: list[str], timeout_s: float = 60.0) -> tuple[int, str, str]:
         channel = self._channel(self._command(argv, report_pid=False))

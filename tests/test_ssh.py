@@ -184,6 +184,25 @@ def test_a_started_process_talks_lines_and_is_stopped(sshd_a) -> None:
     assert _wait_until(lambda: not _processes_with(marker))
 
 
+def test_a_process_whose_link_breaks_during_the_kill_is_killed_quietly(sshd_a, monkeypatch) -> None:
+    # Ctrl-C can reach the kill while the link is going down: paramiko then raises EOFError
+    # from channel.close() (CI once failed so). Break sending at that point: the kill must
+    # not raise, and closing the connection then ends the process.
+    marker = f"hwlat-test-{time.monotonic_ns()}"
+    conn = SshConnection(sshd_a.device())
+    process = conn.start([sys.executable, "-u", "-c", "import sys; sys.stdin.read()", marker])
+    assert _wait_until(lambda: _processes_with(marker))
+    transport = conn._client.get_transport()
+
+    def link_gone(message) -> None:
+        raise EOFError  # what paramiko's packetizer raises once the socket is dead
+
+    monkeypatch.setattr(transport, "_send_user_message", link_gone)
+    process.kill()
+    conn.close()
+    assert _wait_until(lambda: not _processes_with(marker))
+
+
 def test_an_ssh_config_alias_is_followed(sshd_a, tmp_path) -> None:
     config = tmp_path / "ssh_config"
     d = sshd_a.device()
