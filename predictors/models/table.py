@@ -72,7 +72,8 @@ class LatencyTable:
                 )
             raw[missing] = self.fallback.predict(lacking)
         compute, eight_bit = compute_classes(kernels)
-        return Costs(raw, self.overhead.kernel_ms(raw, compute, weight_mb(kernels), eight_bit), missing)
+        gemm = np.array([k.op == "gemm" for k in kernels], dtype=bool)
+        return Costs(raw, self.overhead.kernel_ms(raw, compute, weight_mb(kernels), eight_bit, gemm), missing)
 
     def predict(self, kernels: Sequence[Kernel], glue_nodes: int = 0) -> float:
         """End-to-end latency (ms) of a network made of these kernels and glue nodes."""
@@ -85,16 +86,20 @@ class LatencyTable:
         self, networks: Sequence[tuple[Sequence[Kernel], int]], measured_ms: Sequence[float]
     ) -> OverheadModel:
         """Fit the overhead model from networks (kernels, glue node count) measured end to end."""
-        compute, memory, eight_bit, weights, counts = [], [], [], [], []
+        compute, memory, eight_bit, weights, gemm_weights, counts = [], [], [], [], [], []
         for kernels, glue in networks:
             costs = self.costs(kernels)
             is_compute, is_eight_bit = compute_classes(kernels)
             compute.append(float(costs.raw_ms[is_compute & ~is_eight_bit].sum()))
             eight_bit.append(float(costs.raw_ms[is_eight_bit].sum()))
             memory.append(float(costs.raw_ms[~is_compute].sum()))
-            weights.append(float(weight_mb(kernels).sum()))
+            mb = weight_mb(kernels)
+            weights.append(float(mb.sum()))
+            gemm_weights.append(float(mb[[k.op == "gemm" for k in kernels]].sum()))
             counts.append(len(kernels) + glue)
-        self.overhead = OverheadModel().fit(compute, memory, weights, counts, measured_ms, eight_bit)
+        self.overhead = OverheadModel().fit(
+            compute, memory, weights, counts, measured_ms, eight_bit, gemm_weights
+        )
         return self.overhead
 
     def to_dict(self) -> dict:
