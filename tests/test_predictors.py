@@ -472,16 +472,6 @@ def test_overhead_model_recovers_its_terms():
     assert fitted.memory_scale == pytest.approx(1.10, abs=1e-3)
     assert fitted.weight_ms_per_mb == pytest.approx(0.01, abs=1e-4) and fitted.fitted_on == 20
     assert fitted.eight_bit_scale == 1.0  # no 8-bit kernels: nothing to tell it from
-    assert fitted.gemm_weight_ms_per_mb is None  # nor gemm weights: they stream at the conv rate
-    # gemm weights (part of ``weights``) at a rate of their own
-    gemm = weights * rng.uniform(0, 0.8, 20)
-    fitted = OverheadModel().fit(
-        compute, memory, weights, counts, measured - 0.007 * gemm, gemm_weight_mb=gemm
-    )
-    assert fitted.gemm_weight_ms_per_mb == pytest.approx(0.003, abs=1e-4)
-    assert fitted.weight_ms_per_mb == pytest.approx(0.01, abs=1e-4)
-    kernel = fitted.kernel_ms(np.ones(2), np.ones(2, bool), np.full(2, 2.0), gemm=np.array([False, True]))
-    assert kernel[0] - kernel[1] == pytest.approx(2 * 0.007, abs=1e-3)
     # quantized networks among them: 8-bit convs slow down by their own factor
     eight_bit = np.where(np.arange(20) % 2 == 0, rng.uniform(1, 10, 20), 0.0)
     fitted = OverheadModel().fit(compute, memory, weights, counts, measured + 1.3 * eight_bit, eight_bit)

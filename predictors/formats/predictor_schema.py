@@ -280,7 +280,7 @@ _OVERHEAD = record(
         "memory_scale": number(),
         "fitted_on": integer(0),
     },
-    {"eight_bit_scale": number(), "gemm_weight_ms_per_mb": number()},
+    {"eight_bit_scale": number()},
 )
 _ROOFLINE = record(
     {"gflops": number(0, above=True), "gbps": number(0, above=True)}, {"fitted_on": integer(0)}

@@ -72,8 +72,7 @@ class LatencyTable:
                 )
             raw[missing] = self.fallback.predict(lacking)
         compute, eight_bit = compute_classes(kernels)
-        weights = weight_mb(kernels)
-        return Costs(raw, self.overhead.kernel_ms(raw, compute, weights, eight_bit, gemms(kernels)), missing)
+        return Costs(raw, self.overhead.kernel_ms(raw, compute, weight_mb(kernels), eight_bit), missing)
 
     def predict(self, kernels: Sequence[Kernel], glue_nodes: int = 0) -> float:
         """End-to-end latency (ms) of a network made of these kernels and glue nodes."""
@@ -86,20 +85,16 @@ class LatencyTable:
         self, networks: Sequence[tuple[Sequence[Kernel], int]], measured_ms: Sequence[float]
     ) -> OverheadModel:
         """Fit the overhead model from networks (kernels, glue node count) measured end to end."""
-        compute, memory, eight_bit, weights, gemm_weights, counts = [], [], [], [], [], []
+        compute, memory, eight_bit, weights, counts = [], [], [], [], []
         for kernels, glue in networks:
             costs = self.costs(kernels)
             is_compute, is_eight_bit = compute_classes(kernels)
             compute.append(float(costs.raw_ms[is_compute & ~is_eight_bit].sum()))
             eight_bit.append(float(costs.raw_ms[is_eight_bit].sum()))
             memory.append(float(costs.raw_ms[~is_compute].sum()))
-            mb = weight_mb(kernels)
-            weights.append(float(mb.sum()))
-            gemm_weights.append(float(mb[gemms(kernels)].sum()))
+            weights.append(float(weight_mb(kernels).sum()))
             counts.append(len(kernels) + glue)
-        self.overhead = OverheadModel().fit(
-            compute, memory, weights, counts, measured_ms, eight_bit, gemm_weights
-        )
+        self.overhead = OverheadModel().fit(compute, memory, weights, counts, measured_ms, eight_bit)
         return self.overhead
 
     def to_dict(self) -> dict:
@@ -111,11 +106,6 @@ def compute_classes(kernels: Sequence[Kernel]) -> tuple[np.ndarray, np.ndarray]:
     compute = np.array([k.op in COMPUTE_OPS for k in kernels], dtype=bool)
     eight_bit = np.array([k.head.dtype in INT_DTYPES for k in kernels], dtype=bool)
     return compute, compute & eight_bit
-
-
-def gemms(kernels: Sequence[Kernel]) -> np.ndarray:
-    """Which kernels are gemms (their weights stream at the overhead model's gemm rate)."""
-    return np.array([k.op == "gemm" for k in kernels], dtype=bool)
 
 
 def weight_mb(kernels: Sequence[Kernel]) -> np.ndarray:
