@@ -242,6 +242,14 @@ class KernelProfiler:
         self._node_overhead_ms = max(0.0, recorded - real)
         return self._node_overhead_ms
 
+    def kernel_node_ops(self, kernel: Kernel) -> list[str] | None:
+        """The op types ONNX Runtime's profile recorded for a measured kernel (None when it has
+        no measured row): the runtime's answer, so a disturbed row gives it as well as a clean one."""
+        row = self.store.get(self.device.name, self.backend, kernel.key, "kernel")
+        if row is None or row.status != "ok":
+            return None
+        return [n["op"] for n in row.extra.get("kernel_nodes", [])]
+
     def qdq_convs_fused(self, dtype: str) -> dict[str, bool]:
         """Which convs of the QDQ fan-out probe (``qdq_fanout_probe``) ONNX Runtime runs as one
         QLinearConv on this device, by conv name: the kernels its profile records. The answer

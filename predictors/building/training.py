@@ -94,17 +94,11 @@ def fusion_rules(
         costs = profiler.costs()
         if all(k.key in costs for k in kernels):
             break
-    rows = profiler.rows()
-
-    def node_ops(kernel: Kernel) -> list[str] | None:
-        row = rows.get(kernel.key)
-        return [n["op"] for n in row.extra.get("kernel_nodes", [])] if row is not None else None
-
-    rules = decide(probes, profiler.backend, lambda k: costs.get(k.key), node_ops)
+    rules = decide(probes, profiler.backend, lambda k: costs.get(k.key), profiler.kernel_node_ops)
     for dtype in eight_bit:  # one QDQ probe each, its answer one evidence entry
         qdq_rules(profiler, dtype, rules)
     log(
-        f"fusion rules ({len(rules.evidence)} of {len(probes) + len(eight_bit)} probes clean): "
+        f"fusion rules ({len(rules.evidence)} of {len(probes) + len(eight_bit)} probes decided): "
         + ", ".join(f"{r}={'fused' if f else 'apart'}" for r, f in sorted(rules.fused.items()))
     )
     return rules

@@ -249,31 +249,27 @@ def decide(
     op types the profiler recorded for a kernel): the activation runs apart when the conv with
     it runs more nodes than the conv alone. A cheap activation that does run inside the conv
     (ORT's HardSwish) saves about half its standalone time, too close to the cost threshold to
-    call from timings.
+    call from timings. The profile's nodes do not depend on contention, so such a probe is
+    decided even when a timing is missing (a row the canary flagged every time).
     """
     rules = FusionRules(backend)
     votes: dict[str, list[bool]] = {}
     for probe in probes:
         kernels = probe.kernels
         a, b, ab = (cost_ms(k) for k in kernels)
-        if a is None or b is None or ab is None:
-            continue
-        saving_ms = a + b - ab
-        fused = saving_ms > FUSED_SAVING * b
-        evidence = {
-            "rule": probe.rule,
-            "a": probe.a.key,
-            "b": probe.b.key,
-            "a_ms": a,
-            "b_ms": b,
-            "ab_ms": ab,
-            "saving_ms": saving_ms,
-        }
+        evidence: dict = {"rule": probe.rule, "a": probe.a.key, "b": probe.b.key}
+        fused = None
+        if a is not None and b is not None and ab is not None:
+            saving_ms = a + b - ab
+            fused = saving_ms > FUSED_SAVING * b
+            evidence.update(a_ms=a, b_ms=b, ab_ms=ab, saving_ms=saving_ms)
         if isinstance(probe, EpilogueProbe) and node_ops is not None:
             alone, joined = node_ops(kernels[0]), node_ops(kernels[2])
             if alone is not None and joined is not None:
                 fused = len(joined) <= len(alone)
                 evidence["ab_nodes"] = joined
+        if fused is None:
+            continue
         votes.setdefault(probe.rule, []).append(fused)
         rules.evidence.append({**evidence, "fused": fused})
     rules.fused = {rule: any(v) for rule, v in votes.items()}
