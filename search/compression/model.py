@@ -261,21 +261,6 @@ class ModelAnalysis:
                 return self.sources.get(i)
         return None
 
-    # ----- quantization -------------------------------------------------------------
-    def producer_layers(self) -> dict[str, set[int]]:
-        """For every node, the layers whose outputs reach its inputs through non-layer nodes only."""
-        producer: dict[str, set[int]] = {}
-        result: dict[str, set[int]] = {}
-        for node in self.graph.data_nodes:
-            layers: set[int] = set()
-            for i in node.input:
-                layers |= producer.get(i, set())
-            result[node.name] = layers
-            own = {self.node_layer[node.name]} if node.name in self.node_layer else layers
-            for out in node.output:
-                producer[out] = own
-        return result
-
     def summary(self) -> str:
         kinds = {k: sum(1 for layer in self.layers if layer.kind == k) for k in KINDS}
         return (
