@@ -51,6 +51,7 @@ from hwlat.profiler.onnx_models.graph import (
     attrs,
     axes_of,
     conv_out,
+    slice_bounds,
 )
 from hwlat.profiler.opspec import INT_DTYPES, RANGE_ACTIVATIONS, InvalidOpSpecError, OpSpec
 
@@ -733,22 +734,17 @@ class _Mapper:
         axis, not a graph output (onnxruntime's ``slice_elimination.cc``, checked against the
         graphs ORT 1.32 optimises); a Slice of a whole tensor with its true end (the exporter's
         ``x[:, :c]``) is run as a copy."""
-        opset = next((o.version for o in self.g.model.opset_import if o.domain in ("", "ai.onnx")), 0)
         if node.output[0] in self.g.outputs:
             return False
-        if opset < 10:  # Slice-1: bounds are attributes, no steps
-            starts, ends, steps = attrs(node).get("starts", []), attrs(node).get("ends", []), []
-        else:  # Slice-10 and later: bounds are constant inputs (data, starts, ends, axes, steps)
-            inputs = [*node.input, "", "", "", ""]
-            starts, ends = self.g.value(inputs[1]), self.g.value(inputs[2])
-            steps = self.g.value(inputs[4]) if inputs[4] else []
-            if starts is None or ends is None or steps is None:
-                return False
+        ins = [None, *(self.g.value(i) for i in node.input[1:])]
+        if any(v is None for name, v in zip(node.input[1:], ins[1:], strict=True) if name):
+            return False  # a bound computed at run time
+        starts, ends, _, steps = slice_bounds(ins, attrs(node))
         return (
             len(starts) > 0
-            and all(int(v) == 0 for v in starts)
-            and all(int(v) >= 2**63 - 1 for v in ends)
-            and all(int(v) == 1 for v in steps)
+            and all(int(v) == 0 for v in np.ravel(starts))
+            and all(int(v) >= 2**63 - 1 for v in np.ravel(ends))
+            and all(int(v) == 1 for v in np.ravel(steps))
         )
 
     def _map_Gather(self, node: onnx.NodeProto) -> None:

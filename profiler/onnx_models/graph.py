@@ -178,10 +178,16 @@ def axes_of(ins: list, attrs: dict) -> list[int]:
     return [int(a) for a in attrs.get("axes", [])]
 
 
-def slice_array(x: np.ndarray, ins: list, attrs: dict) -> np.ndarray:
+def slice_bounds(ins: list, attrs: dict) -> tuple:
+    """A Slice's (starts, ends, axes, steps): inputs from opset 10 on, attributes in Slice-1."""
     starts, ends = (ins[1], ins[2]) if len(ins) > 2 else (attrs["starts"], attrs["ends"])
     axes = ins[3] if len(ins) > 3 and ins[3] is not None else attrs.get("axes", range(len(starts)))
     steps = ins[4] if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
+    return starts, ends, axes, steps
+
+
+def slice_array(x: np.ndarray, ins: list, attrs: dict) -> np.ndarray:
+    starts, ends, axes, steps = slice_bounds(ins, attrs)
     index = [slice(None)] * x.ndim
     for s, e, a, st in zip(np.ravel(starts), np.ravel(ends), np.ravel(axes), np.ravel(steps), strict=False):
         index[int(a)] = slice(int(s), int(e), int(st))
