@@ -243,6 +243,32 @@ def test_lenient_estimates_unknown_ops_on_the_roofline() -> None:
     assert pred.latency_ms == pytest.approx(sum(k.latency_ms for k in relu) + odd["latency_ms"])
 
 
+def test_ops_after_an_unknown_op_keep_their_shapes() -> None:
+    """Torch writes GroupNorm as InstanceNormalization between Reshapes whose target is computed,
+    where ONNX's whole-graph shape inference stops; the schema of an op no kernel describes
+    (InstanceNorm2d's InstanceNormalization) still gives its output shape, so what follows it is
+    mapped to kernels, not estimated on an unknown shape."""
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, 2, 1),
+        nn.GroupNorm(4, 16),
+        nn.Conv2d(16, 16, 3, 1, 1),
+        nn.InstanceNorm2d(16, affine=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    ).eval()
+    model = torch_to_onnx(net, (1, 3, 32, 32))
+    graph = OnnxGraph(model)
+    [norm] = [
+        n for n in graph.data_nodes if n.op_type == "InstanceNormalization" and n.name.startswith("/3/")
+    ]
+    assert norm.output[0] not in graph.inferred and graph.shapes[norm.output[0]] == (1, 16, 16, 16)
+    split = ModelSplitter(strict=False).split(model)
+    assert {f.op_type for f in split.fallback} == {"InstanceNormalization"}
+    assert all(f.bytes_moved > 0 for f in split.fallback)
+    assert [k.kernel.op for k in split.kernels][-2:] == ["globalavgpool", "gemm"]
+
+
 def test_cli_predict_lenient_lists_unsupported_ops(tmp_path, capsys) -> None:
     import onnx
 

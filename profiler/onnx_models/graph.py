@@ -62,7 +62,8 @@ class OnnxGraph:
                     )
             self.shapes[inp.name] = tuple(dims)
         self.outputs = {o.name for o in g.output}
-        self.inferred = _onnx_inferred_shapes(model)
+        self.inferred, self.elem_types = _onnx_inferred_shapes(model)
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
         self.nodes = _toposort(g)
         self.static: set[str] = set(self.initializers)
         self.data_nodes: list[onnx.NodeProto] = []
@@ -107,11 +108,44 @@ class OnnxGraph:
             shapes = _infer_shapes(node, self)
         except (KeyError, ValueError, TypeError, IndexError, ZeroDivisionError):
             shapes = None  # left unknown (e.g. a concat of a rank-0 tensor); the splitter says so
+        node_inferred: dict[str, tuple[int, ...]] | None = None
         for i, name in enumerate(node.output):
             if shapes is not None and i < len(shapes) and shapes[i] is not None:
                 self.shapes[name] = tuple(int(v) for v in shapes[i])
             elif name in self.inferred:  # an op hwlat does not model: ONNX's own inference
                 self.shapes[name] = self.inferred[name]
+            else:  # ONNX's whole-graph inference lost the shape upstream: ask the op's schema
+                if node_inferred is None:
+                    node_inferred = self._schema_inferred(node)
+                if name in node_inferred:
+                    self.shapes[name] = node_inferred[name]
+
+    def _schema_inferred(self, node: onnx.NodeProto) -> dict[str, tuple[int, ...]]:
+        """Output shapes of one node from its ONNX schema, given the input shapes known here
+        (ONNX's whole-graph inference stops at a Reshape whose target is computed, such as the
+        torch exporter's GroupNorm; every op after it would lose its shape)."""
+        if any(i and i not in self.shapes for i in node.input):
+            return {}
+        try:
+            schema = onnx.defs.get_schema(node.op_type, self.opset, node.domain)
+            data = {i: numpy_helper.from_array(self.values[i], i) for i in node.input if i in self.values}
+            types = {
+                i: onnx.helper.make_tensor_type_proto(
+                    data[i].data_type if i in data else self.elem_types.get(i, onnx.TensorProto.FLOAT),
+                    self.shapes[i],
+                )
+                for i in node.input
+                if i
+            }
+            outputs = onnx.shape_inference.infer_node_outputs(schema, node, types, data)
+        except Exception:  # noqa: BLE001 (an op ONNX cannot infer either stays unknown; the splitter says so)
+            return {}
+        shapes = {}
+        for name, value in outputs.items():
+            dims = value.tensor_type.shape.dim
+            if value.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
+                shapes[name] = tuple(d.dim_value for d in dims)
+        return shapes
 
     def _set_static(self, name: str, value: np.ndarray) -> None:
         self.values[name] = value
@@ -119,18 +153,23 @@ class OnnxGraph:
         self.static.add(name)
 
 
-def _onnx_inferred_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    """Fully known tensor shapes from ONNX's shape inference (empty where it fails)."""
+def _onnx_inferred_shapes(model: onnx.ModelProto) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
+    """Fully known tensor shapes, and element types, from ONNX's shape inference (empty where
+    it fails)."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:  # a model ONNX cannot infer: hwlat's own inference still runs
-        return {}
-    shapes = {}
+        return {}, {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    elem_types = {t.name: t.data_type for t in model.graph.initializer}
+    elem_types.update({i.name: i.type.tensor_type.elem_type for i in inferred.graph.input})
     for info in [*inferred.graph.value_info, *inferred.graph.output]:
+        if info.type.tensor_type.elem_type:
+            elem_types[info.name] = info.type.tensor_type.elem_type
         dims = info.type.tensor_type.shape.dim
         if dims and all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
             shapes[info.name] = tuple(d.dim_value for d in dims)
-    return shapes
+    return shapes, elem_types
 
 
 def _toposort(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
