@@ -97,7 +97,7 @@ def main() -> None:
     ap.add_argument("--eval-random", type=int, default=4, help="random evaluation networks")
     ap.add_argument("--max-resolution", type=int, default=128, help="cap on random networks' resolution")
     ap.add_argument("--random-train", type=int, default=6, help="random networks whose kernels train")
-    ap.add_argument("--sampled", type=int, default=40, help="sampled kernels for training")
+    ap.add_argument("--sampled", type=int, default=400, help="sampled kernels for training")
     ap.add_argument("--calibration", type=int, default=3, help="random networks calibrating the overhead")
     ap.add_argument("--repeats", type=int, default=1, help="end-to-end passes per evaluation network")
     ap.add_argument("--lenient", action="store_true", help="keep timings flagged as disturbed")
