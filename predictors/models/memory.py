@@ -114,7 +114,6 @@ def onnx_footprint(model: onnx.ModelProto | str) -> Footprint:
     runtime) are not activations.
     """
     model = load_model(model)
-    inferred = _inferred_types(model)
     graph = OnnxGraph(model)
     static = graph.static
     weights = sum(_numel(t.dims) * _BYTES.get(t.data_type, 4) for t in model.graph.initializer)
@@ -122,7 +121,7 @@ def onnx_footprint(model: onnx.ModelProto | str) -> Footprint:
     for name, shape in graph.shapes.items():
         if name in static:
             continue
-        dtype = inferred.get(name, TensorProto.FLOAT)
+        dtype = graph.elem_types.get(name, TensorProto.FLOAT)
         sizes[name] = _numel(shape) * _BYTES.get(dtype, 4)
     readers: dict[str, int] = {}
     for n in graph.data_nodes:
@@ -140,15 +139,6 @@ def onnx_footprint(model: onnx.ModelProto | str) -> Footprint:
     outputs = [alias.get(o.name, o.name) for o in model.graph.output]
     peak, where = liveness_peak(steps, sizes, inputs, outputs)
     return Footprint(int(weights), int(peak), where)
-
-
-def _inferred_types(model: onnx.ModelProto) -> dict[str, int]:
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 (inference is a best effort; the folded shapes remain)
-        return {}
-    values = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
-    return {v.name: v.type.tensor_type.elem_type for v in values if v.type.tensor_type.elem_type}
 
 
 def _numel(shape: Iterable[int]) -> int:
