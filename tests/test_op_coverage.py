@@ -141,6 +141,36 @@ def test_splitter_maps_the_blocks_torch_exports() -> None:
     assert vanished == {"Pad"}  # the zero pad folded into its conv
 
 
+def test_a_model_from_torchs_default_exporter_splits_as_the_legacy_export(tmp_path, capsys) -> None:
+    """torch.onnx.export's default is the dynamo exporter (onnxscript), which writes the weights
+    to a file of their own next to the model: what a user hands over today."""
+    torch.manual_seed(0)
+    module = nn.Sequential(
+        nn.Conv2d(3, 16, 3, 2, 1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, 1, 1, groups=16),
+        nn.Hardswish(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    ).eval()
+    path = tmp_path / "default.onnx"
+    with torch.no_grad():
+        torch.onnx.export(module, (torch.randn(1, 3, 64, 64),), path)
+    splitter = ModelSplitter(FusionRules("none"))
+    default = [k.kernel.key for k in splitter.split(path).kernels]
+    legacy = [k.kernel.key for k in splitter.split(torch_to_onnx(module, (1, 3, 64, 64))).kernels]
+    assert default == legacy
+    assert default[0] == "conv-in:1x3x64x64-out:16-k:3-s:2-p:1-d:1-g:1-bias:1-act:relu-dtype:float32"
+    (tmp_path / "default.onnx.data").unlink()  # the model copied without its weights
+    status = hwlat_cli.main(["measure", str(path), "--db", str(tmp_path / "m.db")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1
+    assert err[0].startswith(f"hwlat: error: cannot read the weights of {path}")
+    assert "keep the weights file the exporter wrote next to the model" in err[0]
+
+
 def _whole_slice_model(opset: int, end: int) -> onnx.ModelProto:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])

@@ -280,3 +280,23 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_a_model_with_its_weights_in_a_file_of_their_own_is_measured_over_ssh(sshd_a, tmp_path) -> None:
+    """torch.onnx.export's default writes MODEL.onnx.data next to MODEL.onnx; the device is sent
+    one file, with the weights inside."""
+    import torch
+    from torch import nn
+
+    module = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16 * 16, 4))
+    path = tmp_path / "default.onnx"
+    with torch.no_grad():
+        torch.onnx.export(module.eval(), (torch.randn(1, 3, 16, 16),), path)
+    assert (tmp_path / "default.onnx.data").exists()
+    with Store(tmp_path / "m.db") as store:
+        m = Campaign(
+            sshd_a.device(), "ort", store, TimingProtocol.quick(), show_progress=False
+        ).measure_model(path)
+    assert m.ok, m.error_msg
+    assert m.median_ms > 0
+    assert m.extra["model_bytes"] == path.stat().st_size + (tmp_path / "default.onnx.data").stat().st_size

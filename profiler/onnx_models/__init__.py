@@ -7,6 +7,7 @@ from hwlat.profiler.onnx_models.files import (
     load_model,
     make_model,
     model_facts,
+    one_file,
     random_inputs,
     save_once,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "make_model",
     "model_facts",
     "model_path",
+    "one_file",
     "random_inputs",
     "save_once",
     "torch_to_onnx",

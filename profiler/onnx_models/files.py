@@ -7,6 +7,7 @@ hands in is read by ``load_model``, which turns an empty, truncated or non-ONNX 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections.abc import Callable
@@ -16,6 +17,7 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from onnx import helper
+from onnx.external_data_helper import uses_external_data
 
 from hwlat.errors import ModelFileError
 
@@ -40,6 +42,28 @@ def save_once(path: Path, build: Callable[[], onnx.ModelProto]) -> Path:
     return path
 
 
+def one_file(path: Path, directory: Path) -> Path:
+    """``path`` itself, or, for a model whose weights sit in files of their own (torch's default
+    exporter writes ``MODEL.onnx.data``), a copy with the weights inside, saved once in
+    ``directory`` under a name from their content: a device is sent one file, under a name of
+    its own, so the model's relative path to its weights would not hold there."""
+    path = Path(path)
+    model = load_model(path, load_weights=False)
+    if not any(uses_external_data(t) for t in model.graph.initializer):
+        return path
+    model = load_model(path)  # with the weights, from the files next to it
+    try:
+        data = model.SerializeToString()
+    except ValueError:  # protobuf's 2 GB limit on one message
+        raise ModelFileError(
+            f"{path}'s weights are too large (over 2 GB) to send as one ONNX file",
+            "measure a smaller model, or one whose weights fit in 2 GB",
+        ) from None
+    target = directory / f"{path.stem}-{hashlib.sha256(data).hexdigest()[:16]}.onnx"
+    directory.mkdir(parents=True, exist_ok=True)
+    return save_once(target, lambda: model)
+
+
 def load_model(model: onnx.ModelProto | str | Path, load_weights: bool = True) -> onnx.ModelProto:
     """The model itself, or the file at a path read and checked to be an ONNX graph."""
     if isinstance(model, onnx.ModelProto):
@@ -60,6 +84,11 @@ def load_model(model: onnx.ModelProto | str | Path, load_weights: bool = True) -
         ) from None
     except OSError as exc:
         raise ModelFileError(f"cannot read {path} ({exc.strerror or exc}); check the file") from None
+    except onnx.checker.ValidationError as exc:  # its weights file (MODEL.onnx.data) is not there
+        raise ModelFileError(
+            f"cannot read the weights of {path}: {str(exc)[:200]}",
+            "keep the weights file the exporter wrote next to the model, or export it again",
+        ) from None
     if not loaded.graph.node or not loaded.graph.output:
         raise ModelFileError(f"{path} holds no ONNX graph (no nodes or no outputs); pass an exported model")
     _check_known(loaded, path)
@@ -144,12 +173,21 @@ def random_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray
 
 
 def model_facts(path: Path) -> dict:
-    """Size on disk, parameter count and node count of a model file."""
+    """Size on disk (with weights kept in files of their own), parameter count and node count of
+    a model file."""
     model = load_model(path, load_weights=False)
     params = int(sum(np.prod(t.dims) for t in model.graph.initializer))
+    weight_files = {
+        entry.value
+        for t in model.graph.initializer
+        if uses_external_data(t)
+        for entry in t.external_data
+        if entry.key == "location"
+    }
+    folder = Path(path).parent
     return {
         "model_path": str(path),
-        "model_bytes": Path(path).stat().st_size,
+        "model_bytes": Path(path).stat().st_size + sum((folder / f).stat().st_size for f in weight_files),
         "params": params,
         "nodes": len(model.graph.node),
     }

@@ -1,11 +1,12 @@
-"""ONNX Runtime: an op's artifact is its one-op ONNX model; a whole model is its own file."""
+"""ONNX Runtime: an op's artifact is its one-op ONNX model; a whole model is its own file (with
+any external weights put inside it)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from hwlat.profiler.backends.base import HostBackend, cache_dir, register_backend
-from hwlat.profiler.onnx_models import model_path
+from hwlat.profiler.onnx_models import model_path, one_file
 from hwlat.profiler.opspec import OpSpec
 
 
@@ -18,4 +19,4 @@ class OrtBackend(HostBackend):
         return model_path(spec, cache_dir() / "models")
 
     def model_artifact(self, onnx_path: Path) -> Path:
-        return Path(onnx_path)
+        return one_file(Path(onnx_path), cache_dir() / "models")
