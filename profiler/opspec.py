@@ -58,6 +58,7 @@ ACTIVATIONS = (
     "elu",
     "erf",  # the pieces of GELU and Mish that a quantized network runs apart (Q/DQ between them)
     "softplus",
+    "prelu",  # a learned slope per channel (face recognition, super-resolution networks)
 )
 BROADCASTS = ("none", "channel")
 PAD_MODES = ("constant", "reflect", "edge")
@@ -454,6 +455,7 @@ _ACTIVATION_FLOPS = {
     "elu": 5,
     "erf": 6,
     "softplus": 4,
+    "prelu": 2,
 }
 
 

@@ -51,6 +51,8 @@ NEW_OPS = [
     OpSpec("act", (1, 49, 64), activation="tanh"),
     OpSpec("act", (1, 16, 7, 7), activation="leakyrelu"),
     OpSpec("act", (1, 16, 7, 7), activation="elu"),
+    OpSpec("act", (1, 16, 7, 7), activation="prelu"),
+    OpSpec("gemm", (1, 49, 64), out_channels=32, activation="prelu"),
     OpSpec("add", (1, 49, 64), broadcast="channel"),
     OpSpec("slice", (1, 16, 7, 7), out_channels=16),  # a whole-tensor copy (a ghost module's x[:, :c])
 ]
@@ -74,13 +76,14 @@ def test_op_models_compute_what_torch_computes() -> None:
         "tanh": torch.tanh,
         "leakyrelu": nn.functional.leaky_relu,
         "elu": nn.functional.elu,
+        "prelu": nn.PReLU(16),  # torch's initial slope, 0.25 per channel, as the op model's
     }
     for name, fn in reference.items():
         model = build_model(OpSpec("act", x.shape, activation=name))
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        np.testing.assert_allclose(
-            session.run(None, {"x0": x})[0], fn(torch.from_numpy(x)).numpy(), atol=1e-5
-        )
+        with torch.no_grad():
+            expected = fn(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(session.run(None, {"x0": x})[0], expected, atol=1e-5)
 
 
 class _Blocks(nn.Module):
@@ -95,6 +98,7 @@ class _Blocks(nn.Module):
         self.fc = nn.Linear(16, 32)
         self.up = nn.ConvTranspose2d(16, 8, 4, 2, 1)
         self.same = nn.Conv2d(16, 16, 3, stride=2)
+        self.prelu = nn.PReLU(16)
 
     def forward(self, x: torch.Tensor):
         y = nn.functional.mish(nn.functional.gelu(self.asym(x)))
@@ -106,7 +110,7 @@ class _Blocks(nn.Module):
         ghost = torch.cat([y, y], 1)[:, :16]  # a ghost module's slice
         whole = y[:, :16]  # a slice of every channel: a copy ONNX Runtime runs
         m = nn.functional.adaptive_max_pool2d(y, 1) + y.amax((2, 3), keepdim=True)
-        return z, u, p, q, ghost, whole, m
+        return z, u, self.prelu(p), q, ghost, whole, m
 
 
 def test_splitter_maps_the_blocks_torch_exports() -> None:
@@ -125,6 +129,7 @@ def test_splitter_maps_the_blocks_torch_exports() -> None:
         "deconv-in:1x16x8x8-out:8-k:4-s:2-p:1-g:1-bias:1-act:none-dtype:float32",
         "resize-in:1x8x16x16-s:2-mode:nearest-dtype:float32",
         "pad-in:1x16x8x8-p:1-mode:reflect-dtype:float32",
+        "act-in:1x16x10x10-act:prelu-dtype:float32",
         "conv-in:1x16x8x8-out:16-k:3-s:2-p:1-d:1-g:1-bias:1-act:none-dtype:float32",
         "concat-in:1x32x8x8-parts:16+16-dtype:float32",
         "slice-in:1x32x8x8-out:16-dtype:float32",

@@ -115,7 +115,7 @@ def test_costs_of_a_depthwise_conv_and_gemm() -> None:
         (dict(op="conv", input_shape=(1, 3, 8, 8), out_channels=4, padding=-1), "padding=-1"),
         (dict(op="conv", input_shape=(1, 3, 8), out_channels=4), "4 dimensions"),
         (dict(op="lstm", input_shape=(1, 3, 8, 8)), "unknown op type 'lstm'"),
-        (dict(op="act", input_shape=(1, 3, 8, 8), activation="prelu"), "unknown activation 'prelu'"),
+        (dict(op="act", input_shape=(1, 3, 8, 8), activation="srelu"), "unknown activation 'srelu'"),
         (dict(op="act", input_shape=(1, 3, 8, 8)), "needs act other than 'none'"),
         (dict(op="concat", input_shape=(1, 8, 4, 4), parts=(3, 4)), "sum to 7"),
         (dict(op="shuffle", input_shape=(1, 9, 4, 4), groups=2), "groups=2 must be >= 2 and divide"),

@@ -34,8 +34,9 @@ ACTIVATIONS = (
     "leakyrelu",
     "elu",
     "tanh",
+    "prelu",
 )
-_ACT_WEIGHTS = (4, 4, 2, 2, 2, 0.5, 0.5, 1, 0.5, 0.5, 0.3, 0.2)
+_ACT_WEIGHTS = (4, 4, 2, 2, 2, 0.5, 0.5, 1, 0.5, 0.5, 0.3, 0.2, 0.3)
 
 
 @dataclass

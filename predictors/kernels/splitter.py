@@ -8,7 +8,7 @@ Three passes:
   2. *Map nodes to ops* (OpSpecs). Conv (any kernel, stride, dilation, groups; ConvTranspose
      too) with its batch-norm, per-channel constant add/mul, a zero Pad before it (ONNX
      Runtime's PadFusion) and its activation (Relu, Clip(0, 6), HardSwish, HardSigmoid, Sigmoid,
-     Tanh, LeakyRelu, Elu, and the exporter's multi-node SiLU, GELU and Mish) is one conv,
+     Tanh, LeakyRelu, Elu, PRelu, and the exporter's multi-node SiLU, GELU and Mish) is one conv,
      unless the fusion rules say the runtime runs that activation apart
      (``FusionRules.runs_apart``: then it is an activation op of its own);
      MatMul + bias is a gemm, on (N, C) or channels-last (N, ..., C) tensors; Slices of one
@@ -141,7 +141,7 @@ class ModelSplitter:
                 "supported: Conv/ConvTranspose, Gemm/MatMul, pooling, Add/Mul, Concat, "
                 "Split/Slice/Gather, channel shuffle, BatchNormalization, LayerNormalization, "
                 "Softmax, Pad, Resize, Transpose, activations (Relu, Clip, HardSwish, HardSigmoid, "
-                "Sigmoid, SiLU, GELU, Mish, Tanh, LeakyRelu, Elu) and reshape-like nodes; pass "
+                "Sigmoid, SiLU, GELU, Mish, Tanh, LeakyRelu, Elu, PRelu) and reshape-like nodes; pass "
                 "--lenient (strict=False) to estimate the others on the device's roofline",
             )
         result = SplitResult(
@@ -822,6 +822,7 @@ _ACTIVATION_NAMES = {
     "Mish": "mish",
     "Erf": "erf",
     "Softplus": "softplus",
+    "PRelu": "prelu",
 }
 
 

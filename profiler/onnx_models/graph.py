@@ -31,6 +31,7 @@ ACTIVATION_OPS = (
     "Mish",
     "Erf",
     "Softplus",
+    "PRelu",
 )
 FREE_OPS = ("Identity", "Dropout")
 BINARY_OPS = {"Add": "add", "Sub": "add", "Mul": "mul", "Div": "mul"}
@@ -362,7 +363,7 @@ def _infer_shapes(node: onnx.NodeProto, g: OnnxGraph) -> list[tuple[int, ...] | 
     if (
         op in ACTIVATION_OPS
         or op in FREE_OPS
-        or op in ("BatchNormalization", "LayerNormalization", "Softmax", "LogSoftmax", "PRelu")
+        or op in ("BatchNormalization", "LayerNormalization", "Softmax", "LogSoftmax")
         or op in ("QuantizeLinear", "DequantizeLinear")
     ):
         return [x]

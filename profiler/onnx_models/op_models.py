@@ -38,7 +38,7 @@ def build_model(spec: OpSpec, seed: int = 0) -> onnx.ModelProto:
     inits: list[onnx.TensorProto] = []
     head = _core_nodes(spec, rng, nodes, inits)
     if spec.op in ("conv", "deconv", "gemm", "act"):
-        head = _activation_nodes(spec.activation, head, nodes, inits)
+        head = _activation_nodes(spec.activation, head, nodes, inits, spec.output_shapes[0])
     if spec.op != "split":
         _rename(nodes, head, "y0")
     if spec.dtype in INT_DTYPES:
@@ -206,7 +206,10 @@ def _weight_int64(name: str, values: list[int], inits: list) -> str:
     return name
 
 
-def _activation_nodes(activation: str, head: str, nodes: list, inits: list) -> str:
+def _activation_nodes(activation: str, head: str, nodes: list, inits: list, shape: tuple[int, ...]) -> str:
+    """The activation's nodes after ``head`` as torch's exporter writes them; ``shape`` is the
+    activated tensor's (PReLU's slope has one value per channel: axis 1 of an image, the last
+    axis of a channels-last tensor)."""
     if activation == "none":
         return head
     out = f"{activation}_out"
@@ -252,6 +255,11 @@ def _activation_nodes(activation: str, head: str, nodes: list, inits: list) -> s
         nodes.append(helper.make_node("Erf", [head], [out]))
     elif activation == "softplus":
         nodes.append(helper.make_node("Softplus", [head], [out]))
+    elif activation == "prelu":
+        channels = shape[1] if len(shape) == 4 else shape[-1]
+        slope_shape = (channels, 1, 1) if len(shape) == 4 else (channels,)
+        slope = _weight("prelu_slope", np.full(slope_shape, 0.25, np.float32), inits)
+        nodes.append(helper.make_node("PRelu", [head, slope], [out]))
     return out
 
 
