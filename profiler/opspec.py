@@ -155,6 +155,7 @@ _RANKS: dict[str, tuple[int, ...]] = {
     "add": (2, 3, 4),
     "mul": (2, 3, 4),
     "act": (2, 3, 4),
+    "bn": (2, 4),  # (N, C): a BatchNorm1d after a linear layer (face embeddings)
     "layernorm": (2, 3, 4),
     "softmax": (2, 3, 4),
     "transpose": (3, 4),
@@ -316,7 +317,7 @@ class OpSpec:
             return ((*shape[:-1], self.out_channels),)
         if self.op == "transpose":
             return (tuple(shape[i] for i in self.perm),)
-        if self.op in ("quantize", "dequantize", "add", "mul", "act", "layernorm", "softmax"):
+        if self.op in ("quantize", "dequantize", "add", "mul", "act", "bn", "layernorm", "softmax"):
             return (shape,)
         _, c, h, w = shape
         if self.op == "conv":

@@ -176,6 +176,17 @@ def test_a_model_from_torchs_default_exporter_splits_as_the_legacy_export(tmp_pa
     assert "keep the weights file the exporter wrote next to the model" in err[0]
 
 
+def test_a_batch_norm_after_a_linear_layer_is_a_kernel() -> None:
+    """A face embedding ends in Linear -> BatchNorm1d: a batch norm on a (N, C) tensor."""
+    module = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32))
+    keys = [
+        k.kernel.key
+        for k in ModelSplitter(FusionRules("none")).split(torch_to_onnx(module, (1, 4, 4, 4))).kernels
+    ]
+    assert keys == ["gemm-in:1x64-out:32-bias:1-act:none-dtype:float32", "bn-in:1x32-dtype:float32"]
+    assert OpSpec.from_key(keys[1]).output_shapes == ((1, 32),)
+
+
 def _whole_slice_model(opset: int, end: int) -> onnx.ModelProto:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])
