@@ -36,6 +36,7 @@ OP_TYPES = (
     "act",
     "bn",  # a BatchNormalization no conv absorbs (pre-activation networks)
     "layernorm",  # over the last axis
+    "instancenorm",  # each channel over the axes after it (InstanceNorm; GroupNorm's core, 3-D)
     "softmax",  # over the last axis
     "pad",
     "resize",
@@ -111,6 +112,7 @@ _KEY_FIELDS: dict[str, tuple[str, ...]] = {
     "act": ("act",),
     "bn": (),
     "layernorm": (),
+    "instancenorm": (),
     "softmax": (),
     "pad": ("p", "mode"),
     "resize": ("s", "mode"),
@@ -157,11 +159,26 @@ _RANKS: dict[str, tuple[int, ...]] = {
     "act": (2, 3, 4),
     "bn": (2, 4),  # (N, C): a BatchNorm1d after a linear layer (face embeddings)
     "layernorm": (2, 3, 4),
+    "instancenorm": (3, 4),
     "softmax": (2, 3, 4),
     "transpose": (3, 4),
     "quantize": (2, 4),
     "dequantize": (2, 4),
 }
+
+
+# Ops whose output has their input's shape.
+_SAME_SHAPE_OPS = (
+    "quantize",
+    "dequantize",
+    "add",
+    "mul",
+    "act",
+    "bn",
+    "layernorm",
+    "instancenorm",
+    "softmax",
+)
 
 
 class InvalidOpSpecError(HwlatError):
@@ -317,7 +334,7 @@ class OpSpec:
             return ((*shape[:-1], self.out_channels),)
         if self.op == "transpose":
             return (tuple(shape[i] for i in self.perm),)
-        if self.op in ("quantize", "dequantize", "add", "mul", "act", "bn", "layernorm", "softmax"):
+        if self.op in _SAME_SHAPE_OPS:
             return (shape,)
         _, c, h, w = shape
         if self.op == "conv":
@@ -381,6 +398,8 @@ class OpSpec:
             return 4 * self.input_shape[1]  # scale, bias, mean, variance
         if self.op == "layernorm":
             return 2 * self.input_shape[-1]
+        if self.op == "instancenorm":
+            return 2 * self.input_shape[1]
         return 0
 
     @property
@@ -407,7 +426,7 @@ class OpSpec:
             return act
         if self.op == "bn":
             return 2 * out
-        if self.op == "layernorm":
+        if self.op in ("layernorm", "instancenorm"):
             return 8 * out
         if self.op == "softmax":
             return 5 * out

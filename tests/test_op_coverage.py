@@ -52,6 +52,8 @@ NEW_OPS = [
     OpSpec("act", (1, 16, 7, 7), activation="leakyrelu"),
     OpSpec("act", (1, 16, 7, 7), activation="elu"),
     OpSpec("act", (1, 16, 7, 7), activation="prelu"),
+    OpSpec("instancenorm", (1, 16, 7, 7)),
+    OpSpec("instancenorm", (1, 4, 196)),  # a group norm's core: (N, groups, C / groups * H * W)
     OpSpec("gemm", (1, 49, 64), out_channels=32, activation="prelu"),
     OpSpec("add", (1, 49, 64), broadcast="channel"),
     OpSpec("slice", (1, 16, 7, 7), out_channels=16),  # a whole-tensor copy (a ghost module's x[:, :c])
@@ -187,6 +189,21 @@ def test_a_batch_norm_after_a_linear_layer_is_a_kernel() -> None:
     assert OpSpec.from_key(keys[1]).output_shapes == ((1, 32),)
 
 
+def test_group_and_instance_norms_are_kernels() -> None:
+    """torch writes GroupNorm as a reshape to (N, groups, rest), an InstanceNormalization, a
+    reshape back and a per-channel multiply and add; InstanceNorm2d as one node."""
+    module = nn.Sequential(
+        nn.Conv2d(16, 32, 3, padding=1), nn.GroupNorm(8, 32), nn.InstanceNorm2d(32, affine=True)
+    )
+    split = ModelSplitter(FusionRules("none")).split(torch_to_onnx(module, (1, 16, 10, 10)))
+    assert [k.kernel.key for k in split.kernels][1:] == [
+        "instancenorm-in:1x8x400-dtype:float32",
+        "mul-in:1x32x10x10-bcast:channel-dtype:float32",
+        "add-in:1x32x10x10-bcast:channel-dtype:float32",
+        "instancenorm-in:1x32x10x10-dtype:float32",
+    ]
+
+
 def _whole_slice_model(opset: int, end: int) -> onnx.ModelProto:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])
@@ -292,25 +309,23 @@ def test_lenient_estimates_unknown_ops_on_the_roofline() -> None:
 def test_ops_after_an_unknown_op_keep_their_shapes() -> None:
     """Torch writes GroupNorm as InstanceNormalization between Reshapes whose target is computed,
     where ONNX's whole-graph shape inference stops; the schema of an op no kernel describes
-    (InstanceNorm2d's InstanceNormalization) still gives its output shape, so what follows it is
-    mapped to kernels, not estimated on an unknown shape."""
+    (PixelShuffle's DepthToSpace) still gives its output shape, so what follows it is mapped to
+    kernels, not estimated on an unknown shape."""
     net = nn.Sequential(
         nn.Conv2d(3, 16, 3, 2, 1),
         nn.GroupNorm(4, 16),
-        nn.Conv2d(16, 16, 3, 1, 1),
-        nn.InstanceNorm2d(16, affine=True),
+        nn.Conv2d(16, 64, 3, 1, 1),
+        nn.PixelShuffle(2),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
         nn.Linear(16, 10),
     ).eval()
     model = torch_to_onnx(net, (1, 3, 32, 32))
     graph = OnnxGraph(model)
-    [norm] = [
-        n for n in graph.data_nodes if n.op_type == "InstanceNormalization" and n.name.startswith("/3/")
-    ]
-    assert norm.output[0] not in graph.inferred and graph.shapes[norm.output[0]] == (1, 16, 16, 16)
+    [shuffle] = [n for n in graph.data_nodes if n.op_type == "DepthToSpace"]
+    assert shuffle.output[0] not in graph.inferred and graph.shapes[shuffle.output[0]] == (1, 16, 32, 32)
     split = ModelSplitter(strict=False).split(model)
-    assert {f.op_type for f in split.fallback} == {"InstanceNormalization"}
+    assert {f.op_type for f in split.fallback} == {"DepthToSpace"}
     assert all(f.bytes_moved > 0 for f in split.fallback)
     assert [k.kernel.op for k in split.kernels][-2:] == ["globalavgpool", "gemm"]
 

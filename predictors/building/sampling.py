@@ -216,6 +216,16 @@ def _norm(rng: np.random.Generator) -> list[OpSpec]:
     return ops
 
 
+def _instance_norm(rng: np.random.Generator) -> list[OpSpec]:
+    """An instance norm, or a group norm's core as torch writes it: the norm over (N, groups,
+    C / groups * H * W); its per-channel multiply and add are element-wise kernels."""
+    hw, c = resolution(rng, 56), channels(rng, 16, 512)
+    if rng.random() < 0.5:
+        return [OpSpec("instancenorm", (1, c, hw, hw))]
+    groups = int(rng.choice([g for g in (4, 8, 16, 32) if c % g == 0] or [1]))
+    return [OpSpec("instancenorm", (1, groups, c // groups * hw * hw))]
+
+
 def _stem(rng: np.random.Generator) -> list[OpSpec]:
     k = int(rng.choice([3, 5, 7]))
     hw = int(rng.choice([96, 128, 160, 192, 224, 256]))
@@ -419,6 +429,7 @@ PATTERNS: dict[str, Callable[[np.random.Generator], list[OpSpec]]] = {
     "channels_last": _channels_last,
     "layout": _layout,
     "norm": _norm,
+    "instance_norm": _instance_norm,
 }
 DEFAULT_WEIGHTS = {
     "conv": 30,
@@ -440,4 +451,5 @@ DEFAULT_WEIGHTS = {
     "channels_last": 5,
     "layout": 4,
     "norm": 3,
+    "instance_norm": 1,
 }

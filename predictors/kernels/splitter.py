@@ -140,6 +140,7 @@ class ModelSplitter:
                 f"the model has ops hwlat cannot map to kernels: {'; '.join(unsupported)}",
                 "supported: Conv/ConvTranspose, Gemm/MatMul, pooling, Add/Mul, Concat, "
                 "Split/Slice/Gather, channel shuffle, BatchNormalization, LayerNormalization, "
+                "InstanceNormalization (and GroupNorm), "
                 "Softmax, Pad, Resize, Transpose, activations (Relu, Clip, HardSwish, HardSigmoid, "
                 "Sigmoid, SiLU, GELU, Mish, Tanh, LeakyRelu, Elu, PRelu) and reshape-like nodes; pass "
                 "--lenient (strict=False) to estimate the others on the device's roofline",
@@ -482,6 +483,12 @@ class _Mapper:
         if attrs(node).get("axis", -1) % len(x) != len(x) - 1:
             raise _Unmappable("only a layer norm over the last axis is supported")
         self._add(OpSpec("layernorm", x), [node.input[0]], [node.output[0]], [node])
+
+    def _map_InstanceNormalization(self, node: onnx.NodeProto) -> None:
+        """InstanceNorm2d, and the core of GroupNorm, which torch writes as a reshape to
+        (N, groups, rest), this, a reshape back and a per-channel multiply and add."""
+        x = self._shape(node.input[0])
+        self._add(OpSpec("instancenorm", x), [node.input[0]], [node.output[0]], [node])
 
     def _map_Softmax(self, node: onnx.NodeProto) -> None:
         x = self._shape(node.input[0])

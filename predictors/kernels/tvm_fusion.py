@@ -43,6 +43,7 @@ ANCHORS = (
     "avgpool",
     "globalavgpool",
     "layernorm",
+    "instancenorm",
     "softmax",
 )
 # Elementwise (indices in = indices out): a standalone batch norm is a broadcast multiply-add,

@@ -30,6 +30,7 @@ FAMILIES = {
     "act": "eltwise",
     "bn": "eltwise",
     "layernorm": "norm",
+    "instancenorm": "norm",
     "softmax": "norm",
     "concat": "memory",
     "split": "memory",

@@ -138,6 +138,12 @@ def _core_nodes(spec: OpSpec, rng: np.random.Generator, nodes: list, inits: list
             helper.make_node("LayerNormalization", ["x0", scale, bias], ["ln_out"], axis=-1, epsilon=1e-5)
         )
         return "ln_out"
+    if op == "instancenorm":
+        c = spec.input_shape[1]
+        scale = _weight("in_scale", rng.uniform(0.5, 1.5, c), inits)
+        bias = _weight("in_bias", rng.standard_normal(c) * 0.1, inits)
+        nodes.append(helper.make_node("InstanceNormalization", ["x0", scale, bias], ["in_out"], epsilon=1e-5))
+        return "in_out"
     if op == "softmax":
         nodes.append(helper.make_node("Softmax", ["x0"], ["softmax_out"], axis=-1))
         return "softmax_out"
