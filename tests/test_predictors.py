@@ -284,6 +284,22 @@ def test_kernel_regressor_generalises(synthetic_regressor):
     assert np.median(np.abs(rel)) < 0.05
 
 
+def test_feature_codes_of_existing_ops_and_activations_never_move():
+    """A saved regressor's trees split on these codes: an op or activation added later goes last."""
+    from hwlat.predictors.models.features import FAMILIES
+    from hwlat.profiler.opspec import ACTIVATIONS
+
+    assert tuple(FAMILIES)[:24] == (
+        *("conv", "dwconv", "deconv", "gemm", "maxpool", "avgpool", "globalavgpool", "globalmaxpool"),
+        *("add", "mul", "act", "bn", "layernorm", "softmax", "concat", "split", "slice", "shuffle"),
+        *("pad", "resize", "transpose", "se", "quantize", "dequantize"),
+    )
+    assert ACTIVATIONS[:15] == (
+        *("none", "relu", "relu6", "hardswish", "hardsigmoid", "swish", "sigmoid", "gelu", "mish"),
+        *("tanh", "leakyrelu", "elu", "erf", "softplus", "prelu"),
+    )
+
+
 def test_kernel_regressor_never_predicts_below_the_fastest_kernel_of_its_family() -> None:
     """Far below the sampled sizes the log-linear part would go to zero (a conv on one pixel at
     0.1 us); every kernel launch has a fixed cost, so the fastest measured kernel is the floor."""

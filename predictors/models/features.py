@@ -30,7 +30,6 @@ FAMILIES = {
     "act": "eltwise",
     "bn": "eltwise",
     "layernorm": "norm",
-    "instancenorm": "norm",
     "softmax": "norm",
     "concat": "memory",
     "split": "memory",
@@ -42,6 +41,8 @@ FAMILIES = {
     "se": "se",
     "quantize": "convert",
     "dequantize": "convert",
+    # Ops added later go last: a kernel's op_code is its index here, which saved predictors keep.
+    "instancenorm": "norm",
 }
 # Ops whose tensors are channels last, (N, ..., C): linear layers and the normalisations of
 # transformer-style blocks; element-wise ops too when their input is not 4-D.
