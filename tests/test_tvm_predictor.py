@@ -56,6 +56,7 @@ def example(op_cls: str, x: tuple[int, ...]) -> OpSpec:
         "globalavgpool": lambda: OpSpec("globalavgpool", x),
         "globalmaxpool": lambda: OpSpec("globalmaxpool", x),
         "layernorm": lambda: OpSpec("layernorm", x),
+        "instancenorm": lambda: OpSpec("instancenorm", x),
         "softmax": lambda: OpSpec("softmax", x),
         "bn": lambda: OpSpec("bn", x),
         "slice": lambda: OpSpec("slice", x, out_channels=c // 2),
