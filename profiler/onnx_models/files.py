@@ -48,8 +48,7 @@ def one_file(path: Path, directory: Path) -> Path:
     ``directory`` under a name from their content: a device is sent one file, under a name of
     its own, so the model's relative path to its weights would not hold there."""
     path = Path(path)
-    model = load_model(path, load_weights=False)
-    if not any(uses_external_data(t) for t in model.graph.initializer):
+    if not _weight_files(load_model(path, load_weights=False)):
         return path
     model = load_model(path)  # with the weights, from the files next to it
     try:
@@ -177,17 +176,22 @@ def model_facts(path: Path) -> dict:
     a model file."""
     model = load_model(path, load_weights=False)
     params = int(sum(np.prod(t.dims) for t in model.graph.initializer))
-    weight_files = {
+    folder = Path(path).parent
+    return {
+        "model_path": str(path),
+        "model_bytes": Path(path).stat().st_size
+        + sum((folder / f).stat().st_size for f in _weight_files(model)),
+        "params": params,
+        "nodes": len(model.graph.node),
+    }
+
+
+def _weight_files(model: onnx.ModelProto) -> set[str]:
+    """The files, relative to the model's, that hold its weights outside it (none: all inside)."""
+    return {
         entry.value
         for t in model.graph.initializer
         if uses_external_data(t)
         for entry in t.external_data
         if entry.key == "location"
-    }
-    folder = Path(path).parent
-    return {
-        "model_path": str(path),
-        "model_bytes": Path(path).stat().st_size + sum((folder / f).stat().st_size for f in weight_files),
-        "params": params,
-        "nodes": len(model.graph.node),
     }

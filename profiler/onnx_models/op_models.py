@@ -262,8 +262,7 @@ def _activation_nodes(activation: str, head: str, nodes: list, inits: list, shap
     elif activation == "softplus":
         nodes.append(helper.make_node("Softplus", [head], [out]))
     elif activation == "prelu":
-        channels = shape[1] if len(shape) == 4 else shape[-1]
-        slope_shape = (channels, 1, 1) if len(shape) == 4 else (channels,)
+        slope_shape = (shape[1], 1, 1) if len(shape) == 4 else (shape[-1],)
         slope = _weight("prelu_slope", np.full(slope_shape, 0.25, np.float32), inits)
         nodes.append(helper.make_node("PRelu", [head, slope], [out]))
     return out
