@@ -31,7 +31,7 @@ OP_TYPES = (
     "mul",
     "concat",
     "split",
-    "slice",  # a channel range of a tensor (a Slice, or a Gather of consecutive channels)
+    "slice",  # a channel (or row, column: ``axis``) range of a tensor (a Slice, or a Gather)
     "shuffle",
     "act",
     "bn",  # a BatchNormalization no conv absorbs (pre-activation networks)
@@ -43,6 +43,7 @@ OP_TYPES = (
     "transpose",
     "quantize",
     "dequantize",
+    "reduce",  # over the channels of a 4-D tensor, to (N, 1, H, W): CBAM's maps, a 2-D layer norm's
 )
 ACTIVATIONS = (
     "none",
@@ -60,10 +61,31 @@ ACTIVATIONS = (
     "erf",  # the pieces of GELU and Mish that a quantized network runs apart (Q/DQ between them)
     "softplus",
     "prelu",  # a learned slope per channel (face recognition, super-resolution networks)
+    # Element-wise math that hand-written norms and attention use (``x.pow(2)``, ``sqrt``, ...),
+    # and two rarer activations; ONNX Runtime runs each as a node of its own (probed).
+    "sqrt",
+    "square",  # Pow with exponent 2
+    "exp",
+    "log",
+    "abs",
+    "neg",
+    "reciprocal",
+    "selu",
+    "celu",
 )
-BROADCASTS = ("none", "channel")
+# The smaller operand of an element-wise add or mul on (N, C, H, W): the same shape, one value
+# per channel (N, C, 1, 1), per pixel (N, 1, H, W: a spatial attention map, a 2-D layer norm's
+# statistics), per channel and row (N, C, H, 1) or per channel and column (N, C, 1, W: coordinate
+# attention). Tensors of other ranks broadcast "none" or "channel" only.
+BROADCASTS = ("none", "channel", "pixel", "row", "column")
+_BROADCAST_SHAPES = {
+    "pixel": lambda n, c, h, w: (n, 1, h, w),
+    "row": lambda n, c, h, w: (n, c, h, 1),
+    "column": lambda n, c, h, w: (n, c, 1, w),
+}
 PAD_MODES = ("constant", "reflect", "edge")
 RESIZE_MODES = ("nearest", "linear")
+REDUCE_MODES = ("mean", "max", "sum")
 # float32, or 8-bit as ONNX Runtime's static quantizer writes it (QDQ): "int8" is S8S8 (int8
 # activations and weights, the CPU default), "uint8" is U8S8 (uint8 activations, int8 weights;
 # it saturates on x86 CPUs without VNNI).
@@ -119,6 +141,7 @@ _KEY_FIELDS: dict[str, tuple[str, ...]] = {
     "transpose": ("perm",),
     "quantize": (),  # float32 -> dtype
     "dequantize": (),  # dtype -> float32
+    "reduce": ("mode",),
 }
 # Short key names -> dataclass attribute names.
 _KEY_TO_ATTR = {
@@ -137,10 +160,18 @@ _KEY_TO_ATTR = {
     "mode": "mode",
     "dtype": "dtype",
     "w": "weights",
+    "axis": "axis",
 }
 # Fields a key shows only when they differ from their default, so that adding one kept every
 # existing key (and the measurements stored under it) as it was.
-_OPTIONAL_KEY_FIELDS: dict[str, tuple[str, ...]] = {"conv": ("w",)}
+_OPTIONAL_KEY_FIELDS: dict[str, tuple[str, ...]] = {
+    "conv": ("w",),
+    # The axis a concat, split or slice works along: 1 (channels), or 2 or 3 (rows, columns: the
+    # pooled maps of coordinate attention).
+    "concat": ("axis",),
+    "split": ("axis",),
+    "slice": ("axis",),
+}
 # How a conv's weights reach it. "constant": constants of the kernel's dtype (float32, or the
 # 8-bit weights ORT's quantizer writes, per output channel). "dequantized": a float32 conv whose
 # weights (and bias) are 8-bit constants dequantized on every run, which is how ONNX Runtime runs
@@ -181,6 +212,9 @@ _SAME_SHAPE_OPS = (
 )
 
 
+_DEFAULT_MODES = {"pad": "constant", "resize": "nearest", "reduce": "mean"}
+
+
 class InvalidOpSpecError(HwlatError):
     """An OpSpec (or its key or JSON) does not describe a valid kernel."""
 
@@ -212,6 +246,7 @@ class OpSpec:
     mode: str = "none"
     dtype: str = "float32"
     weights: str = "constant"
+    axis: int = 1
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -223,8 +258,8 @@ class OpSpec:
             object.__setattr__(self, name, _pair_or_int(getattr(self, name)))
         if self.dtype in INT_DTYPES and self.op in ("conv", "gemm") and self.activation in RANGE_ACTIVATIONS:
             object.__setattr__(self, "activation", "none")
-        if self.mode == "none" and self.op in ("pad", "resize"):
-            object.__setattr__(self, "mode", "constant" if self.op == "pad" else "nearest")
+        if self.mode == "none" and self.op in _DEFAULT_MODES:
+            object.__setattr__(self, "mode", _DEFAULT_MODES[self.op])
         if self.op not in OP_TYPES:
             raise InvalidOpSpecError(f"unknown op type {self.op!r}; known types: {', '.join(OP_TYPES)}")
         # Fields that do not matter for this op type go back to their defaults, so that
@@ -346,10 +381,12 @@ class OpSpec:
             return ((n, c, *self._spatial_out(h, w)),)
         if self.op in ("globalavgpool", "globalmaxpool"):
             return ((n, c, 1, 1),)
+        if self.op == "reduce":
+            return ((n, 1, h, w),)
         if self.op == "split":
-            return tuple((n, p, h, w) for p in self.parts)
+            return tuple(self._along_axis(p) for p in self.parts)
         if self.op == "slice":
-            return ((n, self.out_channels, h, w),)
+            return (self._along_axis(self.out_channels),)
         if self.op == "pad":
             ph, pw = self.padding_hw
             return ((n, c, h + 2 * ph, w + 2 * pw),)
@@ -365,11 +402,16 @@ class OpSpec:
             other = shape
             if self.broadcast == "channel":  # NCHW: (N, C, 1, 1); channels last: (C,)
                 other = (shape[0], shape[1], 1, 1) if len(shape) == 4 else (shape[-1],)
+            elif self.broadcast in _BROADCAST_SHAPES:
+                other = _BROADCAST_SHAPES[self.broadcast](*shape)
             return (shape, other)
         if self.op == "concat":
-            n, _, *hw = shape
-            return tuple((n, p, *hw) for p in self.parts)
+            return tuple(self._along_axis(p) for p in self.parts)
         return (shape,)
+
+    def _along_axis(self, size: int) -> tuple[int, ...]:
+        """The input shape with ``size`` along ``axis`` (a part of a concat, split or slice)."""
+        return tuple(size if i == self.axis else d for i, d in enumerate(self.input_shape))
 
     def _spatial_out(self, h: int, w: int) -> tuple[int, int]:
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
@@ -418,7 +460,7 @@ class OpSpec:
             return 2 * out * self.input_shape[-1] + bias + act
         if self.op in ("maxpool", "avgpool"):
             return out * kh * kw
-        if self.op in ("globalavgpool", "globalmaxpool"):
+        if self.op in ("globalavgpool", "globalmaxpool", "reduce"):
             return inp
         if self.op in ("add", "mul"):
             return out
@@ -476,6 +518,15 @@ _ACTIVATION_FLOPS = {
     "erf": 6,
     "softplus": 4,
     "prelu": 2,
+    "sqrt": 1,
+    "square": 1,
+    "exp": 4,
+    "log": 4,
+    "abs": 1,
+    "neg": 1,
+    "reciprocal": 1,
+    "selu": 5,
+    "celu": 5,
 }
 
 
@@ -525,7 +576,7 @@ def _parse_value(short: str, raw: str, key: str) -> object:
         raise InvalidOpSpecError(f"bad value {raw!r} for {short!r} in key {key!r}") from None
 
 
-_INT_FIELDS = ("out_channels", "groups")
+_INT_FIELDS = ("out_channels", "groups", "axis")
 
 
 def _check_types(spec: OpSpec) -> None:
@@ -602,6 +653,8 @@ def _validate(spec: OpSpec) -> None:
         fail(f"unknown activation {spec.activation!r}; use one of {', '.join(ACTIVATIONS)}")
     if spec.broadcast not in BROADCASTS:
         fail(f"unknown broadcast {spec.broadcast!r}; use one of {', '.join(BROADCASTS)}")
+    if spec.broadcast in _BROADCAST_SHAPES and len(spec.input_shape) != 4:
+        fail(f"broadcast {spec.broadcast!r} needs an (N, C, H, W) input, got {spec.input_shape}")
     for name in ("kernel", "stride", "dilation"):
         if min(_as_pair(getattr(spec, name))) <= 0:
             fail(f"{name}={getattr(spec, name)} must be positive")
@@ -633,15 +686,16 @@ def _validate(spec: OpSpec) -> None:
             fail(f"padding={spec.padding} must be at most half the kernel ({spec.kernel}) for pooling")
     if spec.op == "deconv" and min(spec.output_shapes[0][2:]) <= 0:
         fail(f"the transposed conv's output {spec.output_shapes[0]} is empty; lower the padding")
+    if spec.axis not in (1, 2, 3):
+        fail(f"axis={spec.axis} must be 1, 2 or 3 (channels, rows, columns)")
+    size = spec.input_shape[spec.axis] if spec.axis < len(spec.input_shape) else 0
     if spec.op in ("concat", "split"):
         if len(spec.parts) < 2 or any(p <= 0 for p in spec.parts):
-            fail(f"parts={spec.parts} needs at least two positive channel counts")
-        if sum(spec.parts) != spec.input_shape[1]:
-            fail(
-                f"parts={spec.parts} sum to {sum(spec.parts)}, but the channel count is {spec.input_shape[1]}"
-            )
-    if spec.op == "slice" and spec.out_channels > spec.input_shape[1]:
-        fail(f"out={spec.out_channels} must be at most the {spec.input_shape[1]} channels")
+            fail(f"parts={spec.parts} needs at least two positive sizes")
+        if sum(spec.parts) != size:
+            fail(f"parts={spec.parts} sum to {sum(spec.parts)}, but axis {spec.axis} has size {size}")
+    if spec.op == "slice" and spec.out_channels > size:
+        fail(f"out={spec.out_channels} must be at most the {size} of axis {spec.axis}")
     if spec.op == "shuffle" and (spec.groups < 2 or spec.input_shape[1] % spec.groups):
         fail(f"groups={spec.groups} must be >= 2 and divide the channels ({spec.input_shape[1]})")
     if spec.op == "pad" and spec.mode not in PAD_MODES:
@@ -650,6 +704,8 @@ def _validate(spec: OpSpec) -> None:
         fail("a pad of 0 is no op")
     if spec.op == "resize" and spec.mode not in RESIZE_MODES:
         fail(f"mode {spec.mode!r}: use one of {', '.join(RESIZE_MODES)}")
+    if spec.op == "reduce" and spec.mode not in REDUCE_MODES:
+        fail(f"mode {spec.mode!r}: use one of {', '.join(REDUCE_MODES)}")
     if spec.op == "transpose" and sorted(spec.perm) != list(range(len(spec.input_shape))):
         fail(f"perm={spec.perm} must order the {len(spec.input_shape)} axes")
 

@@ -57,6 +57,18 @@ NEW_OPS = [
     OpSpec("gemm", (1, 49, 64), out_channels=32, activation="prelu"),
     OpSpec("add", (1, 49, 64), broadcast="channel"),
     OpSpec("slice", (1, 16, 7, 7), out_channels=16),  # a whole-tensor copy (a ghost module's x[:, :c])
+    # attention blocks and hand-written norms
+    OpSpec("reduce", (1, 16, 7, 7), mode="mean"),
+    OpSpec("reduce", (1, 16, 7, 7), mode="max"),
+    OpSpec("reduce", (1, 16, 7, 7), mode="sum"),
+    OpSpec("mul", (1, 16, 7, 5), broadcast="pixel"),
+    OpSpec("mul", (1, 16, 7, 5), broadcast="row"),
+    OpSpec("add", (1, 16, 7, 5), broadcast="column"),
+    OpSpec("concat", (1, 16, 14, 1), parts=(7, 7), axis=2),
+    OpSpec("split", (1, 16, 3, 14), parts=(9, 5), axis=3),
+    OpSpec("slice", (1, 16, 14, 1), out_channels=7, axis=2),
+    *(OpSpec("act", (1, 16, 7, 7), activation=a) for a in ("sqrt", "square", "exp", "log", "abs")),
+    *(OpSpec("act", (1, 49, 16), activation=a) for a in ("neg", "reciprocal", "selu", "celu")),
 ]
 
 
@@ -79,6 +91,15 @@ def test_op_models_compute_what_torch_computes() -> None:
         "leakyrelu": nn.functional.leaky_relu,
         "elu": nn.functional.elu,
         "prelu": nn.PReLU(16),  # torch's initial slope, 0.25 per channel, as the op model's
+        "sqrt": torch.sqrt,  # NaN below zero on both sides
+        "square": lambda t: t.pow(2),
+        "exp": torch.exp,
+        "log": torch.log,
+        "abs": torch.abs,
+        "neg": torch.neg,
+        "reciprocal": torch.reciprocal,
+        "selu": nn.functional.selu,
+        "celu": nn.functional.celu,
     }
     for name, fn in reference.items():
         model = build_model(OpSpec("act", x.shape, activation=name))
@@ -115,10 +136,19 @@ class _Blocks(nn.Module):
         return z, u, self.prelu(p), q, ghost, whole, m
 
 
-def test_splitter_maps_the_blocks_torch_exports() -> None:
-    model = torch_to_onnx(_Blocks(), (1, 16, 8, 8))
+def _split_strictly(module: nn.Module, shape: tuple[int, ...], expected: list[str]):
+    """The module's export and its split: every expected kernel in it, no op unsupported or
+    estimated on the roofline."""
+    model = torch_to_onnx(module, shape)
     split = ModelSplitter(FusionRules("none")).split(model)
     keys = [k.kernel.key for k in split.kernels]
+    for key in expected:
+        assert key in keys, key
+    assert not split.unsupported and not split.fallback
+    return model, split
+
+
+def test_splitter_maps_the_blocks_torch_exports() -> None:
     expected = [
         "conv-in:1x16x8x8-out:16-k:1x7-s:1-p:0x3-d:1-g:1-bias:1-act:gelu-dtype:float32",
         "act-in:1x16x8x8-act:mish-dtype:float32",
@@ -139,9 +169,7 @@ def test_splitter_maps_the_blocks_torch_exports() -> None:
         "maxpool-in:1x16x8x8-k:8-s:8-p:0-dtype:float32",
         "globalmaxpool-in:1x16x8x8-dtype:float32",
     ]
-    for key in expected:
-        assert key in keys, key
-    assert not split.unsupported and not split.fallback
+    model, split = _split_strictly(_Blocks(), (1, 16, 8, 8), expected)
     graph = OnnxGraph(model)
     accounted = {n for k in split.kernels for n in k.nodes} | set(split.glue_nodes)
     vanished = {n.op_type for n in graph.data_nodes if n.name not in accounted}
@@ -176,6 +204,60 @@ def test_a_model_from_torchs_default_exporter_splits_as_the_legacy_export(tmp_pa
     assert status == 2 and len(err) == 1
     assert err[0].startswith(f"hwlat: error: cannot read the weights of {path}")
     assert "keep the weights file the exporter wrote next to the model" in err[0]
+
+
+class _Attention(nn.Module):
+    """The attention blocks and hand-written norms users add to CNNs, as their papers' code
+    writes them: CBAM (Woo et al. 2018), coordinate attention (Hou et al. 2021), ECA (Wang et
+    al. 2020) and ConvNeXt's layer norm over channels (Liu et al. 2022)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spatial = nn.Conv2d(2, 1, 7, padding=3, bias=False)
+        self.mid = nn.Conv2d(16, 8, 1)
+        self.gate_h, self.gate_w = nn.Conv2d(8, 16, 1), nn.Conv2d(8, 16, 1)
+        self.eca = nn.Conv1d(1, 1, 3, padding=1, bias=False)
+        self.scale, self.shift = nn.Parameter(torch.ones(16)), nn.Parameter(torch.zeros(16))
+
+    def forward(self, x: torch.Tensor):
+        n, c, h, w = x.shape
+        m = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)
+        cbam = x * torch.sigmoid(self.spatial(m))
+        pooled = torch.cat([x.mean(3, keepdim=True), x.mean(2, keepdim=True).permute(0, 1, 3, 2)], 2)
+        yh, yw = torch.split(nn.functional.hardswish(self.mid(pooled)), [h, w], 2)
+        coord = x * torch.sigmoid(self.gate_h(yh)) * torch.sigmoid(self.gate_w(yw.permute(0, 1, 3, 2)))
+        y = nn.functional.adaptive_avg_pool2d(x, 1).squeeze(-1).transpose(-1, -2)
+        eca = x * torch.sigmoid(self.eca(y).transpose(-1, -2).unsqueeze(-1))
+        u = x.mean(1, keepdim=True)
+        v = (x - u).pow(2).mean(1, keepdim=True)
+        norm = self.scale[:, None, None] * (x - u) / torch.sqrt(v + 1e-6) + self.shift[:, None, None]
+        return cbam, coord, eca, norm
+
+
+def test_splitter_maps_attention_blocks_and_hand_written_norms() -> None:
+    expected = [
+        "reduce-in:1x16x8x6-mode:mean-dtype:float32",
+        "reduce-in:1x16x8x6-mode:max-dtype:float32",
+        "concat-in:1x2x8x6-parts:1+1-dtype:float32",
+        "conv-in:1x2x8x6-out:1-k:7-s:1-p:3-d:1-g:1-bias:0-act:sigmoid-dtype:float32",
+        "mul-in:1x16x8x6-bcast:pixel-dtype:float32",
+        "avgpool-in:1x16x8x6-k:1x6-s:1-p:0-dtype:float32",
+        "concat-in:1x16x14x1-parts:8+6-axis:2-dtype:float32",
+        "split-in:1x8x14x1-parts:8+6-axis:2-dtype:float32",
+        "mul-in:1x16x8x6-bcast:row-dtype:float32",
+        "mul-in:1x16x8x6-bcast:column-dtype:float32",
+        "conv-in:1x1x1x16-out:1-k:1x3-s:1-p:0x1-d:1-g:1-bias:0-act:none-dtype:float32",
+        "add-in:1x16x8x6-bcast:pixel-dtype:float32",
+        "act-in:1x16x8x6-act:square-dtype:float32",
+        "act-in:1x1x8x6-act:sqrt-dtype:float32",
+    ]
+    model, split = _split_strictly(_Attention(), (1, 16, 8, 6), expected)
+    # every kernel's spec computes the shapes the graph has (what the harness will time)
+    graph = OnnxGraph(model)
+    for kernel in split.kernels:
+        for node, op in zip(kernel.nodes, kernel.kernel.ops, strict=False):
+            out = next(n.output[0] for n in graph.data_nodes if n.name == node)
+            assert np.prod(graph.shapes[out]) == np.prod(op.output_shapes[0]), (node, op.key)
 
 
 def test_a_batch_norm_after_a_linear_layer_is_a_kernel() -> None:

@@ -46,7 +46,7 @@ from hwlat.profiler.backends.ort.harness import (
     relu_chain,
 )
 from hwlat.profiler.onnx_models import torch_to_onnx
-from hwlat.profiler.opspec import OpSpec
+from hwlat.profiler.opspec import BROADCASTS, OpSpec
 from hwlat.profiler.store import Store
 from tests.synthetic import RULES, synthetic_ms
 from tests.synthetic import synthetic_regressor as make_synthetic_regressor
@@ -61,7 +61,10 @@ def zoo_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def synthetic_regressor() -> KernelRegressor:
-    return make_synthetic_regressor()
+    # 800 sampled kernels: with the attention and math patterns the sampler draws more kinds of
+    # kernel, and 500 of them gave 73% within +-10% on other seeds (11-14; 500 gave 82% before
+    # those patterns, 800 gives 84% now).
+    return make_synthetic_regressor(800)
 
 
 # ----- splitter --------------------------------------------------------------------------------
@@ -289,15 +292,32 @@ def test_feature_codes_of_existing_ops_and_activations_never_move():
     from hwlat.predictors.models.features import FAMILIES
     from hwlat.profiler.opspec import ACTIVATIONS
 
-    assert tuple(FAMILIES)[:24] == (
+    assert tuple(FAMILIES)[:26] == (
         *("conv", "dwconv", "deconv", "gemm", "maxpool", "avgpool", "globalavgpool", "globalmaxpool"),
         *("add", "mul", "act", "bn", "layernorm", "softmax", "concat", "split", "slice", "shuffle"),
-        *("pad", "resize", "transpose", "se", "quantize", "dequantize"),
+        *("pad", "resize", "transpose", "se", "quantize", "dequantize", "instancenorm", "reduce"),
     )
-    assert ACTIVATIONS[:15] == (
+    assert ACTIVATIONS[:24] == (
         *("none", "relu", "relu6", "hardswish", "hardsigmoid", "swish", "sigmoid", "gelu", "mish"),
         *("tanh", "leakyrelu", "elu", "erf", "softplus", "prelu"),
+        *("sqrt", "square", "exp", "log", "abs", "neg", "reciprocal", "selu", "celu"),
     )
+    assert BROADCASTS[:2] == ("none", "channel")  # the "broadcast" feature's codes, as before its rename
+
+
+def test_a_predictor_saved_before_a_feature_rename_loads_and_predicts_the_same(tmp_path) -> None:
+    """The "broadcast" feature was "bcast_channel" (0 or 1, the codes "none" and "channel" keep)."""
+    from tests.synthetic import synthetic_predictor
+
+    predictor = synthetic_predictor(n=120)
+    path = predictor.save(tmp_path / "new.json")
+    data = json.loads(path.read_text())
+    text = json.dumps(data).replace('"broadcast"', '"bcast_channel"')
+    assert '"bcast_channel"' in text
+    (tmp_path / "old.json").write_text(text)
+    old = LatencyPredictor.load(tmp_path / "old.json")
+    model = torch_to_onnx(zoo.build("mobilenet_v2_0.5"), (1, 3, 64, 64))
+    assert old.predict(model).latency_ms == pytest.approx(predictor.predict(model).latency_ms)
 
 
 def test_kernel_regressor_never_predicts_below_the_fastest_kernel_of_its_family() -> None:

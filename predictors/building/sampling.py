@@ -376,6 +376,62 @@ def _se(rng: np.random.Generator) -> list[OpSpec]:
     ]
 
 
+def _attention(rng: np.random.Generator) -> list[OpSpec]:
+    """The attention and norm blocks users add to CNNs, as the exporter writes them: CBAM's
+    spatial map (channel mean and max -> 7x7 conv -> sigmoid -> a per-pixel gate), coordinate
+    attention (row and column pools -> one conv -> split -> per-row and per-column gates), and a
+    layer norm over channels written by hand (ConvNeXt's: mean, subtract, square, mean, sqrt,
+    divide, scale and shift)."""
+    hw, c = resolution(rng, 56), channels(rng, 16, 1024)
+    x = (1, c, hw, hw)
+    choice = str(rng.choice(["cbam", "coordinate", "layernorm"]))
+    if choice == "cbam":
+        m = (1, 2, hw, hw)
+        return [
+            OpSpec("reduce", x, mode="mean"),
+            OpSpec("reduce", x, mode="max"),
+            OpSpec("concat", m, parts=(1, 1)),
+            OpSpec("conv", m, out_channels=1, kernel=7, padding=3, activation="sigmoid"),
+            OpSpec("mul", x, broadcast="pixel"),
+        ]
+    if choice == "coordinate":
+        mid = max(8, c // 32)
+        pooled = (1, c, 2 * hw, 1)
+        return [
+            OpSpec("avgpool", x, kernel=(1, hw), stride=(1, hw)),
+            OpSpec("avgpool", x, kernel=(hw, 1), stride=(hw, 1)),
+            OpSpec("concat", pooled, parts=(hw, hw), axis=2),
+            OpSpec("conv", pooled, out_channels=mid, activation="hardswish"),
+            OpSpec("split", (1, mid, 2 * hw, 1), parts=(hw, hw), axis=2),
+            OpSpec("conv", (1, mid, hw, 1), out_channels=c, activation="sigmoid"),
+            OpSpec("conv", (1, mid, 1, hw), out_channels=c, activation="sigmoid"),
+            OpSpec("mul", x, broadcast="row"),
+            OpSpec("mul", x, broadcast="column"),
+        ]
+    stats = (1, 1, hw, hw)
+    return [
+        OpSpec("reduce", x, mode="mean"),
+        OpSpec("add", x, broadcast="pixel"),
+        OpSpec("act", x, activation="square"),
+        OpSpec("reduce", x, mode="mean"),
+        OpSpec("add", stats, broadcast="channel"),
+        OpSpec("act", stats, activation="sqrt"),
+        OpSpec("mul", x, broadcast="pixel"),
+        OpSpec("mul", x, broadcast="channel"),
+        OpSpec("add", x, broadcast="channel"),
+    ]
+
+
+MATH_ACTIVATIONS = ("sqrt", "square", "exp", "log", "abs", "neg", "reciprocal", "selu", "celu")
+
+
+def _math(rng: np.random.Generator) -> list[OpSpec]:
+    """Element-wise math and the rarer activations, on an image or a channels-last tensor."""
+    c, hw = channels(rng), resolution(rng, 56)
+    shape = (1, c, hw, hw) if rng.random() < 0.7 else (1, hw * hw, c)
+    return [OpSpec("act", shape, activation=str(rng.choice(MATH_ACTIVATIONS)))]
+
+
 def in_8_bits(ops: list[OpSpec], dtype: str, rng: np.random.Generator) -> list[OpSpec]:
     """The pattern as a quantized network runs it: each op's 8-bit kernel where one exists (a
     float-only op, e.g. a hardswish, is left out: in a network it runs between conversions),
@@ -430,6 +486,8 @@ PATTERNS: dict[str, Callable[[np.random.Generator], list[OpSpec]]] = {
     "layout": _layout,
     "norm": _norm,
     "instance_norm": _instance_norm,
+    "attention": _attention,
+    "math": _math,
 }
 DEFAULT_WEIGHTS = {
     "conv": 30,
@@ -452,4 +510,6 @@ DEFAULT_WEIGHTS = {
     "layout": 4,
     "norm": 3,
     "instance_norm": 1,
+    "attention": 3,
+    "math": 1,
 }

@@ -17,7 +17,7 @@ import numpy as np
 
 from hwlat.errors import PredictorFormatError
 from hwlat.predictors.kernels.fusion import RULES_VERSION
-from hwlat.predictors.models.features import FEATURES
+from hwlat.predictors.models.features import FEATURES, same_features
 from hwlat.predictors.models.kernel_regressor import ALL
 from hwlat.predictors.models.kernel_regressor import FORMAT_VERSION as REGRESSOR_VERSION
 from hwlat.profiler.opspec import DTYPES
@@ -222,7 +222,7 @@ def _family(value: Any, path: str) -> None:
 
 
 def _features(value: Any, path: str) -> None:
-    if value != list(FEATURES):
+    if not isinstance(value, list) or not same_features(value):
         raise _Bad(path, "the kernel regressor was trained on the features of another hwlat version")
 
 

@@ -138,12 +138,13 @@ class ModelSplitter:
         if unsupported and self.strict:
             raise UnsupportedOpsError(
                 f"the model has ops hwlat cannot map to kernels: {'; '.join(unsupported)}",
-                "supported: Conv/ConvTranspose, Gemm/MatMul, pooling, Add/Mul, Concat, "
-                "Split/Slice/Gather, channel shuffle, BatchNormalization, LayerNormalization, "
-                "InstanceNormalization (and GroupNorm), "
-                "Softmax, Pad, Resize, Transpose, activations (Relu, Clip, HardSwish, HardSigmoid, "
-                "Sigmoid, SiLU, GELU, Mish, Tanh, LeakyRelu, Elu, PRelu) and reshape-like nodes; pass "
-                "--lenient (strict=False) to estimate the others on the device's roofline",
+                "supported: Conv (1-D, 2-D)/ConvTranspose, Gemm/MatMul, pooling, ReduceMean/Max/Sum, "
+                "Add/Sub/Mul/Div, Concat, Split/Slice/Gather, channel shuffle, BatchNormalization, "
+                "LayerNormalization, InstanceNormalization (and GroupNorm), Softmax, Pad, Resize, "
+                "Transpose, activations (Relu, Clip, HardSwish, HardSigmoid, Sigmoid, SiLU, GELU, Mish, "
+                "Tanh, LeakyRelu, Elu, PRelu, Selu, Celu), Sqrt, Pow(x, 2), Exp, Log, Abs, Neg, "
+                "Reciprocal and reshape-like nodes; pass --lenient (strict=False) to estimate the "
+                "others on the device's roofline",
             )
         result = SplitResult(
             kernels=[],
@@ -341,13 +342,23 @@ class _Mapper:
         x = self._shape(node.input[0])
         w = self._known(node.input[1])
         a = attrs(node)
+        out = self._known(node.output[0])
+        if len(x) == 3 and op == "conv" and id(node) not in self.padded:
+            # A Conv1d (ECA's channel attention, audio front ends): timed as a 2-D conv of one row.
+            x, w, out = ((*s[:2], 1, s[2]) for s in (x, w, out))
+            pads = a.get("pads", [0, 0])
+            a = {
+                **a,
+                "strides": [1, *a.get("strides", [1])],
+                "dilations": [1, *a.get("dilations", [1])],
+                "pads": [0, pads[0], 0, pads[1]],
+            }
         if len(x) != 4:
-            raise _Unmappable(f"only 2-D convolutions (4-D tensors) are supported, input is {x}")
+            raise _Unmappable(f"only 1-D and 2-D convolutions are supported, input is {x}")
         groups = a.get("group", 1)
         kernel, strides = tuple(w[2:]), tuple(a.get("strides", [1, 1]))
         dilations = tuple(a.get("dilations", [1, 1]))
         if op == "conv":
-            out = self._known(node.output[0])
             pads = _add_pads(a.get("pads", [0, 0, 0, 0]), self.padded.get(id(node)))
             padding = _symmetric_pads(pads, x, kernel, strides, dilations, out)
             cout = w[0]
@@ -534,6 +545,13 @@ class _Mapper:
         else:
             self._activation(src, self._activation_name(node), [node], node.output[0])
 
+    def _map_Pow(self, node: onnx.NodeProto) -> None:
+        """``x.pow(2)`` (a variance, an L2 norm) is the ``square`` activation."""
+        exponent = self.g.value(node.input[1]) if self.g.is_static(node.input[1]) else None
+        if exponent is None or exponent.size != 1 or float(exponent.ravel()[0]) != 2.0:
+            raise _Unmappable("only a power of 2 (x.pow(2)) is supported")
+        self._activation(self._root(node.input[0]), "square", [node], node.output[0])
+
     def _map_pattern(self, node: onnx.NodeProto) -> None:
         """A multi-node activation the exporter writes (GELU's erf form, Mish)."""
         activation, nodes = self.patterns[id(node)]
@@ -622,19 +640,32 @@ class _Mapper:
         )
 
     def _map_ReduceMean(self, node: onnx.NodeProto) -> None:
-        self._map_reduce(node, self._map_GlobalAveragePool)
+        self._map_reduce(node, "mean")
 
     def _map_ReduceMax(self, node: onnx.NodeProto) -> None:
-        self._map_reduce(node, self._map_GlobalMaxPool)
+        self._map_reduce(node, "max")
 
-    def _map_reduce(self, node: onnx.NodeProto, pool) -> None:
+    def _map_ReduceSum(self, node: onnx.NodeProto) -> None:
+        self._map_reduce(node, "sum")
+
+    def _map_reduce(self, node: onnx.NodeProto, mode: str) -> None:
+        """Over H and W: a global pool (a sum costs what a mean does); over channels: a
+        ``reduce`` kernel (CBAM's and a 2-D layer norm's maps); over H or W alone: a pool of a
+        full column or row (coordinate attention's ``x.mean(3)``)."""
         x = self._shape(node.input[0])
         axes = sorted(
             ax % len(x) for ax in axes_of([None, *(self.g.value(i) for i in node.input[1:])], attrs(node))
         )
-        if len(x) != 4 or axes != [2, 3]:
-            raise _Unmappable(f"only a reduction over H and W is supported (axes {axes})")
-        pool(node)
+        if len(x) != 4 or axes not in ([1], [2], [3], [2, 3]):
+            raise _Unmappable(f"only a reduction of a 4-D tensor over C, H, W or H and W is supported {axes}")
+        ins, outs = [node.input[0]], [node.output[0]]
+        if axes == [1]:
+            self._add(OpSpec("reduce", x, mode=mode), ins, outs, [node])
+        elif axes == [2, 3]:
+            self._add(OpSpec("globalmaxpool" if mode == "max" else "globalavgpool", x), ins, outs, [node])
+        else:
+            kernel = (x[2], 1) if axes == [2] else (1, x[3])
+            self._add(OpSpec("maxpool" if mode == "max" else "avgpool", x, kernel=kernel), ins, outs, [node])
 
     def _map_binary(self, node: onnx.NodeProto) -> None:
         kind = BINARY_OPS[node.op_type]
@@ -666,44 +697,42 @@ class _Mapper:
         a, b = (self._shape(i) for i in ins)
         if len(a) < len(b) or (len(a) == len(b) and math.prod(a) < math.prod(b)):
             ins, (a, b) = ins[::-1], (b, a)
-        if a == b:
-            bcast = "none"
-        elif len(a) == 4 and b in ((a[0], a[1], 1, 1), (a[1], 1, 1)):
-            bcast = "channel"
-        elif len(a) != 4 and b[-1:] == a[-1:] and math.prod(b) == a[-1]:
-            bcast = "channel"  # channels last: (C,) onto (N, ..., C)
-        else:
-            raise _Unmappable(f"broadcast of {b} onto {a} (only same shape or per-channel)")
+        bcast = _broadcast(a, b)
+        if bcast is None:
+            raise _Unmappable(
+                f"broadcast of {b} onto {a} (only the same shape, or one value per channel, per "
+                "pixel, or per channel and row or column)"
+            )
         self._add(OpSpec(kind, a, broadcast=bcast), ins, [node.output[0]], [node])
 
     def _map_Concat(self, node: onnx.NodeProto) -> None:
         shapes = [self._shape(i) for i in node.input]
         axis = attrs(node)["axis"] % len(shapes[0])
-        if len(shapes[0]) != 4 or axis != 1:
-            raise _Unmappable(f"only channel concat of 4-D tensors is supported (axis {axis})")
+        if len(shapes[0]) != 4 or axis == 0:
+            raise _Unmappable(f"only a concat of 4-D tensors along C, H or W is supported (axis {axis})")
         if len(shapes) == 1:
             self.alias[node.output[0]] = self._root(node.input[0])
             self.done.add(id(node))
             return
-        n, _, h, w = shapes[0]
-        parts = tuple(s[1] for s in shapes)
+        parts = tuple(s[axis] for s in shapes)
+        joined = tuple(sum(parts) if i == axis else d for i, d in enumerate(shapes[0]))
         self._add(
-            OpSpec("concat", (n, sum(parts), h, w), parts=parts), list(node.input), [node.output[0]], [node]
+            OpSpec("concat", joined, parts=parts, axis=axis), list(node.input), [node.output[0]], [node]
         )
 
     def _map_Split(self, node: onnx.NodeProto) -> None:
         x = self._shape(node.input[0])
         outs = [self._known(o) for o in node.output]
-        if len(x) != 4 or any(o[2:] != x[2:] for o in outs):
-            raise _Unmappable(f"only channel split of 4-D tensors is supported ({x} -> {outs})")
-        self._add(
-            OpSpec("split", x, parts=tuple(o[1] for o in outs)), [node.input[0]], list(node.output), [node]
-        )
+        axis = attrs(node).get("axis", 0) % max(len(x), 1)
+        if len(x) != 4 or axis == 0:
+            raise _Unmappable(f"only a split of a 4-D tensor along C, H or W is supported ({x} -> {outs})")
+        parts = tuple(o[axis] for o in outs)
+        self._add(OpSpec("split", x, parts=parts, axis=axis), [node.input[0]], list(node.output), [node])
 
     def _map_Slice(self, node: onnx.NodeProto) -> None:
-        """Channel slices of one tensor that cover it are one split; a lone channel range is a
-        slice; a slice that keeps the whole tensor (``x[:, :c]`` of c channels) is a copy,
-        or nothing where ONNX Runtime removes it (``_runtime_removes_slice``)."""
+        """Slices of one tensor along one axis (channels, or rows or columns) that cover it are
+        one split; a lone range is a slice; a slice that keeps the whole tensor (``x[:, :c]`` of
+        c channels) is a copy, or nothing where ONNX Runtime removes it (``_runtime_removes_slice``)."""
         src = self._root(node.input[0])
         x = self._shape(src)
         if self._known(node.output[0]) == x:
@@ -713,28 +742,31 @@ class _Mapper:
             else:
                 self._add(OpSpec("slice", x, out_channels=x[1]), [src], [node.output[0]], [node])
             return
+
+        def sliced_axes(n: onnx.NodeProto) -> list[int]:
+            out = self.g.shapes.get(n.output[0], ())
+            return [i for i, (a, b) in enumerate(zip(x, out, strict=True)) if a != b] if len(out) == 4 else []
+
+        axes = sliced_axes(node) if len(x) == 4 else []
+        if len(axes) != 1 or axes[0] == 0:
+            raise _Unmappable(f"only slices of a 4-D tensor along one of C, H, W are supported (input {x})")
+        axis = axes[0]
         readers = self.consumers.get(node.input[0], []) + self.consumers.get(src, [])  # (through a fused DQ)
         unique = list({id(n): n for n in readers}.values())
-        slices = [n for n in unique if n.op_type == "Slice" and id(n) not in self.done]
         slices = [
-            n
-            for n in slices
-            if len(self.g.shapes.get(n.output[0], ())) == 4
-            and self._known(n.output[0])[2:] == x[2:]
-            and self._known(n.output[0])[0] == x[0]
-            and self._known(n.output[0]) != x
+            n for n in unique if n.op_type == "Slice" and id(n) not in self.done and sliced_axes(n) == axes
         ]
-        if node not in slices or len(x) != 4:
-            raise _Unmappable(f"only channel slices of 4-D tensors are supported (input {x})")
-        parts = [self._known(n.output[0])[1] for n in slices]
+        parts = [self._known(n.output[0])[axis] for n in slices]
         if len(slices) == 1:
-            self._add(OpSpec("slice", x, out_channels=parts[0]), [src], [node.output[0]], [node])
+            self._add(OpSpec("slice", x, out_channels=parts[0], axis=axis), [src], [node.output[0]], [node])
             return
-        if sum(parts) < x[1]:
-            parts.append(x[1] - sum(parts))
-        if len(parts) < 2 or sum(parts) != x[1]:
-            raise _Unmappable(f"channel slices {parts} of {x[1]} channels are not a split")
-        self._add(OpSpec("split", x, parts=tuple(parts)), [src], [n.output[0] for n in slices], slices)
+        if sum(parts) < x[axis]:
+            parts.append(x[axis] - sum(parts))
+        if len(parts) < 2 or sum(parts) != x[axis]:
+            raise _Unmappable(f"slices {parts} of the {x[axis]} along axis {axis} are not a split")
+        self._add(
+            OpSpec("split", x, parts=tuple(parts), axis=axis), [src], [n.output[0] for n in slices], slices
+        )
 
     def _runtime_removes_slice(self, node: onnx.NodeProto) -> bool:
         """ONNX Runtime's EliminateSlice: only a Slice from 0 to INT64_MAX with step 1 on every
@@ -817,6 +849,20 @@ def _symmetric_pads(
     return found[0], found[1]
 
 
+def _broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> str | None:
+    """The ``OpSpec.broadcast`` of a tensor of shape ``b`` onto one of shape ``a``, if any."""
+    if a == b:
+        return "none"
+    if len(a) != 4:  # channels last: (C,) onto (N, ..., C)
+        return "channel" if b[-1:] == a[-1:] and math.prod(b) == a[-1] else None
+    n, c, h, w = a
+    b = (1,) * (4 - len(b)) + tuple(b)
+    if b[0] not in (1, n):
+        return None
+    kinds = {(c, 1, 1): "channel", (1, h, w): "pixel", (c, h, 1): "row", (c, 1, w): "column"}
+    return kinds.get(b[1:])
+
+
 _ACTIVATION_NAMES = {
     "Relu": "relu",
     "HardSwish": "hardswish",
@@ -830,6 +876,14 @@ _ACTIVATION_NAMES = {
     "Erf": "erf",
     "Softplus": "softplus",
     "PRelu": "prelu",
+    "Sqrt": "sqrt",
+    "Exp": "exp",
+    "Log": "log",
+    "Abs": "abs",
+    "Neg": "neg",
+    "Reciprocal": "reciprocal",
+    "Selu": "selu",
+    "Celu": "celu",
 }
 
 

@@ -32,7 +32,7 @@ from hwlat.predictors.kernels.fusion import FusionRules
 
 # Pattern kinds, as FuseOps sees the TIR each op is legalised to (checked op by op with TVM 0.27):
 # anchors take the elementwise ops after them and nothing before them (conv2d, conv2d_transpose,
-# matmul, the poolings, adaptive average pooling, layer norm, softmax).
+# matmul, the poolings, adaptive average pooling, layer norm, softmax, a reduction over channels).
 ANCHORS = (
     "conv",
     "conv_act",
@@ -45,6 +45,7 @@ ANCHORS = (
     "layernorm",
     "instancenorm",
     "softmax",
+    "reduce",
 )
 # Elementwise (indices in = indices out): a standalone batch norm is a broadcast multiply-add,
 # and a channel slice starts at channel 0.

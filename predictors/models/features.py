@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from hwlat.profiler.kernel import Kernel
-from hwlat.profiler.opspec import ACTIVATIONS, INT_DTYPES, OpSpec
+from hwlat.profiler.opspec import ACTIVATIONS, BROADCASTS, INT_DTYPES, OpSpec
 
 FAMILIES = {
     "conv": "conv",
@@ -43,6 +43,7 @@ FAMILIES = {
     "dequantize": "convert",
     # Ops added later go last: a kernel's op_code is its index here, which saved predictors keep.
     "instancenorm": "norm",
+    "reduce": "globalpool",
 }
 # Ops whose tensors are channels last, (N, ..., C): linear layers and the normalisations of
 # transformer-style blocks; element-wise ops too when their input is not 4-D.
@@ -83,7 +84,7 @@ FEATURES = (
     "fused_concat",
     "fused_shuffle",
     "fused_split",
-    "bcast_channel",
+    "broadcast",
     "n_parts",
     "min_part",
     "se_reduced",
@@ -100,6 +101,14 @@ FEATURES = (
     "unsigned",
 )
 _OPS = tuple(FAMILIES)
+# Features renamed since a predictor was saved, which read the same values under the new name:
+# "bcast_channel" was 0 or 1, as "broadcast" is for "none" and "channel" (BROADCASTS' order).
+_LEGACY_NAMES = {"bcast_channel": "broadcast"}
+
+
+def same_features(names: list[str]) -> bool:
+    """Whether a saved regressor's feature names are this version's (renamed ones included)."""
+    return [_LEGACY_NAMES.get(n, n) for n in names] == list(FEATURES)
 
 
 def family(kernel: Kernel) -> str:
@@ -158,7 +167,7 @@ def kernel_features(kernel: Kernel) -> np.ndarray:
         "fused_concat": float("concat" in tail),
         "fused_shuffle": float("shuffle" in tail),
         "fused_split": float("split" in tail),
-        "bcast_channel": float(head.broadcast == "channel"),
+        "broadcast": BROADCASTS.index(head.broadcast),
         "n_parts": len(head.parts),
         "min_part": min(parts),
         "se_reduced": kernel.ops[1].out_channels if se else 0,

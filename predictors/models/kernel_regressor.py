@@ -19,7 +19,7 @@ import numpy as np
 from sklearn.ensemble import HistGradientBoostingRegressor
 
 from hwlat.errors import PredictorFormatError
-from hwlat.predictors.models.features import FEATURES, family, feature_matrix
+from hwlat.predictors.models.features import FEATURES, family, feature_matrix, same_features
 from hwlat.predictors.models.trees import TreeEnsemble
 from hwlat.profiler.kernel import Kernel
 
@@ -169,7 +169,7 @@ class KernelRegressor:
             raise PredictorFormatError(
                 f"kernel regressor format {data.get('version')!r} is not {FORMAT_VERSION}"
             )
-        if list(data["features"]) != list(FEATURES):
+        if not same_features(list(data["features"])):
             raise PredictorFormatError(
                 "the saved kernel regressor uses other features than this hwlat version; train it again"
             )

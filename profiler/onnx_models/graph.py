@@ -32,6 +32,14 @@ ACTIVATION_OPS = (
     "Erf",
     "Softplus",
     "PRelu",
+    "Sqrt",
+    "Exp",
+    "Log",
+    "Abs",
+    "Neg",
+    "Reciprocal",
+    "Selu",
+    "Celu",
 )
 FREE_OPS = ("Identity", "Dropout")
 BINARY_OPS = {"Add": "add", "Sub": "add", "Mul": "mul", "Div": "mul"}
@@ -348,7 +356,7 @@ def _infer_shapes(node: onnx.NodeProto, g: OnnxGraph) -> list[tuple[int, ...] | 
         return [(x[0], x[1], *_spatial(node, x, a["kernel_shape"]))]
     if op in ("GlobalAveragePool", "GlobalMaxPool"):
         return [(x[0], x[1], 1, 1)]
-    if op in ("ReduceMean", "ReduceMax"):
+    if op in ("ReduceMean", "ReduceMax", "ReduceSum"):
         axes = [ax % len(x) for ax in axes_of([None, *(g.value(i) for i in node.input[1:])], a)]
         keep = a.get("keepdims", 1)
         return [tuple((1 if i in axes else d) for i, d in enumerate(x) if keep or i not in axes)]

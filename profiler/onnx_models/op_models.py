@@ -94,19 +94,18 @@ def _core_nodes(spec: OpSpec, rng: np.random.Generator, nodes: list, inits: list
         return "elt_out"
     if op == "concat":
         nodes.append(
-            helper.make_node("Concat", [f"x{i}" for i in range(len(spec.parts))], ["cat_out"], axis=1)
+            helper.make_node("Concat", [f"x{i}" for i in range(len(spec.parts))], ["cat_out"], axis=spec.axis)
         )
         return "cat_out"
     if op == "split":
         sizes = _weight_int64("split_sizes", list(spec.parts), inits)
-        nodes.append(
-            helper.make_node("Split", ["x0", sizes], [f"y{i}" for i in range(len(spec.parts))], axis=1)
-        )
+        outs = [f"y{i}" for i in range(len(spec.parts))]
+        nodes.append(helper.make_node("Split", ["x0", sizes], outs, axis=spec.axis))
         return ""
     if op == "slice":  # x[:, :out], a ghost module's or a pruned branch's channel range
         bounds = [
             _weight_int64(f"slice_{n}", [v], inits)
-            for n, v in (("starts", 0), ("ends", spec.out_channels), ("axes", 1))
+            for n, v in (("starts", 0), ("ends", spec.out_channels), ("axes", spec.axis))
         ]
         nodes.append(helper.make_node("Slice", ["x0", *bounds], ["slice_out"]))
         return "slice_out"
@@ -165,6 +164,13 @@ def _core_nodes(spec: OpSpec, rng: np.random.Generator, nodes: list, inits: list
     if op == "transpose":
         nodes.append(helper.make_node("Transpose", ["x0"], ["transpose_out"], perm=list(spec.perm)))
         return "transpose_out"
+    if op == "reduce":  # x.mean(1, keepdim=True) as the exporter writes it (opset 17: axes attribute)
+        name = {"mean": "ReduceMean", "max": "ReduceMax", "sum": "ReduceSum"}[spec.mode]
+        if name == "ReduceSum":  # ReduceSum took its axes as an input from opset 13
+            nodes.append(helper.make_node(name, ["x0", _weight_int64("axes", [1], inits)], ["reduce_out"]))
+        else:
+            nodes.append(helper.make_node(name, ["x0"], ["reduce_out"], axes=[1], keepdims=1))
+        return "reduce_out"
     if op in ("act", "quantize", "dequantize"):
         return "x0"
     raise AssertionError(f"no ONNX form for op {op!r}")
@@ -219,18 +225,12 @@ def _activation_nodes(activation: str, head: str, nodes: list, inits: list, shap
     if activation == "none":
         return head
     out = f"{activation}_out"
-    if activation == "relu":
-        nodes.append(helper.make_node("Relu", [head], [out]))
-    elif activation == "relu6":
+    if activation == "relu6":
         lo = _weight("clip_min", np.array(0.0), inits)
         hi = _weight("clip_max", np.array(6.0), inits)
         nodes.append(helper.make_node("Clip", [head, lo, hi], [out]))
-    elif activation == "hardswish":
-        nodes.append(helper.make_node("HardSwish", [head], [out]))
     elif activation == "hardsigmoid":
         nodes.append(helper.make_node("HardSigmoid", [head], [out], alpha=1.0 / 6, beta=0.5))
-    elif activation == "sigmoid":
-        nodes.append(helper.make_node("Sigmoid", [head], [out]))
     elif activation == "swish":
         nodes.append(helper.make_node("Sigmoid", [head], [f"{out}_gate"]))
         nodes.append(helper.make_node("Mul", [head, f"{out}_gate"], [out]))
@@ -251,21 +251,38 @@ def _activation_nodes(activation: str, head: str, nodes: list, inits: list, shap
             helper.make_node("Tanh", [f"{out}_softplus"], [f"{out}_tanh"]),
             helper.make_node("Mul", [head, f"{out}_tanh"], [out]),
         ]
-    elif activation == "tanh":
-        nodes.append(helper.make_node("Tanh", [head], [out]))
     elif activation == "leakyrelu":
         nodes.append(helper.make_node("LeakyRelu", [head], [out], alpha=0.01))
     elif activation == "elu":
         nodes.append(helper.make_node("Elu", [head], [out], alpha=1.0))
-    elif activation == "erf":
-        nodes.append(helper.make_node("Erf", [head], [out]))
-    elif activation == "softplus":
-        nodes.append(helper.make_node("Softplus", [head], [out]))
     elif activation == "prelu":
         slope_shape = (shape[1], 1, 1) if len(shape) == 4 else (shape[-1],)
         slope = _weight("prelu_slope", np.full(slope_shape, 0.25, np.float32), inits)
         nodes.append(helper.make_node("PRelu", [head, slope], [out]))
+    elif activation == "square":  # x.pow(2)
+        nodes.append(helper.make_node("Pow", [head, _weight("pow_exponent", np.array(2.0), inits)], [out]))
+    else:
+        nodes.append(helper.make_node(_UNARY_OPS[activation], [head], [out]))
     return out
+
+
+# Activations that are one ONNX node without attributes.
+_UNARY_OPS = {
+    "relu": "Relu",
+    "hardswish": "HardSwish",
+    "sigmoid": "Sigmoid",
+    "tanh": "Tanh",
+    "erf": "Erf",
+    "softplus": "Softplus",
+    "sqrt": "Sqrt",
+    "exp": "Exp",
+    "log": "Log",
+    "abs": "Abs",
+    "neg": "Neg",
+    "reciprocal": "Reciprocal",
+    "selu": "Selu",
+    "celu": "Celu",
+}
 
 
 def _dequantized_weights(inits: list) -> list[onnx.NodeProto]:
