@@ -44,6 +44,7 @@ OP_TYPES = (
     "quantize",
     "dequantize",
     "reduce",  # over the channels of a 4-D tensor, to (N, 1, H, W): CBAM's maps, a 2-D layer norm's
+    "pixelshuffle",  # channels to an s x s block of pixels ("up", DepthToSpace) or back ("down")
 )
 ACTIVATIONS = (
     "none",
@@ -86,6 +87,7 @@ _BROADCAST_SHAPES = {
 PAD_MODES = ("constant", "reflect", "edge")
 RESIZE_MODES = ("nearest", "linear")
 REDUCE_MODES = ("mean", "max", "sum")
+PIXEL_SHUFFLE_MODES = ("up", "down")  # torch's PixelShuffle, PixelUnshuffle
 # float32, or 8-bit as ONNX Runtime's static quantizer writes it (QDQ): "int8" is S8S8 (int8
 # activations and weights, the CPU default), "uint8" is U8S8 (uint8 activations, int8 weights;
 # it saturates on x86 CPUs without VNNI).
@@ -142,6 +144,7 @@ _KEY_FIELDS: dict[str, tuple[str, ...]] = {
     "quantize": (),  # float32 -> dtype
     "dequantize": (),  # dtype -> float32
     "reduce": ("mode",),
+    "pixelshuffle": ("s", "mode"),
 }
 # Short key names -> dataclass attribute names.
 _KEY_TO_ATTR = {
@@ -212,7 +215,7 @@ _SAME_SHAPE_OPS = (
 )
 
 
-_DEFAULT_MODES = {"pad": "constant", "resize": "nearest", "reduce": "mean"}
+_DEFAULT_MODES = {"pad": "constant", "resize": "nearest", "reduce": "mean", "pixelshuffle": "up"}
 
 
 class InvalidOpSpecError(HwlatError):
@@ -393,6 +396,11 @@ class OpSpec:
         if self.op == "resize":
             sh, sw = self.stride_hw
             return ((n, c, h * sh, w * sw),)
+        if self.op == "pixelshuffle":
+            s = self.stride_hw[0]
+            if self.mode == "up":
+                return ((n, c // (s * s), h * s, w * s),)
+            return ((n, c * s * s, h // s, w // s),)
         return ((n, c, h, w),)  # concat, shuffle, bn
 
     @property
@@ -706,6 +714,16 @@ def _validate(spec: OpSpec) -> None:
         fail(f"mode {spec.mode!r}: use one of {', '.join(RESIZE_MODES)}")
     if spec.op == "reduce" and spec.mode not in REDUCE_MODES:
         fail(f"mode {spec.mode!r}: use one of {', '.join(REDUCE_MODES)}")
+    if spec.op == "pixelshuffle":
+        (s, s_w), (c, h, w) = spec.stride_hw, spec.input_shape[1:]
+        if spec.mode not in PIXEL_SHUFFLE_MODES:
+            fail(f"mode {spec.mode!r}: use one of {', '.join(PIXEL_SHUFFLE_MODES)}")
+        if s != s_w or s < 2:
+            fail(f"s={spec.stride} must be one block size of at least 2")
+        if spec.mode == "up" and c % (s * s):
+            fail(f"{c} channels do not make {s}x{s} blocks; the channels must be a multiple of {s * s}")
+        if spec.mode == "down" and (h % s or w % s):
+            fail(f"a {h}x{w} map does not split into {s}x{s} blocks")
     if spec.op == "transpose" and sorted(spec.perm) != list(range(len(spec.input_shape))):
         fail(f"perm={spec.perm} must order the {len(spec.input_shape)} axes")
 

@@ -69,6 +69,8 @@ NEW_OPS = [
     OpSpec("slice", (1, 16, 14, 1), out_channels=7, axis=2),
     *(OpSpec("act", (1, 16, 7, 7), activation=a) for a in ("sqrt", "square", "exp", "log", "abs")),
     *(OpSpec("act", (1, 49, 16), activation=a) for a in ("neg", "reciprocal", "selu", "celu")),
+    OpSpec("pixelshuffle", (1, 36, 5, 4), stride=3),
+    OpSpec("pixelshuffle", (1, 4, 6, 8), stride=2, mode="down"),
 ]
 
 
@@ -260,6 +262,26 @@ def test_splitter_maps_attention_blocks_and_hand_written_norms() -> None:
             assert np.prod(graph.shapes[out]) == np.prod(op.output_shapes[0]), (node, op.key)
 
 
+def test_pixel_shuffle_and_unshuffle_are_kernels_that_compute_what_torch_computes() -> None:
+    """PixelShuffle is ONNX's DepthToSpace (CRD); PixelUnshuffle has no ONNX op, and torch
+    writes it as a reshape to blocks, a transpose and a reshape back."""
+    module = nn.Sequential(nn.Conv2d(8, 32, 3, padding=1), nn.PixelShuffle(2), nn.PixelUnshuffle(4))
+    _, split = _split_strictly(
+        module,
+        (1, 8, 8, 12),
+        [
+            "pixelshuffle-in:1x32x8x12-s:2-mode:up-dtype:float32",
+            "pixelshuffle-in:1x8x16x24-s:4-mode:down-dtype:float32",
+        ],
+    )
+    assert len(split.kernels) == 3
+    x = np.random.default_rng(0).standard_normal((1, 16, 8, 12)).astype(np.float32)
+    for mode, reference in (("up", nn.PixelShuffle(2)), ("down", nn.PixelUnshuffle(2))):
+        model = build_model(OpSpec("pixelshuffle", x.shape, stride=2, mode=mode))
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        np.testing.assert_array_equal(session.run(None, {"x0": x})[0], reference(torch.from_numpy(x)).numpy())
+
+
 def test_a_batch_norm_after_a_linear_layer_is_a_kernel() -> None:
     """A face embedding ends in Linear -> BatchNorm1d: a batch norm on a (N, C) tensor."""
     module = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32))
@@ -391,23 +413,28 @@ def test_lenient_estimates_unknown_ops_on_the_roofline() -> None:
 def test_ops_after_an_unknown_op_keep_their_shapes() -> None:
     """Torch writes GroupNorm as InstanceNormalization between Reshapes whose target is computed,
     where ONNX's whole-graph shape inference stops; the schema of an op no kernel describes
-    (PixelShuffle's DepthToSpace) still gives its output shape, so what follows it is mapped to
-    kernels, not estimated on an unknown shape."""
+    (a CumSum) still gives its output shape, so what follows it is mapped to kernels, not
+    estimated on an unknown shape."""
+
+    class CumSum(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cumsum(x, 1)
+
     net = nn.Sequential(
         nn.Conv2d(3, 16, 3, 2, 1),
         nn.GroupNorm(4, 16),
         nn.Conv2d(16, 64, 3, 1, 1),
-        nn.PixelShuffle(2),
+        CumSum(),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
-        nn.Linear(16, 10),
+        nn.Linear(64, 10),
     ).eval()
     model = torch_to_onnx(net, (1, 3, 32, 32))
     graph = OnnxGraph(model)
-    [shuffle] = [n for n in graph.data_nodes if n.op_type == "DepthToSpace"]
-    assert shuffle.output[0] not in graph.inferred and graph.shapes[shuffle.output[0]] == (1, 16, 32, 32)
+    [cumsum] = [n for n in graph.data_nodes if n.op_type == "CumSum"]
+    assert cumsum.output[0] not in graph.inferred and graph.shapes[cumsum.output[0]] == (1, 64, 16, 16)
     split = ModelSplitter(strict=False).split(model)
-    assert {f.op_type for f in split.fallback} == {"DepthToSpace"}
+    assert {f.op_type for f in split.fallback} == {"CumSum"}
     assert all(f.bytes_moved > 0 for f in split.fallback)
     assert [k.kernel.op for k in split.kernels][-2:] == ["globalavgpool", "gemm"]
 

@@ -292,10 +292,11 @@ def test_feature_codes_of_existing_ops_and_activations_never_move():
     from hwlat.predictors.models.features import FAMILIES
     from hwlat.profiler.opspec import ACTIVATIONS
 
-    assert tuple(FAMILIES)[:26] == (
+    assert tuple(FAMILIES)[:27] == (
         *("conv", "dwconv", "deconv", "gemm", "maxpool", "avgpool", "globalavgpool", "globalmaxpool"),
         *("add", "mul", "act", "bn", "layernorm", "softmax", "concat", "split", "slice", "shuffle"),
         *("pad", "resize", "transpose", "se", "quantize", "dequantize", "instancenorm", "reduce"),
+        "pixelshuffle",
     )
     assert ACTIVATIONS[:24] == (
         *("none", "relu", "relu6", "hardswish", "hardsigmoid", "swish", "sigmoid", "gelu", "mish"),

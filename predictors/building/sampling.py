@@ -432,6 +432,20 @@ def _math(rng: np.random.Generator) -> list[OpSpec]:
     return [OpSpec("act", shape, activation=str(rng.choice(MATH_ACTIVATIONS)))]
 
 
+def _pixel_shuffle(rng: np.random.Generator) -> list[OpSpec]:
+    """A super-resolution upsampler (a conv to r*r times the channels, then PixelShuffle), or a
+    PixelUnshuffle that folds pixels into channels."""
+    r, hw = int(rng.choice([2, 2, 3, 4])), resolution(rng, 56)
+    c = channels(rng, 3, 128)
+    if rng.random() < 0.7:
+        x = (1, c * r * r, hw, hw)
+        return [
+            OpSpec("conv", (1, channels(rng, 8, 256), hw, hw), out_channels=c * r * r, kernel=3, padding=1),
+            OpSpec("pixelshuffle", x, stride=r, mode="up"),
+        ]
+    return [OpSpec("pixelshuffle", (1, c, hw * r, hw * r), stride=r, mode="down")]
+
+
 def in_8_bits(ops: list[OpSpec], dtype: str, rng: np.random.Generator) -> list[OpSpec]:
     """The pattern as a quantized network runs it: each op's 8-bit kernel where one exists (a
     float-only op, e.g. a hardswish, is left out: in a network it runs between conversions),
@@ -488,6 +502,7 @@ PATTERNS: dict[str, Callable[[np.random.Generator], list[OpSpec]]] = {
     "instance_norm": _instance_norm,
     "attention": _attention,
     "math": _math,
+    "pixel_shuffle": _pixel_shuffle,
 }
 DEFAULT_WEIGHTS = {
     "conv": 30,
@@ -512,4 +527,5 @@ DEFAULT_WEIGHTS = {
     "instance_norm": 1,
     "attention": 3,
     "math": 1,
+    "pixel_shuffle": 1,
 }

@@ -139,7 +139,8 @@ class ModelSplitter:
             raise UnsupportedOpsError(
                 f"the model has ops hwlat cannot map to kernels: {'; '.join(unsupported)}",
                 "supported: Conv (1-D, 2-D)/ConvTranspose, Gemm/MatMul, pooling, ReduceMean/Max/Sum, "
-                "Add/Sub/Mul/Div, Concat, Split/Slice/Gather, channel shuffle, BatchNormalization, "
+                "Add/Sub/Mul/Div, Concat, Split/Slice/Gather, channel shuffle, PixelShuffle/Unshuffle, "
+                "BatchNormalization, "
                 "LayerNormalization, InstanceNormalization (and GroupNorm), Softmax, Pad, Resize, "
                 "Transpose, activations (Relu, Clip, HardSwish, HardSigmoid, Sigmoid, SiLU, GELU, Mish, "
                 "Tanh, LeakyRelu, Elu, PRelu, Selu, Celu), Sqrt, Pow(x, 2), Exp, Log, Abs, Neg, "
@@ -797,11 +798,39 @@ class _Mapper:
             self.warnings.append(f"{node.name!r}: Gather of scattered channels timed as a slice")
         self._add(OpSpec("slice", x, out_channels=len(index)), [node.input[0]], [node.output[0]], [node])
 
+    def _map_DepthToSpace(self, node: onnx.NodeProto) -> None:
+        """PixelShuffle (CRD; TensorFlow's DCR order moves the same bytes)."""
+        spec = OpSpec("pixelshuffle", self._shape(node.input[0]), stride=attrs(node)["blocksize"], mode="up")
+        self._add(spec, [node.input[0]], [node.output[0]], [node])
+
+    def _map_SpaceToDepth(self, node: onnx.NodeProto) -> None:
+        spec = OpSpec(
+            "pixelshuffle", self._shape(node.input[0]), stride=attrs(node)["blocksize"], mode="down"
+        )
+        self._add(spec, [node.input[0]], [node.output[0]], [node])
+
     def _map_Reshape(self, node: onnx.NodeProto) -> None:
+        """A channel shuffle or a PixelUnshuffle (reshape -> transpose -> reshape, as torch writes
+        them) is one kernel; any other reshape is glue."""
         x = self._shape(node.input[0])
         y = self.g.shapes.get(node.output[0], ())
         transpose = self._only_consumer(node.output[0])
         back = self._only_consumer(transpose.output[0]) if transpose is not None else None
+        unshuffle = (
+            len(x) == 4
+            and len(y) == 6
+            and y[3] == y[5]
+            and transpose is not None
+            and transpose.op_type == "Transpose"
+            and list(attrs(transpose).get("perm", [])) == [0, 1, 3, 5, 2, 4]
+            and back is not None
+            and back.op_type == "Reshape"
+        )
+        if unshuffle:
+            spec = OpSpec("pixelshuffle", x, stride=y[3], mode="down")
+            if self.g.shapes.get(back.output[0]) == spec.output_shapes[0]:
+                self._add(spec, [node.input[0]], [back.output[0]], [node, transpose, back])
+                return
         if not (
             len(x) == 4
             and len(y) == 5

@@ -50,7 +50,7 @@ ANCHORS = (
 # Elementwise (indices in = indices out): a standalone batch norm is a broadcast multiply-add,
 # and a channel slice starts at channel 0.
 ELEMENTWISE = ("add", "mul", "act", "bn", "slice")
-INJECTIVE = ("concat", "split", "shuffle", "pad", "resize", "transpose")
+INJECTIVE = ("concat", "split", "shuffle", "pad", "resize", "transpose", "pixelshuffle")
 # Global max pooling is a max reduction: elementwise ops before it join it, nothing after it does.
 REDUCTIONS = ("globalmaxpool",)
 PRODUCERS = (*ANCHORS, *ELEMENTWISE, *INJECTIVE, *REDUCTIONS)

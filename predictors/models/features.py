@@ -44,6 +44,7 @@ FAMILIES = {
     # Ops added later go last: a kernel's op_code is its index here, which saved predictors keep.
     "instancenorm": "norm",
     "reduce": "globalpool",
+    "pixelshuffle": "memory",
 }
 # Ops whose tensors are channels last, (N, ..., C): linear layers and the normalisations of
 # transformer-style blocks; element-wise ops too when their input is not 4-D.

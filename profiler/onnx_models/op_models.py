@@ -171,6 +171,18 @@ def _core_nodes(spec: OpSpec, rng: np.random.Generator, nodes: list, inits: list
         else:
             nodes.append(helper.make_node(name, ["x0"], ["reduce_out"], axes=[1], keepdims=1))
         return "reduce_out"
+    if op == "pixelshuffle":  # as torch writes PixelShuffle, and PixelUnshuffle (no ONNX op of its own)
+        s = spec.stride_hw[0]
+        if spec.mode == "up":
+            nodes.append(helper.make_node("DepthToSpace", ["x0"], ["shuffle_out"], blocksize=s, mode="CRD"))
+            return "shuffle_out"
+        n, c, h, w = spec.input_shape
+        blocks = _weight_int64("shape_blocks", [n, c, h // s, s, w // s, s], inits)
+        flat = _weight_int64("shape_flat", list(spec.output_shapes[0]), inits)
+        nodes.append(helper.make_node("Reshape", ["x0", blocks], ["blocked"]))
+        nodes.append(helper.make_node("Transpose", ["blocked"], ["moved"], perm=[0, 1, 3, 5, 2, 4]))
+        nodes.append(helper.make_node("Reshape", ["moved", flat], ["shuffle_out"]))
+        return "shuffle_out"
     if op in ("act", "quantize", "dequantize"):
         return "x0"
     raise AssertionError(f"no ONNX form for op {op!r}")
