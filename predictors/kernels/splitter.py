@@ -344,7 +344,7 @@ class _Mapper:
         w = self._known(node.input[1])
         a = attrs(node)
         out = self._known(node.output[0])
-        if len(x) == 3 and op == "conv" and id(node) not in self.padded:
+        if len(x) == 3 and op == "conv":  # (a Pad is folded into 4-D convs only)
             # A Conv1d (ECA's channel attention, audio front ends): timed as a 2-D conv of one row.
             x, w, out = ((*s[:2], 1, s[2]) for s in (x, w, out))
             pads = a.get("pads", [0, 0])
@@ -800,13 +800,13 @@ class _Mapper:
 
     def _map_DepthToSpace(self, node: onnx.NodeProto) -> None:
         """PixelShuffle (CRD; TensorFlow's DCR order moves the same bytes)."""
-        spec = OpSpec("pixelshuffle", self._shape(node.input[0]), stride=attrs(node)["blocksize"], mode="up")
-        self._add(spec, [node.input[0]], [node.output[0]], [node])
+        self._map_pixelshuffle(node, "up")
 
     def _map_SpaceToDepth(self, node: onnx.NodeProto) -> None:
-        spec = OpSpec(
-            "pixelshuffle", self._shape(node.input[0]), stride=attrs(node)["blocksize"], mode="down"
-        )
+        self._map_pixelshuffle(node, "down")
+
+    def _map_pixelshuffle(self, node: onnx.NodeProto, mode: str) -> None:
+        spec = OpSpec("pixelshuffle", self._shape(node.input[0]), stride=attrs(node)["blocksize"], mode=mode)
         self._add(spec, [node.input[0]], [node.output[0]], [node])
 
     def _map_Reshape(self, node: onnx.NodeProto) -> None:

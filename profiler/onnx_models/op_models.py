@@ -166,7 +166,7 @@ def _core_nodes(spec: OpSpec, rng: np.random.Generator, nodes: list, inits: list
         return "transpose_out"
     if op == "reduce":  # x.mean(1, keepdim=True) as the exporter writes it (opset 17: axes attribute)
         name = {"mean": "ReduceMean", "max": "ReduceMax", "sum": "ReduceSum"}[spec.mode]
-        if name == "ReduceSum":  # ReduceSum took its axes as an input from opset 13
+        if spec.mode == "sum":  # ReduceSum took its axes as an input from opset 13
             nodes.append(helper.make_node(name, ["x0", _weight_int64("axes", [1], inits)], ["reduce_out"]))
         else:
             nodes.append(helper.make_node(name, ["x0"], ["reduce_out"], axes=[1], keepdims=1))
