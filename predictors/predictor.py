@@ -179,7 +179,8 @@ class LatencyPredictor:
         ]
         estimated = self._roofline_costs(split.fallback)
         items += estimated
-        prediction = self._prediction(items, costs, kernels, split.warnings, onnx_footprint(model))
+        footprint = onnx_footprint(model, split.eight_bit_nodes)
+        prediction = self._prediction(items, costs, kernels, split.warnings, footprint)
         prediction.unsupported_ops = [
             {"node": f.node, "op_type": f.op_type, "reason": f.reason, "latency_ms": c.latency_ms}
             for f, c in zip(split.fallback, estimated, strict=True)

@@ -339,7 +339,8 @@ class Campaign:
             return self._failed(key, result.get("error_msg", "unknown agent error"), kind, started_at)
         assert self._session is not None
         hello, configured = self._session.hello, self._session.configured
-        extra = {k: result[k] for k in ("e2e_samples_ms", "kernel_nodes", "profiled_runs") if k in result}
+        kept = ("e2e_samples_ms", "kernel_nodes", "profiled_runs", "memory_error")
+        extra = {k: result[k] for k in kept if k in result}
         return Measurement(
             device=self.device.name,
             backend=self.backend.name,
@@ -352,8 +353,10 @@ class Campaign:
             canary_ratio=result["canary_ratio"],
             attempts=result["attempts"],
             wall_s=result["wall_s"],
-            peak_rss_mb=result.get("peak_rss_mb"),
             baseline_rss_mb=result.get("baseline_rss_mb"),
+            load_peak_rss_mb=result.get("load_peak_rss_mb"),
+            loaded_rss_mb=result.get("loaded_rss_mb"),
+            peak_rss_mb=result.get("peak_rss_mb"),
             backend_version=str(hello["versions"].get(self.backend.version_key)),
             settings=configured["settings"],
             protocol=self.protocol.to_dict(),

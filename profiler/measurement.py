@@ -30,8 +30,11 @@ class Measurement:
     attempts: int = 1
     repeats: int = 1  # times the whole measurement was taken; the median clean pass is kept
     wall_s: float = 0.0  # time the agent spent on it: timing, retries, canaries, profiling
-    peak_rss_mb: float | None = None  # whole models: the agent's peak resident memory ...
-    baseline_rss_mb: float | None = None  # ... and its resident memory before loading the model
+    # Whole models, read in a process of their own (the agent's ``memory_probe``), in MB:
+    baseline_rss_mb: float | None = None  # resident before the model is loaded
+    load_peak_rss_mb: float | None = None  # the peak while it loads (None: an older row)
+    loaded_rss_mb: float | None = None  # resident once loaded
+    peak_rss_mb: float | None = None  # the peak while it runs
     backend_version: str = ""
     settings: dict = field(default_factory=dict)
     protocol: dict = field(default_factory=dict)
@@ -51,11 +54,21 @@ class Measurement:
 
     @property
     def model_rss_mb(self) -> float | None:
-        """A whole model's own resident memory: its peak over the process's baseline (None when
-        the measurement failed or recorded no memory)."""
-        if not self.ok or self.peak_rss_mb is None or self.baseline_rss_mb is None:
+        """A whole model's own peak memory while it serves: its peak resident memory over its
+        runs, less the process's baseline. None when the measurement failed or recorded no
+        memory, and for rows measured before the load was read apart (their peak mixed the
+        load's transient copies in)."""
+        if not self.ok or None in (self.peak_rss_mb, self.baseline_rss_mb, self.load_peak_rss_mb):
             return None
         return self.peak_rss_mb - self.baseline_rss_mb
+
+    @property
+    def load_rss_mb(self) -> float | None:
+        """The model's peak while the runtime loads it, over the baseline (transient: the
+        runtime's copies of the weights while it lays them out)."""
+        if not self.ok or None in (self.load_peak_rss_mb, self.baseline_rss_mb):
+            return None
+        return self.load_peak_rss_mb - self.baseline_rss_mb
 
     @property
     def median_ms(self) -> float | None:

@@ -79,11 +79,6 @@ ACTIVATIONS = (
 # statistics), per channel and row (N, C, H, 1) or per channel and column (N, C, 1, W: coordinate
 # attention). Tensors of other ranks broadcast "none" or "channel" only.
 BROADCASTS = ("none", "channel", "pixel", "row", "column")
-_BROADCAST_SHAPES = {
-    "pixel": lambda n, c, h, w: (n, 1, h, w),
-    "row": lambda n, c, h, w: (n, c, h, 1),
-    "column": lambda n, c, h, w: (n, c, 1, w),
-}
 PAD_MODES = ("constant", "reflect", "edge")
 RESIZE_MODES = ("nearest", "linear")
 REDUCE_MODES = ("mean", "max", "sum")
@@ -220,6 +215,36 @@ _DEFAULT_MODES = {"pad": "constant", "resize": "nearest", "reduce": "mean", "pix
 
 class InvalidOpSpecError(HwlatError):
     """An OpSpec (or its key or JSON) does not describe a valid kernel."""
+
+
+def broadcast_operand(kind: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of the second operand of an add or mul with broadcast ``kind`` onto ``shape``:
+    one value per channel (NCHW: (N, C, 1, 1); channels last: (C,)), per pixel (N, 1, H, W), per
+    channel and row (N, C, H, 1) or per channel and column (N, C, 1, W)."""
+    if kind == "none":
+        return shape
+    if kind == "channel" and len(shape) != 4:
+        return (shape[-1],)
+    n, c, h, w = shape
+    return {"channel": (n, c, 1, 1), "pixel": (n, 1, h, w), "row": (n, c, h, 1), "column": (n, c, 1, w)}[kind]
+
+
+def broadcast_kind(a: tuple[int, ...], b: tuple[int, ...]) -> str | None:
+    """The broadcast kind of a tensor of shape ``b`` onto one of shape ``a`` (leading ones and
+    a batch of one broadcast, as in numpy), or None when no kind describes it."""
+    if len(a) != 4:  # channels last: (C,) onto (N, ..., C)
+        if a == b:
+            return "none"
+        return "channel" if b[-1:] == a[-1:] and math.prod(b) == a[-1] else None
+    b = (1,) * (4 - len(b)) + tuple(b)
+    if b == tuple(a):
+        return "none"
+    if b[0] not in (1, a[0]):
+        return None
+    for kind in BROADCASTS[1:]:
+        if broadcast_operand(kind, a)[1:] == b[1:]:
+            return kind
+    return None
 
 
 @dataclass(frozen=True)
@@ -407,12 +432,7 @@ class OpSpec:
     def input_shapes(self) -> tuple[tuple[int, ...], ...]:
         shape = self.input_shape
         if self.op in ("add", "mul"):
-            other = shape
-            if self.broadcast == "channel":  # NCHW: (N, C, 1, 1); channels last: (C,)
-                other = (shape[0], shape[1], 1, 1) if len(shape) == 4 else (shape[-1],)
-            elif self.broadcast in _BROADCAST_SHAPES:
-                other = _BROADCAST_SHAPES[self.broadcast](*shape)
-            return (shape, other)
+            return (shape, broadcast_operand(self.broadcast, shape))
         if self.op == "concat":
             return tuple(self._along_axis(p) for p in self.parts)
         return (shape,)
@@ -661,7 +681,7 @@ def _validate(spec: OpSpec) -> None:
         fail(f"unknown activation {spec.activation!r}; use one of {', '.join(ACTIVATIONS)}")
     if spec.broadcast not in BROADCASTS:
         fail(f"unknown broadcast {spec.broadcast!r}; use one of {', '.join(BROADCASTS)}")
-    if spec.broadcast in _BROADCAST_SHAPES and len(spec.input_shape) != 4:
+    if spec.broadcast not in ("none", "channel") and len(spec.input_shape) != 4:
         fail(f"broadcast {spec.broadcast!r} needs an (N, C, H, W) input, got {spec.input_shape}")
     for name in ("kernel", "stride", "dilation"):
         if min(_as_pair(getattr(spec, name))) <= 0:

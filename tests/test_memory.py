@@ -47,6 +47,38 @@ def test_onnx_footprint_counts_weights_at_their_dtype_and_runs_activations_in_pl
     assert f.activation_peak_bytes == 2 * 8 * 16 * 16 * 4  # x and c; the Relu writes in place
 
 
+def test_onnx_footprint_of_a_qdq_conv_counts_the_8_bit_tensors_the_fused_kernel_runs_on() -> None:
+    """x -> Q -> DQ -> Conv -> Q -> DQ -> y: ORT runs Q, one 8-bit conv and the final DQ."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])
+    scale, zero = (
+        helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]),
+        helper.make_tensor("z", TensorProto.UINT8, [], [128]),
+    )
+    wzero = helper.make_tensor("wz", TensorProto.INT8, [], [0])
+    w = helper.make_tensor("w", TensorProto.INT8, [8, 8, 3, 3], [1] * 576)
+    model = make_model(
+        helper.make_graph(
+            [
+                helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+                helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+                helper.make_node("DequantizeLinear", ["w", "s", "wz"], ["wd"]),
+                helper.make_node("Conv", ["xd", "wd"], ["c"], pads=[1, 1, 1, 1]),
+                helper.make_node("QuantizeLinear", ["c", "s", "z"], ["cq"]),
+                helper.make_node("DequantizeLinear", ["cq", "s", "z"], ["y"]),
+            ],
+            "g",
+            [x],
+            [y],
+            initializer=[scale, zero, wzero, w],
+        )
+    )
+    f = onnx_footprint(model)
+    assert f.weight_bytes == 576 + 4 + 1 + 1
+    floats, bytes_ = 8 * 16 * 16 * 4, 8 * 16 * 16
+    assert f.activation_peak_bytes == floats + bytes_  # x and its 8-bit copy; the conv runs on 8 bits
+
+
 @pytest.mark.parametrize("name", ["proxyless", "ofa_mbv3", "fbnet"])
 def test_a_space_footprint_equals_that_of_its_exported_onnx(name) -> None:
     space = get_space(name)
@@ -71,7 +103,7 @@ def test_memory_model_recovers_its_terms_and_stays_bounded_with_few_points() -> 
 
 
 def test_measured_peak_memory_is_the_models_own_with_and_without_the_arena(tmp_path) -> None:
-    """A bigger model needs more; the peak is the model's high-water mark, not the host's (fork)."""
+    """A bigger model needs more; the peaks are the model's, read in a fresh process by phase."""
     paths = zoo.export_all(tmp_path, ["squeezenet_1_1", "resnet18"])
     with Store(tmp_path / "m.db") as store:
         for arena in (True, False):
@@ -83,7 +115,8 @@ def test_measured_peak_memory_is_the_models_own_with_and_without_the_arena(tmp_p
             assert small.settings["memory_arena"] is arena
             for m in (small, big):
                 assert m.baseline_rss_mb < 200 and m.peak_rss_mb > m.baseline_rss_mb
-            grow = [m.peak_rss_mb - m.baseline_rss_mb for m in (small, big)]
+                assert m.load_peak_rss_mb >= m.loaded_rss_mb > m.baseline_rss_mb  # loading's copies are freed
+            grow = [m.model_rss_mb for m in (small, big)]
             assert grow[1] > grow[0] + 30  # resnet18 holds 45 MB of weights, squeezenet 5 MB
 
 

@@ -7,7 +7,15 @@ import json
 
 import pytest
 
-from hwlat.profiler.opspec import InvalidOpSpecError, OpSpec, read_jsonl, write_jsonl
+from hwlat.profiler.opspec import (
+    BROADCASTS,
+    InvalidOpSpecError,
+    OpSpec,
+    broadcast_kind,
+    broadcast_operand,
+    read_jsonl,
+    write_jsonl,
+)
 
 
 def all_kinds() -> list[OpSpec]:
@@ -160,3 +168,15 @@ def test_bad_jsonl_names_the_line(tmp_path) -> None:
     path.write_text('{"op": "add", "input_shape": [1, 3, 4, 4], "colour": "red"}\n')
     with pytest.raises(InvalidOpSpecError, match=r"ops.jsonl:1: unknown OpSpec fields \['colour'\]"):
         read_jsonl(path)
+
+
+def test_broadcast_kind_reads_back_each_operand_shape_and_a_degenerate_one_as_none() -> None:
+    shape = (1, 16, 7, 5)
+    for kind in BROADCASTS:
+        operand = broadcast_operand(kind, shape)
+        assert broadcast_kind(shape, operand) == kind
+        assert broadcast_kind(shape, operand[1:]) == kind  # numpy's leading ones
+        assert OpSpec("mul", shape, broadcast=kind).input_shapes == (shape, operand)
+    assert broadcast_kind((1, 16, 1, 1), (16, 1, 1)) == "none"  # every kind fits: no broadcast at all
+    assert broadcast_kind((1, 7, 16), (16,)) == "channel" and broadcast_kind((1, 7, 16), (7, 1)) is None
+    assert broadcast_kind(shape, (2, 16, 1, 1)) is None  # another batch

@@ -324,9 +324,11 @@ def test_measure_reports_latency_size_and_memory(tmp_path) -> None:
     assert out["model_bytes"] == path.stat().st_size
     assert out["params"] > 1_000_000
     assert out["peak_rss_mb"] > out["baseline_rss_mb"] > 0
+    assert out["model_rss_mb"] == pytest.approx(out["peak_rss_mb"] - out["baseline_rss_mb"])
+    assert out["load_rss_mb"] > 0 and "memory_error" not in out
     assert out["backend_version"] and out["threads"] == 1
     text = hwlat("measure", str(path), "--db", str(tmp_path / "m.db"), "--quick").stdout
-    assert "ms median" in text and "peak RSS" in text
+    assert "ms median" in text and "MB while it runs" in text
 
 
 @pytest.mark.parametrize(

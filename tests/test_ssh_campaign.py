@@ -299,4 +299,5 @@ def test_a_model_with_its_weights_in_a_file_of_their_own_is_measured_over_ssh(ss
         ).measure_model(path)
     assert m.ok, m.error_msg
     assert m.median_ms > 0
+    assert "memory_error" not in m.extra and m.model_rss_mb > 0  # the memory probe runs there too
     assert m.extra["model_bytes"] == path.stat().st_size + (tmp_path / "default.onnx.data").stat().st_size

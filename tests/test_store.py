@@ -179,8 +179,11 @@ def test_a_version_1_store_is_migrated_with_its_extra_keys_moved_to_columns(tmp_
         (m,) = store.measurements()
     assert (m.wall_s, m.repeats, m.peak_rss_mb, m.baseline_rss_mb) == (1.5, 3, 80.0, 60.0)
     assert m.extra == {"params": 7} and m.median_ms == 1.5
+    assert m.model_rss_mb is None  # its peak mixed the load in: not the serving peak of version 4
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT value FROM hwlat_meta WHERE key = 'schema_version'").fetchone()[0] == "3"
+        assert db.execute("SELECT value FROM hwlat_meta WHERE key = 'schema_version'").fetchone()[0] == str(
+            schema.SCHEMA_VERSION
+        )
 
 
 def test_a_version_1_store_is_not_migrated_by_a_command_that_only_reads(tmp_path) -> None:

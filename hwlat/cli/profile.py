@@ -61,7 +61,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "measure",
         help="measure a whole ONNX model end to end",
-        description="Time a whole ONNX model on a device under the timing protocol, with its peak memory.",
+        description="Time a whole ONNX model on a device under the timing protocol, with its memory: "
+        "read in a fresh process, the peak while it loads and the peak while it runs (model_rss_mb, "
+        "over the process's baseline).",
     )
     p.add_argument("model", type=Path, help="the .onnx file")
     options.add_device(p)
@@ -185,16 +187,25 @@ def cmd_measure(args: argparse.Namespace) -> int:
         "memory_arena": m.settings.get("memory_arena"),
         "model_bytes": m.extra["model_bytes"],
         "params": m.extra["params"],
-        "peak_rss_mb": m.peak_rss_mb,
         "baseline_rss_mb": m.baseline_rss_mb,
+        "load_peak_rss_mb": m.load_peak_rss_mb,
+        "loaded_rss_mb": m.loaded_rss_mb,
+        "peak_rss_mb": m.peak_rss_mb,
     }
     if m.model_rss_mb is not None:
         out["model_rss_mb"] = m.model_rss_mb
+        out["load_rss_mb"] = m.load_rss_mb
+    if "memory_error" in m.extra:
+        out["memory_error"] = m.extra["memory_error"]
     if args.json:
         print(json.dumps(out))
     else:
         flag = f"  (DISTURBED: {m.disturbance})" if m.disturbed else ""
-        rss = f", peak RSS {out['peak_rss_mb']:.0f} MB" if out["peak_rss_mb"] is not None else ""
+        rss = (
+            f", {m.model_rss_mb:.0f} MB while it runs ({m.load_rss_mb:.0f} MB while it loads)"
+            if m.model_rss_mb is not None
+            else ""
+        )
         print(
             f"{args.model}: {m.median_ms:.3f} ms median (p10 {m.p10_ms:.3f}, p90 {m.p90_ms:.3f}) "
             f"on {m.device}/{m.backend} {m.backend_version}, {out['params']:,} params{rss}{flag}"

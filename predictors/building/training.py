@@ -329,12 +329,13 @@ def fit_overhead(
     for path, m in zip(paths, measured, strict=True):
         if not m.ok:
             continue
-        if m.model_rss_mb is not None:
-            footprints.append(onnx_footprint(path))  # memory does not depend on contention
+        split = splitter.split(path)
+        if m.model_rss_mb is not None:  # memory does not depend on contention
+            footprints.append(onnx_footprint(path, split.eight_bit_nodes))
             memory_mb.append(m.model_rss_mb)
         if not m.clean:
             continue
-        networks.append(splitter.split(path).network)
+        networks.append(split.network)
         ms.append(m.median_ms)
     memory = MemoryModel().fit(footprints, memory_mb)
     log(f"memory model fitted on {memory.fitted_on} networks: {memory}")

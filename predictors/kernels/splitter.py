@@ -53,7 +53,13 @@ from hwlat.profiler.onnx_models.graph import (
     conv_out,
     slice_bounds,
 )
-from hwlat.profiler.opspec import INT_DTYPES, RANGE_ACTIVATIONS, InvalidOpSpecError, OpSpec
+from hwlat.profiler.opspec import (
+    INT_DTYPES,
+    RANGE_ACTIVATIONS,
+    InvalidOpSpecError,
+    OpSpec,
+    broadcast_kind,
+)
 
 GLUE_OPS = ("Flatten", "Reshape", "Squeeze", "Unsqueeze")
 
@@ -698,7 +704,7 @@ class _Mapper:
         a, b = (self._shape(i) for i in ins)
         if len(a) < len(b) or (len(a) == len(b) and math.prod(a) < math.prod(b)):
             ins, (a, b) = ins[::-1], (b, a)
-        bcast = _broadcast(a, b)
+        bcast = broadcast_kind(a, b)
         if bcast is None:
             raise _Unmappable(
                 f"broadcast of {b} onto {a} (only the same shape, or one value per channel, per "
@@ -876,20 +882,6 @@ def _symmetric_pads(
         match = [p for p in range(0, k + 1) if conv_out(size, k, s, 2 * p, d) == out[2 + axis]]
         found.append(match[0] if match else (pads[axis] + pads[axis + 2] + 1) // 2)
     return found[0], found[1]
-
-
-def _broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> str | None:
-    """The ``OpSpec.broadcast`` of a tensor of shape ``b`` onto one of shape ``a``, if any."""
-    if a == b:
-        return "none"
-    if len(a) != 4:  # channels last: (C,) onto (N, ..., C)
-        return "channel" if b[-1:] == a[-1:] and math.prod(b) == a[-1] else None
-    n, c, h, w = a
-    b = (1,) * (4 - len(b)) + tuple(b)
-    if b[0] not in (1, n):
-        return None
-    kinds = {(c, 1, 1): "channel", (1, h, w): "pixel", (c, h, 1): "row", (c, 1, w): "column"}
-    return kinds.get(b[1:])
 
 
 _ACTIVATION_NAMES = {

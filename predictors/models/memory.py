@@ -8,14 +8,16 @@ later); an element-wise op that the runtime fuses into its producer allocates no
 process really adds on top (the runtime's own state, weights prepacked into
 another layout, the arena's growth in chunks) is device- and runtime-specific, so
 ``MemoryModel`` fits ``peak = offset + weight_scale * weights + activation_scale * peak
-activations`` per device from models measured there (``Measurement.peak_rss_mb -
-baseline_rss_mb``), with bounds that keep a few measurements from producing nonsense.
+activations`` per device from models measured there (``Measurement.model_rss_mb``: the peak
+while the loaded model runs, in a fresh process with the allocator held still), with bounds
+that keep a few measurements from producing nonsense. The peak while the runtime loads a
+model (its transient copies of the weights) is measured but not predicted.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Collection, Hashable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -106,17 +108,23 @@ def liveness_peak(
     return peak, where
 
 
-def onnx_footprint(model: onnx.ModelProto | str) -> Footprint:
+def onnx_footprint(model: onnx.ModelProto | str, eight_bit_nodes: Collection[str] = ()) -> Footprint:
     """Weights (initializers, at their stored dtype) and the activation peak of an ONNX graph.
 
     Shapes and dtypes come from ONNX shape inference where it succeeds and from hwlat's own
     shape folding otherwise; tensors computed only from constants (folded at load time by the
-    runtime) are not activations.
+    runtime) are not activations. ``eight_bit_nodes`` (``SplitResult.eight_bit_nodes``) are
+    the nodes the runtime runs in 8 bits: a float weight one of them reads is held in 8 bits
+    (ORT quantizes a float conv between 8-bit layers itself).
     """
     model = load_model(model)
     graph = OnnxGraph(model)
     static = graph.static
-    weights = sum(_numel(t.dims) * _BYTES.get(t.data_type, 4) for t in model.graph.initializer)
+    requantized = {n.input[1] for n in graph.data_nodes if n.name in eight_bit_nodes and len(n.input) > 1}
+    weights = sum(
+        _numel(t.dims) * (1 if t.name in requantized else _BYTES.get(t.data_type, 4))
+        for t in model.graph.initializer
+    )
     sizes: dict[Hashable, int] = {}
     for name, shape in graph.shapes.items():
         if name in static:
@@ -127,10 +135,24 @@ def onnx_footprint(model: onnx.ModelProto | str) -> Footprint:
     for n in graph.data_nodes:
         for i in n.input:
             readers[i] = readers.get(i, 0) + 1
+    produced = {o for n in graph.data_nodes for o in n.output}
+    graph_outputs = {o.name for o in model.graph.output}
     alias: dict[str, str] = {}  # an element-wise op fused into its producer writes in place
+    # An 8-bit kernel reads the quantized tensor and writes one (ORT's QDQ fusion): a
+    # QuantizeLinear after a node that only it reads makes that node write 8 bits, and a
+    # DequantizeLinear is read through, unless its float output leaves the graph.
+    for n in graph.data_nodes:
+        if n.op_type == "QuantizeLinear" and n.input[0] in produced and readers.get(n.input[0]) == 1:
+            alias[n.output[0]] = n.input[0]
+            sizes[n.input[0]] = sizes.get(n.output[0], 0)
     steps = []
     for n in graph.data_nodes:
         ins = [alias.get(i, i) for i in n.input if i and i not in static]
+        if n.op_type == "QuantizeLinear" and n.output[0] in alias:
+            continue
+        if n.op_type == "DequantizeLinear" and ins and n.output[0] not in graph_outputs:
+            alias[n.output[0]] = ins[0]
+            continue
         if n.op_type in IN_PLACE_OPS and len(ins) == 1 and readers.get(n.input[0]) == 1 and n.output:
             alias[n.output[0]] = ins[0]
             continue
@@ -162,11 +184,14 @@ class MemoryModel:
         )
 
     def fit(self, footprints: Sequence[Footprint], measured_mb: Sequence[float]) -> MemoryModel:
-        """Least squares on the relative error of the measured extra resident memory (a budget,
-        and the +-10% a user checks, are relative: an absolute fit lets the largest calibration
-        networks set an offset that swamps small ones); scales kept within [0.5, 4]. Models
-        measured at under 1 MB carry no relative information and are left out."""
-        from scipy.optimize import lsq_linear
+        """Least squares on the relative error of the measured serving peak (a budget, and the
+        +-10% a user checks, are relative: an absolute fit lets the largest calibration networks
+        set an offset that swamps small ones), robust beyond 10% (``soft_l1``): a random
+        calibration network whose runtime allocates what no liveness count sees (8-bit convs'
+        buffers: up to 20x its activations) must not set the terms for every other network.
+        Scales kept within [0.5, 4]. Models measured at under 1 MB carry no relative information
+        and are left out."""
+        from scipy.optimize import least_squares
 
         y = np.asarray(measured_mb, dtype=float)
         X = np.array([[1.0, f.weights_mb, f.activations_mb] for f in footprints]).reshape(-1, 3)
@@ -177,7 +202,13 @@ class MemoryModel:
         if len(y) < 4:  # too few points for three terms: the offset only
             self.offset_mb = float(np.median(y - X[:, 1] - X[:, 2]))
         else:
-            fit = lsq_linear(X / y[:, None], np.ones_like(y), bounds=([-1e6, 0.5, 0.5], [1e6, 4.0, 4.0]))
+            fit = least_squares(
+                lambda terms: X @ terms / y - 1,
+                x0=[float(np.median(y)), 1.0, 1.0],
+                loss="soft_l1",
+                f_scale=0.1,
+                bounds=([-1e6, 0.5, 0.5], [1e6, 4.0, 4.0]),
+            )
             self.offset_mb, self.weight_scale, self.activation_scale = (float(v) for v in fit.x)
         self.fitted_on = len(y)
         return self

@@ -11,8 +11,9 @@ to the measurements it was verified with and any machine can resume or inspect i
   hwlat_meta        ``schema_version`` and the like
 
 Versions: 1 is hwlat 0.1 (SQLite only, no hwlat_meta; the measurement and the search files
-were separate). Every change since has been additive (new tables, new columns with defaults),
-so ``migrate`` adds what is missing and moves values that older versions kept in ``extra``.
+were separate); 4 added a whole model's memory by phase (``load_peak_rss_mb``,
+``loaded_rss_mb``). Every change since 1 has been additive (new tables, new columns with
+defaults), so ``migrate`` adds what is missing and moves values that older versions kept in ``extra``.
 A store is migrated only by a command that writes to it.
 """
 
@@ -24,7 +25,7 @@ import sqlalchemy as sa
 
 from hwlat.profiler.measurement import Measurement
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 STATS = ("median_ms", "p10_ms", "p90_ms", "cv")  # derived from samples_ms, stored for queries and exports
 # Kept in the extra JSON by version 1; their own columns since.
 MOVED_FROM_EXTRA = ("repeats", "wall_s", "peak_rss_mb", "baseline_rss_mb")

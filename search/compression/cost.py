@@ -302,9 +302,11 @@ class CostEstimator:
 class _MemoryLayout:
     """``onnx_footprint`` of the original graph with every tensor and weight resized by a policy.
 
-    The steps and in-place aliases are those of ``onnx_footprint``; activations stay float32
-    (a QDQ graph keeps float tensors between its int8 kernels), weights shrink to one byte at
-    int8 plus an int32 bias, a scale and a zero point per output channel."""
+    The steps and in-place aliases are those of ``onnx_footprint`` on the float32 graph, so
+    activations are counted at float32: an upper bound for an 8-bit layer, whose fused kernel
+    reads and writes 8-bit tensors (``onnx_footprint`` of the quantized graph counts those).
+    Weights shrink to one byte at int8 plus an int32 bias, a scale and a zero point per
+    output channel."""
 
     def __init__(self, analysis: ModelAnalysis) -> None:
         self.analysis = analysis
