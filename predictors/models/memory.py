@@ -108,6 +108,56 @@ def liveness_peak(
     return peak, where
 
 
+@dataclass(frozen=True)
+class ExecutionSteps:
+    """A graph as the runtime executes it, for ``liveness_peak``: the steps that allocate
+    (name, inputs, outputs), with fused and in-place nodes folded away."""
+
+    steps: list[tuple[str, list[str], list[str]]]
+    inputs: list[str]  # graph inputs that are not constants
+    outputs: list[str]  # graph outputs, under the tensor that holds them
+    eight_bit_writes: dict[str, str]  # tensor -> the QuantizeLinear output whose size it has
+
+
+def execution_steps(model: onnx.ModelProto, graph: OnnxGraph) -> ExecutionSteps:
+    """The allocating steps of ``graph`` in execution order.
+
+    An element-wise op that the runtime fuses into its producer (``IN_PLACE_OPS``, when its
+    input has no other reader) writes in place. An 8-bit kernel reads the quantized tensor and
+    writes one (ORT's QDQ fusion): a QuantizeLinear after a node that only it reads makes that
+    node write 8 bits, and a DequantizeLinear is read through, unless its float output leaves
+    the graph.
+    """
+    static = graph.static
+    readers: dict[str, int] = {}
+    for n in graph.data_nodes:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    produced = {o for n in graph.data_nodes for o in n.output}
+    graph_outputs = {o.name for o in model.graph.output}
+    alias: dict[str, str] = {}
+    eight_bit_writes: dict[str, str] = {}
+    for n in graph.data_nodes:
+        if n.op_type == "QuantizeLinear" and n.input[0] in produced and readers.get(n.input[0]) == 1:
+            alias[n.output[0]] = n.input[0]
+            eight_bit_writes[n.input[0]] = n.output[0]
+    steps = []
+    for n in graph.data_nodes:
+        ins = [alias.get(i, i) for i in n.input if i and i not in static]
+        if n.op_type == "QuantizeLinear" and n.output[0] in alias:
+            continue
+        if n.op_type == "DequantizeLinear" and ins and n.output[0] not in graph_outputs:
+            alias[n.output[0]] = ins[0]
+            continue
+        if n.op_type in IN_PLACE_OPS and len(ins) == 1 and readers.get(n.input[0]) == 1 and n.output:
+            alias[n.output[0]] = ins[0]
+            continue
+        steps.append((n.name or n.op_type, ins, [o for o in n.output if o]))
+    inputs = [i.name for i in model.graph.input if i.name not in static]
+    outputs = [alias.get(o.name, o.name) for o in model.graph.output]
+    return ExecutionSteps(steps, inputs, outputs, eight_bit_writes)
+
+
 def onnx_footprint(model: onnx.ModelProto | str, eight_bit_nodes: Collection[str] = ()) -> Footprint:
     """Weights (initializers, at their stored dtype) and the activation peak of an ONNX graph.
 
@@ -131,35 +181,10 @@ def onnx_footprint(model: onnx.ModelProto | str, eight_bit_nodes: Collection[str
             continue
         dtype = graph.elem_types.get(name, TensorProto.FLOAT)
         sizes[name] = _numel(shape) * _BYTES.get(dtype, 4)
-    readers: dict[str, int] = {}
-    for n in graph.data_nodes:
-        for i in n.input:
-            readers[i] = readers.get(i, 0) + 1
-    produced = {o for n in graph.data_nodes for o in n.output}
-    graph_outputs = {o.name for o in model.graph.output}
-    alias: dict[str, str] = {}  # an element-wise op fused into its producer writes in place
-    # An 8-bit kernel reads the quantized tensor and writes one (ORT's QDQ fusion): a
-    # QuantizeLinear after a node that only it reads makes that node write 8 bits, and a
-    # DequantizeLinear is read through, unless its float output leaves the graph.
-    for n in graph.data_nodes:
-        if n.op_type == "QuantizeLinear" and n.input[0] in produced and readers.get(n.input[0]) == 1:
-            alias[n.output[0]] = n.input[0]
-            sizes[n.input[0]] = sizes.get(n.output[0], 0)
-    steps = []
-    for n in graph.data_nodes:
-        ins = [alias.get(i, i) for i in n.input if i and i not in static]
-        if n.op_type == "QuantizeLinear" and n.output[0] in alias:
-            continue
-        if n.op_type == "DequantizeLinear" and ins and n.output[0] not in graph_outputs:
-            alias[n.output[0]] = ins[0]
-            continue
-        if n.op_type in IN_PLACE_OPS and len(ins) == 1 and readers.get(n.input[0]) == 1 and n.output:
-            alias[n.output[0]] = ins[0]
-            continue
-        steps.append((n.name or n.op_type, ins, [o for o in n.output if o]))
-    inputs = [i.name for i in model.graph.input if i.name not in static]
-    outputs = [alias.get(o.name, o.name) for o in model.graph.output]
-    peak, where = liveness_peak(steps, sizes, inputs, outputs)
+    plan = execution_steps(model, graph)
+    for tensor, quantized in plan.eight_bit_writes.items():
+        sizes[tensor] = sizes.get(quantized, 0)
+    peak, where = liveness_peak(plan.steps, sizes, plan.inputs, plan.outputs)
     return Footprint(int(weights), int(peak), where)
 
 

@@ -39,7 +39,7 @@ import numpy as np
 import onnx
 
 from hwlat.errors import HwlatError
-from hwlat.predictors.models.memory import IN_PLACE_OPS, Footprint, liveness_peak, onnx_footprint
+from hwlat.predictors.models.memory import Footprint, execution_steps, liveness_peak, onnx_footprint
 from hwlat.profiler.kernel import Kernel
 from hwlat.profiler.opspec import InvalidOpSpecError
 from hwlat.search.compression.model import ModelAnalysis, Source
@@ -302,7 +302,7 @@ class CostEstimator:
 class _MemoryLayout:
     """``onnx_footprint`` of the original graph with every tensor and weight resized by a policy.
 
-    The steps and in-place aliases are those of ``onnx_footprint`` on the float32 graph, so
+    The steps are ``onnx_footprint``'s (``execution_steps``) on the float32 graph, so
     activations are counted at float32: an upper bound for an 8-bit layer, whose fused kernel
     reads and writes 8-bit tensors (``onnx_footprint`` of the quantized graph counts those).
     Weights shrink to one byte at int8 plus an int32 bias, a scale and a zero point per
@@ -327,20 +327,8 @@ class _MemoryLayout:
                 src = Source(None, 1, int(shape[1]) if len(shape) > 1 else 1)
             numel = math.prod(int(d) for d in shape)
             self.tensors[name] = (numel * 4 / max(1, src.channels), src)
-        readers: dict[str, int] = {}
-        for n in g.data_nodes:
-            for i in n.input:
-                readers[i] = readers.get(i, 0) + 1
-        alias: dict[str, str] = {}
-        self.steps = []
-        for n in g.data_nodes:
-            ins = [alias.get(i, i) for i in n.input if i and i not in static]
-            if n.op_type in IN_PLACE_OPS and len(ins) == 1 and readers.get(n.input[0]) == 1 and n.output:
-                alias[n.output[0]] = ins[0]
-                continue
-            self.steps.append((n.name or n.op_type, ins, [o for o in n.output if o]))
-        self.inputs = [i.name for i in analysis.onnx.graph.input if i.name not in static]
-        self.outputs = [alias.get(o.name, o.name) for o in analysis.onnx.graph.output]
+        plan = execution_steps(analysis.onnx, g)  # every tensor counted at float32, as above
+        self.steps, self.inputs, self.outputs = plan.steps, plan.inputs, plan.outputs
 
     def footprint(self, keep: Sequence[int], dtypes: Sequence[str]) -> Footprint:
         a = self.analysis
