@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper
 
@@ -47,17 +48,17 @@ def test_onnx_footprint_counts_weights_at_their_dtype_and_runs_activations_in_pl
     assert f.activation_peak_bytes == 2 * 8 * 16 * 16 * 4  # x and c; the Relu writes in place
 
 
-def test_onnx_footprint_of_a_qdq_conv_counts_the_8_bit_tensors_the_fused_kernel_runs_on() -> None:
-    """x -> Q -> DQ -> Conv -> Q -> DQ -> y: ORT runs Q, one 8-bit conv and the final DQ."""
+def _qdq_conv(out_channels: int) -> onnx.ModelProto:
+    """x -> Q -> DQ -> Conv 3x3 (int8 weights, zero point 0) -> Q -> DQ -> y, on 8 channels."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, out_channels, 16, 16])
     scale, zero = (
         helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]),
         helper.make_tensor("z", TensorProto.UINT8, [], [128]),
     )
     wzero = helper.make_tensor("wz", TensorProto.INT8, [], [0])
-    w = helper.make_tensor("w", TensorProto.INT8, [8, 8, 3, 3], [1] * 576)
-    model = make_model(
+    w = helper.make_tensor("w", TensorProto.INT8, [out_channels, 8, 3, 3], [1] * out_channels * 72)
+    return make_model(
         helper.make_graph(
             [
                 helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
@@ -73,10 +74,40 @@ def test_onnx_footprint_of_a_qdq_conv_counts_the_8_bit_tensors_the_fused_kernel_
             initializer=[scale, zero, wzero, w],
         )
     )
-    f = onnx_footprint(model)
+
+
+def test_onnx_footprint_of_a_qdq_conv_counts_the_8_bit_tensors_and_the_kernels_scratch() -> None:
+    """ORT runs Q, one 8-bit conv and the final DQ; the conv holds scratch while it runs."""
+    pixels = 16 * 16
+    f = onnx_footprint(_qdq_conv(8))
     assert f.weight_bytes == 576 + 4 + 1 + 1
-    floats, bytes_ = 8 * 16 * 16 * 4, 8 * 16 * 16
-    assert f.activation_peak_bytes == floats + bytes_  # x and its 8-bit copy; the conv runs on 8 bits
+    # 8 output channels are too few for the symmetric kernel: an int32 output and an im2col copy
+    scratch = 4 * 8 * pixels + 8 * 9 * pixels
+    assert f.activation_peak_bytes == 8 * pixels + 8 * pixels + scratch  # xq, c (8-bit) and scratch
+    assert f.peak_node == "Conv"
+    # 16 output channels take the symmetric kernel: one pointer per tap and output pixel
+    f = onnx_footprint(_qdq_conv(16))
+    assert f.activation_peak_bytes == 8 * pixels + 16 * pixels + 8 * 9 * pixels
+
+
+def test_onnx_footprint_follows_the_runtimes_fused_activations_and_conv_sums() -> None:
+    """SiLU (x * sigmoid(x)) is one kernel, and a conv followed by a residual Add writes into
+    the residual operand when the Add is that operand's last reader. Node by node, a, s and r
+    would be alive at the Mul, and c, r and y at the Add: three tensors, not two."""
+    shape = [1, 8, 16, 16]
+    size = 8 * 16 * 16 * 4
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [8, 8, 1, 1], [0.1] * 64)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["a"]),
+        helper.make_node("Sigmoid", ["a"], ["s"]),
+        helper.make_node("Mul", ["a", "s"], ["r"]),  # SiLU: r is written, s is not
+        helper.make_node("Conv", ["r", "w"], ["c"]),
+        helper.make_node("Add", ["c", "r"], ["y"]),  # c is never written: the conv adds into r
+    ]
+    f = onnx_footprint(make_model(helper.make_graph(nodes, "g", [x], [y], initializer=[w])))
+    assert f.activation_peak_bytes == 2 * size  # x and a, then a and r, then r alone
 
 
 @pytest.mark.parametrize("name", ["proxyless", "ofa_mbv3", "fbnet"])

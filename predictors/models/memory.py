@@ -1,17 +1,20 @@
 """Peak memory of a network: weights plus the largest set of activations alive at once.
 
-A runtime holds every weight for the whole run, and an activation from the node that writes
-it to the last node that reads it. Walking the graph in execution order and adding up what
-is alive after each node gives the activation peak (MCUNet's analytic count, generalised to
-any graph: a residual input stays alive across its block because its last reader comes
-later); an element-wise op that the runtime fuses into its producer allocates nothing. What a
-process really adds on top (the runtime's own state, weights prepacked into
-another layout, the arena's growth in chunks) is device- and runtime-specific, so
-``MemoryModel`` fits ``peak = offset + weight_scale * weights + activation_scale * peak
-activations`` per device from models measured there (``Measurement.model_rss_mb``: the peak
-while the loaded model runs, in a fresh process with the allocator held still), with bounds
-that keep a few measurements from producing nonsense. The peak while the runtime loads a
-model (its transient copies of the weights) is measured but not predicted.
+A runtime holds every weight for the whole run, and an activation from the node that writes it
+to the last node that reads it. Walking the graph in execution order and adding up what is
+alive after each node gives the activation peak (MCUNet's analytic count, generalised to any
+graph: a residual input stays alive across its block because its last reader comes later),
+with the graph fused as ONNX Runtime fuses it: an element-wise op fused into its producer
+allocates nothing, SiLU and GELU are one kernel, a conv writes into the residual it is added
+to, and an 8-bit conv holds its kernel's scratch while it runs (checked against liveness over
+ORT's own optimized graph and against the memory it measurably adds with its arena off:
+``benchmarks/RESULTS-memory.md``). What a process really adds on top (the runtime's own state,
+weights prepacked into another layout, the arena's growth in chunks) is device- and runtime-
+specific, so ``MemoryModel`` fits ``peak = offset + weight_scale * weights + activation_scale
+* peak activations`` per device from models measured there (``Measurement.model_rss_mb``: the
+peak while the loaded model runs, in a fresh process with the allocator held still), with
+bounds that keep a few measurements from producing nonsense. The peak while the runtime loads
+a model (its transient copies of the weights) is measured but not predicted.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import onnx
 from onnx import TensorProto
 
 from hwlat.profiler.onnx_models import OnnxGraph, load_model
+from hwlat.profiler.onnx_models.graph import attrs
 
 MB = 1024 * 1024
 # Element-wise ops a runtime fuses into the op before them (or runs in place) when that op's
@@ -63,7 +67,7 @@ class Footprint:
     """What a network needs by construction, before any runtime: weights and the activation peak."""
 
     weight_bytes: int
-    activation_peak_bytes: int
+    activation_peak_bytes: int  # tensors and kernel scratch alive at once
     peak_node: str = ""  # where the activation peak is reached
 
     @property
@@ -108,6 +112,17 @@ def liveness_peak(
     return peak, where
 
 
+# Activations ORT's graph optimizer fuses into one kernel that reads x and writes one tensor,
+# as torch exports them: the element-wise chain from x ends in a Mul by x. ``x * sigmoid(x)``
+# (SiLU: QuickGelu) and ``x * (1 + erf(x / sqrt 2))`` (GELU: Gelu). The value says whether the
+# fused kernel also takes a trailing multiply by a constant (GELU's 0.5). Mish (softplus,
+# tanh) is not fused by ORT and is not listed.
+FUSED_ACTIVATION_CHAINS = {("Sigmoid",): False, ("Div", "Erf", "Add"): True, ("Mul", "Erf", "Add"): True}
+# Scratch an 8-bit conv allocates while it runs (ORT's QLinearConv): an indirection buffer of
+# one pointer per kernel tap and output pixel, or an im2col copy plus an int32 output.
+POINTER_BYTES = 8
+
+
 @dataclass(frozen=True)
 class ExecutionSteps:
     """A graph as the runtime executes it, for ``liveness_peak``: the steps that allocate
@@ -117,33 +132,50 @@ class ExecutionSteps:
     inputs: list[str]  # graph inputs that are not constants
     outputs: list[str]  # graph outputs, under the tensor that holds them
     eight_bit_writes: dict[str, str]  # tensor -> the QuantizeLinear output whose size it has
+    scratch_bytes: dict[str, int]  # per-step scratch, under a tensor only that step writes
 
 
-def execution_steps(model: onnx.ModelProto, graph: OnnxGraph) -> ExecutionSteps:
-    """The allocating steps of ``graph`` in execution order.
+def execution_steps(
+    model: onnx.ModelProto, graph: OnnxGraph, eight_bit_nodes: Collection[str] = ()
+) -> ExecutionSteps:
+    """The allocating steps of ``graph`` in execution order, fused as ORT fuses them.
 
-    An element-wise op that the runtime fuses into its producer (``IN_PLACE_OPS``, when its
-    input has no other reader) writes in place. An 8-bit kernel reads the quantized tensor and
-    writes one (ORT's QDQ fusion): a QuantizeLinear after a node that only it reads makes that
-    node write 8 bits, and a DequantizeLinear is read through, unless its float output leaves
-    the graph.
+    - An element-wise op fused into its producer (``IN_PLACE_OPS``, when its input has no
+      other reader) writes in place.
+    - A fused activation (``FUSED_ACTIVATION_CHAINS``) is one step from x to its output.
+    - A conv whose only reader is an Add of a same-shaped tensor is one step (ORT's Sum
+      fusion); it writes into that tensor when the Add is its last reader.
+    - An 8-bit kernel reads the quantized tensor and writes one (ORT's QDQ fusion): a
+      QuantizeLinear after a node that only it reads makes that node write 8 bits, and a
+      DequantizeLinear is read through, unless its float output leaves the graph. An 8-bit
+      conv (QDQ weights, or in ``eight_bit_nodes``) also holds its scratch while it runs.
     """
     static = graph.static
     readers: dict[str, int] = {}
+    last_reader: dict[str, int] = {}
     for n in graph.data_nodes:
         for i in n.input:
             readers[i] = readers.get(i, 0) + 1
-    produced = {o for n in graph.data_nodes for o in n.output}
+            last_reader[i] = id(n)
+    producer = {o: n for n in graph.data_nodes for o in n.output}
     graph_outputs = {o.name for o in model.graph.output}
+    inputs = [i.name for i in model.graph.input if i.name not in static]
     alias: dict[str, str] = {}
     eight_bit_writes: dict[str, str] = {}
     for n in graph.data_nodes:
-        if n.op_type == "QuantizeLinear" and n.input[0] in produced and readers.get(n.input[0]) == 1:
+        if n.op_type == "QuantizeLinear" and n.input[0] in producer and readers.get(n.input[0]) == 1:
             alias[n.output[0]] = n.input[0]
             eight_bit_writes[n.input[0]] = n.output[0]
+    skipped, fused_from = _fused_activations(graph, producer, readers)
+    sums = _conv_sums(graph, producer, readers)
+    deferred = {id(conv) for conv, _ in sums.values()}
+    weight_producer = {o: n for n in graph.nodes for o in n.output}  # constant-folded ones too
+    scratch_bytes: dict[str, int] = {}
     steps = []
     for n in graph.data_nodes:
         ins = [alias.get(i, i) for i in n.input if i and i not in static]
+        if id(n) in skipped or id(n) in deferred:
+            continue
         if n.op_type == "QuantizeLinear" and n.output[0] in alias:
             continue
         if n.op_type == "DequantizeLinear" and ins and n.output[0] not in graph_outputs:
@@ -152,10 +184,136 @@ def execution_steps(model: onnx.ModelProto, graph: OnnxGraph) -> ExecutionSteps:
         if n.op_type in IN_PLACE_OPS and len(ins) == 1 and readers.get(n.input[0]) == 1 and n.output:
             alias[n.output[0]] = ins[0]
             continue
-        steps.append((n.name or n.op_type, ins, [o for o in n.output if o]))
-    inputs = [i.name for i in model.graph.input if i.name not in static]
+        outs = [o for o in n.output if o]
+        if id(n) in fused_from:
+            ins = [alias.get(fused_from[id(n)], fused_from[id(n)])]
+        if id(n) in sums:
+            conv, other = sums[id(n)]
+            ins = [alias.get(i, i) for i in conv.input if i and i not in static] + [alias.get(other, other)]
+            if last_reader.get(other) == id(n) and other not in inputs and n.output[0] not in graph_outputs:
+                alias[n.output[0]] = alias.get(other, other)
+                outs = []
+            n = conv
+        scratch = _eight_bit_conv_scratch(n, graph, weight_producer, eight_bit_nodes)
+        if scratch:
+            scratch_bytes[f"scratch:{n.name}"] = scratch
+            outs = [*outs, f"scratch:{n.name}"]
+        steps.append((n.name or n.op_type, ins, outs))
     outputs = [alias.get(o.name, o.name) for o in model.graph.output]
-    return ExecutionSteps(steps, inputs, outputs, eight_bit_writes)
+    return ExecutionSteps(steps, inputs, outputs, eight_bit_writes, scratch_bytes)
+
+
+def _single_data_input(node: onnx.NodeProto, static: Collection[str]) -> str | None:
+    ins = [i for i in node.input if i and i not in static]
+    return ins[0] if len(ins) == 1 else None
+
+
+def _fused_activations(
+    graph: OnnxGraph, producer: dict[str, onnx.NodeProto], readers: dict[str, int]
+) -> tuple[set[int], dict[int, str]]:
+    """The nodes folded into fused activations (``FUSED_ACTIVATION_CHAINS``), and for each
+    fused activation's last node the x it reads."""
+    skipped: set[int] = set()
+    fused_from: dict[int, str] = {}
+    for n in graph.data_nodes:
+        ins = [i for i in n.input if i and i not in graph.static]
+        if n.op_type != "Mul" or len(ins) != 2:
+            continue
+        for x, t in (ins, ins[::-1]):
+            chain, cur = [], t
+            while cur != x and cur in producer and readers.get(cur) == 1 and len(chain) < 3:
+                node = producer[cur]
+                chain.insert(0, node)
+                cur = _single_data_input(node, graph.static) or ""
+            key = tuple(c.op_type for c in chain)
+            if cur != x or key not in FUSED_ACTIVATION_CHAINS:
+                continue
+            skipped.update(id(c) for c in chain)
+            last = n
+            tail = [r for r in graph.data_nodes if n.output[0] in r.input]
+            if FUSED_ACTIVATION_CHAINS[key] and readers.get(n.output[0]) == 1 and tail:
+                if tail[0].op_type == "Mul" and _single_data_input(tail[0], graph.static):
+                    skipped.add(id(n))
+                    last = tail[0]
+            fused_from[id(last)] = x
+            break
+    return skipped, fused_from
+
+
+def _conv_sums(
+    graph: OnnxGraph, producer: dict[str, onnx.NodeProto], readers: dict[str, int]
+) -> dict[int, tuple[onnx.NodeProto, str]]:
+    """Adds ORT fuses into the conv before them (conv output read only by the Add, the other
+    operand of the same shape): Add -> (conv, the other operand)."""
+    sums = {}
+    for n in graph.data_nodes:
+        ins = [i for i in n.input if i and i not in graph.static]
+        if n.op_type != "Add" or len(ins) != 2:
+            continue
+        for c, other in (ins, ins[::-1]):
+            conv = producer.get(c)
+            if (
+                conv is not None
+                and conv.op_type == "Conv"
+                and readers.get(c) == 1
+                and graph.shapes.get(c) == graph.shapes.get(other)
+                and other != c
+            ):
+                sums[id(n)] = (conv, other)
+                break
+    return sums
+
+
+def _eight_bit_conv_scratch(
+    node: onnx.NodeProto,
+    graph: OnnxGraph,
+    producer: dict[str, onnx.NodeProto],
+    eight_bit_nodes: Collection[str],
+) -> int:
+    """Bytes ORT's QLinearConv allocates while it runs (0 for a float conv), following its
+    kernel choice on x86 (MLAS): the symmetric-weight kernel (int8 weights, zero points 0;
+    a dense conv with input channels a multiple of 4 and output channels a multiple of 8,
+    at least 16, or a depthwise conv of a multiple of 16 channels) needs one pointer per
+    kernel tap and output pixel, unless pointwise. Any other conv writes an int32 output
+    first, and copies its input (im2col) unless pointwise; a depthwise one uses the pointers
+    instead of the copy."""
+    if node.op_type != "Conv" or len(node.input) < 2:
+        return 0
+    weight = producer.get(node.input[1])
+    quantized = weight is not None and weight.op_type == "DequantizeLinear"
+    if not quantized and node.name not in eight_bit_nodes:
+        return 0
+    w_shape = graph.shapes.get(node.input[1])
+    out_shape = graph.shapes.get(node.output[0])
+    if not w_shape or not out_shape or len(w_shape) < 3:
+        return 0
+    a = attrs(node)
+    groups = int(a.get("group", 1))
+    out_channels, group_in_channels = int(w_shape[0]), int(w_shape[1])
+    taps = _numel(w_shape[2:])
+    pixels = _numel(out_shape[2:])
+    depthwise = groups > 1 and groups == out_channels and group_in_channels == 1
+    pointwise = taps == 1 and not any(a.get("pads", ())) and all(s == 1 for s in a.get("strides", (1,)))
+    indirection = POINTER_BYTES * taps * pixels
+    if quantized and _all_zero(graph, weight):
+        if depthwise and groups % 16 == 0:
+            return indirection
+        dense = groups == 1 and group_in_channels % 4 == 0 and out_channels >= 16 and out_channels % 8 == 0
+        if dense:
+            return 0 if pointwise else indirection
+    int32_output = 4 * out_channels * pixels
+    if depthwise:
+        return indirection + int32_output
+    return int32_output + (0 if pointwise else group_in_channels * taps * pixels)
+
+
+def _all_zero(graph: OnnxGraph, dequantize: onnx.NodeProto) -> bool:
+    """Whether a weight DequantizeLinear has int8 weights and zero points of 0 (symmetric)."""
+    weight = graph.value(dequantize.input[0])
+    if weight is None or weight.dtype != np.int8:
+        return False
+    zero = graph.value(dequantize.input[2]) if len(dequantize.input) > 2 and dequantize.input[2] else None
+    return zero is None or not np.any(zero)
 
 
 def onnx_footprint(model: onnx.ModelProto | str, eight_bit_nodes: Collection[str] = ()) -> Footprint:
@@ -181,9 +339,10 @@ def onnx_footprint(model: onnx.ModelProto | str, eight_bit_nodes: Collection[str
             continue
         dtype = graph.elem_types.get(name, TensorProto.FLOAT)
         sizes[name] = _numel(shape) * _BYTES.get(dtype, 4)
-    plan = execution_steps(model, graph)
+    plan = execution_steps(model, graph, eight_bit_nodes)
     for tensor, quantized in plan.eight_bit_writes.items():
         sizes[tensor] = sizes.get(quantized, 0)
+    sizes.update(plan.scratch_bytes)
     peak, where = liveness_peak(plan.steps, sizes, plan.inputs, plan.outputs)
     return Footprint(int(weights), int(peak), where)
 
@@ -212,8 +371,9 @@ class MemoryModel:
         """Least squares on the relative error of the measured serving peak (a budget, and the
         +-10% a user checks, are relative: an absolute fit lets the largest calibration networks
         set an offset that swamps small ones), robust beyond 10% (``soft_l1``): a random
-        calibration network whose runtime allocates what no liveness count sees (8-bit convs'
-        buffers: up to 20x its activations) must not set the terms for every other network.
+        calibration network whose runtime allocates what the liveness count does not see (a
+        float conv's im2col buffer off ORT's blocked layout, or its arena's regions) must not
+        set the terms for every other network.
         Scales kept within [0.5, 4]. Models measured at under 1 MB carry no relative information
         and are left out."""
         from scipy.optimize import least_squares

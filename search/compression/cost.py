@@ -303,8 +303,9 @@ class _MemoryLayout:
     """``onnx_footprint`` of the original graph with every tensor and weight resized by a policy.
 
     The steps are ``onnx_footprint``'s (``execution_steps``) on the float32 graph, so
-    activations are counted at float32: an upper bound for an 8-bit layer, whose fused kernel
-    reads and writes 8-bit tensors (``onnx_footprint`` of the quantized graph counts those).
+    activations are counted at float32 and without an 8-bit kernel's scratch: for an 8-bit
+    layer, whose fused kernel reads and writes 8-bit tensors, the first over-counts what the
+    second leaves out (``onnx_footprint`` of the quantized graph counts both as they are).
     Weights shrink to one byte at int8 plus an int32 bias, a scale and a zero point per
     output channel."""
 
