@@ -4,13 +4,14 @@ The memory model is fitted as ``hwlat train`` fits it: on its default calibratio
 (random networks 0-15 of ``hwlat.zoo.random_network`` and 8-bit versions of the first 8), each
 measured by the agent's memory probe (a fresh process per model, glibc's allocator held
 still), with footprints read as ``hwlat predict`` reads them (weights the runtime quantizes
-itself counted at 8 bits). It is then judged on networks built otherwise: the published CNNs, the CNN families
-outside the zoo, and ``bench_compressed``'s pruned and 8-bit MobileNetV2 and ResNet-18. No
+itself counted at 8 bits). It is then judged on networks built otherwise: the published CNNs,
+the CNN families outside the zoo, and ``bench_compressed``'s pruned and 8-bit MobileNetV2 and ResNet-18. No
 random network reproduces a published one (``tests/test_zoo.py``).
 
 Prints per group the share within +-10% of the measured serving peak, the RMSPE and signed
-bias, and per network the weights and activation peak the model reads, the measured load peak,
-resident-after-load and serving peak (each over the probe's baseline), and the prediction.
+bias, and per network the weights, activation peak and simulated arena the model reads, the
+measured load peak, resident-after-load and serving peak (each over the probe's baseline),
+and the prediction.
 
     nice -n -15 python -m benchmarks.bench_memory --work /tmp/bench-mem [--no-arena]
 """
@@ -84,7 +85,7 @@ def main() -> None:
         for p, m in zip(groups[CALIBRATION], measured[CALIBRATION], strict=True)
         if m.model_rss_mb is not None
     ]
-    memory = MemoryModel().fit(*zip(*fitted, strict=True))
+    memory = MemoryModel(arena=not args.no_arena).fit(*zip(*fitted, strict=True))
     arena = "off" if args.no_arena else "on"
     print(f"\nORT arena {arena}; memory model fitted on {memory.fitted_on} networks: {memory}\n")
     print("| group | networks | within +-10% | RMSPE | signed bias |\n|---|---:|---:|---:|---:|")
@@ -101,13 +102,21 @@ def main() -> None:
             f"{report['bias_pct']:+.1f}% |"
         )
         rows += [(name, p.stem, f, m, memory.predict_mb(f)) for p, m, f in kept]
-    columns = ("weights", "activations", "load peak", "loaded", "serving peak", "predicted")
+    columns = ("weights", "activations", "arena", "load peak", "loaded", "serving peak", "predicted")
     print("\n| group | network | " + " | ".join(f"{c} MB" for c in columns) + " | error |")
     print("|---|---|" + "---:|" * (len(columns) + 1))
     for name, stem, f, m, predicted in rows:
         err = 100 * (predicted - m.model_rss_mb) / m.model_rss_mb
         loaded = m.loaded_rss_mb - m.baseline_rss_mb
-        values = (f.weights_mb, f.activations_mb, m.load_rss_mb, loaded, m.model_rss_mb, predicted)
+        values = (
+            f.weights_mb,
+            f.activations_mb,
+            f.arena_mb,
+            m.load_rss_mb,
+            loaded,
+            m.model_rss_mb,
+            predicted,
+        )
         print(f"| {name} | {stem} | " + " | ".join(f"{v:.1f}" for v in values) + f" | {err:+.1f}% |")
     print(f"\n{load_before} before, {load()} after; {(time.monotonic() - started) / 60:.1f} min")
 

@@ -81,6 +81,7 @@ class Prediction:
     peak_memory_mb: float | None = None  # weights + live activations + the device's runtime terms
     weights_mb: float | None = None
     activations_mb: float | None = None  # the largest set of activations alive at once
+    arena_mb: float | None = None  # what ORT's arena holds for them after runs (simulated)
     unsupported_ops: list[dict] = field(default_factory=list)  # estimated on the roofline (lenient)
     # Regressor-predicted kernels with features outside its training range ({"key", "features":
     # {name: {"value", "min", "max"}}}); None when the predictor file does not record the ranges.
@@ -255,6 +256,7 @@ class LatencyPredictor:
                 "peak_memory_mb": self.memory.predict_mb(footprint),
                 "weights_mb": footprint.weights_mb,
                 "activations_mb": footprint.activations_mb,
+                "arena_mb": footprint.arena_mb,
             }
         prediction = Prediction(total, items, intercept, fallbacks, list(warnings), **memory)
         prediction.extrapolated_kernels = self._extrapolated(kernels, costs.fallback)

@@ -10,6 +10,7 @@ from onnx import TensorProto, helper
 from hwlat import zoo
 from hwlat.devices.device import local_device
 from hwlat.predictors.metrics import memory_accuracy, memory_summary
+from hwlat.predictors.models.arena import arena_held_bytes
 from hwlat.predictors.models.memory import MemoryModel, liveness_peak, onnx_footprint
 from hwlat.profiler.campaign import Campaign
 from hwlat.profiler.onnx_models import make_model
@@ -110,6 +111,19 @@ def test_onnx_footprint_follows_the_runtimes_fused_activations_and_conv_sums() -
     assert f.activation_peak_bytes == 2 * size  # x and a, then a and r, then r alone
 
 
+def test_the_arena_holds_its_first_runs_regions_and_the_memory_patterns_block() -> None:
+    """a (0.5 MB) and b (1.5 MB) alive together, then a small y. The first run puts a in a
+    1 MB region and b in a 2 MB one (regions double); y goes beside a. The memory pattern's
+    block (a, b and y: 2 MB and 256 bytes) fits no free chunk, so a 4 MB region holds it from
+    the second run on. About twice the 2 MB liveness peak stays resident."""
+    mb, page = 2**20, 4096
+    steps = [("a", ["x"], ["a"]), ("b", ["a"], ["b"]), ("c", ["a", "b"], ["y"])]
+    sizes = {"x": mb, "a": mb // 2, "b": 3 * mb // 2, "y": 256}
+    assert liveness_peak(steps, sizes, ["x"], ["y"])[0] == 2 * mb + 256
+    first_run = (mb // 2 + page) + 3 * mb // 2  # a and y's page in the first region, b in the second
+    assert arena_held_bytes(steps, sizes, ["x"], ["y"]) == first_run + 2 * mb + page
+
+
 @pytest.mark.parametrize("name", ["proxyless", "ofa_mbv3", "fbnet"])
 def test_a_space_footprint_equals_that_of_its_exported_onnx(name) -> None:
     space = get_space(name)
@@ -119,6 +133,7 @@ def test_a_space_footprint_equals_that_of_its_exported_onnx(name) -> None:
         ours, exported = space.footprint(arch), onnx_footprint(space.to_onnx(arch))
         assert ours.weight_bytes == exported.weight_bytes
         assert ours.activation_peak_bytes == exported.activation_peak_bytes
+        assert ours.arena_bytes == exported.arena_bytes
 
 
 def test_memory_model_recovers_its_terms_and_stays_bounded_with_few_points() -> None:
@@ -131,6 +146,15 @@ def test_memory_model_recovers_its_terms_and_stays_bounded_with_few_points() -> 
     assert model.offset_mb == pytest.approx(20, abs=1e-6) and model.weight_scale == pytest.approx(2.5)
     few = MemoryModel().fit(feet[:2], measured[:2])
     assert few.weight_scale == 1.0 and few.fitted_on == 2  # the offset only
+    # with the arena on, the activation term is what the arena holds (here twice the peak)
+    held = [Footprint(f.weight_bytes, f.activation_peak_bytes, "", 2 * f.activation_peak_bytes) for f in feet]
+    arena = MemoryModel(arena=True).fit(held, measured)
+    assert arena.activation_scale == pytest.approx(0.75) and arena.predict_mb(held[0]) == pytest.approx(
+        measured[0]
+    )
+    assert MemoryModel.from_dict(arena.to_dict()) == arena
+    before = {k: v for k, v in model.to_dict().items() if k != "arena"}  # a file from before
+    assert not MemoryModel.from_dict(before).arena
 
 
 def test_measured_peak_memory_is_the_models_own_with_and_without_the_arena(tmp_path) -> None:

@@ -286,7 +286,8 @@ _ROOFLINE = record(
     {"gflops": number(0, above=True), "gbps": number(0, above=True)}, {"fitted_on": integer(0)}
 )
 _MEMORY = record(
-    {"offset_mb": number(), "weight_scale": number(), "activation_scale": number(), "fitted_on": integer(0)}
+    {"offset_mb": number(), "weight_scale": number(), "activation_scale": number(), "fitted_on": integer(0)},
+    {"arena": FLAG},
 )
 
 

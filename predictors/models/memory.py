@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from hwlat.predictors.models.arena import arena_held_bytes
 from hwlat.profiler.onnx_models import OnnxGraph, load_model
 from hwlat.profiler.onnx_models.graph import attrs
 
@@ -69,6 +70,7 @@ class Footprint:
     weight_bytes: int
     activation_peak_bytes: int  # tensors and kernel scratch alive at once
     peak_node: str = ""  # where the activation peak is reached
+    arena_bytes: int = 0  # what ORT's arena holds resident for them after runs (arena.py)
 
     @property
     def weights_mb(self) -> float:
@@ -77,6 +79,25 @@ class Footprint:
     @property
     def activations_mb(self) -> float:
         return self.activation_peak_bytes / MB
+
+    @property
+    def arena_mb(self) -> float:
+        return self.arena_bytes / MB
+
+
+def footprint_of(
+    weight_bytes: int,
+    steps: Sequence[tuple[str, Sequence[Hashable], Sequence[Hashable]]],
+    size_bytes: dict[Hashable, int],
+    inputs: Iterable[Hashable],
+    outputs: Iterable[Hashable],
+    scratch: Collection[Hashable] = (),
+) -> Footprint:
+    """The footprint of a run's steps: the liveness peak, and what ORT's arena holds after it."""
+    inputs, outputs = list(inputs), list(outputs)
+    peak, where = liveness_peak(steps, size_bytes, inputs, outputs)
+    held = arena_held_bytes(steps, size_bytes, inputs, outputs, scratch)
+    return Footprint(int(weight_bytes), int(peak), where, held)
 
 
 def liveness_peak(
@@ -343,8 +364,7 @@ def onnx_footprint(model: onnx.ModelProto | str, eight_bit_nodes: Collection[str
     for tensor, quantized in plan.eight_bit_writes.items():
         sizes[tensor] = sizes.get(quantized, 0)
     sizes.update(plan.scratch_bytes)
-    peak, where = liveness_peak(plan.steps, sizes, plan.inputs, plan.outputs)
-    return Footprint(int(weights), int(peak), where)
+    return footprint_of(weights, plan.steps, sizes, plan.inputs, plan.outputs, plan.scratch_bytes)
 
 
 def _numel(shape: Iterable[int]) -> int:
@@ -353,33 +373,38 @@ def _numel(shape: Iterable[int]) -> int:
 
 @dataclass
 class MemoryModel:
-    """``peak_memory_mb = offset_mb + weight_scale * weights_mb + activation_scale * activations_mb``."""
+    """``peak_memory_mb = offset_mb + weight_scale * weights_mb + activation_scale * activations``,
+    where the activations are what ORT's arena holds (``Footprint.arena_mb``) on a device that
+    runs with its arena on (``arena``, the default there), and the liveness peak otherwise."""
 
     offset_mb: float = 0.0
     weight_scale: float = 1.0
     activation_scale: float = 1.0
     fitted_on: int = 0
+    arena: bool = False
+
+    def activations_mb(self, footprint: Footprint) -> float:
+        return footprint.arena_mb if self.arena else footprint.activations_mb
 
     def predict_mb(self, footprint: Footprint) -> float:
         return (
             self.offset_mb
             + self.weight_scale * footprint.weights_mb
-            + self.activation_scale * footprint.activations_mb
+            + self.activation_scale * self.activations_mb(footprint)
         )
 
     def fit(self, footprints: Sequence[Footprint], measured_mb: Sequence[float]) -> MemoryModel:
         """Least squares on the relative error of the measured serving peak (a budget, and the
         +-10% a user checks, are relative: an absolute fit lets the largest calibration networks
         set an offset that swamps small ones), robust beyond 10% (``soft_l1``): a random
-        calibration network whose runtime allocates what the liveness count does not see (a
-        float conv's im2col buffer off ORT's blocked layout, or its arena's regions) must not
-        set the terms for every other network.
-        Scales kept within [0.5, 4]. Models measured at under 1 MB carry no relative information
-        and are left out."""
+        calibration network whose runtime allocates what the footprint does not see (a float
+        conv's im2col buffer off ORT's blocked layout) must not set the terms for every other
+        network. Scales kept within [0.5, 4]. Models measured at under 1 MB carry no relative
+        information and are left out."""
         from scipy.optimize import least_squares
 
         y = np.asarray(measured_mb, dtype=float)
-        X = np.array([[1.0, f.weights_mb, f.activations_mb] for f in footprints]).reshape(-1, 3)
+        X = np.array([[1.0, f.weights_mb, self.activations_mb(f)] for f in footprints]).reshape(-1, 3)
         keep = y >= 1.0
         y, X = y[keep], X[keep]
         if len(y) == 0:
@@ -403,4 +428,5 @@ class MemoryModel:
 
     @classmethod
     def from_dict(cls, data: dict) -> MemoryModel:
-        return cls(**{k: data[k] for k in ("offset_mb", "weight_scale", "activation_scale", "fitted_on")})
+        fitted = {k: data[k] for k in ("offset_mb", "weight_scale", "activation_scale", "fitted_on")}
+        return cls(**fitted, arena=data.get("arena", False))  # files from before: the liveness peak

@@ -39,7 +39,7 @@ import numpy as np
 import onnx
 
 from hwlat.errors import HwlatError
-from hwlat.predictors.models.memory import Footprint, execution_steps, liveness_peak, onnx_footprint
+from hwlat.predictors.models.memory import Footprint, execution_steps, footprint_of, onnx_footprint
 from hwlat.profiler.kernel import Kernel
 from hwlat.profiler.opspec import InvalidOpSpecError
 from hwlat.search.compression.model import ModelAnalysis, Source
@@ -344,5 +344,4 @@ class _MemoryLayout:
             per_channel = CHANNEL_BYTES[dtype] if dtype != FLOAT or layer.bias else 0
             weights += n_weights * WEIGHT_BYTES[dtype] + cout * per_channel
         sizes = {name: per * src.count(keep) for name, (per, src) in self.tensors.items()}
-        peak, where = liveness_peak(self.steps, sizes, self.inputs, self.outputs)
-        return Footprint(int(weights), int(peak), where)
+        return footprint_of(int(weights), self.steps, sizes, self.inputs, self.outputs)

@@ -21,7 +21,7 @@ import math
 from functools import cache
 from typing import NamedTuple
 
-from hwlat.predictors.models.memory import Footprint, liveness_peak
+from hwlat.predictors.models.memory import Footprint, footprint_of
 from hwlat.profiler.opspec import OpSpec
 
 
@@ -190,25 +190,50 @@ class Net:
 
     # ----- memory -----------------------------------------------------------
     def footprint(self) -> Footprint:
-        """Weights and the activation peak of the net as exported (float32; activations and
-        per-channel scales whose input has no other reader write in place, as in the runtime)."""
+        """Weights and the activation peak of the net as exported (float32), counted as
+        ``onnx_footprint`` counts the export: activations and per-channel scales whose input has
+        no other reader write in place, and a conv whose only reader is a residual add is one
+        step with it, writing into the other operand when the add is that operand's last
+        reader (ORT's Sum fusion)."""
         layers = self.live_layers()
         uses: dict[int, int] = {}
-        for layer in layers:
+        last_use: dict[int, int] = {}
+        for i, layer in enumerate(layers):
             for t in layer.inputs:
                 uses[t] = uses.get(t, 0) + 1
+                last_use[t] = i
+        producer = {layer.output: layer for layer in layers}
+        sums: dict[int, tuple[Layer, int]] = {}
+        for i, layer in enumerate(layers):
+            if layer.kind != "add" or dict(layer.params)["bcast"] != "none":
+                continue
+            for c, other in (layer.inputs, layer.inputs[::-1]):
+                conv = producer.get(c)
+                if conv is not None and conv.kind == "conv" and uses[c] == 1 and c != other:
+                    sums[i] = (conv, other)
+                    break
+        deferred = {id(conv) for conv, _ in sums.values()}
         alias: dict[int, int] = {}
         steps = []
         for i, layer in enumerate(layers):
             ins = [alias.get(t, t) for t in layer.inputs]
+            if id(layer) in deferred:
+                continue
             if layer.kind in _IN_PLACE and uses[layer.inputs[0]] == 1:
                 alias[layer.output] = ins[0]
                 continue
-            steps.append((f"{layer.kind}{i}", ins, [layer.output]))
+            outs = [layer.output]
+            if i in sums:
+                conv, other = sums[i]
+                ins = [alias.get(t, t) for t in conv.inputs] + [alias.get(other, other)]
+                if last_use[other] == i and other != self.input.id and layer.output != self.output.id:
+                    alias[layer.output] = alias.get(other, other)
+                    outs = []
+            steps.append((f"{layer.kind}{i}", ins, outs))
         sizes = {t: 4 * math.prod(shape) for t, shape in self._shapes.items()}
         output = alias.get(self.output.id, self.output.id)
-        peak, where = liveness_peak(steps, sizes, [self.input.id], [output])
-        return Footprint(4 * sum(op.params for op in self.kernels()), peak, where)
+        weight_bytes = 4 * sum(op.params for op in self.kernels())
+        return footprint_of(weight_bytes, steps, sizes, [self.input.id], [output])
 
     # ----- torch ------------------------------------------------------------
     def to_torch(self):
