@@ -571,6 +571,7 @@ def test_training_end_to_end_holds_out_networks_and_keeps_calibration_residuals(
     assert predictor.safety_margin_pct() >= 0
     loaded = LatencyPredictor.load(predictor.save(tmp_path / "p.json"))
     assert loaded.predict(held_out).latency_ms == pytest.approx(predictor.predict(held_out).latency_ms)
+    assert loaded.memory.arena and loaded.memory.fitted_on > 0  # ORT's arena is on by default
 
 
 def test_training_skips_networks_the_splitter_cannot_map(tmp_path, zoo_dir) -> None:

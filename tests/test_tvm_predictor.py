@@ -195,6 +195,7 @@ def test_a_tvm_predictor_is_trained_used_and_validated(tmp_path: Path, capsys) -
         costs = profiler.costs()
     assert (predictor.backend, predictor.fusion_rules.backend) == ("tvm-untuned", "tvm-untuned")
     assert predictor.fusion_rules.fused == TVM_FUSED
+    assert not predictor.memory.arena  # ORT's arena is not TVM's memory
     training = predictor.meta["training"]
     assert training["kernels"] == len(kernels) and training["tune_trials"] is None
     # each kernel compiled alone and timed end to end, less the VM's per-call overhead

@@ -333,12 +333,12 @@ def fit_overhead(
         if m.model_rss_mb is not None:  # memory does not depend on contention
             footprints.append(onnx_footprint(path, split.eight_bit_nodes))
             memory_mb.append(m.model_rss_mb)
-            arenas.add(bool(m.settings.get("memory_arena", True)))
+            arenas.add(m.backend == "ort" and bool(m.settings.get("memory_arena", True)))
         if not m.clean:
             continue
         networks.append(split.network)
         ms.append(m.median_ms)
-    memory = MemoryModel(arena=arenas != {False}).fit(footprints, memory_mb)
+    memory = MemoryModel(arena=arenas == {True}).fit(footprints, memory_mb)
     log(f"memory model fitted on {memory.fitted_on} networks: {memory}")
     if not networks:
         log("no clean end-to-end measurement: overhead model left at zero (predictions are sums)")
