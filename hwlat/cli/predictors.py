@@ -191,7 +191,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         f"{args.model}: {pred.latency_ms:.3f} ms predicted on {predictor.device}/{predictor.backend} "
         f"({len(pred.kernels)} kernels, {pred.overhead_ms:.3f} ms fixed overhead); peak memory "
         f"{pred.peak_memory_mb:.1f} MB ({pred.weights_mb:.1f} MB weights, {pred.activations_mb:.1f} MB "
-        "activations at their peak)"
+        f"activations at their peak, {pred.arena_mb:.1f} MB in ORT's arena after runs)"
     )
     for k in sorted(pred.kernels, key=lambda k: -k.latency_ms)[:10]:
         print(f"  {k.latency_ms:8.3f} ms  {k.source:9s} {k.key[:90]}")
