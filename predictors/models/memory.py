@@ -251,11 +251,11 @@ def _fused_activations(
                 continue
             skipped.update(id(c) for c in chain)
             last = n
-            tail = [r for r in graph.data_nodes if n.output[0] in r.input]
-            if FUSED_ACTIVATION_CHAINS[key] and readers.get(n.output[0]) == 1 and tail:
-                if tail[0].op_type == "Mul" and _single_data_input(tail[0], graph.static):
+            if FUSED_ACTIVATION_CHAINS[key] and readers.get(n.output[0]) == 1:  # its one reader
+                tail = next(r for r in graph.data_nodes if n.output[0] in r.input)
+                if tail.op_type == "Mul" and _single_data_input(tail, graph.static):
                     skipped.add(id(n))
-                    last = tail[0]
+                    last = tail
             fused_from[id(last)] = x
             break
     return skipped, fused_from
