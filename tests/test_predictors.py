@@ -188,6 +188,22 @@ def test_harness_and_profile_kernels(tmp_path, quick_protocol):
     assert len(rows[kernels[0].key].extra["kernel_nodes"]) == 1
 
 
+def test_a_profiler_overhead_probe_disturbed_in_every_pass_uses_its_least_disturbed_pass(
+    tmp_path, quick_protocol
+) -> None:
+    """A device busy through every pass still gets its per-node overhead, with a warning that
+    names the probe and why (CI once failed a whole training run on this probe)."""
+    strict = dataclasses.replace(quick_protocol, canary_tolerance=0.0, max_cv=0.0)  # nothing is clean
+    with Store(tmp_path / "p.db") as store:
+        profiler = KernelProfiler(local_device(), store, strict)
+        overhead_ms = profiler.profiler_overhead_ms(passes=2)
+        rows = store.measurements("local", "ort", "kernel")
+    assert rows and not all(m.clean for m in rows)
+    assert 0 <= overhead_ms < 0.1  # microseconds per node, not a disturbed run's milliseconds
+    assert profiler.probe_warnings
+    assert "profiler-overhead probe stayed disturbed in 2 passes" in profiler.probe_warnings[0]
+
+
 def test_epilogue_probes_on_this_device_find_what_onnx_runtime_fuses(tmp_path, quick_protocol):
     """ORT runs ReLU and HardSwish inside its conv (one node in the profile), ELU as a node of
     its own whose time adds to the conv's; the probes read that from the profile."""
@@ -556,9 +572,12 @@ def test_training_end_to_end_holds_out_networks_and_keeps_calibration_residuals(
 
     held_out = zoo_dir / "mobilenet_v2.onnx"
     ops = network_ops([held_out], RULES)
+    # What is kept out and saved is under test, not the timings: on a busy shared machine the
+    # canary would flag enough kernels to leave fewer than the 30 a regressor needs.
+    tolerant = dataclasses.replace(quick_protocol, canary_tolerance=1.0, max_cv=1.0)
     config = TrainingConfig(
         kind="lut", sampled_kernels=40, random_networks=2, calibration_networks=3, model_repeats=1,
-        passes=1, kernel_protocol=quick_protocol, model_protocol=quick_protocol, exclude_ops=ops,
+        passes=1, kernel_protocol=tolerant, model_protocol=tolerant, exclude_ops=ops,
     )  # fmt: skip
     with Store(tmp_path / "t.db") as store:
         predictor = train_predictor(local_device(), store, config, log=lambda line: None)

@@ -152,6 +152,8 @@ def cmd_profile_adaptive(args: argparse.Namespace) -> int:
         dtypes = options.dtypes(args)
         rules = fusion_rules(profiler, dtypes=dtypes)
         report = adaptive_profile(profiler, rules, args.budget_minutes, dtypes=dtypes)
+    for warning in profiler.probe_warnings:
+        print(f"warning: {warning}")
     print(report.summary())
     print(f"database: {store.location}")
     return 0

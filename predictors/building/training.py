@@ -272,6 +272,8 @@ def train_predictor(
     fitted = fit_overhead(
         table, profiler, calibration, rules, config.model_protocol, log, config.model_repeats
     )
+    for warning in profiler.probe_warnings:
+        log(f"warning: {warning}")
     rows = store.measurements(device.name, backend, "kernel")
     try:
         roofline = Roofline.fit(kernels, ms).to_dict()
@@ -293,6 +295,7 @@ def train_predictor(
             "kernel_device_seconds": round(device_seconds(rows), 1),
             "wall_seconds": round(time.monotonic() - started, 1),
             "tune_trials": getattr(profiler.host_backend(), "trials", None) if backend == "tvm" else None,
+            "probe_warnings": profiler.probe_warnings,
             **profiler.build_seconds(),
         },
     }
