@@ -35,7 +35,11 @@ _MAX_SWEEPS = 10
 
 
 class InfeasibleBudgetError(HwlatError):
-    """No architecture of the space can meet a budget."""
+    """No architecture of the space can meet a budget (``smallest``: the least value found)."""
+
+    def __init__(self, message: str, fix: str | None = None, smallest: float | None = None) -> None:
+        super().__init__(message, fix)
+        self.smallest = smallest
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,8 @@ def check_budgets(space: Any, objectives: Sequence[Objective]) -> dict[str, Mini
                 f"no architecture of space {getattr(space, 'name', type(space).__name__)!r} can "
                 f"meet the budget {objective.name} <= {objective.budget:g}: the smallest found "
                 f"(coordinate descent over every decision) is {found.value:.4g}, for {described}. "
-                f"Raise the budget to at least {found.value:.4g} or use a smaller space."
+                f"Raise the budget to at least {found.value:.4g} or use a smaller space.",
+                smallest=found.value,
             )
     return minima
 

@@ -557,9 +557,13 @@ def test_adaptive_profiling_scores_validation_networks_end_to_end(tmp_path, quic
     assert report.rounds and not report.reached_target  # a target above 100% is never reached
     counts = [r.kernels_measured for r in report.rounds]
     assert counts == sorted(counts) and counts[0] >= 30
-    for r in report.rounds:
-        assert 0.0 <= r.network_within_10 <= 1.0 and np.isfinite(r.network_rmspe) and r.network_rmspe > 0
-    assert "validation networks within +-10%" in lines[0] and "validation networks" in report.summary()
+    if sum(m.clean for m in models) == 3:  # each round scores the networks, leaving one out
+        for r in report.rounds:
+            assert 0.0 <= r.network_within_10 <= 1.0 and np.isfinite(r.network_rmspe) and r.network_rmspe > 0
+        assert "validation networks within +-10%" in lines[0] and "validation networks" in report.summary()
+    else:  # a busy moment disturbed one: no network score, and the log says the kernels decide
+        assert all(r.network_within_10 is None for r in report.rounds)
+        assert "fewer than the 3 a leave-one-out score needs" in lines[0]
 
 
 def test_training_end_to_end_holds_out_networks_and_keeps_calibration_residuals(

@@ -475,8 +475,25 @@ def test_cli_search_searches_again_when_winners_run_over_the_budget(tmp_path, ca
         second = json.loads(again.read_text())
         assert second[0]["predicted_ms"] < first[0]["predicted_ms"]  # under the larger margin
         assert status == (0 if second[0]["meets_budget_within_noise"] else 1)
-    else:  # the margin left no network within the budget: said, and a failure
+    elif (tmp_path / "out" / "round2").exists():  # no evaluated network met the margin's budget
         assert "no evaluated network met every budget" in captured.err and status == 1
+    else:  # the margin left a budget below the space's fastest network: said, and a failure
+        err = captured.err.strip()
+        assert err.startswith("hwlat: error: no second search round") and "\n" not in err
+        assert f"stand in {tmp_path / 'out'}" in err and status == 1
+
+
+def test_no_second_round_names_the_budget_that_leaves_room_for_the_margin(tmp_path) -> None:
+    """When round 1's slowdowns call for a margin that leaves a budget below the space's fastest
+    network, the message says so, where round 1's winners stand, and what budget would do."""
+    from hwlat.cli.search import no_second_round
+    from hwlat.search import InfeasibleBudgetError
+
+    exc = InfeasibleBudgetError("no architecture of space 'proxyless' can meet ...", smallest=2.0)
+    line = no_second_round(exc, 25.0, tmp_path / "out")
+    assert line.startswith("no second search round: the 25.0% margin")
+    assert "(2 ms)" in line and f"stand in {tmp_path / 'out'}" in line and "at least 2.5 ms" in line
+    assert no_second_round(InfeasibleBudgetError("why"), 25.0, tmp_path) == "no second search round: why"
 
 
 def test_cli_search_verifies_winners_and_resumes(predictor_file, tmp_path, capsys) -> None:

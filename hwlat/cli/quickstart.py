@@ -14,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from hwlat.cli.search import no_second_round
 from hwlat.devices.device import Device
 from hwlat.predictors.building.training import TrainingConfig, train_predictor
 from hwlat.profiler.protocol import TimingProtocol
 from hwlat.profiler.store import Store
+from hwlat.search.feasibility import InfeasibleBudgetError
 from hwlat.search.objectives import LatencyObjective, searched_budget_ms
 from hwlat.search.proxies import get_proxy
 from hwlat.search.runner import run_search
@@ -172,8 +174,12 @@ def run_quickstart(
             f"search runs again under a {corrected:.1f}% margin (the 95% upper prediction bound of "
             "their slowdowns) and its winners are measured"
         )
-        rounds.append(search(corrected, "search-round2"))
-        verify(rounds[-1])
+        try:
+            rounds.append(search(corrected, "search-round2"))
+        except InfeasibleBudgetError as exc:  # round 1 stands, and its summary is written
+            log(f"{no_second_round(exc, corrected, out_dir / rounds[0].name)}")
+        else:
+            verify(rounds[-1])
     final = rounds[-1]
 
     step("write the summary")

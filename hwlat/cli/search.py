@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hwlat.cli import options
 from hwlat.devices.inventory import resolve_device
 from hwlat.errors import EXIT_FAILED, ConfigError
 from hwlat.profiler.store.leases import holder_id
+
+if TYPE_CHECKING:
+    from hwlat.search import InfeasibleBudgetError
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -133,6 +137,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from hwlat.predictors import LatencyPredictor
+    from hwlat.search import InfeasibleBudgetError
     from hwlat.search.objectives import LatencyObjective, searched_budget_ms
     from hwlat.search.runner import run_search
     from hwlat.search.spaces import get_space
@@ -235,11 +240,29 @@ def cmd_search(args: argparse.Namespace) -> int:
                     f"{args.out / 'round2'}, and its winners are measured"
                 )
                 study_name = f"{args.study or args.out.resolve().name}-round2"
-                latencies, study, report = search(margins, args.out / "round2", study_name)
+                try:
+                    latencies, study, report = search(margins, args.out / "round2", study_name)
+                except InfeasibleBudgetError as exc:
+                    print(f"hwlat: error: {no_second_round(exc, max(margins), args.out)}", file=sys.stderr)
+                    return EXIT_FAILED
                 if not report.front:
                     return EXIT_FAILED
                 results = verify(latencies, study, args.out / "round2")
     return 0 if all(r.meets_budget_within_noise for rs in results for r in rs) else EXIT_FAILED
+
+
+def no_second_round(exc: InfeasibleBudgetError, margin_pct: float, first_round: Path) -> str:
+    """Why a second search round cannot run: its margin leaves a budget below the space's fastest
+    network. Round 1 stands; the fix is a larger budget or a predictor that knows these networks."""
+    if exc.smallest is None:
+        return f"no second search round: {exc}"
+    return (
+        f"no second search round: the {margin_pct:.1f}% margin that round 1's slowdowns call for "
+        f"leaves a budget below the fastest network the predictor finds in the space "
+        f"({exc.smallest:.4g} ms). Round 1's measured winners stand in {first_round} (a budget of at "
+        f"least {exc.smallest * (1 + margin_pct / 100):.4g} ms leaves room for the margin; or train "
+        "the predictor with networks like its winners)"
+    )
 
 
 def _objective(name: str):

@@ -440,6 +440,12 @@ def adaptive_profile(
     seconds = 0.0
     validation, validation_ms, validation_rows = _validation_networks(profiler, rules, validation_networks)
     seconds += device_seconds(validation_rows)
+    if validation_rows and len(validation) < 3:
+        log(
+            f"validation networks: {len(validation)} of {len(validation_rows)} measured cleanly, fewer "
+            "than the 3 a leave-one-out score needs (the device is busy); the held-out kernels' "
+            "accuracy decides when to stop"
+        )
     first = sampler.sample(2 * batch)
     seconds += _measured_seconds(profiler, first, passes=3)
     while True:  # the first round is always scored, however little budget the first batch left
