@@ -177,7 +177,7 @@ def run_quickstart(
         try:
             rounds.append(search(corrected, "search-round2"))
         except InfeasibleBudgetError as exc:  # round 1 stands, and its summary is written
-            log(f"{no_second_round(exc, corrected, out_dir / rounds[0].name)}")
+            log(no_second_round(exc, corrected, out_dir / rounds[0].name))
         else:
             verify(rounds[-1])
     final = rounds[-1]
