@@ -195,12 +195,7 @@ class KernelProfiler:
         next to nothing (``CALL_PROBE``); later calls read the stored row."""
         if self._call_overhead_ms is not None:
             return self._call_overhead_ms
-        for i in range(passes):
-            time.sleep(PROBE_PAUSE_S * i)
-            self._campaign().run([CALL_PROBE])
-            if CALL_PROBE.key in self.rows():
-                break
-        row = self._probe_row(CALL_PROBE.key, "call-overhead", passes)
+        (row,) = self._measure_probes([CALL_PROBE], "call-overhead", passes)
         self._call_overhead_ms = row.median_ms
         return row.median_ms
 
@@ -216,12 +211,7 @@ class KernelProfiler:
         probes = [
             ProbeModel(f"probe-relu-chain-{n}", p) for n, p in zip((1, PROBE_NODES), paths, strict=True)
         ]
-        for i in range(passes):
-            time.sleep(PROBE_PAUSE_S * i)
-            self._campaign().run(probes)
-            if all(p.key in self.rows() for p in probes):
-                break
-        short, long = (self._probe_row(p.key, "profiler-overhead", passes) for p in probes)
+        short, long = self._measure_probes(probes, "profiler-overhead", passes)
         for i in range(passes):  # a disturbed end-to-end time is measured again, a clean one kept
             time.sleep(PROBE_PAUSE_S * i)
             e2e = self.measure_models(paths, repeats=3)
@@ -238,6 +228,17 @@ class KernelProfiler:
         real = (e2e[1].median_ms - e2e[0].median_ms) / (PROBE_NODES - 1)
         self._node_overhead_ms = max(0.0, recorded - real)
         return self._node_overhead_ms
+
+    def _measure_probes(self, probes: list, what: str, passes: int) -> list[Measurement]:
+        """Measure ``probes`` until every row is clean, up to ``passes`` times, a disturbed pass
+        tried again after a growing pause; then each probe's row (``_probe_row``)."""
+        for i in range(passes):
+            time.sleep(PROBE_PAUSE_S * i)
+            self._campaign().run(probes)
+            rows = self.rows()
+            if all(p.key in rows for p in probes):
+                break
+        return [self._probe_row(p.key, what, passes) for p in probes]
 
     def _probe_row(self, key: str, what: str, passes: int) -> Measurement:
         """A probe's clean row; failing that, its least disturbed one (the store keeps the fastest
